@@ -1,0 +1,16 @@
+"""icr_interp: mechanistic interpretability of in-context factual recall."""
+
+import warnings
+
+# TransformerLens 3.x marks HookedTransformer as deprecated in favour of
+# TransformerBridge, which wraps Hugging Face models; our models are built from
+# a config with a custom memory MLP, which only HookedTransformer supports.
+# This is the one place the warning is silenced.
+warnings.filterwarnings("ignore", message="HookedTransformer is deprecated", category=DeprecationWarning)
+
+from icr_interp.knowledge import KnowledgeBase  # noqa: E402
+from icr_interp.model import ModelConfig, build_model  # noqa: E402
+from icr_interp.task import Batch, ICRecallTask, Layout  # noqa: E402
+
+__version__ = "0.1.0"
+__all__ = ["KnowledgeBase", "ICRecallTask", "Batch", "Layout", "ModelConfig", "build_model", "__version__"]

@@ -1,0 +1,71 @@
+"""The residual-stream geometry the constructed model is written in.
+
+The reference model keeps every kind of information in its own directions:
+
+* ``token``    -- embedding of each token as it sits at its own position (W_E);
+* ``pos``      -- positional embedding of each position (W_pos);
+* ``context``  -- where attention's OV circuit copies a token it attends to
+  (so the query's own subject and the attended context never mix);
+* ``relation`` -- the relation vector the memory's first stage writes;
+* ``output``   -- the direction the unembedding reads for each token (W_U).
+
+When all these vectors fit (``d_model`` >= their number) they are exactly
+orthonormal; otherwise they are random Gaussian unit-norm vectors, nearly
+orthogonal with crosstalk ~ 1/sqrt(d_model).
+"""
+
+from dataclasses import dataclass
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from icr_interp.vocab import Vocabulary
+
+
+@dataclass(frozen=True)
+class ResidualBasis:
+    """Named groups of directions in the residual stream."""
+
+    token: Float[Tensor, "vocab d_model"]  # embedding of each token id
+    pos: Float[Tensor, "n_ctx d_model"]  # embedding of each position
+    context: Float[Tensor, "vocab d_model"]  # OV image of each token id
+    relation: Float[Tensor, "relation d_model"]  # relation vectors (memory stage I output)
+    output: Float[Tensor, "vocab d_model"]  # unembedding direction of each token id
+
+    @property
+    def d_model(self) -> int:
+        return self.token.shape[1]
+
+    @property
+    def exact(self) -> bool:
+        """Whether the directions are exactly orthonormal."""
+        return n_directions_needed(self.token.shape[0], self.pos.shape[0], self.relation.shape[0]) <= self.d_model
+
+    @classmethod
+    def make(cls, vocab: Vocabulary, n_ctx: int, d_model: int, seed: int = 0) -> "ResidualBasis":
+        sizes = [vocab.size, n_ctx, vocab.size, vocab.n_relations, vocab.size]
+        gen = torch.Generator().manual_seed(seed)
+        total = sum(sizes)
+        raw = torch.randn(max(total, d_model), d_model, generator=gen, dtype=torch.float64)
+        if total <= d_model:
+            q, _ = torch.linalg.qr(raw.T)  # columns orthonormal
+            vectors = q.T[:total]
+        else:
+            vectors = raw[:total] / raw[:total].norm(dim=1, keepdim=True)
+        return cls(*torch.split(vectors.float(), sizes))
+
+
+def n_directions_needed(vocab_size: int, n_ctx: int, n_relations: int) -> int:
+    """How many directions an exactly orthonormal basis needs."""
+    return 3 * vocab_size + n_ctx + n_relations
+
+
+def default_d_model(vocab: Vocabulary, n_ctx: int, cap: int = 1024) -> int:
+    """Smallest multiple of 64 that fits the exact basis, capped at ``cap``.
+
+    Beyond the cap the basis turns random (see module docstring): the model
+    stays trainable on a laptop at 10^5 facts.
+    """
+    need = n_directions_needed(vocab.size, n_ctx, vocab.n_relations)
+    return min(cap, 64 * -(-need // 64))

@@ -1,0 +1,185 @@
+"""Knowledge bases of (subject, relation, answer) triplets.
+
+A knowledge base is a table with one answer per (relation, subject); a missing
+fact is stored as -1.  Random knowledge bases have two structural knobs:
+
+* ``answer_overlap`` -- how much the relations' answer sets overlap.  At 0.0
+  every relation owns a disjoint set of answers, so a single answer reveals the
+  relation (the *control*); at 1.0 all relations share one answer set, so only
+  a (subject, answer) *pair* reveals it (the regime of the pairwise pattern).
+* ``mapping`` -- ``"balanced"`` makes each relation use every answer of its
+  set equally often (a bijection from subjects onto answers when the set is as
+  large as the subject set: the reference, see docs/theory.md), ``"random"``
+  draws each answer independently.
+"""
+
+import csv
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from jaxtyping import Int
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class KnowledgeBase:
+    """Triplets (s, r, a) with at most one answer per (subject, relation)."""
+
+    subjects: tuple[str, ...]  # subject names, index = subject id
+    relations: tuple[str, ...]  # relation names, index = relation id
+    answers: tuple[str, ...]  # answer names, index = answer id
+    table: Int[Tensor, "relation subject"]  # answer id of (s, r), -1 if unknown
+    spec: dict = field(default_factory=dict)  # how it was made (JSON-able)
+
+    def __post_init__(self) -> None:
+        expected = (len(self.relations), len(self.subjects))
+        if tuple(self.table.shape) != expected:
+            raise ValueError(f"table has shape {tuple(self.table.shape)}, expected {expected}")
+        if self.table.numel() and (self.table.max() >= len(self.answers) or self.table.min() < -1):
+            raise ValueError("table holds an answer id outside [-1, n_answers)")
+        for kind, names in (("subject", self.subjects), ("relation", self.relations), ("answer", self.answers)):
+            if len(set(names)) != len(names):
+                raise ValueError(f"duplicate {kind} names")
+
+    @property
+    def n_subjects(self) -> int:
+        return len(self.subjects)
+
+    @property
+    def n_relations(self) -> int:
+        return len(self.relations)
+
+    @property
+    def n_answers(self) -> int:
+        return len(self.answers)
+
+    @property
+    def n_triplets(self) -> int:
+        """Number of stored facts."""
+        return int((self.table >= 0).sum())
+
+    def answer(self, subject: int, relation: int) -> int:
+        """Answer id of (subject, relation); KeyError if the fact is unknown."""
+        a = int(self.table[relation, subject])
+        if a < 0:
+            raise KeyError(f"no fact for ({self.subjects[subject]}, {self.relations[relation]})")
+        return a
+
+    def triplets(self) -> Int[Tensor, "n_triplets 3"]:
+        """All facts as rows (subject, relation, answer)."""
+        r, s = torch.nonzero(self.table >= 0, as_tuple=True)
+        return torch.stack([s, r, self.table[r, s]], dim=1)
+
+    def answer_sets(self) -> list[set[int]]:
+        """The set of answers each relation uses."""
+        return [set(row[row >= 0].tolist()) for row in self.table]
+
+    @property
+    def answer_reveals_relation(self) -> bool:
+        """True when no answer is shared by two relations (the disjoint control)."""
+        owners = torch.zeros(self.n_answers, dtype=torch.long)
+        for answers in self.answer_sets():
+            owners[list(answers)] += 1
+        return bool((owners <= 1).all())
+
+    # ------------------------------------------------------------------ make
+    @classmethod
+    def random(
+        cls,
+        n_subjects: int,
+        n_relations: int,
+        n_answers: int,
+        answer_overlap: float = 1.0,
+        seed: int = 0,
+        mapping: str = "balanced",
+    ) -> "KnowledgeBase":
+        """A complete random knowledge base (every subject has every relation).
+
+        Each relation gets an answer set of size ``m``: ``round(overlap * m)``
+        answers from a pool shared by all relations, the rest private to it, with
+        ``m`` the largest size that fits in ``n_answers`` answers in total.
+        """
+        if min(n_subjects, n_relations, n_answers) < 1:
+            raise ValueError("n_subjects, n_relations and n_answers must be >= 1")
+        if not 0.0 <= answer_overlap <= 1.0:
+            raise ValueError(f"answer_overlap must lie in [0, 1], got {answer_overlap}")
+        if mapping not in ("balanced", "random"):
+            raise ValueError(f"mapping must be 'balanced' or 'random', got {mapping!r}")
+        gen = torch.Generator().manual_seed(seed)
+        answer_sets = _answer_sets(n_relations, n_answers, answer_overlap, gen)
+        rows = [_relation_row(n_subjects, ans, mapping, gen) for ans in answer_sets]
+        spec = dict(kind="random", n_subjects=n_subjects, n_relations=n_relations, n_answers=n_answers,
+                    answer_overlap=answer_overlap, seed=seed, mapping=mapping)
+        return cls(
+            subjects=tuple(f"s{i}" for i in range(n_subjects)),
+            relations=tuple(f"r{i}" for i in range(n_relations)),
+            answers=tuple(f"a{i}" for i in range(n_answers)),
+            table=torch.stack(rows),
+            spec=spec,
+        )
+
+    @classmethod
+    def from_csv(cls, path: str | Path) -> "KnowledgeBase":
+        """Load facts from a CSV with a header ``subject,relation,answer``."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"knowledge-base CSV not found: {path}")
+        with path.open(newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            if reader.fieldnames is None or set(reader.fieldnames) < {"subject", "relation", "answer"}:
+                raise ValueError(f"{path}: header must name the columns subject,relation,answer")
+            facts = [(row["subject"].strip(), row["relation"].strip(), row["answer"].strip()) for row in reader]
+        return cls.from_triplets(facts, source=str(path))
+
+    @classmethod
+    def from_triplets(cls, facts: list[tuple[str, str, str]], source: str = "triplets") -> "KnowledgeBase":
+        """Build from (subject, relation, answer) name triplets (names kept in first-seen order)."""
+        if not facts:
+            raise ValueError(f"{source}: no facts")
+        subj, rel, ans = ({n: i for i, n in enumerate(dict.fromkeys(col))} for col in zip(*facts))
+        if any("" in names for names in (subj, rel, ans)):
+            raise ValueError(f"{source}: empty subject, relation or answer name")
+        table = torch.full((len(rel), len(subj)), -1, dtype=torch.long)
+        for line, (s, r, a) in enumerate(facts, start=2):
+            old = int(table[rel[r], subj[s]])
+            if old >= 0 and old != ans[a]:
+                raise ValueError(f"{source}:{line}: ({s}, {r}) has two answers")
+            table[rel[r], subj[s]] = ans[a]
+        return cls(tuple(subj), tuple(rel), tuple(ans), table, spec=dict(kind="facts", source=source))
+
+    # ------------------------------------------------------------ serialise
+    def to_dict(self) -> dict:
+        """JSON-able description that :meth:`from_dict` turns back into this base."""
+        return dict(subjects=list(self.subjects), relations=list(self.relations), answers=list(self.answers),
+                    table=self.table.tolist(), spec=self.spec)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "KnowledgeBase":
+        return cls(tuple(d["subjects"]), tuple(d["relations"]), tuple(d["answers"]),
+                   torch.tensor(d["table"], dtype=torch.long).reshape(len(d["relations"]), len(d["subjects"])),
+                   spec=d.get("spec", {}))
+
+
+def _answer_sets(n_relations: int, n_answers: int, overlap: float, gen: torch.Generator) -> list[Tensor]:
+    """Answer ids per relation: a shared pool plus private blocks, shuffled."""
+    set_size = max(1, math.floor(n_answers / (overlap + n_relations * (1 - overlap))))
+    n_shared = round(overlap * set_size)
+    n_private = set_size - n_shared
+    ids = torch.randperm(n_answers, generator=gen)
+    shared = ids[:n_shared]
+    sets = []
+    for r in range(n_relations):
+        private = ids[n_shared + r * n_private: n_shared + (r + 1) * n_private]
+        sets.append(torch.cat([shared, private]))
+    return sets
+
+
+def _relation_row(n_subjects: int, answers: Tensor, mapping: str, gen: torch.Generator) -> Tensor:
+    """Answer of every subject under one relation."""
+    if mapping == "random":
+        return answers[torch.randint(len(answers), (n_subjects,), generator=gen)]
+    # balanced: every answer used floor or ceil(n_subjects / m) times, in random order
+    repeated = answers[torch.randperm(len(answers), generator=gen)].repeat(math.ceil(n_subjects / len(answers)))
+    return repeated[:n_subjects][torch.randperm(n_subjects, generator=gen)]
