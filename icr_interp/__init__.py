@@ -8,9 +8,18 @@ import warnings
 # This is the one place the warning is silenced.
 warnings.filterwarnings("ignore", message="HookedTransformer is deprecated", category=DeprecationWarning)
 
+__version__ = "0.1.0"
+
+from icr_interp import ablation, patching, viz  # noqa: E402
+from icr_interp.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint  # noqa: E402
 from icr_interp.knowledge import KnowledgeBase  # noqa: E402
 from icr_interp.model import ModelConfig, build_model  # noqa: E402
 from icr_interp.task import Batch, ICRecallTask, Layout  # noqa: E402
+from icr_interp.templates import TemplateScores, score_templates  # noqa: E402
+from icr_interp.train import TrainConfig, evaluate, finetune  # noqa: E402
 
-__version__ = "0.1.0"
-__all__ = ["KnowledgeBase", "ICRecallTask", "Batch", "Layout", "ModelConfig", "build_model", "__version__"]
+__all__ = [
+    "KnowledgeBase", "ICRecallTask", "Batch", "Layout", "ModelConfig", "build_model", "TrainConfig", "finetune",
+    "evaluate", "save_checkpoint", "load_checkpoint", "Checkpoint", "CheckpointError", "score_templates",
+    "TemplateScores", "patching", "ablation", "viz", "__version__",
+]

@@ -10,8 +10,9 @@ The reference model keeps every kind of information in its own directions:
 * ``output``   -- the direction the unembedding reads for each token (W_U).
 
 When all these vectors fit (``d_model`` >= their number) they are exactly
-orthonormal; otherwise they are random Gaussian unit-norm vectors, nearly
-orthogonal with crosstalk ~ 1/sqrt(d_model).
+orthonormal; otherwise positions and relations stay exact and the three
+vocabulary-sized groups are random unit vectors in the rest of the space,
+nearly orthogonal with crosstalk ~ 1/sqrt(d_model).
 """
 
 from dataclasses import dataclass
@@ -44,16 +45,28 @@ class ResidualBasis:
 
     @classmethod
     def make(cls, vocab: Vocabulary, n_ctx: int, d_model: int, seed: int = 0) -> "ResidualBasis":
+        """Orthonormal directions if they fit, else exact small groups plus random large ones.
+
+        Beyond ``d_model`` the few position and relation directions stay exactly
+        orthonormal (attention's positional tilt and the relation readout must not
+        leak into tokens); the vocabulary-sized groups become random unit vectors
+        in their orthogonal complement.
+        """
         sizes = [vocab.size, n_ctx, vocab.size, vocab.n_relations, vocab.size]
         gen = torch.Generator().manual_seed(seed)
-        total = sum(sizes)
-        raw = torch.randn(max(total, d_model), d_model, generator=gen, dtype=torch.float64)
-        if total <= d_model:
-            q, _ = torch.linalg.qr(raw.T)  # columns orthonormal
-            vectors = q.T[:total]
-        else:
-            vectors = raw[:total] / raw[:total].norm(dim=1, keepdim=True)
-        return cls(*torch.split(vectors.float(), sizes))
+        if sum(sizes) <= d_model:
+            q, _ = torch.linalg.qr(torch.randn(d_model, d_model, generator=gen, dtype=torch.float64))
+            return cls(*torch.split(q.T[: sum(sizes)].float(), sizes))
+        n_exact = n_ctx + vocab.n_relations
+        if n_exact >= d_model:
+            raise ValueError(f"d_model={d_model} cannot hold {n_exact} position and relation directions")
+        q, _ = torch.linalg.qr(torch.randn(d_model, d_model, generator=gen, dtype=torch.float64))
+        exact, complement = q.T[:n_exact], q.T[n_exact:]
+        raw = torch.randn(3 * vocab.size, d_model - n_exact, generator=gen, dtype=torch.float64) @ complement
+        raw = raw / raw.norm(dim=1, keepdim=True)
+        token, context, output = raw.split(vocab.size)
+        pos, relation = exact.split([n_ctx, vocab.n_relations])
+        return cls(*(t.float() for t in (token, pos, context, relation, output)))
 
 
 def n_directions_needed(vocab_size: int, n_ctx: int, n_relations: int) -> int:

@@ -128,9 +128,11 @@ class KnowledgeBase:
             raise FileNotFoundError(f"knowledge-base CSV not found: {path}")
         with path.open(newline="", encoding="utf-8") as f:
             reader = csv.DictReader(f)
-            if reader.fieldnames is None or set(reader.fieldnames) < {"subject", "relation", "answer"}:
+            # The header must contain all three columns (extra columns are ignored).
+            if reader.fieldnames is None or not {"subject", "relation", "answer"} <= set(reader.fieldnames):
                 raise ValueError(f"{path}: header must name the columns subject,relation,answer")
-            facts = [(row["subject"].strip(), row["relation"].strip(), row["answer"].strip()) for row in reader]
+            # A short row leaves its missing cells None; from_triplets rejects the empty name.
+            facts = [tuple((row[k] or "").strip() for k in ("subject", "relation", "answer")) for row in reader]
         return cls.from_triplets(facts, source=str(path))
 
     @classmethod
@@ -164,7 +166,13 @@ class KnowledgeBase:
 
 def _answer_sets(n_relations: int, n_answers: int, overlap: float, gen: torch.Generator) -> list[Tensor]:
     """Answer ids per relation: a shared pool plus private blocks, shuffled."""
-    set_size = max(1, math.floor(n_answers / (overlap + n_relations * (1 - overlap))))
+    set_size = math.floor(n_answers / (overlap + n_relations * (1 - overlap)))
+    # Rounding the shared part down adds private answers: shrink until all sets fit.
+    while set_size > 0 and _n_used(set_size, n_relations, overlap) > n_answers:
+        set_size -= 1
+    if set_size == 0:
+        raise ValueError(f"{n_answers} answers cannot give {n_relations} relations a non-empty answer set "
+                         f"at answer_overlap={overlap}")
     n_shared = round(overlap * set_size)
     n_private = set_size - n_shared
     ids = torch.randperm(n_answers, generator=gen)
@@ -174,6 +182,12 @@ def _answer_sets(n_relations: int, n_answers: int, overlap: float, gen: torch.Ge
         private = ids[n_shared + r * n_private: n_shared + (r + 1) * n_private]
         sets.append(torch.cat([shared, private]))
     return sets
+
+
+def _n_used(set_size: int, n_relations: int, overlap: float) -> int:
+    """Answers needed in total when every relation has ``set_size`` of them."""
+    n_shared = round(overlap * set_size)
+    return n_shared + n_relations * (set_size - n_shared)
 
 
 def _relation_row(n_subjects: int, answers: Tensor, mapping: str, gen: torch.Generator) -> Tensor:

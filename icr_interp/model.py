@@ -141,6 +141,7 @@ def _attach_memory(model: HookedTransformer, task: ICRecallTask, basis: Residual
     for block in model.blocks[:-1]:
         for p in block.mlp.parameters():
             torch.nn.init.zeros_(p)
+    model.cfg.d_mlp = memory.d_mlp  # the memory's lookup width, not TL's placeholder MLP
     model.setup()  # re-register hook points, the memory's included
     for name, p in model.named_parameters():
         p.requires_grad_(name.split(".")[-1] in TRAINABLE)

@@ -73,7 +73,9 @@ class Batch:
         return Batch(**moved, layout=self.layout.to(device))
 
     def __getitem__(self, idx) -> "Batch":
-        """Sub-batch by index, slice or mask."""
+        """Sub-batch by index, slice or mask (an integer index keeps a batch of one)."""
+        if isinstance(idx, int):
+            idx = slice(idx, idx + 1 if idx != -1 else None)
         sub = {f.name: getattr(self, f.name)[idx] for f in fields(self) if f.name != "layout"}
         lay = Layout(*(getattr(self.layout, f.name)[idx] for f in fields(Layout)))
         return Batch(**sub, layout=lay)
@@ -203,7 +205,7 @@ class ICRecallTask:
         v = self.vocab
         return torch.stack([torch.full_like(subjects, v.bos), v.subject_token(subjects), v.relation_token(relations)], 1)
 
-    def to_str(self, tokens: Tensor) -> list:
+    def to_str(self, tokens: Tensor) -> list | str:
         return self.vocab.to_str(tokens)
 
 

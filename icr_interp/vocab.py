@@ -67,8 +67,8 @@ class Vocabulary:
         """Token ids of all answers (the classes a prediction is scored over)."""
         return torch.arange(self.n_answers) + self.answer_offset
 
-    def to_str(self, tokens: Int[Tensor, "*shape"]) -> list:
-        """Token strings, nested like ``tokens``."""
+    def to_str(self, tokens: Int[Tensor, "*shape"]) -> list | str:
+        """Token strings, nested like ``tokens`` (a 0-d tensor gives one string)."""
         if tokens.ndim == 0:
             return self.names[int(tokens)]
         return [self.to_str(t) for t in tokens]

@@ -1,0 +1,240 @@
+"""The ``icr-interp`` command line: train presets, reproduce the paper's pattern.
+
+Commands::
+
+    icr-interp presets                       list the presets
+    icr-interp train --preset NAME --out DIR build, fine-tune, evaluate, save a checkpoint
+    icr-interp reproduce [--out DIR]         the paper preset, with its query attention row explained
+
+Bad arguments print one line ``icr-interp: error: ...`` and exit with 2; a
+failure while running (a checkpoint that cannot be written, ...) prints one
+line and exits with 1.  The logic lives in importable functions; ``main`` only
+parses and dispatches.
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from icr_interp.checkpoint import CheckpointError, check_writable, save_checkpoint
+from icr_interp.presets import PRESETS, Preset, build_from_preset, get_preset
+from icr_interp.task import ICRecallTask, Layout
+from icr_interp.train import evaluate, finetune
+
+PROG = "icr-interp"
+EVAL_OFFSET = 10_000  # held-out prompts use seed + EVAL_OFFSET, never the training set's seed
+MAX_SEED = 2**32
+
+
+class _Parser(argparse.ArgumentParser):
+    """ArgumentParser whose errors are one line on stderr and exit code 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{PROG}: error: {_one_line(message)}\n")
+
+
+# ------------------------------------------------------------------ argument types
+def _preset_name(text: str) -> str:
+    try:
+        return get_preset(text).name
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _int_in(low: int, high: int | None, what: str):
+    """An argparse type accepting integers in [low, high)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{what} must be an integer, got {text!r}") from None
+        if value < low or (high is not None and value >= high):
+            bound = f">= {low}" if high is None else f"in [{low}, {high})"
+            raise argparse.ArgumentTypeError(f"{what} must be {bound}, got {value}")
+        return value
+
+    return parse
+
+
+def _presets_help() -> str:
+    """The presets, one per line, with their default fine-tuning budget."""
+    lines = []
+    for p in PRESETS.values():
+        budget = ", ".join(f"{k.replace('_', '-')} {v}" for k, v in p.finetune_args().items())
+        lines.append(f"  {p.name:<11} {p.description}" + (f"\n  {'':<11} (fine-tune: {budget})" if budget else ""))
+    return "presets:\n" + "\n".join(lines)
+
+
+# ------------------------------------------------------------------ parser
+def build_parser() -> argparse.ArgumentParser:
+    """The ``icr-interp`` parser with its three commands."""
+    parser = _Parser(prog=PROG, description="In-context factual recall: train and inspect IC-recall models.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    p = sub.add_parser("presets", help="list the presets", description="List the presets and what they build.")
+    p.set_defaults(run=cmd_presets)
+
+    p = sub.add_parser("train", help="build a preset, fine-tune it, save a checkpoint",
+                       description="Build the preset's knowledge base, task and model, fine-tune the attention,\n"
+                                   "report held-out accuracy before and after, and save a checkpoint.",
+                       epilog=_presets_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", required=True, type=_preset_name, metavar="NAME",
+                   help=f"one of: {', '.join(PRESETS)} (see below)")
+    p.add_argument("--out", required=True, type=Path, metavar="DIR", help="checkpoint directory to write")
+    _add_run_options(p, hidden=False)
+    p.set_defaults(run=cmd_train)
+
+    p = sub.add_parser("reproduce", help="fine-tune the paper preset and show its attention pattern",
+                       description="Fine-tune the reference ('paper') preset and print the query's attention row, "
+                                   "labelled by role, and the within-pair balance of every context pair.")
+    p.add_argument("--out", type=Path, metavar="DIR", help="checkpoint directory (default: runs/paper-seed{SEED})")
+    _add_run_options(p, hidden=True)
+    p.set_defaults(run=cmd_reproduce, preset="paper")
+    return parser
+
+
+def _add_run_options(p: argparse.ArgumentParser, hidden: bool) -> None:
+    """--seed, --device and the fine-tuning budget (hidden for ``reproduce``, whose budget is the preset's)."""
+    p.add_argument("--seed", type=_int_in(0, MAX_SEED, "seed"), default=0,
+                   help="seeds the knowledge base, the model and the training set (default 0)")
+    p.add_argument("--n-samples", type=_int_in(1, None, "--n-samples"), metavar="N",
+                   help=argparse.SUPPRESS if hidden else "training-set size (default: the preset's)")
+    p.add_argument("--steps", type=_int_in(0, None, "--steps"), metavar="N",
+                   help=argparse.SUPPRESS if hidden else "optimiser steps (default: the preset's)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where to run (default cpu)")
+
+
+def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Checks that need several arguments or the machine; parser.error (exit 2) on failure."""
+    if getattr(args, "device", "cpu") == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda requested but CUDA is not available")
+    if args.command == "reproduce" and args.out is None:
+        args.out = Path("runs") / f"paper-seed{args.seed}"
+    if getattr(args, "out", None) is not None:
+        try:
+            check_writable(args.out)
+        except CheckpointError as e:
+            parser.error(f"--out: {e}")
+
+
+# ------------------------------------------------------------------ commands
+def cmd_presets(args: argparse.Namespace) -> int:
+    for p in PRESETS.values():
+        print(f"{p.name:<11} {p.description}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    preset = get_preset(args.preset)
+    print(f"{preset.summary()}; seed {args.seed}")
+    run_preset(preset, args.seed, args.out, args.n_samples, args.steps, args.device)
+    print(f"checkpoint: {args.out}")
+    return 0
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    preset = get_preset("paper")
+    print("Reproducing the pairwise attention pattern of in-context factual recall (arXiv 2605.27774).")
+    print(f"{preset.summary()}; seed {args.seed}")
+    task, before, after = run_preset(preset, args.seed, args.out, args.n_samples, args.steps, args.device)
+    print()
+    print(attention_report(task, before["query_attention"], after["query_attention"], before["n_prompts"]))
+    print(f"\ncheckpoint: {args.out}")
+    return 0
+
+
+def run_preset(preset: Preset, seed: int, out: Path, n_samples: int | None = None, steps: int | None = None,
+               device: str = "cpu") -> tuple[ICRecallTask, dict, dict]:
+    """Build, evaluate, fine-tune, evaluate, save; prints progress.  Returns (task, before, after)."""
+    _, task, model = build_from_preset(preset, seed=seed, device=device)
+    cfg = model.icr_config
+    budget = {**preset.finetune_args(), **{k: v for k, v in dict(n_samples=n_samples, steps=steps).items()
+                                           if v is not None}}
+    print(f"model: d_model={cfg.d_model}, memory={cfg.construction}, {cfg.n_layers} layer(s) x {cfg.n_heads} "
+          f"head(s); training only W_Q/W_K")
+    eval_seed = seed + EVAL_OFFSET
+    before = evaluate(model, task, seed=eval_seed)
+    history = finetune(model, task, seed=seed, progress=True, **budget)  # bar only on a terminal
+    after = evaluate(model, task, seed=eval_seed)
+    train = model.icr_train
+    print(f"fine-tuned on {train.n_samples} prompts for {train.steps} steps (lr {train.lr:g})")
+    print(f"held-out accuracy ({after['n_prompts']} prompts): before {before['accuracy']:.3f}, "
+          f"after {after['accuracy']:.3f}  (loss {before['loss']:.3f} -> {after['loss']:.3f})")
+    save_checkpoint(out, model, task, preset=preset.name, seed=seed, eval_seed=eval_seed,
+                    before=before, after=after, history=history.to_dict())
+    return task, before, after
+
+
+# ------------------------------------------------------------------ report
+def position_labels(task: ICRecallTask) -> list[str]:
+    """Role label of every prompt position: BOS, s1, a1, ..., sk, ak, query."""
+    lay = task.layout(1)
+    labels = ["other"] * task.n_ctx
+    if int(lay.bos_pos[0]) >= 0:
+        labels[int(lay.bos_pos[0])] = "BOS"
+    for i, (s, a) in enumerate(zip(lay.subject_pos[0].tolist(), lay.answer_pos[0].tolist()), start=1):
+        labels[s], labels[a] = f"s{i}", f"a{i}"
+    labels[int(lay.query_pos[0])] = "query"
+    return labels
+
+
+def pair_balance(row: Float[Tensor, " pos"], layout: Layout) -> Float[Tensor, " pair"]:
+    """Within-pair balance 2 min(s, a) / (s + a) of a query attention row (1 = equal split; nan if unattended).
+
+    ``layout`` is a one-example layout (``task.layout(1)``).
+    """
+    s, a = row[layout.subject_pos[0]], row[layout.answer_pos[0]]
+    return 2 * torch.minimum(s, a) / (s + a)
+
+
+def attention_report(task: ICRecallTask, before: list[float], after: list[float], n_prompts: int) -> str:
+    """Tables of the mean query attention row by role, and of each pair's mass and balance, before/after."""
+    rows = torch.tensor([before, after])  # [2 pos]
+    lines = [f"query attention row, mean over {n_prompts} held-out prompts:",
+             f"  {'pos':>3}  {'role':<6} {'before':>7} {'after':>7}"]
+    for pos, label in enumerate(position_labels(task)):
+        lines.append(f"  {pos:>3}  {label:<6} {rows[0, pos]:7.3f} {rows[1, pos]:7.3f}")
+    layout = task.layout(1)
+    s, a = rows[:, layout.subject_pos[0]], rows[:, layout.answer_pos[0]]  # [2 pair]
+    mass, bal = s + a, torch.stack([pair_balance(r, layout) for r in rows])
+    # Over all pairs: balance weighted by mass, i.e. the share of context attention that is paired.
+    overall = 2 * torch.minimum(s, a).sum(1) / mass.sum(1)
+    lines += ["", "context pairs: mass s+a and within-pair balance 2*min(s,a)/(s+a)",
+              "(balance 1 = subject and answer attended equally; a pair with little mass has a noisy balance):",
+              f"  {'':<5} {'-------- before':>16}   {'--------- after':>16}",
+              f"  {'pair':<5} {'mass':>7} {'balance':>8}   {'mass':>7} {'balance':>8}"]
+    for i in range(task.n_pairs):
+        lines.append(f"  {i + 1:<5} {mass[0, i]:7.3f} {bal[0, i]:8.3f}   {mass[1, i]:7.3f} {bal[1, i]:8.3f}")
+    lines.append(f"  {'all':<5} {mass[0].sum():7.3f} {overall[0]:8.3f}   {mass[1].sum():7.3f} {overall[1]:8.3f}")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------ main
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``icr-interp``; returns the exit code."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        _check_args(parser, args)
+    except SystemExit as e:  # argparse: --help (0) or a bad argument (2)
+        return e.code if isinstance(e.code, int) else int(e.code is not None)
+    try:
+        return args.run(args)
+    except (CheckpointError, ValueError, OSError, ImportError) as e:
+        print(f"{PROG}: error: {_one_line(e)}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+
+
+def _one_line(message) -> str:
+    return " ".join(str(message).split())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

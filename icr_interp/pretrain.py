@@ -1,0 +1,84 @@
+"""A *pretrained* memory: the two-stage MLP learned from facts, not written down.
+
+The memory has the shape of the constructed ones (:mod:`icr_interp.memory`),
+random initialisation, and ``width`` neurons per stage.  It is fitted by Adam
+on factual-recall exercises drawn from the knowledge base, each with the
+relation *explicit*, then frozen:
+
+* **lookup** ``(s, <r>) -> a``: stage II reads the subject's embedding plus the
+  relation token's content in the relation directions (where stage I writes)
+  and must put the answer on top of the unembedding;
+* **relation recall** ``{(s_i, a_i)} -> <r>``: stage I reads k facts of one
+  relation as attention would copy them into the context directions, each
+  token with an independent random weight in [0.25, 1.75] (so no preferred
+  split between subject and answer is taught), and must write relation r's
+  direction (cross-entropy over relations).
+
+Fine-tuning then asks whether the attention that this learned memory rewards
+is the pairwise one (case study 4; docs/results.md).
+"""
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+from transformer_lens import HookedTransformer
+
+from icr_interp.basis import ResidualBasis
+from icr_interp.memory import AssociativeMemory
+from icr_interp.task import ICRecallTask
+
+DEFAULTS = dict(width=0, steps=1500, batch_size=256, lr=3e-3, seed=0, relation_gain=1.0)
+
+
+def pretrained_memory(model: HookedTransformer, task: ICRecallTask, basis: ResidualBasis, cfg, fit: bool = True,
+                      progress: bool = True) -> AssociativeMemory:
+    """Build the pretrained memory for ``model``; ``fit=False`` returns it untrained (to load weights into)."""
+    opts = {**DEFAULTS, "seed": cfg.seed, **cfg.pretrain}
+    cfg.pretrain = opts
+    width = opts["width"] or 2 * task.kb.n_triplets
+    gen = torch.Generator().manual_seed(opts["seed"])
+    memory = AssociativeMemory(basis.d_model, width, width, "pretrained")
+    with torch.no_grad():
+        for w in (memory.W_rel_in, memory.W_in):
+            w.copy_(torch.randn(w.shape, generator=gen) / basis.d_model**0.5)
+        for w in (memory.W_rel_out, memory.W_out):
+            w.copy_(torch.randn(w.shape, generator=gen) / width**0.5)
+    if fit:
+        fit_memory(memory, task, basis, model.unembed.W_U.detach(), opts, gen, progress)
+    return memory
+
+
+def fit_memory(memory: AssociativeMemory, task: ICRecallTask, basis: ResidualBasis, W_U: torch.Tensor,
+               opts: dict, gen: torch.Generator, progress: bool = True) -> list[float]:
+    """Adam on the two factual-recall exercises; returns the loss per step."""
+    opt = torch.optim.Adam(memory.parameters(), lr=opts["lr"])
+    losses = []
+    for _ in tqdm(range(opts["steps"]), desc="pretrain memory", disable=None if progress else True, leave=False):
+        loss = _lookup_loss(memory, task, basis, W_U, opts, gen) + _relation_loss(memory, task, basis, opts, gen)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses
+
+
+def _lookup_loss(memory, task, basis, W_U, opts, gen) -> torch.Tensor:
+    """(s, <r>) -> a through stage II alone."""
+    s, r, answer_tok = task.sample_facts(opts["batch_size"], generator=gen)
+    x = basis.token[task.vocab.subject_token(s)] + opts["relation_gain"] * basis.relation[r]
+    pre = x @ memory.W_in + memory.b_in
+    logits = (F.relu(pre) @ memory.W_out + memory.b_out) @ W_U
+    return F.cross_entropy(logits, answer_tok)
+
+
+def _relation_loss(memory, task, basis, opts, gen) -> torch.Tensor:
+    """k facts of one relation, randomly weighted, -> that relation through stage I."""
+    batch = task.sample(opts["batch_size"], generator=gen)
+    weights = 0.25 + 1.5 * torch.rand(batch.tokens.shape, generator=gen)
+    ctx = torch.cat([batch.layout.subject_pos, batch.layout.answer_pos], dim=1)
+    toks = batch.tokens.gather(1, ctx)
+    x = (weights.gather(1, ctx)[..., None] * basis.context[toks]).sum(1)
+    x = x + basis.token[batch.tokens.gather(1, batch.layout.query_pos[:, None])[:, 0]]
+    relation = memory.infer_relation(x[:, None])[:, 0]
+    logits = relation @ basis.relation.T * opts["relation_gain"] * 10.0
+    return F.cross_entropy(logits, batch.relations)

@@ -1,0 +1,316 @@
+"""Template scoring: how close is each head's query attention row to an ideal pattern?
+
+The paper's claim is about one attention row: the one from the query subject
+``s_q`` back to the context ``[s_1, a_1, ..., s_k, a_k]``.  After fine-tuning
+it should be *pairwise*: equal weight on ``s_i`` and ``a_i`` within every pair,
+free weights ``beta_i`` across pairs, nothing elsewhere.  This module measures
+how far a row ``p`` is from a *family* of templates with total-variation
+distance ``TV(p, T) = 0.5 * sum |p - T|`` -- the fraction of attention mass that
+would have to move -- minimised over the family's free weights:
+
+=============  ==============================================  ===========================
+template       members                                          TV to the nearest member
+=============  ==============================================  ===========================
+``pairwise``   ``T(s_i) = T(a_i) = beta_i / 2``, beta on simplex  closed form, see below
+``answers``    any distribution over the answers ``a_i``         ``1 - sum_i p(a_i)``
+``subjects``   any distribution over the subjects ``s_i``        ``1 - sum_i p(s_i)``
+``uniform``    ``1 / 2k`` on each context token (fixed)           ``0.5 * sum |p - u|``
+``sink``       any split between BOS and the query itself        ``1 - p(BOS) - p(s_q)``
+=============  ==============================================  ===========================
+
+With pair mass ``M = sum_i p(s_i) + p(a_i)`` the nearest pairwise member has
+L1 distance ``(1 - M) + sum_i |p(s_i) - p(a_i)| + max(0, 1 - sum_i 2 max(p(s_i),
+p(a_i)))``: the off-pair mass must move into the pairs, within a pair any
+weight between the two members costs their difference, and pushing a pair
+above its larger member costs extra (derivation in docs/theory.md, "Template
+scoring").  The *pairwise score* is ``1 - TV`` in [0, 1]; *balance* is
+``2 sum_i min(p(s_i), p(a_i)) / M`` (1 = equal within every pair).  Uniform is
+a member of the pairwise family, so a row is called ``"uniform"`` rather than
+``"pairwise"`` when the uniform template is within :data:`UNIFORM_MARGIN` of
+the best pairwise one (the across-pair freedom is not used).
+
+Scores come two ways (``docs/theory.md`` explains why both matter): *per
+example* (score every example's row, then average; the headline) and *mean
+row* (average the rows first, aligned by role -- pair i's subject and answer,
+BOS, query -- using each example's layout, then score).  A model that fits
+token-specific directions can have a balanced mean row while no single row is
+balanced.
+
+Example::
+
+    scores = score_templates(model, task.sample(256, seed=0))
+    print(scores)                 # one table row per (layer, head)
+    scores.to_dict()["pairwise"]  # per-example pairwise score of the head that matters
+"""
+
+from dataclasses import dataclass, fields
+
+import einops
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+from transformer_lens import HookedTransformer
+
+from icr_interp.task import Batch, Layout
+
+TEMPLATES = ("pairwise", "answers", "subjects", "uniform", "sink")
+UNIFORM_MARGIN = 0.02  # call a row "uniform" when TV(uniform) - TV(pairwise) is at most this
+_ROW_SUM_TOL = 1e-2  # attention rows must sum to 1 (loose enough for half precision)
+
+
+# ------------------------------------------------------------------ rows
+def query_rows(model: HookedTransformer, batch: Batch) -> Float[Tensor, "layer head batch pos"]:
+    """Every head's attention row at each example's query position.
+
+    Args:
+        model: any ``HookedTransformer`` (its ``blocks.{l}.attn.hook_pattern``
+            hooks are read).
+        batch: prompts with their layout; row ``b`` is taken at
+            ``batch.layout.query_pos[b]``.
+
+    Returns:
+        ``rows[l, h, b, src]``: attention of layer ``l``, head ``h`` from the
+        query of example ``b`` to position ``src`` (on the model's device).
+    """
+    device = model.W_E.device
+    tokens, qpos = batch.tokens.to(device), batch.layout.query_pos.to(device)
+    names = {f"blocks.{layer}.attn.hook_pattern" for layer in range(model.cfg.n_layers)}
+    with torch.no_grad():
+        _, cache = model.run_with_cache(tokens, names_filter=lambda name: name in names)
+    pattern = torch.stack([cache[f"blocks.{layer}.attn.hook_pattern"] for layer in range(model.cfg.n_layers)])
+    pattern = einops.rearrange(pattern, "layer batch head dest src -> layer head batch dest src")
+    examples = torch.arange(len(tokens), device=device)
+    return pattern[:, :, examples, qpos]  # the two index tensors pick (batch, dest) pairs
+
+
+@dataclass(frozen=True)
+class RoleMass:
+    """Attention mass of rows on each role of the prompt (leading dims as the rows')."""
+
+    subject: Float[Tensor, "*lead pair"]  # mass on s_i
+    answer: Float[Tensor, "*lead pair"]  # mass on a_i
+    bos: Float[Tensor, "*lead"]  # mass on BOS (0 without one)
+    query: Float[Tensor, "*lead"]  # mass on the query position itself
+
+    @classmethod
+    def of(cls, rows: Float[Tensor, "*lead batch pos"], layout: Layout) -> "RoleMass":
+        """Gather each example's role masses using that example's own positions."""
+        lay = layout.to(rows.device)
+        lead = rows.shape[:-1]  # (..., batch)
+        take = lambda pos: rows.gather(-1, pos.expand(*lead, pos.shape[-1]))  # noqa: E731
+        has_bos = lay.bos_pos >= 0
+        bos = take(lay.bos_pos.clamp_min(0)[:, None])[..., 0] * has_bos
+        return cls(take(lay.subject_pos), take(lay.answer_pos), bos, take(lay.query_pos[:, None])[..., 0])
+
+    def mean(self, dim: int) -> "RoleMass":
+        """Role-aligned average over the leading axis ``dim`` (>= 0): pair i with pair i, BOS with BOS."""
+        return RoleMass(*(getattr(self, f.name).mean(dim) for f in fields(self)))
+
+    @property
+    def pair_mass(self) -> Float[Tensor, "*lead"]:
+        return (self.subject + self.answer).sum(-1)
+
+
+# ------------------------------------------------------------ templates
+def pairwise_tv(subject: Float[Tensor, "*lead pair"], answer: Float[Tensor, "*lead pair"]) -> Float[Tensor, "*lead"]:
+    """TV distance from a row (given its pair masses; it sums to 1) to the nearest pairwise template."""
+    pair_mass = (subject + answer).sum(-1)
+    within = (subject - answer).abs().sum(-1)
+    shortfall = (1 - 2 * torch.maximum(subject, answer).sum(-1)).clamp_min(0)
+    return 0.5 * ((1 - pair_mass).clamp_min(0) + within + shortfall)
+
+
+def fit_pairwise(subject: Float[Tensor, "*lead pair"],
+                 answer: Float[Tensor, "*lead pair"]) -> Float[Tensor, "*lead pair"]:
+    """Weights ``beta`` (on the simplex) of a nearest pairwise template.
+
+    With ``t_i = beta_i / 2`` the cost of pair ``i`` is flat for ``t_i`` between
+    its two masses, so if the larger masses sum to at least 1/2 every ``t_i``
+    sits at the same fraction of its ``[min, max]`` interval; otherwise every
+    pair is at its max and the rest is shared in proportion to it.
+    """
+    lo, hi = torch.minimum(subject, answer), torch.maximum(subject, answer)
+    lo_sum, hi_sum = lo.sum(-1, keepdim=True), hi.sum(-1, keepdim=True)
+    frac = ((0.5 - lo_sum) / (hi_sum - lo_sum).clamp_min(1e-12)).clamp(0, 1)
+    inside = lo + frac * (hi - lo)
+    share = torch.where(hi_sum > 0, hi / hi_sum.clamp_min(1e-12), torch.full_like(hi, 1 / hi.shape[-1]))
+    above = hi + (0.5 - hi_sum).clamp_min(0) * share
+    return 2 * torch.where(hi_sum >= 0.5, inside, above)
+
+
+def template_tv(mass: RoleMass) -> Float[Tensor, "*lead template"]:
+    """TV distance to the nearest member of every template family, in :data:`TEMPLATES` order."""
+    n_ctx = 2 * mass.subject.shape[-1]
+    uniform = 0.5 * ((mass.subject - 1 / n_ctx).abs().sum(-1) + (mass.answer - 1 / n_ctx).abs().sum(-1)
+                     + (1 - mass.pair_mass).clamp_min(0))
+    tv = (pairwise_tv(mass.subject, mass.answer), 1 - mass.answer.sum(-1), 1 - mass.subject.sum(-1), uniform,
+          1 - mass.bos - mass.query)
+    return torch.stack(tv, -1).clamp_min(0)
+
+
+def balance(mass: RoleMass) -> Float[Tensor, "*lead"]:
+    """Within-pair balance ``2 sum_i min(p(s_i), p(a_i)) / M`` (0 when there is no pair mass)."""
+    return 2 * torch.minimum(mass.subject, mass.answer).sum(-1) / mass.pair_mass.clamp_min(1e-12)
+
+
+def best_template(tv: Float[Tensor, "*lead template"]) -> list:
+    """Name of the nearest template; ``"uniform"`` when it is within UNIFORM_MARGIN of pairwise."""
+    best = tv.argmin(-1)
+    p, u = TEMPLATES.index("pairwise"), TEMPLATES.index("uniform")
+    best = torch.where((best == p) & (tv[..., u] - tv[..., p] <= UNIFORM_MARGIN), u, best)
+    return _names(best.tolist())
+
+
+def _names(idx):
+    return [_names(i) for i in idx] if isinstance(idx, list) else TEMPLATES[idx]
+
+
+# --------------------------------------------------------------- results
+@dataclass(frozen=True)
+class HeadScores:
+    """Template scores of every (layer, head), averaged one way (per example or mean row)."""
+
+    pairwise: Float[Tensor, "layer head"]  # 1 - TV to the nearest pairwise template
+    balance: Float[Tensor, "layer head"]  # within-pair balance
+    pair_mass: Float[Tensor, "layer head"]  # attention mass on the context pairs
+    tv: Float[Tensor, "layer head template"]  # TV to each template family (TEMPLATES order)
+    beta: Float[Tensor, "layer head pair"]  # fitted across-pair weights of the nearest pairwise template
+    best: tuple  # [layer][head] name of the nearest template (argmin of tv, uniform rule)
+
+    def at(self, layer: int, head: int) -> dict:
+        """Plain-data scores of one head."""
+        return dict(pairwise=float(self.pairwise[layer, head]), balance=float(self.balance[layer, head]),
+                    pair_mass=float(self.pair_mass[layer, head]), best=self.best[layer][head],
+                    tv={t: float(v) for t, v in zip(TEMPLATES, self.tv[layer, head])},
+                    beta=self.beta[layer, head].tolist())
+
+
+def _head_scores(tv, bal, mass_on_pairs, beta) -> HeadScores:
+    """Summarise [layer head] tensors into a :class:`HeadScores` (tensors moved to CPU)."""
+    tv, bal, mass_on_pairs, beta = (x.detach().cpu() for x in (tv, bal, mass_on_pairs, beta))
+    best = tuple(tuple(row) for row in best_template(tv))
+    return HeadScores(1 - tv[..., 0], bal, mass_on_pairs, tv, beta, best)
+
+
+@dataclass(frozen=True, repr=False)
+class TemplateScores:
+    """Template scores of every head; the headline is per example, for the head that matters.
+
+    Attributes ``pairwise``, ``balance``, ``pair_mass``, ``tv``, ``beta``,
+    ``best`` are the per-example ``[layer, head]`` arrays; ``mean_row`` holds
+    the same for the role-aligned mean row.
+    """
+
+    per_example: HeadScores  # scores per example, averaged over examples (best = argmin of mean TV)
+    mean_row: HeadScores  # scores of the role-aligned mean attention row
+    layer: int  # the head that matters: layer ...
+    head: int  # ... and head (default: last layer, highest per-example pair mass)
+    n_examples: int  # number of rows scored
+
+    pairwise = property(lambda self: self.per_example.pairwise)
+    balance = property(lambda self: self.per_example.balance)
+    pair_mass = property(lambda self: self.per_example.pair_mass)
+    tv = property(lambda self: self.per_example.tv)
+    beta = property(lambda self: self.per_example.beta)
+    best = property(lambda self: self.per_example.best)
+
+    @property
+    def n_layers(self) -> int:
+        return self.pairwise.shape[0]
+
+    @property
+    def n_heads(self) -> int:
+        return self.pairwise.shape[1]
+
+    def to_dict(self) -> dict:
+        """JSON-able scores: the head that matters at top level, then every head."""
+        heads = [dict(layer=layer, head=head, **self.per_example.at(layer, head),
+                      mean_row=self.mean_row.at(layer, head))
+                 for layer in range(self.n_layers) for head in range(self.n_heads)]
+        return dict(layer=self.layer, head=self.head, n_examples=self.n_examples, templates=list(TEMPLATES),
+                    uniform_margin=UNIFORM_MARGIN, **self.per_example.at(self.layer, self.head),
+                    mean_row=self.mean_row.at(self.layer, self.head), per_head=heads)
+
+    def __str__(self) -> str:
+        short = dict(pairwise="pair", answers="ans", subjects="subj", uniform="unif", sink="sink")
+        tv_cols = " ".join(f"{'tv_' + short[t]:>8}" for t in TEMPLATES)
+        lines = [f"TemplateScores: {self.n_examples} examples; per example | mean row; * = head that matters",
+                 f"  L  H  {'pairwise':>8} {'balance':>8} {'pairmass':>8} {'best':>9} {tv_cols} | "
+                 f"{'pairwise':>8} {'balance':>8} {'pairmass':>8} {'best':>9}"]
+        for layer in range(self.n_layers):
+            for head in range(self.n_heads):
+                cols = []
+                for s in (self.per_example, self.mean_row):
+                    cols.append(f"{s.pairwise[layer, head]:8.3f} {s.balance[layer, head]:8.3f} "
+                                f"{s.pair_mass[layer, head]:8.3f} {s.best[layer][head]:>9}")
+                tvs = " ".join(f"{v:8.3f}" for v in self.per_example.tv[layer, head].tolist())
+                mark = "*" if (layer, head) == (self.layer, self.head) else " "
+                lines.append(f"{mark}{layer:2d} {head:2d}  {cols[0]} {tvs} | {cols[1]}")
+        return "\n".join(lines)
+
+    __repr__ = __str__
+
+
+# ------------------------------------------------------------- scoring
+def score_rows(rows: Float[Tensor, "*lead batch pos"], layout: Layout, *, layer: int | None = None,
+               head: int | None = None) -> TemplateScores:
+    """Score given attention rows against every template (no model needed).
+
+    Args:
+        rows: query attention rows, ``[layer head batch pos]`` as from
+            :func:`query_rows`; ``[head batch pos]`` or ``[batch pos]`` are read
+            as one layer / one head.  Each row must sum to 1.
+        layout: per-example positions of subjects, answers, query and BOS.
+        layer, head: the head that matters (default: the last layer's head
+            with the highest per-example pair mass; ``layer`` alone picks the
+            best head of that layer, ``head`` alone that head of the last layer).
+
+    Returns:
+        :class:`TemplateScores` with per-example and mean-row scores of every head.
+    """
+    rows = _as_layer_head(rows).float()
+    if rows.shape[2] != layout.query_pos.shape[0]:
+        raise ValueError(f"rows hold {rows.shape[2]} examples, the layout {layout.query_pos.shape[0]}")
+    if ((rows.sum(-1) - 1).abs() > _ROW_SUM_TOL).any():
+        raise ValueError("attention rows must be distributions summing to 1 (pass hook_pattern rows, not scores)")
+    mass = RoleMass.of(rows, layout)  # [layer head batch (pair)]
+    per_example = _head_scores(template_tv(mass).mean(2), balance(mass).mean(2), mass.pair_mass.mean(2),
+                               fit_pairwise(mass.subject, mass.answer).mean(2))
+    mean = mass.mean(2)  # role-aligned mean row: [layer head (pair)]
+    mean_row = _head_scores(template_tv(mean), balance(mean), mean.pair_mass, fit_pairwise(mean.subject, mean.answer))
+    layer, head = _head_that_matters(per_example.pair_mass, layer, head)
+    return TemplateScores(per_example, mean_row, layer, head, rows.shape[2])
+
+
+def score_templates(model: HookedTransformer, batch: Batch, *, layer: int | None = None,
+                    head: int | None = None) -> TemplateScores:
+    """Score every head's query attention row of ``model`` on ``batch`` against the templates.
+
+    Args:
+        model: any ``HookedTransformer``.
+        batch: prompts with their per-example layout.
+        layer, head: the head that matters (see :func:`score_rows`).
+
+    Returns:
+        :class:`TemplateScores`; ``print`` it for a table, ``.to_dict()`` for JSON.
+    """
+    return score_rows(query_rows(model, batch), batch.layout, layer=layer, head=head)
+
+
+def _as_layer_head(rows: Tensor) -> Tensor:
+    if rows.ndim < 2 or rows.ndim > 4:
+        raise ValueError(f"rows must be [layer head batch pos], [head batch pos] or [batch pos]; got {rows.ndim}-D")
+    return rows.reshape(*(1,) * (4 - rows.ndim), *rows.shape)
+
+
+def _head_that_matters(pair_mass: Tensor, layer: int | None, head: int | None) -> tuple[int, int]:
+    """The last layer's (or the given layer's) head with the most pair mass, unless given."""
+    n_layers, n_heads = pair_mass.shape
+    layer = n_layers - 1 if layer is None else layer
+    if not -n_layers <= layer < n_layers:
+        raise ValueError(f"layer {layer} out of range for {n_layers} layers")
+    layer %= n_layers
+    head = int(pair_mass[layer].argmax()) if head is None else head
+    if not -n_heads <= head < n_heads:
+        raise ValueError(f"head {head} out of range for {n_heads} heads")
+    return layer, head % n_heads

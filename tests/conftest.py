@@ -1,0 +1,60 @@
+"""Shared test setup: runtime shape checking and tiny knowledge bases.
+
+Every ``icr_interp`` module imported by the tests is instrumented by
+jaxtyping's import hook with beartype, so each annotated call checks its
+arguments, return value and dataclass fields, shapes included (``batch`` must
+agree across the arguments of one call).  The hook only instruments modules
+imported *after* it is installed; pytest imports this file before any test
+module, and the assertion below fails loudly if something imported the
+package earlier.  ``tests/test_model.py::test_shape_checker_is_active`` proves
+the checker is live.
+
+beartype rather than typeguard: typeguard 4 parses jaxtyping's shape strings
+("n_triplets 3") as forward references and fails at import.  The PEP 484
+numeric tower is on so that an ``int`` is accepted where ``float`` is annotated
+(``answer_overlap=0``), as PEP 484 says.
+"""
+
+import sys
+
+import jaxtyping
+import pytest
+import torch
+
+SHAPE_CHECKER = "beartype.beartype(conf=beartype.BeartypeConf(is_pep484_tower=True))"
+
+if any(name == "icr_interp" or name.startswith("icr_interp.") for name in sys.modules):
+    raise RuntimeError("icr_interp was imported before tests/conftest.py: its annotations would not be checked")
+jaxtyping.install_import_hook("icr_interp", SHAPE_CHECKER)
+
+# Tiny models on a shared 2-core machine: one thread is ~50x faster than two
+# threads contending with other processes.
+torch.set_num_threads(1)
+
+from icr_interp.knowledge import KnowledgeBase  # noqa: E402  (after the hook, on purpose)
+from icr_interp.task import ICRecallTask  # noqa: E402
+
+N_SUBJECTS, N_RELATIONS, N_ANSWERS, N_PAIRS = 16, 4, 16, 2
+
+
+@pytest.fixture(scope="session")
+def shared_kb() -> KnowledgeBase:
+    """16 subjects, 4 relations, one shared set of 16 answers; each relation a bijection."""
+    return KnowledgeBase.random(N_SUBJECTS, N_RELATIONS, N_ANSWERS, answer_overlap=1.0, seed=0)
+
+
+@pytest.fixture(scope="session")
+def disjoint_kb() -> KnowledgeBase:
+    """16 subjects, 4 relations, 16 answers split into 4 private sets of 4 (the control)."""
+    return KnowledgeBase.random(N_SUBJECTS, N_RELATIONS, N_ANSWERS, answer_overlap=0.0, seed=0)
+
+
+@pytest.fixture(scope="session")
+def shared_task(shared_kb) -> ICRecallTask:
+    """k = 2 pairs with BOS: prompts of length 6."""
+    return ICRecallTask(shared_kb, n_pairs=N_PAIRS)
+
+
+@pytest.fixture(scope="session")
+def disjoint_task(disjoint_kb) -> ICRecallTask:
+    return ICRecallTask(disjoint_kb, n_pairs=N_PAIRS)

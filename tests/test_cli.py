@@ -1,0 +1,178 @@
+"""Presets and the ``icr-interp`` command line: what they build, what they print, how they fail."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from icr_interp import cli
+from icr_interp.checkpoint import load_checkpoint
+from icr_interp.cli import main, pair_balance, position_labels
+from icr_interp.knowledge import KnowledgeBase
+from icr_interp.presets import PRESETS, build_from_preset, get_preset
+from icr_interp.train import evaluate
+
+
+# ------------------------------------------------------------------ presets
+def test_preset_values():
+    paper, control, pre, tiny = (get_preset(n) for n in ("paper", "control", "pretrained", "tiny"))
+    assert set(PRESETS) == {"paper", "control", "pretrained", "tiny"}
+    assert paper.kb_args() == dict(n_subjects=64, n_relations=8, n_answers=64, answer_overlap=1.0, mapping="balanced")
+    assert paper.task_args() == {"n_pairs": 4} and paper.model_args() == {"memory": "constructed", "d_model": None}
+    assert control.kb_args() == {**paper.kb_args(), "answer_overlap": 0.0}
+    assert pre.kb_args() == paper.kb_args() and pre.memory == "pretrained"
+    assert (tiny.n_subjects, tiny.n_relations, tiny.n_answers, tiny.n_pairs) == (16, 4, 16, 2)
+    assert all(p.description and "\n" not in p.description for p in PRESETS.values())
+
+
+def test_unknown_preset_lists_valid_names():
+    with pytest.raises(ValueError, match="unknown preset 'big'; choose one of: paper, control, pretrained, tiny"):
+        get_preset("big")
+
+
+def test_build_from_preset_is_seeded():
+    kb, task, model = build_from_preset("tiny", seed=3)
+    assert (kb.n_subjects, kb.n_relations, kb.n_answers, kb.n_triplets) == (16, 4, 16, 64)
+    assert task.n_pairs == 2 and model.icr_config.seed == 3 and kb.spec["seed"] == 3
+    assert not kb.answer_reveals_relation  # shared answers
+    kb2, _, model2 = build_from_preset("tiny", seed=3)
+    kb4, _, model4 = build_from_preset("tiny", seed=4)
+    assert torch.equal(kb.table, kb2.table) and not torch.equal(kb.table, kb4.table)
+    assert torch.equal(model.blocks[0].attn.W_Q, model2.blocks[0].attn.W_Q)
+    assert not torch.equal(model.blocks[0].attn.W_Q, model4.blocks[0].attn.W_Q)
+    with pytest.raises(ValueError, match="seed must be >= 0"):
+        build_from_preset("tiny", seed=-1)
+
+
+def test_control_preset_has_disjoint_answers():
+    kb = KnowledgeBase.random(**get_preset("control").kb_args(), seed=0)
+    assert kb.answer_reveals_relation and [len(s) for s in kb.answer_sets()] == [8] * 8
+
+
+# ------------------------------------------------------------------ report helpers
+def test_position_labels_and_pair_balance():
+    _, task, _ = build_from_preset("tiny", seed=0)
+    assert position_labels(task) == ["BOS", "s1", "a1", "s2", "a2", "query"]
+    row = torch.tensor([0.1, 0.2, 0.2, 0.45, 0.05, 0.0])
+    assert torch.allclose(pair_balance(row, task.layout(1)), torch.tensor([1.0, 0.2]))
+
+
+# ------------------------------------------------------------------ commands
+def test_presets_command(capsys):
+    assert main(["presets"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines] == list(PRESETS)
+    assert all(p.description in out for p, out in zip(PRESETS.values(), lines))
+
+
+def test_train_help_explains_every_preset(capsys):
+    assert main(["train", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert all(p.description in out for p in PRESETS.values())
+
+
+def test_train_writes_loadable_checkpoint(tmp_path, capsys):
+    out_dir = tmp_path / "run"
+    argv = ["train", "--preset", "tiny", "--seed", "1", "--out", str(out_dir), "--n-samples", "128", "--steps", "15"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    acc = re.search(r"before (\d\.\d{3}), after (\d\.\d{3})", out)
+    assert acc and f"checkpoint: {out_dir}" in out
+    ck = load_checkpoint(out_dir)
+    m = ck.metrics
+    assert (m["preset"], m["seed"], m["eval_seed"]) == ("tiny", 1, 10_001)
+    assert (ck.model.icr_train.n_samples, ck.model.icr_train.steps, ck.model.icr_train.seed) == (128, 15, 1)
+    assert len(m["history"]["loss"]) == 15
+    assert f"{m['before']['accuracy']:.3f}" == acc.group(1) and f"{m['after']['accuracy']:.3f}" == acc.group(2)
+    # The saved model is the one that was evaluated: re-evaluating it gives the recorded numbers exactly.
+    again = evaluate(ck.model, ck.task, seed=m["eval_seed"])
+    assert again["accuracy"] == m["after"]["accuracy"] and again["query_attention"] == m["after"]["query_attention"]
+    assert m["after"]["loss"] < m["before"]["loss"]  # fine-tuning helped
+    # Training again into the same directory replaces the checkpoint.
+    assert main([*argv[:4], "2", *argv[5:]]) == 0
+    assert load_checkpoint(out_dir).metrics["seed"] == 2
+
+
+def _bad_args(tmp_path: Path) -> list[tuple[list[str], str]]:
+    (tmp_path / "file.txt").write_text("x")
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "dir" / "data.csv").write_text("x")
+    out = str(tmp_path / "out")
+    return [
+        (["train", "--preset", "huge", "--out", out], "unknown preset 'huge'; choose one of: paper"),
+        (["train", "--preset", "tiny", "--seed", "-1", "--out", out], "argument --seed: seed must be in [0,"),
+        (["train", "--preset", "tiny", "--seed", "one", "--out", out], "seed must be an integer, got 'one'"),
+        (["train", "--preset", "tiny", "--n-samples", "0", "--out", out], "--n-samples must be >= 1, got 0"),
+        (["train", "--preset", "tiny", "--steps", "-5", "--out", out], "--steps must be >= 0, got -5"),
+        (["train", "--preset", "tiny", "--out", str(tmp_path / "file.txt")], "exists and is not a directory"),
+        (["train", "--preset", "tiny", "--out", str(tmp_path / "dir")], "not a checkpoint"),
+        (["train", "--preset", "tiny"], "the following arguments are required: --out"),
+        (["train", "--preset", "tiny", "--out", out, "--device", "tpu"], "argument --device: invalid choice"),
+        (["reproduce", "--seed", "-3"], "seed must be in [0,"),
+        (["reproduce", "--out", str(tmp_path / "file.txt")], "exists and is not a directory"),
+        ([], "the following arguments are required: COMMAND"),
+        (["frobnicate"], "invalid choice: 'frobnicate'"),
+    ]
+
+
+def test_bad_arguments_exit_2_with_one_line(tmp_path, capsys):
+    for argv, fragment in _bad_args(tmp_path):
+        assert main(argv) == 2, argv
+        captured = capsys.readouterr()
+        assert captured.out == "", argv
+        lines = captured.err.splitlines()
+        assert len(lines) == 1 and lines[0].startswith("icr-interp: error: ") and fragment in lines[0], (argv, lines)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dir", "file.txt"]  # nothing written
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CUDA-less error")
+def test_cuda_without_cuda_exits_2(tmp_path, capsys):
+    assert main(["train", "--preset", "tiny", "--out", str(tmp_path / "o"), "--device", "cuda"]) == 2
+    assert capsys.readouterr().err == "icr-interp: error: --device cuda requested but CUDA is not available\n"
+
+
+def test_runtime_error_exits_1_without_traceback(tmp_path, capsys, monkeypatch):
+    def broken(*args, **kwargs):
+        raise ValueError("knowledge base\ncannot be built")
+
+    monkeypatch.setattr(cli, "build_from_preset", broken)
+    assert main(["train", "--preset", "tiny", "--out", str(tmp_path / "o")]) == 1
+    assert capsys.readouterr().err == "icr-interp: error: knowledge base cannot be built\n"
+
+
+def test_module_entry_point_bad_argument_is_one_line(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "icr_interp.cli", "train", "--preset", "nope", "--out",
+                           str(tmp_path / "o")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.splitlines() == ["icr-interp: error: argument --preset: unknown preset 'nope'; "
+                                        "choose one of: paper, control, pretrained, tiny"]
+
+
+def test_reproduce_prints_labelled_attention_and_saves(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["reproduce", "--seed", "5", "--steps", "3", "--n-samples", "64"]) == 0
+    out = capsys.readouterr().out
+    ck = load_checkpoint(tmp_path / "runs" / "paper-seed5")  # the default --out
+    assert ck.metrics["preset"] == "paper" and ck.model.icr_train.steps == 3
+    assert f"checkpoint: {Path('runs') / 'paper-seed5'}" in out
+    rows = re.findall(r"^\s+(\d+)\s+(\S+)\s+([\d.]+)\s+([\d.]+)$", out, flags=re.M)
+    labels = ["BOS"] + [f"{r}{i}" for i in range(1, 5) for r in "sa"] + ["query"]
+    assert [r[1] for r in rows[:10]] == labels and [int(r[0]) for r in rows[:10]] == list(range(10))
+    table = torch.tensor([[float(r[2]), float(r[3])] for r in rows[:10]])  # [pos (before, after)]
+    saved = torch.tensor([ck.metrics["before"]["query_attention"], ck.metrics["after"]["query_attention"]]).T
+    assert torch.allclose(table, saved, atol=5e-4) and torch.allclose(table.sum(0), torch.ones(2), atol=5e-3)
+    # Pair table: mass and balance before, mass and balance after; then the "all" row.
+    pairs = re.findall(r"^\s+([1-4]|all)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)$", out, flags=re.M)
+    assert [p[0] for p in pairs] == ["1", "2", "3", "4", "all"]
+    printed = torch.tensor([[float(x) for x in p[1:]] for p in pairs])  # [pair+1 4]
+    lay = ck.task.layout(1)
+    s, a = saved[lay.subject_pos[0]], saved[lay.answer_pos[0]]  # [pair 2]
+    balance = torch.stack([pair_balance(saved[:, j], lay) for j in range(2)]).T  # [pair 2]
+    assert torch.allclose(printed[:4, [0, 2]], s + a, atol=5e-4)
+    assert torch.allclose(printed[:4, [1, 3]], balance, atol=5e-4)
+    assert torch.allclose(printed[4, [1, 3]], 2 * torch.minimum(s, a).sum(0) / (s + a).sum(0), atol=5e-4)
+    # The reference model starts answer-heavy (init_tilt), i.e. not already pairwise.
+    assert (balance[:, 0] < 0.5).all()

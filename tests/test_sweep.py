@@ -1,0 +1,202 @@
+"""Sweeps: grid expansion, a real local sweep, resume after failure / SIGKILL / truncation, Ray parity."""
+
+import csv
+import importlib.util
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from icr_interp.sweep import (TIMING_FIELDS, RunSpec, SweepError, expand_grid, load_results, run_one, run_sweep,
+                              to_csv)
+
+MARKER_ENV = "ICR_SWEEP_TEST_DIR"
+TINY = dict(kb_sizes=[(16, 4, 16)], n_pairs=2, seeds=[0, 1], n_samples=64, steps=20, n_eval=128, n_template=64)
+
+
+# ------------------------------------------------------------ fake run_fns
+def fake_run(spec: RunSpec) -> dict:
+    """Cheap deterministic run that logs each call and can be told to fail or to be slow."""
+    marker_dir = Path(os.environ[MARKER_ENV])
+    with open(marker_dir / "calls.txt", "a") as f:
+        f.write(spec.key + "\n")
+    time.sleep(float(os.environ.get("ICR_SWEEP_TEST_SLEEP", "0")))
+    if spec.seed == 1 and (marker_dir / "fail").exists():
+        raise RuntimeError("injected failure")
+    return dict(key=spec.key, seed=spec.seed, accuracy=spec.seed / 10, loss=1.0 + spec.seed, seconds=0.0)
+
+
+def explode(spec: RunSpec) -> dict:
+    raise AssertionError(f"run {spec.key} should have been skipped")
+
+
+def _calls(marker_dir: Path) -> list[str]:
+    path = marker_dir / "calls.txt"
+    return path.read_text().split() if path.exists() else []
+
+
+def _fake_specs(n: int) -> list[RunSpec]:
+    return expand_grid(kb_sizes=[(8, 2, 8)], n_pairs=2, seeds=range(n), steps=1)
+
+
+# ------------------------------------------------------------------- grid
+def test_expand_grid_size_order_and_keys():
+    specs = expand_grid(kb_sizes=[(16, 4, 16), (32, 4, 32)], n_pairs=[2, 4], seeds=[0, 1, 2], n_samples=[64, 256],
+                        memory="constructed", answer_overlap=[0.0, 1.0], steps=20)
+    assert len(specs) == 2 * 2 * 3 * 2 * 1 * 2 == 48
+    assert len({s.key for s in specs}) == 48
+    assert all(s.steps == 20 for s in specs)
+    assert [s.answer_overlap for s in specs[:2]] == [0.0, 1.0]  # last axis varies fastest
+    # the key is a pinned function of the fields: stable across processes and sessions
+    spec = RunSpec(16, 4, 16, answer_overlap=1, n_pairs=2, seed=3, n_samples=64, steps=20)
+    assert spec.key == "S16-R4-A16-ov1-k2-constructed-n64-seed3-08980e55cb"
+    assert spec == RunSpec(16, 4, 16, answer_overlap=1.0, n_pairs=2, seed=3, n_samples=64, steps=20)
+    assert RunSpec.from_dict(json.loads(json.dumps(spec.to_dict()))).key == spec.key
+    assert RunSpec(16, 4, 16, n_pairs=2, seed=3, n_samples=64, steps=21).key != spec.key  # fixed options count
+    # duplicates collapse; n_triplets makes bijective sizes
+    assert len(expand_grid(kb_sizes=[(16, 4, 16), (16, 4, 16)], seeds=[0, 0])) == 1
+    sizes = [s.kb_size for s in expand_grid(n_triplets=[64, 512, 4096], n_relations=8)]
+    assert sizes == [(8, 8, 8), (64, 8, 64), (512, 8, 512)]
+    with pytest.raises(ValueError, match="memory"):
+        expand_grid(memory="nonsense")
+    with pytest.raises(TypeError, match="unknown grid arguments"):
+        expand_grid(n_pair=3)
+
+
+# -------------------------------------------------------- real local sweep
+@pytest.fixture(scope="module")
+def local_sweep(tmp_path_factory):
+    specs = expand_grid(**TINY)
+    out = tmp_path_factory.mktemp("local") / "results.jsonl"
+    start = time.perf_counter()
+    results = run_sweep(specs, out, executor="local", workers=2, progress=False)
+    print(f"\nlocal sweep of {len(specs)} runs: {time.perf_counter() - start:.1f} s")
+    return specs, out, results
+
+
+def test_local_sweep_writes_one_line_per_run(local_sweep, tmp_path):
+    specs, out, results = local_sweep
+    lines = out.read_text().splitlines()
+    assert len(lines) == 2
+    on_disk = {r["key"]: r for r in map(json.loads, lines)}
+    assert set(on_disk) == {s.key for s in specs}
+    assert [r["key"] for r in results] == [s.key for s in specs]  # returned in spec order
+    for r in results:
+        assert 0.0 <= r["accuracy"] <= 1.0
+        assert math.isfinite(r["loss"]) and r["loss"] > 0
+        assert r["n_triplets"] == 64 and r["construction"] == "pair" and r["steps"] == 20
+        assert abs(sum(r["query_attention"]) - 1.0) < 1e-5
+        if importlib.util.find_spec("icr_interp.templates") is not None:
+            names = ("pairwise", "balance", "pair_mass")
+            assert all(0.0 <= r[n] <= 1.0 and 0.0 <= r[f"mean_row_{n}"] <= 1.0 for n in names)
+            assert r["best"] in ("pairwise", "answers", "subjects", "uniform", "sink")
+    # rerunning the finished sweep runs nothing and returns the same results
+    assert run_sweep(specs, out, workers=2, progress=False, run_fn=explode) == results
+    # CSV: one row per run
+    to_csv(results, tmp_path / "r.csv")
+    rows = list(csv.DictReader((tmp_path / "r.csv").open()))
+    assert [float(row["accuracy"]) for row in rows] == [r["accuracy"] for r in results]
+    assert json.loads(rows[0]["query_attention"]) == results[0]["query_attention"]
+
+
+def test_run_one_is_deterministic_in_process(local_sweep):
+    specs, _, results = local_sweep
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in the workers
+    try:
+        again = run_one(specs[0])
+    finally:
+        torch.set_num_threads(threads)
+    assert (again["accuracy"], again["loss"]) == (results[0]["accuracy"], results[0]["loss"])
+
+
+# ----------------------------------------------------------------- resume
+def test_resume_after_failures_reruns_only_failed(tmp_path, monkeypatch):
+    monkeypatch.setenv(MARKER_ENV, str(tmp_path))
+    (tmp_path / "fail").touch()
+    specs, out = _fake_specs(4), tmp_path / "r.jsonl"
+    with pytest.raises(SweepError) as err, pytest.warns(UserWarning, match="will rerun"):
+        run_sweep(specs, out, workers=0, progress=False, run_fn=fake_run)
+    assert list(err.value.failures) == [specs[1].key]
+    assert len(out.read_text().splitlines()) == 3  # the others were recorded
+    (tmp_path / "fail").unlink()
+    results = run_sweep(specs, out, workers=0, progress=False, run_fn=fake_run)
+    calls = _calls(tmp_path)
+    assert {k: calls.count(k) for k in calls} == {s.key: 2 if s.seed == 1 else 1 for s in specs}
+    assert sorted(r["key"] for r in load_results(out)) == sorted(s.key for s in specs)  # each key once
+    assert [r["accuracy"] for r in results] == [0.0, 0.1, 0.2, 0.3]
+
+
+def test_resume_after_sigkill_mid_sweep(tmp_path, monkeypatch):
+    monkeypatch.setenv(MARKER_ENV, str(tmp_path))
+    specs, out = _fake_specs(6), tmp_path / "r.jsonl"
+    env = dict(os.environ, ICR_SWEEP_TEST_SLEEP="0.3")
+    script = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+              "import test_sweep as t\nfrom icr_interp.sweep import run_sweep\n"
+              f"run_sweep(t._fake_specs(6), {str(out)!r}, workers=0, progress=False, run_fn=t.fake_run)\n")
+    proc = subprocess.Popen([sys.executable, "-c", script], env=env, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (out.exists() and len(out.read_text().splitlines()) >= 2):
+            assert proc.poll() is None, "sweep subprocess ended before it was killed"
+            assert time.monotonic() < deadline, "sweep subprocess wrote nothing"
+            time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGKILL)  # the sweep (and any worker it started)
+    finally:
+        proc.wait()
+    finished = [r["key"] for r in load_results(out)]
+    assert 2 <= len(finished) < 6
+    run_sweep(specs, out, workers=0, progress=False, run_fn=fake_run)
+    calls = _calls(tmp_path)
+    assert all(calls.count(k) == 1 for k in finished)  # finished runs were not redone
+    assert sorted(r["key"] for r in load_results(out)) == sorted(s.key for s in specs)
+
+
+def test_truncated_last_line_is_dropped_and_file_rewritten(tmp_path, monkeypatch):
+    monkeypatch.setenv(MARKER_ENV, str(tmp_path))
+    specs, out = _fake_specs(3), tmp_path / "r.jsonl"
+    run_sweep(specs[:1], out, workers=0, progress=False, run_fn=fake_run)
+    with out.open("a") as f:  # a kill in the middle of writing specs[1]'s line
+        f.write(json.dumps(dict(key=specs[1].key, accuracy=0.1))[:17])
+    with pytest.warns(UserWarning, match="truncated"):
+        assert [r["key"] for r in load_results(out)] == [specs[0].key]
+    with pytest.warns(UserWarning, match="truncated"):
+        run_sweep(specs, out, workers=0, progress=False, run_fn=fake_run)
+    assert _calls(tmp_path) == [s.key for s in specs]
+    text = out.read_text()
+    assert text.endswith("\n") and [json.loads(line)["key"] for line in text.splitlines()] == [s.key for s in specs]
+    # damage anywhere but the last line is not a kill mid-write: refuse to guess
+    out.write_text('{"key": "x"}\n{"key": \n{"key": "y"}\n')
+    with pytest.raises(ValueError, match="damaged"):
+        run_sweep(specs, out, workers=0, progress=False, run_fn=fake_run)
+
+
+# -------------------------------------------------------------------- ray
+def test_ray_missing_gives_install_hint(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
+    with pytest.raises(ImportError, match=r"pip install icr_interp\[ray\]"):
+        run_sweep(_fake_specs(1), tmp_path / "r.jsonl", executor="ray", progress=False, run_fn=explode)
+
+
+def test_ray_sweep_equals_local(local_sweep, tmp_path):
+    ray = pytest.importorskip("ray")
+    specs, _, local = local_sweep
+    ray.init(num_cpus=2, include_dashboard=False, ignore_reinit_error=True, log_to_driver=False)
+    try:
+        start = time.perf_counter()
+        remote = run_sweep(specs, tmp_path / "ray.jsonl", executor="ray", progress=False)
+        print(f"\nray sweep of {len(specs)} runs: {time.perf_counter() - start:.1f} s (Ray already up)")
+        assert ray.is_initialized()  # an instance we did not start is left running
+    finally:
+        ray.shutdown()
+    strip = lambda r: {k: v for k, v in r.items() if k not in TIMING_FIELDS}  # noqa: E731
+    assert [strip(r) for r in remote] == [strip(r) for r in local]
+    assert len(load_results(tmp_path / "ray.jsonl")) == 2

@@ -1,0 +1,411 @@
+"""Views: role labels, circuitsvis views that render offline, the HTML report (in headless Chromium), figures."""
+
+import base64
+import html
+import io
+import json
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+from beartype import beartype
+from circuitsvis.utils import render as cv_render
+from jaxtyping import jaxtyped
+from PIL import Image
+
+from icr_interp import ICRecallTask, KnowledgeBase, build_model, viz
+from icr_interp.task import Layout
+
+
+# ----------------------------------------------------------------- fixtures
+@pytest.fixture(scope="module")
+def task():
+    return ICRecallTask(KnowledgeBase.random(16, 4, 16, 1.0, seed=0), n_pairs=2)
+
+
+@pytest.fixture(scope="module")
+def model(task):
+    return build_model(task, n_heads=2)
+
+
+@pytest.fixture(scope="module")
+def batch(task):
+    return task.sample(8, seed=0)
+
+
+@pytest.fixture(scope="module")
+def patterns(model, batch):
+    _, cache = model.run_with_cache(batch.tokens)
+    return cache["blocks.0.attn.hook_pattern"]  # [batch head query key]
+
+
+def reordered(batch, i: int):
+    """``batch`` with example ``i``'s two context pairs physically swapped, layout following them."""
+    tokens, lay = batch.tokens.clone(), batch.layout
+    s, a = lay.subject_pos.clone(), lay.answer_pos.clone()
+    p0, p1 = [s[i, 0].item(), a[i, 0].item()], [s[i, 1].item(), a[i, 1].item()]
+    tokens[i, p0 + p1] = batch.tokens[i, p1 + p0]
+    s[i] = s[i].flip(0)
+    a[i] = a[i].flip(0)
+    return replace(batch, tokens=tokens, layout=Layout(s, a, lay.query_pos.clone(), lay.bos_pos.clone()))
+
+
+def checked(fn):
+    """``fn`` with its jaxtyping annotations checked at run time."""
+    return jaxtyped(typechecker=beartype)(fn)
+
+
+def view_props(fragment: str, element: str) -> dict:
+    """The JSON props of a ``CircuitsVis.render(..., CircuitsVis.<element>, {...})`` call."""
+    m = re.search(r"CircuitsVis\." + element + r",\s*(\{.*\})\s*\)", fragment, re.DOTALL)
+    assert m, f"no render call for {element}"
+    return json.loads(m.group(1))
+
+
+# ------------------------------------------------------------------ labels
+def test_role_labels_name_every_role(task, batch):
+    names = task.vocab.names
+    for i in range(len(batch)):
+        t = batch.tokens[i].tolist()
+        expected = ["<bos>", f"s1:{names[t[1]]}", f"a1:{names[t[2]]}", f"s2:{names[t[3]]}", f"a2:{names[t[4]]}",
+                    f"query:{names[t[5]]}"]
+        assert viz.role_labels(task, batch, i) == expected
+        assert viz.role_labels(task.vocab, batch, i) == expected
+    assert viz.role_labels(None, batch, 0)[1] == f"s1:{batch.tokens[0, 1].item()}"
+
+
+def test_role_labels_follow_each_examples_layout(task, batch):
+    swapped = reordered(batch, 1)
+    assert viz.role_labels(task, swapped, 0) == viz.role_labels(task, batch, 0)
+    labels = viz.role_labels(task, swapped, 1)
+    original = viz.role_labels(task, batch, 1)
+    # Pair 1 now sits at positions 3-4 and is still called s1/a1.
+    assert labels[3:5] == original[1:3] and labels[1:3] == original[3:5]
+    assert viz.slot_labels(batch) == ["<bos>", "s1", "a1", "s2", "a2", "query"]
+
+
+def test_query_attention_gathers_each_examples_own_positions(model, batch, patterns):
+    swapped = reordered(batch, 1)
+    rows, labels = checked(viz.query_attention)(model, swapped)
+    _, cache = model.run_with_cache(swapped.tokens)
+    pat = cache["blocks.0.attn.hook_pattern"]
+    lay = swapped.layout
+    for b in range(len(swapped)):
+        pos = [0, lay.subject_pos[b, 0], lay.answer_pos[b, 0], lay.subject_pos[b, 1], lay.answer_pos[b, 1],
+               lay.query_pos[b]]
+        expected = pat[b, :, lay.query_pos[b], torch.tensor(pos)]
+        torch.testing.assert_close(rows[b], expected)
+    assert labels == viz.slot_labels(batch)
+    torch.testing.assert_close(rows.sum(-1), torch.ones(len(batch), model.cfg.n_heads))  # no other positions
+
+
+# --------------------------------------------------------------- circuitsvis
+def test_attention_view_shows_the_models_pattern_with_role_labels(task, model, batch, patterns):
+    view = viz.attention_view(model, batch, example=3, vocab=task)
+    assert isinstance(view, cv_render.RenderedHTML)
+    props = view_props(viz._fragment(view), "AttentionHeads")
+    assert props["tokens"] == viz.role_labels(task, batch, 3)
+    np.testing.assert_allclose(props["attention"], patterns[3].numpy(), rtol=1e-6)
+    assert props["attentionHeadNames"] == ["L0H0", "L0H1"]
+
+
+def test_other_view_kinds_escape_tokens_they_insert_as_html(task, model, batch, patterns):
+    labels = viz.role_labels(task, batch, 0)
+    props = view_props(viz._fragment(viz.attention_view(model, batch, vocab=task, kind="patterns")),
+                       "AttentionPatterns")
+    assert props["tokens"][0] == "&lt;bos&gt;" and props["tokens"][1:] == labels[1:]
+    np.testing.assert_allclose(props["attention"], patterns[0].numpy(), rtol=1e-6)
+    props = view_props(viz._fragment(viz.attention_view(model, batch, vocab=task, kind="query")), "ColoredTokensMulti")
+    np.testing.assert_allclose(props["values"], patterns[0, :, -1, :].T.numpy(), rtol=1e-6)
+    assert props["labels"] == ["L0H0", "L0H1"]
+
+
+def test_attention_view_rejects_bad_arguments(model, batch):
+    with pytest.raises(ValueError, match="kind"):
+        viz.attention_view(model, batch, kind="bogus")
+    with pytest.raises(ValueError, match="layer"):
+        viz.attention_view(model, batch, layer=1)
+    with pytest.raises(IndexError):
+        viz.attention_view(model, batch, example=len(batch))
+
+
+def test_views_render_in_notebooks_without_the_network(monkeypatch, model, batch):
+    def no_network():
+        raise AssertionError("rendering must not check the network")
+
+    monkeypatch.setattr(cv_render, "internet_on", no_network)
+    view = viz.attention_view(model, batch)
+    for src in (view._repr_html_(), str(view), view.__html__()):
+        assert "unpkg" not in src and "https://" not in src.split("CircuitsVis.render")[-1]
+        assert "var CircuitsVis=" in src  # the bundle, inlined
+
+
+# ------------------------------------------------------------ offline html
+REMOTE = re.compile(r"""<script[^>]*\bsrc\s*=\s*["']?(?:https?:)?//|\bfrom\s*["']https?://|import\(\s*["']https?://""",
+                    re.IGNORECASE)
+
+
+def test_offline_html_inlines_the_bundle_once_and_loads_nothing(model, batch):
+    views = [viz.attention_view(model, batch), viz.attention_view(model, batch, example=1, kind="query")]
+    page = viz.offline_html(views, title="two views")
+    assert not REMOTE.search(page)
+    assert "unpkg.com" not in page and "sourceMappingURL" not in page
+    bundle = viz._script_safe(viz._bundle())
+    assert len(bundle) > 100_000 and page.count(bundle) == 1
+    assert page.count("var CircuitsVis=") == 1
+    outside = page.replace(bundle, "")
+    assert outside.count("<script") == outside.count("</script>") == 3  # bundle + one render call per view
+    assert page.count("CircuitsVis.render(") == 2
+    assert not re.search(r'<div id="circuits-vis-[^>]*/>', page)  # containers are closed properly
+
+
+def test_offline_html_converts_circuitsvis_objects_and_cdn_strings(model, batch, patterns):
+    import circuitsvis.attention
+
+    plain = circuitsvis.attention.attention_heads(attention=patterns[0], tokens=[str(i) for i in range(6)])
+    for view in (plain, str(plain)):  # circuitsvis's own object; its CDN string
+        page = viz.offline_html(view)
+        assert not REMOTE.search(page) and "unpkg" not in page
+        assert view_props(page, "AttentionHeads")["tokens"] == [str(i) for i in range(6)]
+
+
+def test_script_safe_keeps_the_script_element_closed():
+    js = 'a="</script><script>alert(1)</script>";b="<!--"'
+    safe = viz._script_safe(js + "\n//# sourceMappingURL=x.js.map\n")
+    assert "</script" not in safe.lower() and "<!--" not in safe and "sourceMappingURL" not in safe
+
+
+# ------------------------------------------------------------------ report
+def png_images(page: str) -> list[Image.Image]:
+    images = []
+    for data in re.findall(r'src="data:image/png;base64,([^"]+)"', page):
+        images.append(Image.open(io.BytesIO(base64.b64decode(data))))
+        images[-1].load()
+    return images
+
+
+@pytest.fixture(scope="module")
+def scores(model, batch):
+    templates = pytest.importorskip("icr_interp.templates")
+    return templates.score_templates(model, batch).to_dict()
+
+
+PATCHING = {
+    "relation": {"values": [[0.5, -1.0, 0.0], [0.25, 0.0, -0.5]], "row_labels": ["resid_pre", "attn_out"],
+                 "col_labels": ["s1", "a1", "query"], "metric": "logit_diff"},
+    "head": [0.1, -0.2],
+}
+
+
+@pytest.fixture(scope="module")
+def report_path(tmp_path_factory, task, model, batch):
+    path = tmp_path_factory.mktemp("report") / "report.html"
+    scores = {"balance": 0.8125, "best": "pairwise", "per_head": [{"layer": 0, "head": 1, "pairwise": 0.625}]}
+    return viz.save_report(path, model, batch, vocab=task, scores=scores, patching=PATCHING, title="tiny report")
+
+
+def test_report_is_self_contained(report_path, task, batch):
+    page = report_path.read_text(encoding="utf-8")
+    assert not REMOTE.search(page) and "unpkg" not in page
+    assert page.count("var CircuitsVis=") == 1
+    assert "tiny report" in page and "0.8125" in page and "pairwise" in page and "logit_diff" in page
+    # two query-row figures per head, one heatmap per patching array
+    images = png_images(page)
+    assert len(images) == 2 * 2 + 2 and all(im.size[0] > 100 for im in images)
+    assert "resid_pre" not in re.sub(r"<img[^>]*>", "", page)  # tick labels went into the figure, not a table
+    assert [p for p in os.listdir(report_path.parent) if p != report_path.name] == []  # no temp file left
+
+
+def test_report_mean_row_table_matches_query_attention(report_path, model, batch):
+    rows, labels = viz.query_attention(model, batch)
+    page = report_path.read_text(encoding="utf-8")
+    header = "".join(f"<th>{html.escape(s)}</th>" for s in labels)
+    assert header in page
+    for h, row in enumerate(rows.mean(0).tolist()):
+        assert f"<th>L0H{h}</th>" + "".join(f"<td>{x:.3f}</td>" for x in row) in page
+
+
+def test_report_writes_atomically_and_refuses_directories(tmp_path, monkeypatch, model, batch):
+    with pytest.raises(IsADirectoryError):
+        viz.save_report(tmp_path, model, batch)
+    target = tmp_path / "r.html"
+    target.write_text("old")
+    assert viz.save_report(target, model, batch) == target
+    assert target.read_text(encoding="utf-8").startswith("<!DOCTYPE html>")
+
+    def explode(*args, **kwargs):
+        raise OSError("disk full")
+
+    old = target.read_text(encoding="utf-8")
+    monkeypatch.setattr(os, "replace", explode)
+    with pytest.raises(OSError, match="disk full"):
+        viz.save_report(target, model, batch, title="new")
+    monkeypatch.undo()
+    assert target.read_text(encoding="utf-8") == old and sorted(os.listdir(tmp_path)) == ["r.html"]
+
+
+def test_report_renders_template_scores_from_the_templates_module(tmp_path, task, model, batch, scores):
+    path = viz.save_report(tmp_path / "s.html", model, batch, vocab=task, scores=scores)
+    page = path.read_text(encoding="utf-8")
+    assert "Template scores" in page and "per_head" in page
+    assert f"{scores['balance']:.4g}" in page and str(scores["best"]) in page
+
+
+def test_full_report_computes_scores_and_patching(tmp_path, task, model, batch):
+    templates = pytest.importorskip("icr_interp.templates")
+    patching = pytest.importorskip("icr_interp.patching")
+    path = viz.full_report(tmp_path / "full.html", model, task, batch, seed=1)
+    page = path.read_text(encoding="utf-8")
+    corrupted = task.corrupt(batch, "relation", seed=1)
+    by_role = patching.patch_by_role(model, batch, corrupted).to_dict()
+    panels, _ = viz.patching_panels(by_role)
+    assert [(t, r, c) for t, _, r, c in panels] == [("values", by_role["components"], by_role["roles"])]
+    # 2 heads x 2 query-row figures, one heatmap per (corruption, patching kind)
+    assert len(png_images(page)) == 4 + 2 * 2
+    assert "relation swap: hook x role" in page and "query swap: query-row pattern x source role" in page
+    assert f"{templates.score_templates(model, batch).to_dict()['pair_mass']:.4g}" in page
+    assert not REMOTE.search(page)
+
+
+def test_patching_panels_find_every_array_and_its_labels():
+    panels, rest = viz.patching_panels({"a": torch.ones(2, 3), "b": {"values": np.zeros((1, 2)), "cols": ["x", "y"],
+                                        "note": "n"}, "scalar": 1.5, "vec": [1.0, 2.0]})
+    assert [(t, m.shape, r, c) for t, m, r, c in panels] == [("a", (2, 3), None, None),
+                                                          ("b/values", (1, 2), None, ["x", "y"]),
+                                                          ("vec", (1, 2), None, None)]
+    assert rest == {"b": {"note": "n"}, "scalar": 1.5}
+
+
+# --------------------------------------------------------- headless chromium
+def _browser_paths():
+    chromium = next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
+    return chromium, shutil.which("chromedriver")
+
+
+@pytest.fixture(scope="module")
+def browser():
+    chromium, driver_path = _browser_paths()
+    if chromium is None or driver_path is None:
+        pytest.skip("headless browser test needs chromium and chromedriver on PATH (CI installs them)")
+    webdriver = pytest.importorskip("selenium.webdriver")
+    from selenium.webdriver.chrome.service import Service
+
+    profile = tempfile.mkdtemp(prefix="icr-chromium-")
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = chromium
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--no-first-run", "--disable-default-apps", "--window-size=1100,900", f"--user-data-dir={profile}",
+                 # No network: every host name fails to resolve and any proxied request goes nowhere.
+                 "--host-resolver-rules=MAP * ~NOTFOUND", "--proxy-server=http://127.0.0.1:9"):
+        opts.add_argument(flag)
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(driver_path), options=opts)  # explicit driver: no Selenium Manager
+    try:
+        yield driver
+    finally:
+        driver.quit()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+RENDERED = """
+const views = [...document.querySelectorAll('div[id^="circuits-vis-"]')];
+return views.length > 0 && views.every(v => v.children.length > 0);
+"""
+
+
+def test_report_renders_offline_in_headless_chromium(browser, report_path, task, batch, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get(report_path.as_uri())
+    WebDriverWait(browser, 30).until(lambda d: d.execute_script(RENDERED))
+    remote = browser.execute_script(
+        "return performance.getEntriesByType('resource').map(e => e.name).filter(n => /^https?:/.test(n))")
+    assert remote == []
+    severe = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+    assert severe == []
+
+    view = browser.find_element(By.ID, "attention-L0")
+    assert browser.execute_script("return arguments[0].querySelectorAll('canvas').length", view) >= 2
+    text = browser.execute_script("return document.body.innerText")
+    for label in viz.role_labels(task, batch, 0):  # the query-row view shows them as DOM text
+        assert label in view.text
+    assert "L0H0 Zoomed" in view.text and "tiny report" in text
+
+    height = browser.execute_script("return document.documentElement.scrollHeight")
+    browser.set_window_size(1100, height + 50)
+    shot = tmp_path / "report.png"
+    assert browser.save_screenshot(str(shot))
+    page_img = Image.open(shot).convert("RGB")
+    assert page_img.size[1] > 1000 and len(page_img.getcolors(1 << 24)) > 50
+    view_shot = tmp_path / "view.png"
+    view.screenshot(str(view_shot))
+    view_img = Image.open(view_shot).convert("RGB")
+    assert len(view_img.getcolors(1 << 24)) > 20  # the heatmap canvases were drawn
+    if os.environ.get("ICR_VIZ_SCREENSHOT"):  # keep a copy to look at
+        shutil.copy(shot, os.environ["ICR_VIZ_SCREENSHOT"])
+
+
+# ------------------------------------------------------------------ figures
+def test_plot_query_attention_heatmap_and_mean_bars(model, batch):
+    rows, labels = viz.query_attention(model, batch)
+    fig = checked(viz.plot_query_attention)(rows[:, 0], labels)
+    assert len(fig.axes) == 2 and len(fig.axes[0].images) == 1  # heatmap + colour bar
+    np.testing.assert_array_equal(fig.axes[0].images[0].get_array(), rows[:, 0].numpy())
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == labels
+
+    mean = rows[:, 0].mean(0)
+    fig = checked(viz.plot_query_attention)(mean.numpy(), labels)
+    assert len(fig.axes) == 1 and not fig.axes[0].images
+    bars = fig.axes[0].patches
+    np.testing.assert_allclose([b.get_height() for b in bars], mean.numpy())
+    colors = [b.get_facecolor() for b in bars]
+    assert colors[1] == colors[3] != colors[2] == colors[4]  # subjects vs answers
+    assert viz.figure_png(fig).startswith(b"\x89PNG")
+    with pytest.raises(ValueError, match="slots"):
+        viz.plot_query_attention(mean, labels[:-1])
+
+
+def test_plot_patching_is_a_diverging_heatmap_centred_at_zero():
+    matrix = torch.tensor([[0.5, -2.0, 0.0], [1.0, 0.25, -0.5]])
+    fig = checked(viz.plot_patching)(matrix, ["r0", "r1"], ["c0", "c1", "c2"], "effect")
+    ax = fig.axes[0]
+    assert len(fig.axes) == 2 and len(ax.images) == 1 and ax.get_title() == "effect"
+    im = ax.images[0]
+    np.testing.assert_array_equal(im.get_array(), matrix.numpy())
+    assert im.get_cmap().name == "RdBu_r"
+    assert im.norm.vcenter == 0 and im.norm.vmin == -2.0 and im.norm.vmax == 2.0
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["r0", "r1"]
+    assert [t.get_text() for t in ax.texts] == ["0.50", "-2.00", "0.00", "1.00", "0.25", "-0.50"]
+    with pytest.raises(ValueError, match="col_labels"):
+        viz.plot_patching(matrix, None, ["c0"])
+
+
+def test_plot_training_curves_one_panel_per_series():
+    from icr_interp.train import History
+
+    hist = History(step=[0, 1, 2, 3], loss=[2.0, 1.5, 1.0, 0.5], accuracy=[0.1, 0.4, 0.7, 1.0])
+    fig = viz.plot_training_curves(hist)
+    assert [ax.get_ylabel() for ax in fig.axes] == ["loss", "accuracy"]
+    for ax, key in zip(fig.axes, ["loss", "accuracy"]):
+        (line,) = ax.get_lines()
+        np.testing.assert_array_equal(line.get_xdata(), hist.step)
+        np.testing.assert_array_equal(line.get_ydata(), getattr(hist, key))
+    fig = viz.plot_training_curves({"step": [0, 5], "balance": [0.5, 0.9], "tag": "x"}, keys=["balance"])
+    assert len(fig.axes) == 1 and list(fig.axes[0].get_lines()[0].get_xdata()) == [0, 5]
+    with pytest.raises(KeyError, match="nope"):
+        viz.plot_training_curves(hist, keys=["nope"])
+
+
+def test_figures_do_not_touch_pyplot():
+    import matplotlib.pyplot as plt
+
+    before = plt.get_fignums()
+    viz.plot_patching(np.eye(2))
+    assert plt.get_fignums() == before
