@@ -87,8 +87,50 @@ class AssociativeMemory(nn.Module):
         return self.W_in.shape[1]
 
 
+@dataclass(frozen=True)
+class MemoryTable:
+    """A constructed memory in symbolic form: which tokens each neuron reads and writes.
+
+    Stage-I neuron n reads ``context[key_a[n]] + context[key_b[n]]`` (``key_b = -1``:
+    one token only) and writes ``gain * votes[n] @ relation``; stage-II neuron m
+    reads ``token[subject[m]] + relation[relation_id[m]]`` and writes
+    ``logit_gain * output[answer[m]]``.
+    """
+
+    key_a: Tensor  # [n_rel_neurons] token id of the first key token
+    key_b: Tensor  # [n_rel_neurons] token id of the second key token, -1 if none
+    votes: Tensor  # [n_rel_neurons relation] relation weights of each stage-I neuron (rows sum to 1)
+    threshold: float  # stage-I threshold
+    gain: float  # stage-I output gain
+    subject: Tensor  # [n_neurons] subject token of each stage-II neuron
+    relation_id: Tensor  # [n_neurons] relation of each stage-II neuron
+    answer: Tensor  # [n_neurons] answer token each stage-II neuron writes
+    lookup_threshold: float  # stage-II threshold
+    logit_gain: float  # stage-II output gain
+
+
+def memory_table(construction: str, kb: KnowledgeBase, vocab: Vocabulary, n_pairs: int,
+                 scales: MemoryScales = MemoryScales()) -> MemoryTable:
+    """The neurons of a constructed memory (see module docstring and docs/theory.md)."""
+    if construction not in CONSTRUCTIONS:
+        raise ValueError(f"construction must be one of {CONSTRUCTIONS}, got {construction!r}")
+    key_a, key_b, votes = (_pair_neurons if construction == "pair" else _answer_neurons)(kb, vocab)
+    facts = kb.triplets()  # [fact (s, r, a)]
+    return MemoryTable(
+        key_a=key_a, key_b=key_b, votes=votes,
+        # Stage I fires by (weight of its tokens) - threshold; the answer neuron sees
+        # one token, so its threshold is one token lower (docs/theory.md, section 2).
+        threshold=scales.pair_threshold - (construction == "answer"),
+        # Uniform attention over the context (weight 1 per token) gives a relation
+        # vector of norm 1 (k pairs, each firing 2 - pair_threshold).
+        gain=1.0 / (n_pairs * (2.0 - scales.pair_threshold)),
+        subject=vocab.subject_token(facts[:, 0]), relation_id=facts[:, 1], answer=vocab.answer_token(facts[:, 2]),
+        lookup_threshold=scales.lookup_threshold, logit_gain=scales.logit_gain,
+    )
+
+
 def construct_memory(construction: str, kb: KnowledgeBase, vocab: Vocabulary, basis: ResidualBasis,
-                     n_pairs: int, scales: MemoryScales = MemoryScales()) -> AssociativeMemory:
+                     n_pairs: int, scales: MemoryScales = MemoryScales(), factored: bool = False) -> nn.Module:
     """Write a memory in closed form.
 
     Args:
@@ -98,47 +140,113 @@ def construct_memory(construction: str, kb: KnowledgeBase, vocab: Vocabulary, ba
         basis: residual-stream directions the weights are written in.
         n_pairs: context pairs per prompt (sets the stage-I gain).
         scales: thresholds and gains.
+        factored: return a :class:`FactoredMemory` (same function, cost
+            O(vocab * d_model + n_facts) instead of O(n_facts * d_model)).
     """
-    if construction not in CONSTRUCTIONS:
-        raise ValueError(f"construction must be one of {CONSTRUCTIONS}, got {construction!r}")
-    keys, rel_targets = (_pair_neurons if construction == "pair" else _answer_neurons)(kb, vocab, basis)
-    memory = AssociativeMemory(basis.d_model, keys.shape[0], kb.n_triplets, construction)
-    # Stage I fires by (weight of its tokens) - threshold; the answer neuron sees
-    # one token, so its threshold is one token lower (docs/theory.md, section 2).
-    threshold = scales.pair_threshold - (construction == "answer")
-    # Gain: uniform attention over the context (weight 1 per token) gives a
-    # relation vector of norm 1 (k pairs, each firing 2 - pair_threshold).
-    gain = 1.0 / (n_pairs * (2.0 - scales.pair_threshold))
-    facts = kb.triplets()  # [fact (s, r, a)]
-    with torch.no_grad():
-        memory.W_rel_in.copy_(keys.T)
-        memory.b_rel_in.fill_(-threshold)
-        memory.W_rel_out.copy_(gain * rel_targets)
-        memory.W_in.copy_((basis.token[vocab.subject_token(facts[:, 0])] + basis.relation[facts[:, 1]]).T)
-        memory.b_in.fill_(-scales.lookup_threshold)
-        memory.W_out.copy_(scales.logit_gain * basis.output[vocab.answer_token(facts[:, 2])])
+    table = memory_table(construction, kb, vocab, n_pairs, scales)
+    if factored:
+        memory = FactoredMemory(table, basis, construction)
+    else:
+        memory = AssociativeMemory(basis.d_model, len(table.key_a), len(table.subject), construction)
+        with torch.no_grad():
+            memory.W_rel_in.copy_(_keys(basis.context, table.key_a, table.key_b).T)
+            memory.b_rel_in.fill_(-table.threshold)
+            memory.W_rel_out.copy_(table.gain * table.votes @ basis.relation)
+            memory.W_in.copy_((basis.token[table.subject] + basis.relation[table.relation_id]).T)
+            memory.b_in.fill_(-table.lookup_threshold)
+            memory.W_out.copy_(table.logit_gain * basis.output[table.answer])
     memory.scales = asdict(scales)
     return memory
 
 
-def _pair_neurons(kb: KnowledgeBase, vocab: Vocabulary, basis: ResidualBasis) -> tuple[Tensor, Tensor]:
-    """One key per distinct stored (s, a) pair; it votes for every relation giving s -> a."""
+def _keys(directions: Tensor, key_a: Tensor, key_b: Tensor) -> Tensor:
+    """``directions[key_a] + directions[key_b]`` with ``key_b = -1`` read as nothing."""
+    padded = torch.cat([directions, torch.zeros(1, directions.shape[1])])
+    return padded[key_a] + padded[torch.where(key_b < 0, len(directions), key_b)]
+
+
+class FactoredMemory(nn.Module):
+    """A constructed memory computed from its :class:`MemoryTable` instead of dense weights.
+
+    Every key is a sum of basis directions, so ``x @ W_rel_in`` is a gather from
+    ``x @ context.T`` and ``x @ W_in`` a gather from ``x @ token.T`` and
+    ``x @ relation.T``; outputs scatter into answers before one small matmul.
+    Same function and hook points as :class:`AssociativeMemory` (a test checks
+    equality); the dense weights are available as properties for analyses.
+    """
+
+    def __init__(self, table: MemoryTable, basis: ResidualBasis, construction: str):
+        super().__init__()
+        self.construction = construction
+        self.threshold, self.gain = table.threshold, table.gain
+        self.lookup_threshold, self.logit_gain = table.lookup_threshold, table.logit_gain
+        n_vocab = basis.context.shape[0]
+        for name, value in dict(context=basis.context, token=basis.token, relation=basis.relation,
+                                output=basis.output, key_a=table.key_a,
+                                key_b=torch.where(table.key_b < 0, n_vocab, table.key_b), votes=table.votes,
+                                subject=table.subject, relation_id=table.relation_id, answer=table.answer).items():
+            self.register_buffer(name, value.clone())
+        self.hook_rel_pre = HookPoint()  # [batch, pos, n_rel_neurons]
+        self.hook_rel_post = HookPoint()  # [batch, pos, n_rel_neurons]
+        self.hook_relation = HookPoint()  # [batch, pos, d_model]
+        self.hook_pre = HookPoint()  # [batch, pos, n_neurons]
+        self.hook_post = HookPoint()  # [batch, pos, n_neurons]
+
+    def forward(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
+        relation = self.hook_relation(self.infer_relation(x))
+        y = x + relation
+        pre = (y @ self.token.T)[..., self.subject] + (y @ self.relation.T)[..., self.relation_id]
+        post = self.hook_post(F.relu(self.hook_pre(pre - self.lookup_threshold)))
+        per_token = torch.zeros(*post.shape[:-1], self.output.shape[0], dtype=post.dtype, device=post.device)
+        per_token.index_add_(-1, self.answer, post)
+        return self.logit_gain * per_token @ self.output
+
+    def infer_relation(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
+        """Stage I: the relation vector the attended context implies."""
+        c = F.pad(x @ self.context.T, (0, 1))  # [batch pos vocab+1]; the pad column reads "no token"
+        pre = self.hook_rel_pre(c[..., self.key_a] + c[..., self.key_b] - self.threshold)
+        post = self.hook_rel_post(F.relu(pre))
+        return self.gain * (post @ self.votes) @ self.relation
+
+    @property
+    def d_mlp(self) -> int:
+        return len(self.subject)
+
+    # Dense views of the same weights, for weight-based analyses.
+    @property
+    def W_rel_in(self) -> Tensor:
+        return _keys(self.context, self.key_a, torch.where(self.key_b == len(self.context), -1, self.key_b)).T
+
+    @property
+    def W_rel_out(self) -> Tensor:
+        return self.gain * self.votes @ self.relation
+
+    @property
+    def W_in(self) -> Tensor:
+        return (self.token[self.subject] + self.relation[self.relation_id]).T
+
+    @property
+    def W_out(self) -> Tensor:
+        return self.logit_gain * self.output[self.answer]
+
+
+def _pair_neurons(kb: KnowledgeBase, vocab: Vocabulary) -> tuple[Tensor, Tensor, Tensor]:
+    """One neuron per distinct stored (s, a) pair; it votes for every relation giving s -> a."""
     facts = kb.triplets()
     pairs, inverse = torch.unique(facts[:, [0, 2]], dim=0, return_inverse=True)
-    keys = basis.context[vocab.subject_token(pairs[:, 0])] + basis.context[vocab.answer_token(pairs[:, 1])]
     votes = torch.zeros(len(pairs), kb.n_relations).index_put_((inverse, facts[:, 1]), torch.tensor(1.0), accumulate=True)
     votes = votes / votes.sum(1, keepdim=True)  # an ambiguous pair splits its vote
-    return keys, votes @ basis.relation
+    return vocab.subject_token(pairs[:, 0]), vocab.answer_token(pairs[:, 1]), votes
 
 
-def _answer_neurons(kb: KnowledgeBase, vocab: Vocabulary, basis: ResidualBasis) -> tuple[Tensor, Tensor]:
-    """One key per used answer; it votes for the relations that use it."""
+def _answer_neurons(kb: KnowledgeBase, vocab: Vocabulary) -> tuple[Tensor, Tensor, Tensor]:
+    """One neuron per used answer; it votes for the relations that use it."""
     facts = kb.triplets()
     used = torch.unique(facts[:, 2])
     owners = torch.zeros(kb.n_answers, kb.n_relations)
     owners[facts[:, 2], facts[:, 1]] = 1.0
     votes = owners[used] / owners[used].sum(1, keepdim=True)
-    return basis.context[vocab.answer_token(used)], votes @ basis.relation
+    return vocab.answer_token(used), torch.full_like(used, -1), votes
 
 
 def pick_construction(kb: KnowledgeBase) -> str:

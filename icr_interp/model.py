@@ -44,6 +44,7 @@ class ModelConfig:
     init_tilt: float = 2.0  # starting attention-logit bonus on answer slots
     scales: dict = field(default_factory=lambda: asdict(MemoryScales()))  # memory thresholds/gains
     pretrain: dict = field(default_factory=dict)  # options of the pretrained memory (pretrain.py)
+    memory_impl: str = "auto"  # dense | factored | auto (factored once n_facts * d_model > 2**24)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -135,8 +136,12 @@ def _attach_memory(model: HookedTransformer, task: ICRecallTask, basis: Residual
 
         memory = pretrained_memory(model, task, basis, cfg, fit=fit_memory)
     else:
+        if cfg.memory_impl not in ("auto", "dense", "factored"):
+            raise ValueError(f"memory_impl must be auto, dense or factored, got {cfg.memory_impl!r}")
+        big = task.kb.n_triplets * cfg.d_model > 2**24
+        factored = cfg.memory_impl == "factored" or (cfg.memory_impl == "auto" and big)
         memory = construct_memory(cfg.construction, task.kb, task.vocab, basis, task.n_pairs,
-                                  MemoryScales(**cfg.scales))
+                                  MemoryScales(**cfg.scales), factored=factored)
     model.blocks[-1].mlp = memory
     for block in model.blocks[:-1]:
         for p in block.mlp.parameters():

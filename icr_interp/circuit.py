@@ -1,0 +1,347 @@
+"""Circuit summary: how much of each job runs through each component.
+
+IC-recall asks the model for two jobs.  *Relation inference* reads the
+context pairs and decides which relation produced them; *answer lookup*
+combines that relation with the query subject and recalls the answer from the
+memory.  Two corruptions move one job each (:meth:`ICRecallTask.corrupt`):
+
+* the **relation swap** keeps every subject and replaces the answers by those
+  of another relation -- only relation inference has to change;
+* the **query swap** keeps the context and replaces the query subject -- only
+  the lookup has to change.
+
+For each component (a hook at the positions of one prompt role) the summary
+patches the clean activation into the corrupted run (*denoising*, see
+:mod:`icr_interp.patching`) and reports the normalised logit difference at the
+query: 0 = the corrupted run, 1 = the clean run.  A component scoring ~1 for
+one corruption carries that job's whole effect; ~0 means the job's
+information does not pass through it.  Next to it, the component is
+mean-ablated on the clean prompts (as in :mod:`icr_interp.ablation`) and the
+accuracy drop is reported: patching says where a job's *difference* lives,
+ablation says what the model *needs*.  (A relation swap keeps the subjects, so
+patching the subjects' values moves nothing, yet ablating them can still
+destroy recall: the memory needs both members of each pair.)
+
+The components, all in the last layer (the one whose MLP is the memory) except
+the query token:
+
+==================  =====================================  ==========
+component           hook                                   positions
+==================  =====================================  ==========
+``subjects``        ``blocks.L.attn.hook_v`` (all heads)   s_i
+``answers``         ``blocks.L.attn.hook_v`` (all heads)   a_i
+``context``         ``blocks.L.attn.hook_v`` (all heads)   s_i and a_i
+``query``           ``blocks.0.hook_resid_pre``            s_q
+``pattern``         ``blocks.L.attn.hook_pattern``         row s_q, sources s_i and a_i
+``attn_out``        ``blocks.L.hook_attn_out``             s_q
+``stage_I``         ``blocks.L.mlp.hook_relation``         s_q
+``stage_II``        ``blocks.L.mlp.hook_post``             s_q
+==================  =====================================  ==========
+
+Components whose hook the model lacks (a memory without stages, an
+attention-only model) are skipped.  Every example's positions come from its
+own ``batch.layout``.
+
+Example::
+
+    summary = circuit_summary(model, task, task.sample(256, seed=0))
+    print(summary)                     # the table and the verdict
+    summary["context", "relation"]     # share of relation inference carried by the pairs' values
+"""
+
+import csv
+import io
+import warnings
+from dataclasses import dataclass, field
+
+import torch
+from jaxtyping import Bool
+from torch import Tensor
+from transformer_lens import HookedTransformer
+
+from icr_interp import ablation
+from icr_interp.ablation import AblationResult
+from icr_interp.patching import LogitDiff, Patch, base_run, patch_activations, role_masks
+from icr_interp.task import Batch, ICRecallTask
+
+JOBS = ("relation", "lookup")  # summary columns: relation inference, answer lookup
+CORRUPTION_OF = {"relation": "relation", "lookup": "query"}  # job -> corruption kind that moves it
+CARRIES = 0.5  # a component "carries" a job when its normalised patching effect is at least this
+CONTEXT_GROUP = ("subjects", "answers", "context")  # reported together in the verdict
+RELIABLE_GAP = 0.05  # clean - corrupted logit diff below this fraction of their size: shares undefined
+
+
+@dataclass(frozen=True)
+class Component:
+    """A row of the summary: one hook at the positions of one prompt role."""
+
+    key: str  # short stable name (``summary[key, column]``)
+    label: str  # what it is, for tables and the verdict
+    hook: str  # full hook name
+    role: str  # role whose positions are patched / ablated (patching.role_masks names)
+
+
+def circuit_components(model: HookedTransformer) -> list[Component]:
+    """The summary's components for ``model`` (last layer; hooks the model lacks are skipped)."""
+    last = model.cfg.n_layers - 1
+    attn, mlp = f"blocks.{last}.attn", f"blocks.{last}.mlp"
+    rows = [
+        Component("subjects", "attention's copy of the context subjects", f"{attn}.hook_v", "subjects"),
+        Component("answers", "attention's copy of the context answers", f"{attn}.hook_v", "answers"),
+        Component("context", "attention's copy of both members of the pairs", f"{attn}.hook_v", "context"),
+        Component("query", "the query token (residual stream)", "blocks.0.hook_resid_pre", "query"),
+        Component("pattern", "where the query attends (pattern row to the pairs)", f"{attn}.hook_pattern", "context"),
+        Component("attn_out", "attention output at the query", f"blocks.{last}.hook_attn_out", "query"),
+        Component("stage_I", "memory stage I (inferred relation)", f"{mlp}.hook_relation", "query"),
+        Component("stage_II", "memory stage II (lookup neurons)", f"{mlp}.hook_post", "query"),
+    ]
+    return [c for c in rows if c.hook in model.hook_dict]
+
+
+# ------------------------------------------------------------------ results
+@dataclass
+class CircuitRow:
+    """One component's share of each job and its ablation."""
+
+    component: Component
+    relation: float  # normalised denoising effect under the relation swap (0 corrupted, 1 clean)
+    lookup: float  # normalised denoising effect under the query swap
+    ablated_accuracy: float  # accuracy with the component ablated (clean prompts)
+    accuracy_drop: float  # base accuracy - ablated accuracy
+
+    def to_dict(self) -> dict:
+        c = self.component
+        return dict(component=c.key, label=c.label, hook=c.hook, role=c.role, relation=self.relation,
+                    lookup=self.lookup, ablated_accuracy=self.ablated_accuracy, accuracy_drop=self.accuracy_drop)
+
+
+@dataclass
+class CircuitSummary:
+    """Fraction of relation inference and of answer lookup carried by each component."""
+
+    rows: list[CircuitRow]  # one per component, in circuit_components order
+    base_accuracy: float  # accuracy on the clean prompts
+    baselines: dict  # job -> {"clean": raw logit diff, "corrupted": raw logit diff}
+    ablation_method: str  # zero | mean | resample
+    n_prompts: int  # prompts the numbers average over
+    seed: int  # seed of the corruptions
+    extra: dict = field(default_factory=dict)  # caller's notes (checkpoint, step, ...), kept in to_dict
+
+    def __getitem__(self, key: tuple[str, str]) -> float:
+        """``summary[component, column]``, column one of relation, lookup, ablated_accuracy, accuracy_drop."""
+        component, column = key
+        for row in self.rows:
+            if row.component.key == component:
+                return float(getattr(row, column))
+        raise KeyError(f"no component {component!r}; have {[r.component.key for r in self.rows]}")
+
+    @property
+    def components(self) -> list[str]:
+        return [r.component.key for r in self.rows]
+
+    @property
+    def verdict(self) -> str:
+        """One sentence, computed from the numbers: which components carry each job."""
+        return verdict(self)
+
+    def to_dict(self) -> dict:
+        return dict(columns=["relation", "lookup", "ablated_accuracy", "accuracy_drop"],
+                    rows=[r.to_dict() for r in self.rows], base_accuracy=self.base_accuracy,
+                    baselines=self.baselines, ablation_method=self.ablation_method, n_prompts=self.n_prompts,
+                    seed=self.seed, carries_threshold=CARRIES, verdict=self.verdict, **self.extra)
+
+    def __str__(self) -> str:
+        width = max([len(r.component.label) for r in self.rows] + [9])
+        lines = [f"circuit summary ({self.n_prompts} prompts): denoising patching, normalised "
+                 f"0 = corrupted, 1 = clean; {self.ablation_method}-ablation on clean prompts "
+                 f"(base accuracy {self.base_accuracy:.3f})",
+                 f"{'component':<{width}}  {'relation':>8}  {'lookup':>8}  {'abl. acc':>8}  {'Δacc':>7}"]
+        for r in self.rows:
+            lines.append(f"{r.component.label:<{width}}  {r.relation:8.3f}  {r.lookup:8.3f}  "
+                         f"{r.ablated_accuracy:8.3f}  {-r.accuracy_drop:+7.3f}")
+        lines.append(f"verdict: {self.verdict}")
+        return "\n".join(lines)
+
+    __repr__ = __str__
+
+
+# ------------------------------------------------------------------ compute
+def circuit_summary(model: HookedTransformer, task: ICRecallTask, batch: Batch, seed: int = 0, *,
+                    ablation_method: str = "mean", **extra) -> CircuitSummary:
+    """Patch and ablate every component for both jobs (see the module docstring).
+
+    Args:
+        model: an IC-recall model (any number of layers and heads).
+        task: its task (makes the corruptions).
+        batch: the clean prompts.
+        seed: seeds the relation and query swaps.
+        ablation_method: ``"mean"``, ``"zero"`` or ``"resample"`` (:data:`icr_interp.ablation.METHODS`).
+        **extra: JSON-able notes stored in the summary (e.g. ``checkpoint=``, ``step=``).
+
+    Returns:
+        A :class:`CircuitSummary`; ``print`` it for the table and verdict.
+    """
+    if ablation_method not in ablation.METHODS:
+        raise ValueError(f"ablation method must be one of {ablation.METHODS}, got {ablation_method!r}")
+    batch = batch.to(model.cfg.device)
+    components = circuit_components(model)
+    effects, baselines = {}, {}
+    for job in JOBS:
+        corrupted = task.corrupt(batch, CORRUPTION_OF[job], seed=seed)
+        effects[job], baselines[job] = _denoise(model, batch, corrupted, components)
+    ablations = [ablate_component(model, batch, c, ablation_method) for c in components]
+    rows = [CircuitRow(c, float(effects["relation"][i]), float(effects["lookup"][i]), a.accuracy, a.accuracy_drop)
+            for i, (c, a) in enumerate(zip(components, ablations))]
+    base = ablations[0].base_accuracy if ablations else float("nan")
+    return CircuitSummary(rows, base, baselines, ablation_method, len(batch), seed, dict(extra))
+
+
+def _patch(component: Component, masks: dict[str, Tensor], query: Bool[Tensor, "batch pos"]) -> Patch:
+    """The denoising patch of a component: all heads; pattern rows patch the query's row."""
+    mask = masks[component.role]
+    if component.hook.endswith("hook_pattern"):
+        return Patch(component.hook, query, src=mask)
+    return Patch(component.hook, mask)
+
+
+def _denoise(model: HookedTransformer, clean: Batch, corrupted: Batch,
+             components: list[Component]) -> tuple[Tensor, dict]:
+    """Normalised effect of patching each component clean -> corrupted, and the raw baselines."""
+    hooks = sorted({c.hook for c in components})
+    clean_run, corrupted_run = base_run(model, clean.tokens, hooks), base_run(model, corrupted.tokens, hooks)
+    metric = LogitDiff(clean.answers, corrupted.answers, clean.layout.query_pos)
+    metric = metric.calibrated(clean_run.logits, corrupted_run.logits)
+    n_pos = clean.tokens.shape[1]
+    masks = role_masks(corrupted.layout, n_pos, sorted({c.role for c in components} | {"query"}))
+    patches = [_patch(c, masks, masks["query"]) for c in components]
+    values = patch_activations(model, corrupted.tokens, clean_run.cache, patches, metric, base_run=corrupted_run)
+    clean_value, corrupted_value = metric.clean_value, metric.corrupted_value
+    # Normalising by a near-zero gap turns noise into huge shares: flag it (the verdict says so).
+    reliable = abs(clean_value - corrupted_value) >= RELIABLE_GAP * (1.0 + abs(clean_value) + abs(corrupted_value))
+    if not reliable:
+        warnings.warn(f"clean ({clean_value:.4g}) and corrupted ({corrupted_value:.4g}) runs score almost the same: "
+                      "normalised shares are unreliable", RuntimeWarning, stacklevel=3)
+    return values.detach().cpu(), dict(clean=clean_value, corrupted=corrupted_value, reliable=reliable)
+
+
+def ablate_component(model: HookedTransformer, batch: Batch, component: Component,
+                     method: str = "mean") -> AblationResult:
+    """Ablate a component's entries (its hook at its role's positions, all heads) on ``batch``.
+
+    The stand-in value is :mod:`icr_interp.ablation`'s (batch mean per position,
+    zero, or the batch rolled by one); for the ``pattern`` component the query's
+    attention row to the role's positions is replaced.
+    """
+    n_pos = batch.tokens.shape[1]
+    masks = role_masks(batch.layout, n_pos, [component.role, "query"])
+    mask, query = masks[component.role], masks["query"]
+
+    def hook(act: Tensor, hook) -> Tensor:
+        if component.hook.endswith("hook_pattern"):  # [batch head dest src]
+            where = query[:, None, :, None] & mask[:, None, None, :]
+        else:  # [batch pos ...]
+            where = mask[(...,) + (None,) * (act.ndim - 2)]
+        return torch.where(where, ablation._replacement(act, method), act)
+
+    return ablation._run(model, batch, f"{component.label}", method, [(component.hook, hook)])
+
+
+# ------------------------------------------------------------------ verdict
+def _fmt(v: float) -> str:
+    return f"{v:.2f}"
+
+
+def _job_phrase(summary: CircuitSummary, job: str) -> str:
+    """Which components carry ``job`` (effect >= CARRIES), the context group reported as one."""
+    by_key = {r.component.key: r for r in summary.rows}
+    if not summary.baselines.get(job, {}).get("reliable", True):
+        b = summary.baselines[job]
+        return (f"the {CORRUPTION_OF[job]} swap barely moves the output (logit diff clean {b['clean']:.3g}, "
+                f"corrupted {b['corrupted']:.3g}), so {_JOB_NAMES[job]} shares are undefined")
+    carriers = [r for r in summary.rows if getattr(r, job) >= CARRIES]
+    parts, group_done = [], False
+    for r in carriers:
+        key = r.component.key
+        if key in CONTEXT_GROUP:
+            if group_done:
+                continue
+            group_done = True
+            inner = ", ".join(f"{'both' if k == 'context' else k} {_fmt(getattr(by_key[k], job))}"
+                              for k in CONTEXT_GROUP if k in by_key)
+            drops = ", ".join(f"{k} {_fmt(by_key[k].accuracy_drop)}" for k in ("subjects", "answers") if k in by_key)
+            need = f"; {summary.ablation_method}-ablated accuracy drop: {drops}" if drops else ""
+            parts.append(f"attention to the context pairs (patched: {inner}{need})")
+        else:
+            parts.append(f"{_SHORT[key]} ({_fmt(getattr(r, job))})")
+    if not parts:
+        return f"no single component carries {_JOB_NAMES[job]} (none >= {CARRIES})"
+    return f"{_JOB_NAMES[job]} runs through " + _join(parts)
+
+
+def verdict(summary: CircuitSummary) -> str:
+    """The summary in one line: the carriers of each job, then what they share."""
+    phrases = [_job_phrase(summary, job) for job in JOBS]
+    reliable = all(summary.baselines.get(job, {}).get("reliable", True) for job in JOBS)
+    shared = [r.component.key for r in summary.rows if reliable and min(r.relation, r.lookup) >= CARRIES]
+    tail = f"; both jobs pass through {_join([_SHORT[k] for k in shared])}" if shared else ""
+    return "; ".join(phrases) + tail
+
+
+_JOB_NAMES = {"relation": "relation inference", "lookup": "answer lookup"}
+_SHORT = {"subjects": "the subjects' values", "answers": "the answers' values", "context": "the pairs' values",
+          "query": "the query token", "pattern": "the query's attention pattern",
+          "attn_out": "the attention output at the query", "stage_I": "memory stage I",
+          "stage_II": "memory stage II"}
+
+
+def _join(parts: list[str]) -> str:
+    return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+
+
+# ------------------------------------------------------------------ series
+@dataclass
+class CircuitSeries:
+    """Circuit summaries of several checkpoints of one run, ordered by training step."""
+
+    names: list[str]  # checkpoint names
+    steps: list[int | None]  # training step of each (None: unknown)
+    summaries: list[CircuitSummary]  # one per checkpoint
+
+    def __post_init__(self):
+        if not (len(self.names) == len(self.steps) == len(self.summaries)):
+            raise ValueError("names, steps and summaries must have the same length")
+
+    @property
+    def components(self) -> list[str]:
+        """Components present in every summary, in summary order."""
+        if not self.summaries:
+            return []
+        common = set.intersection(*(set(s.components) for s in self.summaries))
+        return [c for c in self.summaries[0].components if c in common]
+
+    def x(self) -> list[float]:
+        """The x axis: steps when every checkpoint has one, else checkpoint indices."""
+        if all(s is not None for s in self.steps):
+            return [float(s) for s in self.steps]
+        return [float(i) for i in range(len(self.names))]
+
+    def values(self, component: str, column: str) -> list[float]:
+        return [s[component, column] for s in self.summaries]
+
+    def to_dict(self, columns: tuple[str, ...] = ("relation", "lookup", "accuracy_drop")) -> dict:
+        series = {f"{c}:{col}": self.values(c, col) for c in self.components for col in columns}
+        return dict(names=list(self.names), steps=list(self.steps), components=self.components,
+                    columns=list(columns), base_accuracy=[s.base_accuracy for s in self.summaries],
+                    series=series, verdicts=[s.verdict for s in self.summaries],
+                    summaries=[s.to_dict() for s in self.summaries])
+
+    def to_csv(self, columns: tuple[str, ...] = ("relation", "lookup", "accuracy_drop")) -> str:
+        """One row per checkpoint: name, step, base accuracy, then ``component:column`` values."""
+        keys = [(c, col) for c in self.components for col in columns]
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(["name", "step", "base_accuracy", *(f"{c}:{col}" for c, col in keys)])
+        for name, step, s in zip(self.names, self.steps, self.summaries):
+            writer.writerow([name, "" if step is None else step, f"{s.base_accuracy:.6g}",
+                             *(f"{s[c, col]:.6g}" for c, col in keys)])
+        return buf.getvalue()
