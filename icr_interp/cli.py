@@ -5,6 +5,7 @@ Commands::
     icr-interp presets                       list the presets
     icr-interp train --preset NAME --out DIR build, fine-tune, evaluate, save a checkpoint
     icr-interp reproduce [--out DIR]         the paper preset, with its query attention row explained
+    icr-interp sweep --out FILE.jsonl ...    a resumable grid of runs, locally or on Ray
 
 Bad arguments print one line ``icr-interp: error: ...`` and exit with 2; a
 failure while running (a checkpoint that cannot be written, ...) prints one
@@ -94,7 +95,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, metavar="DIR", help="checkpoint directory (default: runs/paper-seed{SEED})")
     _add_run_options(p, hidden=True)
     p.set_defaults(run=cmd_reproduce, preset="paper")
+    _add_sweep_parser(sub)
     return parser
+
+
+def _add_sweep_parser(sub) -> None:
+    p = sub.add_parser("sweep", help="run a grid of fine-tuning runs (resumable; local processes or Ray)",
+                       description="Run the Cartesian product of the axes below. Each finished run appends one JSON "
+                                   "line to --out; running the same command again skips finished runs. A CSV is "
+                                   "written next to it at the end.")
+    pos = _int_in(1, None, "value")
+    p.add_argument("--out", required=True, type=Path, metavar="FILE.jsonl", help="results file (appended to)")
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--n-triplets", type=pos, nargs="+", metavar="N", help="knowledge-base sizes in facts")
+    size.add_argument("--kb", type=pos, nargs=3, action="append", metavar=("S", "R", "A"),
+                      help="a knowledge-base size (repeatable); default 64 8 64")
+    p.add_argument("--n-relations", type=pos, default=8, help="relations with --n-triplets (default 8)")
+    p.add_argument("--k", type=pos, nargs="+", default=[4], help="context pairs (default 4)")
+    p.add_argument("--seeds", type=_int_in(0, MAX_SEED, "seed"), nargs="+", default=[0])
+    p.add_argument("--n-samples", type=pos, nargs="+", default=[256], help="training-set sizes")
+    p.add_argument("--memory", nargs="+", default=["constructed"],
+                   choices=("constructed", "pair", "answer", "pretrained"))
+    p.add_argument("--overlap", type=float, nargs="+", default=[1.0], help="answer overlaps in [0, 1]")
+    p.add_argument("--steps", type=_int_in(0, None, "--steps"), default=200)
+    p.add_argument("--workers", type=_int_in(0, None, "--workers"), default=None,
+                   help="parallel runs (default: min(2, cores)); 0 = in this process")
+    p.add_argument("--executor", choices=("local", "ray"), default="local")
+    p.add_argument("--ray-address", metavar="ADDR", help="Ray cluster address (implies --executor ray)")
+    p.set_defaults(run=cmd_sweep)
 
 
 def _add_run_options(p: argparse.ArgumentParser, hidden: bool) -> None:
@@ -112,6 +140,12 @@ def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
     """Checks that need several arguments or the machine; parser.error (exit 2) on failure."""
     if getattr(args, "device", "cpu") == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda requested but CUDA is not available")
+    if args.command == "sweep":
+        if any(not 0.0 <= o <= 1.0 for o in args.overlap):
+            parser.error("--overlap values must lie in [0, 1]")
+        if args.out.exists() and not args.out.is_file():
+            parser.error(f"--out {args.out} exists and is not a file")
+        return
     if args.command == "reproduce" and args.out is None:
         args.out = Path("runs") / f"paper-seed{args.seed}"
     if getattr(args, "out", None) is not None:
@@ -144,6 +178,25 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     print()
     print(attention_report(task, before["query_attention"], after["query_attention"], before["n_prompts"]))
     print(f"\ncheckpoint: {args.out}")
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from icr_interp import sweep  # sweeps pull in multiprocessing / Ray only when used
+
+    sizes = dict(n_triplets=args.n_triplets, n_relations=args.n_relations) if args.n_triplets else \
+        dict(kb_sizes=[tuple(kb) for kb in (args.kb or [(64, 8, 64)])])
+    specs = sweep.expand_grid(**sizes, n_pairs=args.k, seeds=args.seeds, n_samples=args.n_samples,
+                              memory=args.memory, answer_overlap=args.overlap, steps=args.steps)
+    executor = "ray" if args.ray_address else args.executor
+    print(f"{len(specs)} runs -> {args.out} ({executor})")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    results = sweep.run_sweep(specs, args.out, executor=executor, workers=args.workers, ray_address=args.ray_address)
+    sweep.to_csv(results, args.out.with_suffix(".csv"))
+    print(f"{'key':<60} {'acc':>6} {'pairwise':>8} {'best':>9}")
+    for r in results:
+        print(f"{r['key']:<60} {r['accuracy']:6.3f} {r.get('pairwise', float('nan')):8.3f} {r.get('best', '-'):>9}")
+    print(f"csv: {args.out.with_suffix('.csv')}")
     return 0
 
 
@@ -224,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
         return e.code if isinstance(e.code, int) else int(e.code is not None)
     try:
         return args.run(args)
-    except (CheckpointError, ValueError, OSError, ImportError) as e:
+    except (CheckpointError, ValueError, OSError, ImportError, RuntimeError) as e:
         print(f"{PROG}: error: {_one_line(e)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -21,7 +21,7 @@ import math
 import os
 import re
 import sys
-import tempfile
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -197,9 +197,9 @@ def plain(value):
 def write_bytes(path: Path, data: bytes) -> Path:
     """Write atomically (temporary file in the same directory, then rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.tmp"  # open(..., "xb"): the umask's mode
     try:
-        with os.fdopen(fd, "wb") as f:
+        with open(tmp, "xb") as f:
             f.write(data)
         os.replace(tmp, path)
     except BaseException:
@@ -303,27 +303,36 @@ def patching_png(results: dict) -> bytes:
     return stack_pngs(pngs)
 
 
-def plot_series(series, columns: tuple[str, ...] = ("relation", "lookup")):
-    """Normalised effect of every circuit component against the training step, one panel per column."""
+def plot_series(series, columns: tuple[str, ...] = ("relation", "lookup", "accuracy_drop")):
+    """Every circuit component against the training step, one panel per column (patching effects, ablation)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    titles = dict(relation="relation swap (relation inference)", lookup="query swap (answer lookup)",
-                  accuracy_drop="ablation: accuracy drop")
-    fig = Figure(figsize=(6.5, 1.0 + 2.6 * len(columns)), layout="constrained")
+    titles = dict(relation="relation swap (relation inference): normalised patching effect",
+                  lookup="query swap (answer lookup): normalised patching effect",
+                  accuracy_drop="ablation: accuracy drop on clean prompts")
+    fig = Figure(figsize=(9.0, 0.8 + 2.4 * len(columns)), layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(len(columns), 1, sharex=True, squeeze=False)[:, 0]
     x = series.x()
     labels = {r.component.key: r.component.label for s in series.summaries for r in s.rows}
+    # Components often coincide (0 or 1): distinct markers and dashes keep every line visible.
+    styles = [(m, ls) for ls in ("-", "--", ":") for m in ("o", "s", "^", "D", "v", "x", "P", "*")]
     for ax, column in zip(axes, columns):
-        for component in series.components:
-            ax.plot(x, series.values(component, column), marker="o", ms=3, lw=1.2,
-                    label=f"{component}: {labels[component]}")
+        for i, component in enumerate(series.components):
+            marker, ls = styles[i % len(styles)]
+            ax.plot(x, series.values(component, column), marker=marker, ls=ls, ms=5, lw=1.2, alpha=0.85,
+                    markerfacecolor="none", label=f"{component}: {labels[component]}")
         ax.set_title(titles.get(column, column), fontsize=10)
-        ax.set_ylabel("normalised effect" if column != "accuracy_drop" else "Δ accuracy")
         ax.axhline(0, color="#999", lw=0.6)
         ax.axhline(1, color="#999", lw=0.6, ls=":")
+        ax.set_ylim(-0.1, 1.1) if _within_unit(series, column) else None
         ax.grid(alpha=0.3)
     axes[-1].set_xlabel("training step" if all(s is not None for s in series.steps) else "checkpoint")
     axes[0].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return fig
+
+
+def _within_unit(series, column: str) -> bool:
+    values = [v for c in series.components for v in series.values(c, column)]
+    return all(-0.1 <= v <= 1.1 for v in values)

@@ -90,7 +90,7 @@ def run_series(args) -> int:
     written = [
         C.write_json(args.out / "patching_series.json", dict(**info, **series.to_dict((*columns, "accuracy_drop")))),
         C.write_text(args.out / "patching_series.csv", series.to_csv((*columns, "accuracy_drop"))),
-        C.write_bytes(args.out / "patching_series.png", viz.figure_png(C.plot_series(series, columns))),
+        C.write_bytes(args.out / "patching_series.png", viz.figure_png(C.plot_series(series, (*columns, "accuracy_drop")))),
     ]
     C.report_files(written)
     return 0

@@ -58,13 +58,12 @@ def _stdout(cell) -> str:
 
 
 def _write_kernelspec(directory: Path) -> None:
-    """A kernelspec running this interpreter, one torch thread (2 shared cores; see conftest)."""
+    """A kernelspec running this interpreter (the notebook picks its own thread count, as for a student)."""
     spec = directory / KERNEL_NAME
     spec.mkdir(parents=True)
     (spec / "kernel.json").write_text(json.dumps({
         "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
         "display_name": "icr_interp tests", "language": "python",
-        "env": {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"},
     }))
 
 
