@@ -19,7 +19,9 @@ One run measures, and prints as numbers and ratios:
    equal before timing.
 
 Timings on a shared 2-core machine are noisy: each is repeated; the table
-reports the best (min) and the median.  About 2-3 minutes with the defaults;
+reports the best (min) and the median.  Functions compared with each other
+take turns (round-robin) so that load falls on both alike; the peak is timed
+alone and again taking turns with the memories, keeping the higher.  About 2-3 minutes with the defaults;
 ``--quick`` (10^4 facts, smaller peak matrices) runs in well under a minute.
 """
 
@@ -41,6 +43,11 @@ from icr_interp.memory import MemoryScales, construct_memory  # noqa: E402
 from icr_interp.train import TrainConfig, batch_logits, trainable_parameters  # noqa: E402
 
 REFERENCE_KB = (64, 8, 64)  # subjects, relations, answers of the paper-sized reference
+OUT_TOL = 1e-4  # dense vs factored outputs, relative to the output scale (see scaled_error)
+# The factored backward sums each relation column's ~N/8 neuron gradients with
+# index_put's sequential fp32 accumulation (a GEMM blocks its sums): at 10^5 facts
+# its input gradient is ~3e-4 off the float64 value where the dense one is ~3e-7.
+GRAD_TOL = 1e-3
 
 
 @dataclass
@@ -54,16 +61,22 @@ class Timing:
         return f"best {self.best * 1e3:9.2f} ms, median {self.median * 1e3:9.2f} ms"
 
 
-def measure(fn: Callable[[], object], repeats: int, warmup: int = 1) -> Timing:
-    """Time ``fn()`` ``repeats`` times after ``warmup`` untimed calls (allocator, MKL packing)."""
-    for _ in range(warmup):
-        fn()
-    times = []
+def measure(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 1) -> dict[str, Timing]:
+    """Time each ``fns[name]()`` ``repeats`` times after ``warmup`` untimed calls (allocator, MKL packing).
+
+    The functions take turns (round-robin), so load from other jobs on the
+    shared cores falls on all of them alike and their ratios stay fair.
+    """
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times = {name: [] for name in fns}
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return Timing(min(times), statistics.median(times))
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: Timing(min(t), statistics.median(t)) for name, t in times.items()}
 
 
 def parse_args() -> argparse.Namespace:
@@ -74,7 +87,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--d-model", type=int, default=1024)
     p.add_argument("--batch", type=int, default=64, help="prompts per training step")
     p.add_argument("--peak-size", type=int, default=4096, help="side of the square matrices timing the peak")
-    p.add_argument("--repeats", type=int, default=7, help="timed repeats of each measurement")
+    p.add_argument("--repeats", type=int, default=5, help="timed repeats of each measurement")
     p.add_argument("--quick", action="store_true", help="smoke run: 10^4 facts, 2048 peak matrices, 3 repeats")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
@@ -84,18 +97,17 @@ def parse_args() -> argparse.Namespace:
 
 
 # ---------------------------------------------------------------- 1. peak
-def matmul_peak(n: int, repeats: int) -> tuple[float, Timing]:
-    """Best fp32 GFLOP/s of an n x n x n ``torch.mm`` (2 n^3 FLOPs)."""
+def square_matmul(n: int) -> tuple[Callable[[], torch.Tensor], int]:
+    """An n x n x n fp32 ``torch.mm`` and its FLOPs (2 n^3)."""
     gen = torch.Generator().manual_seed(0)
     a, b = torch.randn(n, n, generator=gen), torch.randn(n, n, generator=gen)
-    t = measure(lambda: torch.mm(a, b), repeats)
-    return 2 * n**3 / t.best / 1e9, t
+    return (lambda: torch.mm(a, b)), 2 * n**3
 
 
 def read_bandwidth(n_bytes: int = 2**29, repeats: int = 5) -> float:
     """Best GB/s of one streaming read (a sum) over an ``n_bytes`` fp32 tensor: the roofline's other side."""
     x = torch.ones(n_bytes // 4)
-    t = measure(lambda: x.sum(), repeats)
+    t = measure(dict(read=x.sum), repeats)["read"]
     return n_bytes / t.best / 1e9
 
 
@@ -137,8 +149,28 @@ def dense_flops(memory, batch: int) -> int:
     return 2 * 4 * batch * d_model * (n_rel + n_neurons)
 
 
-def bench_memory(model, task, batch, repeats: int) -> dict:
-    """Dense vs factored memory on the same query inputs; asserts equal outputs and input gradients."""
+def scaled_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    """max |a - b| relative to the scale of ``a`` (read as absolute where that scale is below 1).
+
+    At 10^5 facts the memory's outputs reach ~1e5, where one fp32 ulp is ~0.008,
+    so a bare absolute 1e-4 cannot hold; this is 1e-4 in the units of the output.
+    """
+    return (a - b).abs().max().item() / max(1.0, a.abs().max().item())
+
+
+@torch.no_grad()
+def active_neurons(memory, x: torch.Tensor) -> tuple[float, float]:
+    """Mean firing stage-I and stage-II neurons per input (the dense matmuls do the same work regardless)."""
+    stage_1 = (x @ memory.W_rel_in + memory.b_rel_in > 0).sum(-1).float().mean().item()
+    stage_2 = ((x + memory.infer_relation(x)) @ memory.W_in + memory.b_in > 0).sum(-1).float().mean().item()
+    return stage_1, stage_2
+
+
+def bench_memory(model, task, batch, repeats: int, peak_size: int) -> dict:
+    """Dense vs factored memory on the same query inputs; asserts equal outputs and input gradients.
+
+    The peak matmul takes turns with the two memories, so all three see the same load.
+    """
     cfg = model.icr_config
     built = dict(construction=cfg.construction, kb=task.kb, vocab=task.vocab, basis=model.icr_basis,
                  n_pairs=task.n_pairs, scales=MemoryScales(**cfg.scales))
@@ -148,16 +180,18 @@ def bench_memory(model, task, batch, repeats: int) -> dict:
     grad_out = torch.randn(x.shape, generator=torch.Generator().manual_seed(1))
     steps = dict(dense=memory_step(dense, x, grad_out), factored=memory_step(factored, x, grad_out))
     outs = {name: step() for name, step in steps.items()}
-    out_err = (outs["dense"] - outs["factored"]).abs().max().item()
-    grad_err = (steps["dense"].x.grad - steps["factored"].x.grad).abs().max().item()
-    assert out_err <= 1e-4, f"dense and factored memories disagree: max |diff| {out_err:.2e}"
-    assert grad_err <= 1e-4, f"dense and factored input gradients disagree: max |diff| {grad_err:.2e}"
+    errors = dict(out=scaled_error(outs["dense"], outs["factored"]),
+                  grad=scaled_error(steps["dense"].x.grad, steps["factored"].x.grad))
+    assert errors["out"] <= OUT_TOL and errors["grad"] <= GRAD_TOL, f"dense and factored memories disagree: {errors}"
     flops = {name: counted_flops(step) for name, step in steps.items()}
     assert flops["dense"] == dense_flops(dense, len(batch)), (flops["dense"], dense_flops(dense, len(batch)))
-    times = {name: measure(step, repeats) for name, step in steps.items()}
+    peak_mm, peak_flops = square_matmul(peak_size)
+    times = measure(dict(**steps, peak=peak_mm), repeats)
     weight_bytes = sum(p.numel() * p.element_size() for p in dense.parameters())
-    del dense, steps, outs
-    return dict(flops=flops, times=times, out_err=out_err, grad_err=grad_err, weight_bytes=weight_bytes)
+    active = active_neurons(dense, x)
+    return dict(flops=flops, times=times, errors=errors, peak=peak_flops / times.pop("peak").best / 1e9, weight_bytes=weight_bytes,
+                n_neurons=(dense.W_rel_in.shape[1], dense.W_in.shape[1]),
+                out_scale=outs["dense"].abs().max().item(), active=active)
 
 
 # ---------------------------------------------------------------- 3. training step
@@ -175,31 +209,30 @@ def train_step(model, batch, fast: bool, opt: torch.optim.Optimizer) -> Callable
 
 
 def check_same_loss(model, batch) -> tuple[float, float]:
-    """Max |diff| of the loss and of the trainable gradients between the fast and full forwards."""
+    """Errors (see :func:`scaled_error`) of the loss and the trainable gradients, fast vs full forward."""
     losses, grads = [], []
     for fast in (True, False):
         model.zero_grad(set_to_none=True)
         loss = F.cross_entropy(batch_logits(model, batch, fast=fast), batch.answers)
         loss.backward()
         losses.append(loss.detach())
-        grads.append([p.grad.clone() for p in trainable_parameters(model)])
+        grads.append(torch.cat([p.grad.flatten() for p in trainable_parameters(model)]))
     model.zero_grad(set_to_none=True)
     assert torch.allclose(losses[0], losses[1], rtol=1e-5, atol=1e-5), f"losses differ: {losses}"
-    for g_fast, g_full in zip(*grads):
-        assert torch.allclose(g_fast, g_full, rtol=1e-4, atol=1e-5), "fast and full gradients differ"
-    grad_err = max((a - b).abs().max().item() for a, b in zip(*grads))
-    return (losses[0] - losses[1]).abs().item(), grad_err
+    grad_err = scaled_error(*grads)
+    assert grad_err <= 1e-4, f"fast and full gradients differ: {grad_err:.1e}"
+    return scaled_error(*losses), grad_err
 
 
 def bench_training(model, task, batch_size: int, repeats: int, seed: int) -> dict:
-    """Fast vs full training step on one model; each path gets its own optimiser (same hyper-parameters)."""
+    """Fast vs full training step on one model, taking turns; each path has its own AdamW (same settings)."""
     batch = task.sample(batch_size, seed=seed + 1)
     loss_err, grad_err = check_same_loss(model, batch)
     tc = TrainConfig()
-    times = {}
-    for name, fast in (("fast", True), ("full", False)):
-        opt = torch.optim.AdamW(trainable_parameters(model), lr=tc.lr, weight_decay=tc.weight_decay)
-        times[name] = measure(train_step(model, batch, fast, opt), repeats)
+    steps = {name: train_step(model, batch, fast, torch.optim.AdamW(trainable_parameters(model), lr=tc.lr,
+                                                                    weight_decay=tc.weight_decay))
+             for name, fast in (("fast", True), ("full", False))}
+    times = measure(steps, repeats)
     impl = type(model.blocks[-1].mlp).__name__
     return dict(times=times, loss_err=loss_err, grad_err=grad_err, impl=impl, d_model=model.cfg.d_model,
                 n_triplets=task.kb.n_triplets)
@@ -213,7 +246,9 @@ def main() -> None:
     print(f"torch {torch.__version__}, {threads} threads (default), {os.cpu_count()} cpus, "
           f"{args.repeats} timed repeats per measurement", flush=True)
 
-    peak, t_peak = matmul_peak(args.peak_size, args.repeats)
+    peak_mm, peak_flops = square_matmul(args.peak_size)
+    t_peak = measure(dict(peak=peak_mm), args.repeats)["peak"]
+    peak = peak_flops / t_peak.best / 1e9
     bandwidth = read_bandwidth()
     print(f"\n[1] fp32 peak: torch.mm {args.peak_size}^3: {peak:.1f} GFLOP/s ({t_peak}); "
           f"streaming read {bandwidth:.1f} GB/s", flush=True)
@@ -223,7 +258,11 @@ def main() -> None:
     task = ICRecallTask(kb, n_pairs=args.n_pairs)
     model = build_model(task, d_model=args.d_model, seed=args.seed)  # memory_impl="auto"
     batch = task.sample(args.batch, seed=args.seed + 1)
-    mem = bench_memory(model, task, batch, args.repeats)
+    mem = bench_memory(model, task, batch, args.repeats, args.peak_size)
+    # Other jobs share the cores: keep the higher of the two peaks (alone, and taking
+    # turns with the memories), so "% of peak" is never flattered by a slow peak.
+    print(f"\n    peak re-measured taking turns with the memories: {mem['peak']:.1f} GFLOP/s; using the higher")
+    peak = max(peak, mem["peak"])
     gflops = {k: mem["flops"][k] / mem["times"][k].best / 1e9 for k in mem["flops"]}
     dense_s = mem["times"]["dense"].best
     print(f"\n[2] memory at the query, {kb.n_triplets} triplets, d_model {args.d_model}, batch {args.batch} "
@@ -236,20 +275,22 @@ def main() -> None:
           f"{gflops['factored']:.1f} GFLOP/s; speed-up over dense "
           f"{dense_s / mem['times']['factored'].best:.1f}x ({mem['flops']['dense'] / mem['flops']['factored']:.0f}x "
           f"fewer FLOPs)")
-    print(f"  dense == factored: max |diff| output {mem['out_err']:.1e}, input gradient {mem['grad_err']:.1e}",
-          flush=True)
+    print(f"  dense == factored: max |diff| / scale: output {mem['errors']['out']:.1e} (output scale "
+          f"{mem['out_scale']:.3g}), input gradient {mem['errors']['grad']:.1e}")
+    print(f"  firing neurons per query: stage I {mem['active'][0]:.0f} of {mem['n_neurons'][0]}, "
+          f"stage II {mem['active'][1]:.0f} of {mem['n_neurons'][1]}", flush=True)
 
     big = bench_training(model, task, args.batch, args.repeats, args.seed)
     del model
     ref_kb = KnowledgeBase.random(*REFERENCE_KB, 1.0, seed=args.seed)
     ref_task = ICRecallTask(ref_kb, n_pairs=args.n_pairs)
-    ref = bench_training(build_model(ref_task, seed=args.seed), ref_task, args.batch, 5 * args.repeats, args.seed)
+    ref = bench_training(build_model(ref_task, seed=args.seed), ref_task, args.batch, 10 * args.repeats, args.seed)
     print("\n[3] training step (logits + cross-entropy + backward + AdamW on W_Q/W_K/b_Q/b_K)")
     for row in (big, ref):
         t = row["times"]
         print(f"  {row['n_triplets']:6d} triplets, d_model {row['d_model']}, {row['impl']}: fast {t['fast']}; "
               f"full {t['full']}; speed-up {t['full'].best / t['fast'].best:.1f}x "
-              f"(|loss diff| {row['loss_err']:.1e}, max |grad diff| {row['grad_err']:.1e})", flush=True)
+              f"(loss error {row['loss_err']:.1e}, gradient error {row['grad_err']:.1e})", flush=True)
 
     summary(peak, gflops, mem, big, ref)
     print(f"\ntotal benchmark time {time.perf_counter() - t_start:.0f}s")

@@ -10,7 +10,7 @@ warnings.filterwarnings("ignore", message="HookedTransformer is deprecated", cat
 
 __version__ = "0.1.0"
 
-from icr_interp import ablation, patching, viz  # noqa: E402
+from icr_interp import ablation, circuit, patching, viz  # noqa: E402
 from icr_interp.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint  # noqa: E402
 from icr_interp.knowledge import KnowledgeBase  # noqa: E402
 from icr_interp.model import ModelConfig, build_model  # noqa: E402
@@ -21,5 +21,5 @@ from icr_interp.train import TrainConfig, evaluate, finetune  # noqa: E402
 __all__ = [
     "KnowledgeBase", "ICRecallTask", "Batch", "Layout", "ModelConfig", "build_model", "TrainConfig", "finetune",
     "evaluate", "save_checkpoint", "load_checkpoint", "Checkpoint", "CheckpointError", "score_templates",
-    "TemplateScores", "patching", "ablation", "viz", "__version__",
+    "TemplateScores", "patching", "ablation", "circuit", "viz", "__version__",
 ]

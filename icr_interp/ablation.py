@@ -59,7 +59,7 @@ def _query_metrics(model: HookedTransformer, batch: Batch, hooks: list) -> tuple
     return float((q.argmax(-1) == batch.answers).float().mean()), float(F.cross_entropy(q, batch.answers))
 
 
-def _replacement(act: Tensor, method: str) -> Tensor:
+def replacement(act: Tensor, method: str) -> Tensor:
     """The stand-in for ``act`` (batch first) under an ablation method."""
     if method == "zero":
         return torch.zeros_like(act)
@@ -70,7 +70,10 @@ def _replacement(act: Tensor, method: str) -> Tensor:
     raise ValueError(f"ablation method must be one of {METHODS}, got {method!r}")
 
 
-def _run(model, batch, name, method, hooks) -> AblationResult:
+def run_ablation(model: HookedTransformer, batch: Batch, name: str, method: str, hooks: list) -> AblationResult:
+    """Accuracy and loss on ``batch`` without and with ``hooks`` (the building block of every ablation)."""
+    if method not in (*METHODS, "restrict"):
+        raise ValueError(f"ablation method must be one of {METHODS}, got {method!r}")
     base_acc, base_loss = _query_metrics(model, batch, [])
     acc, loss = _query_metrics(model, batch, hooks)
     return AblationResult(name, method, acc, loss, base_acc, base_loss)
@@ -89,9 +92,9 @@ def ablate_role_values(model: HookedTransformer, batch: Batch, role: str, method
     mask = role_mask(batch, role, batch.tokens.shape[1])[:, :, None, None]  # [batch pos head d_head]
 
     def hook(v: Float[Tensor, "batch pos head d_head"], hook) -> Tensor:
-        return torch.where(mask, _replacement(v, method), v)
+        return torch.where(mask, replacement(v, method), v)
 
-    return _run(model, batch, f"values at {role} positions", method, [(f"blocks.{layer}.attn.hook_v", hook)])
+    return run_ablation(model, batch, f"values at {role} positions", method, [(f"blocks.{layer}.attn.hook_v", hook)])
 
 
 def ablate_head(model: HookedTransformer, batch: Batch, layer: int, head: int, method: str = "mean") -> AblationResult:
@@ -99,10 +102,10 @@ def ablate_head(model: HookedTransformer, batch: Batch, layer: int, head: int, m
 
     def hook(z: Float[Tensor, "batch pos head d_head"], hook) -> Tensor:
         z = z.clone()
-        z[:, :, head] = _replacement(z[:, :, head], method)
+        z[:, :, head] = replacement(z[:, :, head], method)
         return z
 
-    return _run(model, batch, f"head L{layer}H{head}", method, [(f"blocks.{layer}.attn.hook_z", hook)])
+    return run_ablation(model, batch, f"head L{layer}H{head}", method, [(f"blocks.{layer}.attn.hook_z", hook)])
 
 
 def ablate_hook(model: HookedTransformer, batch: Batch, hook_name: str, method: str = "mean",
@@ -117,11 +120,11 @@ def ablate_hook(model: HookedTransformer, batch: Batch, hook_name: str, method: 
 
     def hook(act: Tensor, hook) -> Tensor:
         act = act.clone()
-        act[..., sel] = _replacement(act[..., sel], method)
+        act[..., sel] = replacement(act[..., sel], method)
         return act
 
     label = hook_name if index is None else f"{hook_name}[{_describe(index)}]"
-    return _run(model, batch, label, method, [(hook_name, hook)])
+    return run_ablation(model, batch, label, method, [(hook_name, hook)])
 
 
 def restrict_pattern(model: HookedTransformer, batch: Batch, keep: tuple[str, ...], layer: int = 0) -> AblationResult:
@@ -138,7 +141,7 @@ def restrict_pattern(model: HookedTransformer, batch: Batch, keep: tuple[str, ..
         pattern[rows, :, batch.layout.query_pos] = q_row / q_row.sum(-1, keepdim=True).clamp_min(1e-12)
         return pattern
 
-    return _run(model, batch, f"query attends to {'+'.join(keep)} only", "restrict",
+    return run_ablation(model, batch, f"query attends to {'+'.join(keep)} only", "restrict",
                 [(f"blocks.{layer}.attn.hook_pattern", hook)])
 
 

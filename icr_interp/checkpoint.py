@@ -85,6 +85,7 @@ def save_checkpoint(path: str | Path, model: HookedTransformer, task: ICRecallTa
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; a checkpoint follows the umask like any folder
     except OSError as e:
         raise CheckpointError(f"cannot write checkpoint {path}: {_one_line(e)}") from e
     try:
@@ -351,3 +352,10 @@ def _short_list(names: list[str], n: int = 4) -> str:
 def _one_line(e: BaseException) -> str:
     """An exception's message squeezed onto one line."""
     return " ".join(str(e).split()) or type(e).__name__
+
+
+def _umask() -> int:
+    """The process umask (read by setting and restoring it)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -241,9 +241,9 @@ def ablate_component(model: HookedTransformer, batch: Batch, component: Componen
             where = query[:, None, :, None] & mask[:, None, None, :]
         else:  # [batch pos ...]
             where = mask[(...,) + (None,) * (act.ndim - 2)]
-        return torch.where(where, ablation._replacement(act, method), act)
+        return torch.where(where, ablation.replacement(act, method), act)
 
-    return ablation._run(model, batch, f"{component.label}", method, [(component.hook, hook)])
+    return ablation.run_ablation(model, batch, f"{component.label}", method, [(component.hook, hook)])
 
 
 # ------------------------------------------------------------------ verdict

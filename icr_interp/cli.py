@@ -210,16 +210,29 @@ def run_preset(preset: Preset, seed: int, out: Path, n_samples: int | None = Non
     print(f"model: d_model={cfg.d_model}, memory={cfg.construction}, {cfg.n_layers} layer(s) x {cfg.n_heads} "
           f"head(s); training only W_Q/W_K")
     eval_seed = seed + EVAL_OFFSET
-    before = evaluate(model, task, seed=eval_seed)
+    scored = task.sample(512, seed=eval_seed + 1)
+    before = dict(evaluate(model, task, seed=eval_seed), templates=_template_summary(model, scored))
     history = finetune(model, task, seed=seed, progress=True, **budget)  # bar only on a terminal
-    after = evaluate(model, task, seed=eval_seed)
+    after = dict(evaluate(model, task, seed=eval_seed), templates=_template_summary(model, scored))
     train = model.icr_train
     print(f"fine-tuned on {train.n_samples} prompts for {train.steps} steps (lr {train.lr:g})")
     print(f"held-out accuracy ({after['n_prompts']} prompts): before {before['accuracy']:.3f}, "
           f"after {after['accuracy']:.3f}  (loss {before['loss']:.3f} -> {after['loss']:.3f})")
+    for name, r in (("before", before["templates"]), ("after", after["templates"])):
+        print(f"attention template {name:>6}: best {r['best']:<9} pairwise score {r['pairwise']:.3f} per example, "
+              f"{r['mean_row_pairwise']:.3f} mean row (best {r['mean_row_best']}); balance {r['balance']:.3f}")
     save_checkpoint(out, model, task, preset=preset.name, seed=seed, eval_seed=eval_seed,
                     before=before, after=after, history=history.to_dict())
     return task, before, after
+
+
+def _template_summary(model, batch) -> dict:
+    """Headline template scores (docs/theory.md, section 7) as plain numbers."""
+    from icr_interp.templates import score_templates  # analyses sit downstream of training
+
+    d = score_templates(model, batch).to_dict()
+    return dict(best=d["best"], pairwise=float(d["pairwise"]), balance=float(d["balance"]),
+                mean_row_pairwise=float(d["mean_row"]["pairwise"]), mean_row_best=d["mean_row"]["best"])
 
 
 # ------------------------------------------------------------------ report

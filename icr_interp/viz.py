@@ -650,6 +650,9 @@ def _atomic_write(path: Path, text: str) -> None:
     """Write via a temporary file in the same directory, then ``os.replace`` it into place."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(tmp, 0o666 & ~mask)  # mkstemp makes 0600; a report is readable like any file
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)

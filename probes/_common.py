@@ -42,6 +42,13 @@ class ProbeParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {one_line(message)}\n")
 
 
+def help_texts(doc: str) -> dict:
+    """ProbeParser keywords from a script docstring: title as description, the text after the usage as epilog."""
+    paragraphs = doc.strip().split("\n\n")
+    return dict(description=paragraphs[0], epilog="\n\n".join(paragraphs[3:]),
+                formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
 def one_line(message) -> str:
     return " ".join(str(message).split()) or "unknown error"
 

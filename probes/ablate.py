@@ -20,7 +20,7 @@ METHODS = ("mean", "zero", "resample")  # icr_interp.ablation.METHODS (not impor
 
 
 def build_parser() -> C.ProbeParser:
-    p = C.ProbeParser(prog=PROG, description=__doc__.split("\n\n")[2].replace("\n", " "))
+    p = C.ProbeParser(prog=PROG, **C.help_texts(__doc__))
     C.add_common_arguments(p, "")
     p.add_argument("--method", choices=METHODS, default="mean", help="how to remove a component (default mean)")
     return p

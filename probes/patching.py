@@ -26,7 +26,7 @@ PROG = "patching.py"
 
 
 def build_parser() -> C.ProbeParser:
-    p = C.ProbeParser(prog=PROG, description=__doc__.split("\n\n")[2].replace("\n", " "))
+    p = C.ProbeParser(prog=PROG, **C.help_texts(__doc__))
     C.add_common_arguments(p, ", or a directory of checkpoints for a time series")
     p.add_argument("--corruption", choices=tuple(C.KINDS), default="both",
                    help="relation swap (moves relation inference), query swap (moves answer lookup), or both")
@@ -84,13 +84,13 @@ def run_series(args) -> int:
                                          step=entry.step))
         print(f"{entry.name} (step {entry.step}): {summaries[-1].verdict}")
     series = CircuitSeries([e.name for e in entries], [e.step for e in entries], summaries)
-    columns = tuple({"relation": "relation", "query": "lookup"}[k] for k in C.KINDS[args.corruption])
+    columns = (*({"relation": "relation", "query": "lookup"}[k] for k in C.KINDS[args.corruption]), "accuracy_drop")
     info = dict(directory=str(args.checkpoint), n_prompts=args.n_prompts, seed=args.seed,
                 corruption_seed=args.seed + 1, corruption=args.corruption)
     written = [
-        C.write_json(args.out / "patching_series.json", dict(**info, **series.to_dict((*columns, "accuracy_drop")))),
-        C.write_text(args.out / "patching_series.csv", series.to_csv((*columns, "accuracy_drop"))),
-        C.write_bytes(args.out / "patching_series.png", viz.figure_png(C.plot_series(series, (*columns, "accuracy_drop")))),
+        C.write_json(args.out / "patching_series.json", dict(**info, **series.to_dict(columns))),
+        C.write_text(args.out / "patching_series.csv", series.to_csv(columns)),
+        C.write_bytes(args.out / "patching_series.png", viz.figure_png(C.plot_series(series, columns))),
     ]
     C.report_files(written)
     return 0

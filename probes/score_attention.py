@@ -22,7 +22,7 @@ MAX_ROWS_SHOWN = 32  # prompts in the per-example heatmap
 
 
 def build_parser() -> C.ProbeParser:
-    p = C.ProbeParser(prog=PROG, description=__doc__.split("\n\n")[2].replace("\n", " "))
+    p = C.ProbeParser(prog=PROG, **C.help_texts(__doc__))
     C.add_common_arguments(p, "")
     p.add_argument("--html", action="store_true", help="also write a self-contained HTML report (report.html)")
     return p

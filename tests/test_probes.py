@@ -1,0 +1,221 @@
+"""The probe scripts run on a saved checkpoint: exit codes, files, numbers, one-line errors."""
+
+import csv
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from icr_interp import ICRecallTask, KnowledgeBase, build_model, save_checkpoint
+from icr_interp.train import finetune
+
+REPO = Path(__file__).resolve().parents[1]
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+SCRIPTS = ("patching.py", "ablate.py", "score_attention.py")
+
+
+@pytest.fixture(scope="module")
+def reference_checkpoint(tmp_path_factory) -> Path:
+    """The reference model fine-tuned as in the paper, saved once per session (shared with the other modules)."""
+    path = tmp_path_factory.getbasetemp() / "reference-checkpoint"
+    if not (path / "config.json").is_file():
+        task = ICRecallTask(KnowledgeBase.random(64, 8, 64, 1.0, seed=0), n_pairs=4)
+        model = build_model(task)
+        finetune(model, task, steps=200, seed=0, progress=False)
+        save_checkpoint(path, model, task, step=200)
+    return path
+
+
+def probe(script: str, *args, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO / "probes" / script), *map(str, args)], cwd=cwd,
+                          capture_output=True, text=True, timeout=600)
+
+
+def ok(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    assert result.returncode == 0, result.stderr
+    return result
+
+
+def assert_png(path: Path) -> None:
+    data = path.read_bytes()
+    assert data[:8] == PNG_MAGIC and data[12:16] == b"IHDR"
+    width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    assert width > 200 and height > 200
+
+
+def numbers(values) -> list[float]:
+    flat = [x for row in values for x in (row if isinstance(row, list) else [row])]
+    assert all(isinstance(x, (int, float)) for x in flat)
+    return flat
+
+
+# ------------------------------------------------------------ patching.py
+def test_patching_one_checkpoint(reference_checkpoint, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "old.txt").write_text("x")  # non-empty: needs --force
+    result = ok(probe("patching.py", reference_checkpoint, "--n-prompts", 16, "--seed", 1, "--out", out, "--force"))
+    assert "relation swap" in result.stdout and "verdict: relation inference runs through" in result.stdout
+    data = json.loads((out / "patching.json").read_text())
+    assert {"checkpoint", "n_prompts", "seed", "method", "corruptions", "results"} <= set(data)
+    assert data["n_prompts"] == 16 and data["method"] == "exact" and data["corruptions"] == ["relation", "query"]
+    rel, query = data["results"]["relation"]["by_role"], data["results"]["query"]["by_role"]
+    numbers(rel["values"])
+    cell = lambda r, comp, role: r["values"][r["components"].index(comp)][r["roles"].index(role)]  # noqa: E731
+    assert cell(rel, "blocks.0.hook_resid_pre", "context") > 0.9 and abs(cell(rel, "blocks.0.hook_resid_pre",
+                                                                                  "query")) < 1e-6
+    assert cell(query, "blocks.0.hook_resid_pre", "query") == pytest.approx(1.0, abs=1e-4)
+    assert data["results"]["query"]["pattern_by_role"]["components"] == ["blocks.0.attn.hook_pattern:h0"]
+    circuit = json.loads((out / "circuit.json").read_text())
+    rows = {r["component"]: r for r in circuit["rows"]}
+    assert rows["context"]["relation"] > 0.9 and rows["query"]["lookup"] > 0.9 and rows["stage_II"]["lookup"] > 0.9
+    assert abs(rows["query"]["relation"]) < 1e-6 and abs(rows["context"]["lookup"]) < 1e-6
+    assert circuit["verdict"].startswith("relation inference runs through attention to the context pairs")
+    assert_png(out / "patching.png")
+
+
+def test_patching_attribution_one_corruption(reference_checkpoint, tmp_path):
+    out = tmp_path / "attr"
+    ok(probe("patching.py", reference_checkpoint, "--n-prompts", 8, "--method", "attribution",
+             "--corruption", "query", "--out", out))
+    data = json.loads((out / "patching.json").read_text())
+    assert data["method"] == "attribution" and list(data["results"]) == ["query"]
+    by_role = data["results"]["query"]["by_role"]
+    assert by_role["method"] == "attribution" and numbers(by_role["values"])
+    # mlp_out at the query is linear in the logits: attribution is exact there.
+    i = by_role["components"].index("blocks.0.hook_mlp_out")
+    assert by_role["values"][i][by_role["roles"].index("query")] == pytest.approx(1.0, abs=1e-3)
+    assert_png(out / "patching.png")
+    assert json.loads((out / "circuit.json").read_text())["rows"]  # the circuit summary is always exact
+
+
+def test_patching_series(reference_checkpoint, tmp_path):
+    """Two checkpoints, ordered by the step in their metrics (not their names); hidden leftovers are ignored."""
+    series = tmp_path / "run"
+    shutil.copytree(reference_checkpoint, series / "a-final")  # metrics step=200
+    task = ICRecallTask(KnowledgeBase.random(64, 8, 64, 1.0, seed=0), n_pairs=4)
+    save_checkpoint(series / "b-start", build_model(task), task, step=0)
+    shutil.copytree(reference_checkpoint, series / ".a-final.old-1234")  # an interrupted save's leftover
+    out = tmp_path / "series-out"
+    ok(probe("patching.py", series, "--n-prompts", 16, "--out", out))
+    data = json.loads((out / "patching_series.json").read_text())
+    assert data["names"] == ["b-start", "a-final"] and data["steps"] == [0, 200]
+    assert len(data["summaries"]) == 2 and all(len(v) == 2 for v in data["series"].values())
+    for values in data["series"].values():
+        numbers(values)
+    assert data["series"]["context:relation"][1] > 0.9 and data["series"]["query:lookup"] == pytest.approx([1, 1])
+    with open(out / "patching_series.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["name"] for r in rows] == ["b-start", "a-final"] and [r["step"] for r in rows] == ["0", "200"]
+    assert float(rows[1]["context:relation"]) == pytest.approx(data["series"]["context:relation"][1], rel=1e-5)
+    assert_png(out / "patching_series.png")
+
+
+# ------------------------------------------------------------ ablate.py, score_attention.py
+def test_ablate(reference_checkpoint, tmp_path):
+    out = tmp_path / "abl"
+    result = ok(probe("ablate.py", reference_checkpoint, "--method", "zero", "--n-prompts", 32, "--out", out))
+    assert "values at subject positions" in result.stdout
+    data = json.loads((out / "ablation.json").read_text())
+    assert data["method"] == "zero" and data["n_prompts"] == 32 and data["base_accuracy"] > 0.9
+    results = {r["name"]: r for r in data["results"]}
+    assert results["values at subject positions"]["accuracy"] < 0.3
+    assert results["values at query positions"]["accuracy"] >= data["base_accuracy"] - 0.05
+    assert results["blocks.0.mlp.hook_relation"]["accuracy"] < 0.1
+    assert all(isinstance(r["accuracy_drop"], float) for r in data["results"])
+
+
+def test_score_attention_with_html(reference_checkpoint, tmp_path):
+    out = tmp_path / "scores"
+    result = ok(probe("score_attention.py", reference_checkpoint, "--n-prompts", 32, "--out", out, "--html"))
+    assert "TemplateScores" in result.stdout
+    data = json.loads((out / "scores.json").read_text())
+    assert {"pairwise", "balance", "pair_mass", "best", "per_head", "mean_row"} <= set(data)
+    assert 0.7 < data["pairwise"] <= 1 and data["pair_mass"] > 0.95 and data["best"] == "pairwise"
+    assert_png(out / "attention.png")
+    page = (out / "report.html").read_text()
+    assert page.startswith("<!DOCTYPE html>") and "CircuitsVis" in page
+    assert "unpkg.com" not in page and 'src="http' not in page  # opens offline
+
+
+# ------------------------------------------------------------ bad input
+@pytest.fixture(scope="module")
+def bad_inputs(reference_checkpoint, tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("bad")
+    (root / "plain.txt").write_text("not a checkpoint")
+    (root / "empty").mkdir()
+    (root / "nested" / "notes").mkdir(parents=True)
+    (root / "broken").mkdir()
+    shutil.copy(reference_checkpoint / "model.safetensors", root / "broken")
+    (root / "broken" / "config.json").write_text('{"format": "something-else/1"}')
+    (root / "full").mkdir()
+    (root / "full" / "x").write_text("x")
+    return dict(root=root, ckpt=reference_checkpoint)
+
+
+CASES = {  # name -> (arguments, expected exit code, words in the message)
+    "missing path": (lambda d: [d["root"] / "nope"], 2, "checkpoint not found"),
+    "a plain file": (lambda d: [d["root"] / "plain.txt"], 2, "is a file"),
+    "no checkpoints": (lambda d: [d["root"] / "nested"], 2, "no checkpoints in"),
+    "empty directory": (lambda d: [d["root"] / "empty"], 2, "no checkpoints in"),
+    "--n-prompts 0": (lambda d: [d["ckpt"], "--n-prompts", "0"], 2, "--n-prompts must be >= 1"),
+    "--n-prompts x": (lambda d: [d["ckpt"], "--n-prompts", "x"], 2, "must be an integer"),
+    "non-empty --out": (lambda d: [d["ckpt"], "--out", d["root"] / "full"], 2, "pass --force"),
+    "--out is the checkpoint": (lambda d: [d["ckpt"], "--out", d["ckpt"], "--force"], 2, "checkpoint directory"),
+    "broken checkpoint": (lambda d: [d["root"] / "broken"], 1, "unknown checkpoint format"),
+}
+
+
+# Runtime errors (exit 1) share one code path (_common.run_main) and need torch imported: one script suffices.
+BAD_INPUT_RUNS = [(case, script) for case in CASES for script in SCRIPTS
+                  if CASES[case][1] == 2 or script == "patching.py"]
+
+
+@pytest.mark.parametrize("case, script", BAD_INPUT_RUNS)
+def test_bad_input_is_one_line(bad_inputs, script, case, tmp_path):
+    make_args, code, words = CASES[case]
+    args = make_args(bad_inputs)
+    if "--out" not in args:
+        args += ["--out", tmp_path / "out"]
+    result = probe(script, *args)
+    assert result.returncode == code, result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"{script}: error: ") and words in lines[0], result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("script, args, words", [
+    ("patching.py", ["--method", "attribution"], "applies to one checkpoint"),
+    ("patching.py", ["--corruption", "answer"], "invalid choice"),
+    ("ablate.py", [], "takes one checkpoint"),
+    ("ablate.py", ["--method", "median"], "invalid choice"),
+    ("score_attention.py", [], "takes one checkpoint"),
+])
+def test_incompatible_options(reference_checkpoint, tmp_path, script, args, words):
+    """Options that do not fit a directory of checkpoints (or at all): exit 2, one line."""
+    series = tmp_path / "run"
+    (series / "ckpt-1").mkdir(parents=True)
+    shutil.copy(reference_checkpoint / "config.json", series / "ckpt-1")
+    result = probe(script, series, *args, "--out", tmp_path / "out")
+    assert result.returncode == 2 and len(result.stderr.splitlines()) == 1 and words in result.stderr
+
+
+def test_default_output_directory_is_new(tmp_path, monkeypatch):
+    sys.path.insert(0, str(REPO / "probes"))
+    try:
+        import _common as C
+    finally:
+        sys.path.remove(str(REPO / "probes"))
+    monkeypatch.chdir(tmp_path)
+    ckpt = tmp_path / "ckpts" / "step-10"
+    assert C.output_dir(None, False, "patching", ckpt) == Path("runs/patching-step-10")
+    (tmp_path / "runs" / "patching-step-10").mkdir(parents=True)
+    assert C.output_dir(None, False, "patching", ckpt) == Path("runs/patching-step-10")  # empty: fine
+    (tmp_path / "runs" / "patching-step-10" / "patching.json").write_text("{}")
+    assert C.output_dir(None, False, "patching", ckpt) == Path("runs/patching-step-10-2")  # never overwritten
+    with pytest.raises(C.UsageError, match="pass --force"):
+        C.output_dir(Path("runs/patching-step-10"), False, "patching", ckpt)
+    assert C.output_dir(Path("runs/patching-step-10"), True, "patching", ckpt) == Path("runs/patching-step-10")
