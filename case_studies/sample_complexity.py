@@ -80,7 +80,7 @@ def main(argv=None) -> int:
     p.add_argument("--one-seed-above", type=positive, default=50_000, help="use only the first seed above this N")
     p.add_argument("--grid", type=positive, nargs="+", default=[16, 64, 256, 1024, 4096])
     p.add_argument("--steps", type=positive, default=200)
-    p.add_argument("--d-large", type=positive, default=2048)
+    p.add_argument("--d-large", type=positive, default=1024)
     p.add_argument("--n-eval", type=positive, default=512)
     p.add_argument("--n-template", type=positive, default=256)
     p.add_argument("--target", type=float, default=0.95)

@@ -10,9 +10,10 @@ The reference model keeps every kind of information in its own directions:
 * ``output``   -- the direction the unembedding reads for each token (W_U).
 
 When all these vectors fit (``d_model`` >= their number) they are exactly
-orthonormal; otherwise positions and relations stay exact and the three
-vocabulary-sized groups are random unit vectors in the rest of the space,
-nearly orthogonal with crosstalk ~ 1/sqrt(d_model).
+orthonormal; otherwise positions and relations stay exact, token and output
+directions are random unit vectors in the rest of the space (crosstalk ~
+1/sqrt(d_model)), and context directions are the token directions under a
+random rotation, so that attention's OV map copies every token exactly.
 """
 
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ class ResidualBasis:
     context: Float[Tensor, "vocab d_model"]  # OV image of each token id
     relation: Float[Tensor, "relation d_model"]  # relation vectors (memory stage I output)
     output: Float[Tensor, "vocab d_model"]  # unembedding direction of each token id
+    copy: Float[Tensor, "d_model d_model"]  # linear map with token[t] @ copy = context[t] (attention's OV)
 
     @property
     def d_model(self) -> int:
@@ -54,19 +56,23 @@ class ResidualBasis:
         """
         sizes = [vocab.size, n_ctx, vocab.size, vocab.n_relations, vocab.size]
         gen = torch.Generator().manual_seed(seed)
+        q, _ = torch.linalg.qr(torch.randn(d_model, d_model, generator=gen, dtype=torch.float64))
         if sum(sizes) <= d_model:
-            q, _ = torch.linalg.qr(torch.randn(d_model, d_model, generator=gen, dtype=torch.float64))
-            return cls(*torch.split(q.T[: sum(sizes)].float(), sizes))
+            token, pos, context, relation, output = torch.split(q.T[: sum(sizes)], sizes)
+            return cls(*(t.float() for t in (token, pos, context, relation, output, token.T @ context)))
         n_exact = n_ctx + vocab.n_relations
         if n_exact >= d_model:
             raise ValueError(f"d_model={d_model} cannot hold {n_exact} position and relation directions")
-        q, _ = torch.linalg.qr(torch.randn(d_model, d_model, generator=gen, dtype=torch.float64))
         exact, complement = q.T[:n_exact], q.T[n_exact:]
-        raw = torch.randn(3 * vocab.size, d_model - n_exact, generator=gen, dtype=torch.float64) @ complement
-        raw = raw / raw.norm(dim=1, keepdim=True)
-        token, context, output = raw.split(vocab.size)
+        raw = torch.randn(2 * vocab.size, d_model - n_exact, generator=gen, dtype=torch.float64) @ complement
+        token, output = (raw / raw.norm(dim=1, keepdim=True)).split(vocab.size)
+        # Context directions are the token directions under a random rotation of the
+        # complement: one d x d map copies *every* token exactly (a sum of V > d
+        # outer products token[t]^T context[t] would drown each copy in crosstalk).
+        rot, _ = torch.linalg.qr(torch.randn(d_model - n_exact, d_model - n_exact, generator=gen, dtype=torch.float64))
+        copy = complement.T @ rot @ complement
         pos, relation = exact.split([n_ctx, vocab.n_relations])
-        return cls(*(t.float() for t in (token, pos, context, relation, output)))
+        return cls(*(t.float() for t in (token, pos, token @ copy, relation, output, copy)))
 
 
 def n_directions_needed(vocab_size: int, n_ctx: int, n_relations: int) -> int:

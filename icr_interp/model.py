@@ -110,7 +110,7 @@ def _write_embeddings(model: HookedTransformer, basis: ResidualBasis) -> None:
 def _write_attention(model: HookedTransformer, basis: ResidualBasis, task: ICRecallTask, cfg: ModelConfig) -> None:
     """OV copies tokens into context directions; QK starts small, random and answer-tilted."""
     gen = torch.Generator().manual_seed(cfg.seed + 1)
-    ov = 2 * task.n_pairs * basis.token.T @ basis.context / cfg.n_heads  # [d_model d_model]
+    ov = 2 * task.n_pairs * basis.copy / cfg.n_heads  # [d_model d_model]: token[t] -> 2k context[t]
     tilt_logits = cfg.init_tilt * math.sqrt(cfg.d_model)  # TL divides scores by sqrt(d_head)
     answer_slots = task.layout(1).answer_pos[0]
     for block in model.blocks:
