@@ -18,6 +18,8 @@ numeric tower is on so that an ``int`` is accepted where ``float`` is annotated
 import sys
 
 import jaxtyping
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -58,3 +60,17 @@ def shared_task(shared_kb) -> ICRecallTask:
 @pytest.fixture(scope="session")
 def disjoint_task(disjoint_kb) -> ICRecallTask:
     return ICRecallTask(disjoint_kb, n_pairs=N_PAIRS)
+
+
+@pytest.fixture(scope="session")
+def reference_checkpoint(tmp_path_factory) -> Path:
+    """The reference model fine-tuned as in the paper (200 steps), saved once per session for the analysis tests."""
+    from icr_interp import build_model, save_checkpoint
+    from icr_interp.train import finetune
+
+    path = tmp_path_factory.getbasetemp() / "reference-checkpoint"
+    task = ICRecallTask(KnowledgeBase.random(64, 8, 64, 1.0, seed=0), n_pairs=4)
+    model = build_model(task)
+    finetune(model, task, steps=200, seed=0, progress=False)
+    save_checkpoint(path, model, task, step=200)
+    return path

@@ -18,18 +18,6 @@ N_PROMPTS = 128
 
 
 @pytest.fixture(scope="module")
-def reference_checkpoint(tmp_path_factory) -> Path:
-    """The reference model fine-tuned as in the paper, saved once per session (shared with the probe tests)."""
-    path = tmp_path_factory.getbasetemp() / "reference-checkpoint"
-    if not (path / "config.json").is_file():
-        task = ICRecallTask(KnowledgeBase.random(64, 8, 64, 1.0, seed=0), n_pairs=4)
-        model = build_model(task)
-        finetune(model, task, steps=200, seed=0, progress=False)
-        save_checkpoint(path, model, task, step=200)
-    return path
-
-
-@pytest.fixture(scope="module")
 def reference(reference_checkpoint):
     ck = load_checkpoint(reference_checkpoint)
     batch = ck.task.sample(N_PROMPTS, seed=1)

@@ -17,18 +17,6 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 SCRIPTS = ("patching.py", "ablate.py", "score_attention.py")
 
 
-@pytest.fixture(scope="module")
-def reference_checkpoint(tmp_path_factory) -> Path:
-    """The reference model fine-tuned as in the paper, saved once per session (shared with the other modules)."""
-    path = tmp_path_factory.getbasetemp() / "reference-checkpoint"
-    if not (path / "config.json").is_file():
-        task = ICRecallTask(KnowledgeBase.random(64, 8, 64, 1.0, seed=0), n_pairs=4)
-        model = build_model(task)
-        finetune(model, task, steps=200, seed=0, progress=False)
-        save_checkpoint(path, model, task, step=200)
-    return path
-
-
 def probe(script: str, *args, cwd: Path = REPO) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(REPO / "probes" / script), *map(str, args)], cwd=cwd,
                           capture_output=True, text=True, timeout=600)
