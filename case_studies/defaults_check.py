@@ -22,12 +22,13 @@ CASES = [(32, 4, 2, 1), (128, 16, 6, 2), (32, 16, 6, 3), (128, 4, 2, 4), (64, 8,
 def main(argv=None) -> int:
     p = Parser(prog="defaults_check.py", description=__doc__.splitlines()[0])
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--max-cases", type=int, default=len(CASES), help="run only the first N cases (smoke test)")
     p.add_argument("--out", default="case_studies/results/defaults_check")
     args = p.parse_args(argv)
     setup_threads(args.threads)
     out = out_dir(args.out)
     rows = []
-    for s, r, k, seed in CASES:
+    for s, r, k, seed in CASES[: args.max_cases]:
         task = ICRecallTask(KnowledgeBase.random(s, r, s, answer_overlap=1.0, seed=seed), n_pairs=k)
         model = build_model(task, seed=seed)
         start = evaluate(model, task, seed=seed)["accuracy"]

@@ -1,0 +1,86 @@
+"""Every case study runs end to end at a tiny size and writes what docs/results.md says it writes."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def run(script: str, *args) -> subprocess.CompletedProcess:
+    result = subprocess.run([sys.executable, str(REPO / "case_studies" / script), *map(str, args)], cwd=REPO,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result
+
+
+def png(path: Path) -> bool:
+    return path.read_bytes()[:8] == PNG_MAGIC
+
+
+def test_emergence(tmp_path):
+    run("emergence.py", "--preset", "tiny", "--steps", "10", "--every", "5", "--n-prompts", "32", "--out", tmp_path)
+    data = json.loads((tmp_path / "emergence.json").read_text())
+    s = data["series"]
+    assert s["step"] == [0, 5, 10]
+    assert all(0.0 <= v <= 1.0 for key in ("pairwise", "balance", "accuracy") for v in s[key])
+    assert s["best"][0] == "answers"  # the answer-tilted start
+    assert all(png(tmp_path / f) for f in ("emergence.png", "emergence_rows_start.png", "emergence_rows_end.png"))
+
+
+def test_sample_complexity_resumes(tmp_path):
+    args = ("--sizes", 64, 128, "--seeds", 0, "--grid", 8, 16, "--steps", 5, "--n-eval", 32, "--n-template", 16,
+            "--workers", 0, "--out", tmp_path)
+    run("sample_complexity.py", *args)
+    lines = (tmp_path / "results.jsonl").read_text().splitlines()
+    assert len(lines) == 2 * 3  # 2 sizes x (2 grid points + the 0-step start)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert {r["n_triplets"] for r in summary["n_star"]["accuracy"]} == {64, 128}
+    assert png(tmp_path / "sample_complexity.png")
+    again = run("sample_complexity.py", *args)  # resume: nothing to redo
+    assert (tmp_path / "results.jsonl").read_text().splitlines() == lines
+    assert "criterion accuracy" in again.stdout
+
+
+def test_context_pairs(tmp_path):
+    run("context_pairs.py", "--ks", 1, 2, "--grid", 8, 16, "--steps", 5, "--kb", 16, 4, 16, "--workers", 0,
+        "--out", tmp_path)
+    rows = json.loads((tmp_path / "summary.json").read_text())["rows"]
+    assert [r["k"] for r in rows] == [1, 2] and all(0 <= r["accuracy"] <= 1 for r in rows)
+    assert png(tmp_path / "context_pairs.png")
+
+
+def test_answer_overlap_picks_the_construction(tmp_path):
+    run("answer_overlap.py", "--overlaps", 0, 1, "--seeds", 0, "--kb", 16, 4, 16, "--n-samples", 32, "--steps", 5,
+        "--workers", 0, "--out", tmp_path)
+    rows = json.loads((tmp_path / "summary.json").read_text())["rows"]
+    assert [(r["answer_overlap"], r["construction"]) for r in rows] == [(0.0, "answer"), (1.0, "pair")]
+    assert png(tmp_path / "answer_overlap.png")
+
+
+def test_pretrained_memory(tmp_path):
+    run("pretrained_memory.py", "--kb", 16, 4, 16, "--k", 2, "--steps", 10, "--n-samples", 32, "--pretrain-steps", 20,
+        "--every", 5, "--out", tmp_path)
+    runs = json.loads((tmp_path / "pretrained_memory.json").read_text())["runs"]
+    assert [r["memory"] for r in runs] == ["constructed", "pretrained"]
+    assert all(len(r["series"]["step"]) == 3 for r in runs)
+    assert png(tmp_path / "pretrained_memory.png")
+
+
+def test_defaults_check_one_case(tmp_path):
+    result = run("defaults_check.py", "--max-cases", 1, "--out", tmp_path)
+    rows = json.loads((tmp_path / "defaults_check.json").read_text())
+    assert len(rows) == 1 and rows[0]["end"] >= 0.95
+    assert "accuracy" in result.stdout
+
+
+@pytest.mark.parametrize("script,args", [("emergence.py", ["--steps", "0"]), ("answer_overlap.py", ["--overlaps", "2"])])
+def test_bad_arguments_are_one_line(script, args):
+    result = subprocess.run([sys.executable, str(REPO / "case_studies" / script), *args], cwd=REPO,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1
