@@ -17,8 +17,6 @@ Each ablation reports accuracy and loss before and after.
 """
 
 from dataclasses import dataclass
-from typing import Callable
-
 import torch
 import torch.nn.functional as F
 from jaxtyping import Float
@@ -170,5 +168,3 @@ def _describe(index) -> str:
         return f"{index.start}:{index.stop}"
     return f"{len(index)} neurons"
 
-
-Ablation = Callable[[HookedTransformer, Batch], AblationResult]

@@ -208,9 +208,9 @@ def run_one(spec: RunSpec) -> dict:
         A JSON-able dict: ``key``, the spec's fields, ``accuracy`` and ``loss``
         (held-out), ``train_loss`` / ``train_accuracy`` (last step),
         ``construction``, ``d_model_used``, ``n_triplets``, ``query_attention``
-        (mean query row), ``seconds``, and -- when :mod:`icr_interp.templates`
-        exists -- the template scores ``pairwise``, ``balance``, ``pair_mass``, ``best``
-        (per example, at the head that matters) and the same four on the mean
+        (mean query row), ``seconds``, and -- when ``n_template > 0`` -- the
+        template scores ``pairwise``, ``balance``, ``pair_mass``, ``best`` (per
+        example, at the head that matters) and the same four on the mean
         attention row as ``mean_row_pairwise``, ... .
     """
     from icr_interp.knowledge import KnowledgeBase
@@ -238,17 +238,12 @@ def run_one(spec: RunSpec) -> dict:
 
 
 def _template_scores(model, task, spec: RunSpec) -> dict:
-    """Template-score fields, or nothing while icr_interp.templates does not exist."""
-    try:
-        from icr_interp.templates import score_templates
-    except ModuleNotFoundError as err:
-        if err.name != "icr_interp.templates":
-            raise
-        return {}
+    """Template-score fields of a run: per example and on the mean attention row (DESIGN: report both)."""
+    from icr_interp.templates import score_templates
+
     scores = score_templates(model, task.sample(spec.n_template, seed=spec.seed + TEMPLATE_SEED_OFFSET)).to_dict()
-    out = {name: _jsonable(scores[name]) for name in TEMPLATE_FIELDS if name in scores}
-    mean_row = scores.get("mean_row", {})  # the same scores on the mean attention row (DESIGN: report both)
-    out.update({f"mean_row_{name}": _jsonable(mean_row[name]) for name in TEMPLATE_FIELDS if name in mean_row})
+    out = {name: _jsonable(scores[name]) for name in TEMPLATE_FIELDS}
+    out.update({f"mean_row_{name}": _jsonable(scores["mean_row"][name]) for name in TEMPLATE_FIELDS})
     return out
 
 

@@ -19,6 +19,10 @@ second context subject, token ``s13``; ``a2:a40`` its answer; ``query:s3`` the
 query subject.  Query-row attention is read per example at that example's
 layout positions (:func:`query_attention`), so examples with different layouts
 line up by role, not by position.
+
+Figures are built on the Agg canvas without pyplot, so importing this module
+never changes a notebook's backend; in Jupyter run ``%matplotlib inline`` (or
+``display(fig)``) to show a returned ``Figure``.
 """
 
 import base64
