@@ -343,3 +343,11 @@ def plot_series(series, columns: tuple[str, ...] = ("relation", "lookup", "accur
 def _within_unit(series, column: str) -> bool:
     values = [v for c in series.components for v in series.values(c, column)]
     return all(-0.1 <= v <= 1.1 for v in values)
+
+
+def check_single_checkpoint(args, prog: str, name: str) -> None:
+    """Checks shared by the probes that take exactly one checkpoint; fills in ``args.out``."""
+    if checkpoint_kind(args.checkpoint) != "checkpoint":
+        raise UsageError(f"{args.checkpoint} is a directory of checkpoints; {prog} takes one checkpoint")
+    check_device(args.device)
+    args.out = output_dir(args.out, args.force, name, args.checkpoint)

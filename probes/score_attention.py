@@ -29,10 +29,7 @@ def build_parser() -> C.ProbeParser:
 
 
 def check(args) -> None:
-    if C.checkpoint_kind(args.checkpoint) != "checkpoint":
-        raise C.UsageError(f"{args.checkpoint} is a directory of checkpoints; {PROG} takes one checkpoint")
-    C.check_device(args.device)
-    args.out = C.output_dir(args.out, args.force, "scores", args.checkpoint)
+    C.check_single_checkpoint(args, PROG, "scores")
 
 
 def attention_png(model, batch) -> bytes:
