@@ -7,6 +7,7 @@ used only by factual-recall prompts, where the relation is explicit.
 """
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from jaxtyping import Int
@@ -25,6 +26,7 @@ class Vocabulary:
     n_answers: int  # number of answer tokens
     n_relations: int  # number of relation tokens
     names: tuple[str, ...]  # string of every token id
+    bos: ClassVar[int] = 0  # id of BOS: always the first token
 
     @classmethod
     def from_kb(cls, kb: KnowledgeBase) -> "Vocabulary":
@@ -40,7 +42,6 @@ class Vocabulary:
     def size(self) -> int:
         return len(self.names)
 
-    bos: int = 0
 
     @property
     def subject_offset(self) -> int:
