@@ -230,9 +230,7 @@ def _template_summary(model, batch) -> dict:
     """Headline template scores (docs/theory.md, section 7) as plain numbers."""
     from icr_interp.templates import score_templates  # analyses sit downstream of training
 
-    d = score_templates(model, batch).to_dict()
-    return dict(best=d["best"], pairwise=float(d["pairwise"]), balance=float(d["balance"]),
-                mean_row_pairwise=float(d["mean_row"]["pairwise"]), mean_row_best=d["mean_row"]["best"])
+    return score_templates(model, batch).headline()
 
 
 # ------------------------------------------------------------------ report

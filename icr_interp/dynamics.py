@@ -12,7 +12,7 @@ import torch
 from transformer_lens import HookedTransformer
 
 from icr_interp.task import Batch
-from icr_interp.templates import query_rows, score_rows
+from icr_interp.templates import query_rows_from_cache, score_rows
 
 
 @dataclass
@@ -21,30 +21,21 @@ class TemplateTracker:
 
     batch: Batch  # fixed held-out prompts
     every: int = 10  # steps between measurements
-    series: dict = field(default_factory=lambda: {k: [] for k in (
-        "step", "accuracy", "pairwise", "balance", "pair_mass", "best",
-        "mean_row_pairwise", "mean_row_balance", "mean_row_best")})
+    series: dict = field(default_factory=dict)  # step, accuracy and the headline template scores, as lists
 
     def measure(self, model: HookedTransformer, step: int) -> None:
-        """Score the attention and accuracy of ``model`` now (``step`` = steps taken)."""
+        """Score the attention and accuracy of ``model`` now (``step`` = steps taken), in one forward."""
+        qpos = self.batch.layout.query_pos
         with torch.no_grad():
-            rows = query_rows(model, self.batch)
-            logits = model(self.batch.tokens)[torch.arange(len(self.batch)), self.batch.layout.query_pos]
-        scores = score_rows(rows, self.batch.layout).to_dict()
-        s = self.series
-        s["step"].append(step)
-        s["accuracy"].append(float((logits.argmax(-1) == self.batch.answers).float().mean()))
-        for key in ("pairwise", "balance", "pair_mass", "best"):
-            s[key].append(_scalar(scores[key]))
-        for key in ("pairwise", "balance", "best"):
-            s[f"mean_row_{key}"].append(_scalar(scores["mean_row"][key]))
+            logits, cache = model.run_with_cache(self.batch.tokens, names_filter=lambda n: n.endswith("hook_pattern"))
+        accuracy = (logits[torch.arange(len(self.batch)), qpos].argmax(-1) == self.batch.answers).float().mean()
+        scores = score_rows(query_rows_from_cache(cache, qpos, model.cfg.n_layers), self.batch.layout)
+        for key, value in dict(step=step, accuracy=float(accuracy), **scores.headline()).items():
+            self.series.setdefault(key, []).append(value)
 
     def __call__(self, step: int, model: HookedTransformer, history) -> None:
-        if step == 0 and not self.series["step"]:
+        if step == 0 and not self.series:
             raise RuntimeError("call tracker.measure(model, 0) before fine-tuning to record the start")
         if (step + 1) % self.every == 0:
             self.measure(model, step + 1)
 
-
-def _scalar(value):
-    return value.item() if hasattr(value, "item") else value

@@ -49,7 +49,6 @@ from icr_interp.memory import MEMORIES
 
 EXECUTORS = ("local", "ray")
 TIMING_FIELDS = ("seconds",)  # result fields that differ between otherwise identical runs
-TEMPLATE_FIELDS = ("pairwise", "balance", "pair_mass", "best")  # copied from score_templates(...).to_dict()
 
 # Offsets that keep a run's generators apart: the training set is drawn with
 # ``seed`` itself (finetune), evaluation and template prompts from disjoint seeds.
@@ -241,10 +240,7 @@ def _template_scores(model, task, spec: RunSpec) -> dict:
     """Template-score fields of a run: per example and on the mean attention row (DESIGN: report both)."""
     from icr_interp.templates import score_templates
 
-    scores = score_templates(model, task.sample(spec.n_template, seed=spec.seed + TEMPLATE_SEED_OFFSET)).to_dict()
-    out = {name: _jsonable(scores[name]) for name in TEMPLATE_FIELDS}
-    out.update({f"mean_row_{name}": _jsonable(scores["mean_row"][name]) for name in TEMPLATE_FIELDS})
-    return out
+    return score_templates(model, task.sample(spec.n_template, seed=spec.seed + TEMPLATE_SEED_OFFSET)).headline()
 
 
 def _jsonable(value):

@@ -73,14 +73,19 @@ def query_rows(model: HookedTransformer, batch: Batch) -> Float[Tensor, "layer h
         query of example ``b`` to position ``src`` (on the model's device).
     """
     device = model.W_E.device
-    tokens, qpos = batch.tokens.to(device), batch.layout.query_pos.to(device)
     names = {f"blocks.{layer}.attn.hook_pattern" for layer in range(model.cfg.n_layers)}
     with torch.no_grad():
-        _, cache = model.run_with_cache(tokens, names_filter=lambda name: name in names)
-    pattern = torch.stack([cache[f"blocks.{layer}.attn.hook_pattern"] for layer in range(model.cfg.n_layers)])
+        _, cache = model.run_with_cache(batch.tokens.to(device), names_filter=lambda name: name in names)
+    return query_rows_from_cache(cache, batch.layout.query_pos.to(device), model.cfg.n_layers)
+
+
+def query_rows_from_cache(cache, query_pos: Int[Tensor, " batch"],
+                          n_layers: int) -> Float[Tensor, "layer head batch pos"]:
+    """:func:`query_rows` from an ``ActivationCache`` that holds every layer's ``hook_pattern``."""
+    pattern = torch.stack([cache[f"blocks.{layer}.attn.hook_pattern"] for layer in range(n_layers)])
     pattern = einops.rearrange(pattern, "layer batch head dest src -> layer head batch dest src")
-    examples = torch.arange(len(tokens), device=device)
-    return pattern[:, :, examples, qpos]  # the two index tensors pick (batch, dest) pairs
+    examples = torch.arange(len(query_pos), device=query_pos.device)
+    return pattern[:, :, examples, query_pos]  # the two index tensors pick (batch, dest) pairs
 
 
 @dataclass(frozen=True)
@@ -230,6 +235,12 @@ class TemplateScores:
         return dict(layer=self.layer, head=self.head, n_examples=self.n_examples, templates=list(TEMPLATES),
                     uniform_margin=UNIFORM_MARGIN, **self.per_example.at(self.layer, self.head),
                     mean_row=self.mean_row.at(self.layer, self.head), per_head=heads)
+
+    def headline(self) -> dict:
+        """Flat plain-data scores of the head that matters: per example, then ``mean_row_*``."""
+        keys = ("pairwise", "balance", "pair_mass", "best")
+        per, mean = self.per_example.at(self.layer, self.head), self.mean_row.at(self.layer, self.head)
+        return {**{k: per[k] for k in keys}, **{f"mean_row_{k}": mean[k] for k in keys}}
 
     def __str__(self) -> str:
         short = dict(pairwise="pair", answers="ans", subjects="subj", uniform="unif", sink="sink")

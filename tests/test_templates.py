@@ -284,3 +284,10 @@ def test_disjoint_control_fine_tunes_to_answers():
     finetune(model, task, steps=200, progress=False)
     end = score_templates(model, batch)
     assert end.best[0][0] == "answers" and end.mean_row.best[0][0] == "answers"
+
+
+def test_headline_is_the_flat_view_of_to_dict(shared_run):
+    _, end = shared_run
+    d, h = end.to_dict(), end.headline()
+    for key in ("pairwise", "balance", "pair_mass", "best"):
+        assert h[key] == d[key] and h[f"mean_row_{key}"] == d["mean_row"][key]
