@@ -232,9 +232,8 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
     model = _rebuild_model(task, config, device)
     _check_tensors(tensors, model)
     model.load_state_dict(tensors, strict=True)
-    train = _train_config(config)
-    if train is not None:
-        model.icr_train = train
+    model.icr_train = _train_config(config)
+    model.memory_fitted = True  # a saved memory holds its fitted weights
     return Checkpoint(path=path, model=model, task=task, config=config, metrics=config.get("metrics") or {})
 
 
@@ -306,7 +305,7 @@ def _rebuild_model(task: ICRecallTask, config: dict, device) -> HookedTransforme
     except TypeError as e:
         raise CheckpointError(f"{CONFIG}: invalid model config ({_one_line(e)})") from None
     try:
-        return model_from_config(task, cfg, device=device, fit_memory=False)
+        return model_from_config(task, cfg, device=device)
     except (TypeError, ValueError, KeyError, ImportError, RuntimeError) as e:
         raise CheckpointError(f"cannot rebuild the model from {CONFIG} ({type(e).__name__}: {_one_line(e)})"
                               ) from None

@@ -129,8 +129,31 @@ def memory_table(construction: str, kb: KnowledgeBase, vocab: Vocabulary, n_pair
     )
 
 
+IMPLS = ("dense", "factored", "sparse")  # how a constructed memory is computed (same function)
+# choose_impl's rule, measured with benchmarks/bench_memory.py (docs/_drafts/sparse_memory_results.md):
+# below this many n_facts * d_model the dense memory's few matmuls beat the sparse path's fixed
+# cost of ~40 small kernels; above it the sparse memory is fastest at every size measured.
+DENSE_MAX_WEIGHTS = 2**22
+
+
+def choose_impl(requested: str, n_facts: int, d_model: int) -> str:
+    """The implementation ``requested`` means: ``"auto"`` picks the fastest for this size.
+
+    Args:
+        requested: ``"auto"``, ``"dense"``, ``"factored"`` or ``"sparse"``.
+        n_facts: stored triplets (stage-II neurons).
+        d_model: residual width.
+    """
+    if requested not in ("auto", *IMPLS):
+        raise ValueError(f"memory_impl must be auto, {', '.join(IMPLS)}, got {requested!r}")
+    if requested != "auto":
+        return requested
+    return "dense" if n_facts * d_model <= DENSE_MAX_WEIGHTS else "sparse"
+
+
 def construct_memory(construction: str, kb: KnowledgeBase, vocab: Vocabulary, basis: ResidualBasis,
-                     n_pairs: int, scales: MemoryScales = MemoryScales(), factored: bool = False) -> nn.Module:
+                     n_pairs: int, scales: MemoryScales = MemoryScales(), factored: bool = False,
+                     impl: str | None = None) -> nn.Module:
     """Write a memory in closed form.
 
     Args:
@@ -140,11 +163,21 @@ def construct_memory(construction: str, kb: KnowledgeBase, vocab: Vocabulary, ba
         basis: residual-stream directions the weights are written in.
         n_pairs: context pairs per prompt (sets the stage-I gain).
         scales: thresholds and gains.
-        factored: return a :class:`FactoredMemory` (same function, cost
-            O(vocab * d_model + n_facts) instead of O(n_facts * d_model)).
+        factored: old spelling of ``impl="factored"`` (ignored when ``impl`` is given).
+        impl: ``"dense"`` (:class:`AssociativeMemory`, weights O(n_facts * d_model)),
+            ``"factored"`` (:class:`FactoredMemory`, O(vocab * d_model + n_facts)) or
+            ``"sparse"`` (:class:`~icr_interp.sparse_memory.SparseMemory`: the factored
+            weights, evaluated only at neurons that can fire); all compute the same function.
     """
+    impl = impl or ("factored" if factored else "dense")
+    if impl not in IMPLS:
+        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
     table = memory_table(construction, kb, vocab, n_pairs, scales)
-    if factored:
+    if impl == "sparse":
+        from icr_interp.sparse_memory import SparseMemory  # it builds on FactoredMemory below
+
+        memory = SparseMemory(table, basis, construction)
+    elif impl == "factored":
         memory = FactoredMemory(table, basis, construction)
     else:
         memory = AssociativeMemory(basis.d_model, len(table.key_a), len(table.subject), construction)
@@ -194,7 +227,10 @@ class FactoredMemory(nn.Module):
 
     def forward(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
         relation = self.hook_relation(self.infer_relation(x))
-        y = x + relation
+        return self.lookup(x + relation)
+
+    def lookup(self, y: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
+        """Stage II: the answer directions the (subject, relation vector) input ``y`` recalls."""
         pre = (y @ self.token.T)[..., self.subject] + (y @ self.relation.T)[..., self.relation_id]
         post = self.hook_post(F.relu(self.hook_pre(pre - self.lookup_threshold)))
         per_token = torch.zeros(*post.shape[:-1], self.output.shape[0], dtype=post.dtype, device=post.device)

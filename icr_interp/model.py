@@ -1,4 +1,4 @@
-"""The IC-recall model: a TransformerLens ``HookedTransformer`` with a memory MLP.
+"""The IC-recall model: :class:`ICRModel`, a TransformerLens ``HookedTransformer`` with a memory MLP.
 
 ``build_model`` writes a one-layer (by default), single-head, attention + MLP
 transformer in the residual geometry of :mod:`icr_interp.basis`:
@@ -13,21 +13,29 @@ transformer in the residual geometry of :mod:`icr_interp.basis`:
 * ``blocks[-1].mlp``: the associative memory (:mod:`icr_interp.memory`),
   attached before ``model.setup()`` so its hook points are registered.
 
-Only the attention's query/key weights are trainable; everything else is frozen.
+An :class:`ICRModel` *is* a ``HookedTransformer`` (every TransformerLens tool
+takes it) that also carries what it was built from: ``model.icr_config`` (the
+resolved :class:`ModelConfig`), ``model.basis`` (registered as buffers, so
+``model.to(device)`` moves it) and ``model.icr_train`` (the last fine-tuning
+config, set by :func:`icr_interp.train.finetune`).  Building never trains and
+never freezes: fine-tuning decides what trains (``ModelConfig.trainable``), and
+a pretrained memory is fitted by the separate step
+:func:`icr_interp.pretrain.pretrain_memory`.
 """
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
 
 import einops
 import torch
-from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from icr_interp.basis import ResidualBasis, default_d_model
+from icr_interp.compat import HookedTransformer, HookedTransformerConfig
 from icr_interp.memory import MEMORIES, MemoryScales, construct_memory, pick_construction
 from icr_interp.task import ICRecallTask
 
-TRAINABLE = ("W_Q", "W_K", "b_Q", "b_K")
+TRAINABLE = ("W_Q", "W_K", "b_Q", "b_K")  # what fine-tuning trains by default: attention's query/key
+ATTENTIONS = ("full",)  # parametrisations of W_Q / W_K
 
 
 @dataclass
@@ -45,20 +53,69 @@ class ModelConfig:
     scales: dict = field(default_factory=lambda: asdict(MemoryScales()))  # memory thresholds/gains
     pretrain: dict = field(default_factory=dict)  # options of the pretrained memory (pretrain.py)
     memory_impl: str = "auto"  # dense | factored | auto (factored once n_facts * d_model > 2**24)
+    attention: str = "full"  # W_Q / W_K parametrisation: full (d_model x d_head per head)
+    trainable: tuple = TRAINABLE  # parameter names (last path component) that fine-tuning trains
+
+    def __post_init__(self) -> None:
+        self.trainable = tuple(self.trainable)  # JSON gives a list back
 
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def validate(self) -> None:
+        """One-line ValueError for a field out of range."""
+        if self.memory not in MEMORIES:
+            raise ValueError(f"memory must be one of {MEMORIES}, got {self.memory!r}")
+        for name in ("n_heads", "n_layers"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 64:
+                raise ValueError(f"{name} must be an integer in [1, 64], got {value!r}")
+        if not isinstance(self.d_model, int) or not 0 <= self.d_model <= 2**15:
+            raise ValueError(f"d_model must be 0 (default) or a positive integer <= 32768, got {self.d_model!r}")
+        if self.memory_impl not in ("auto", "dense", "factored"):
+            raise ValueError(f"memory_impl must be auto, dense or factored, got {self.memory_impl!r}")
+        if self.attention not in ATTENTIONS:
+            raise ValueError(f"attention must be one of {ATTENTIONS}, got {self.attention!r}")
+        for name in ("init_scale", "init_tilt"):
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"{name} must be finite, got {getattr(self, name)}")
+
+
+class ICRModel(HookedTransformer):
+    """A ``HookedTransformer`` that knows what it was built from (see module docstring)."""
+
+    def __init__(self, cfg: HookedTransformerConfig, icr_config: ModelConfig, basis: ResidualBasis):
+        super().__init__(cfg, move_to_device=False)
+        self.icr_config = icr_config  # the resolved build config
+        self.icr_train = None  # TrainConfig of the last fine-tuning (train.finetune sets it)
+        self.memory_fitted = icr_config.construction != "pretrained"  # a pretrained memory starts unfitted
+        for name, value in _basis_tensors(basis).items():
+            self.register_buffer(f"basis_{name}", value.clone(), persistent=False)  # moves with .to(device)
+
+    @property
+    def basis(self) -> ResidualBasis:
+        """The residual-stream directions the weights are written in (on the model's device)."""
+        return ResidualBasis(**{f.name: getattr(self, f"basis_{f.name}") for f in fields(ResidualBasis)})
+
+    @property
+    def icr_basis(self) -> ResidualBasis:  # the first release's name
+        return self.basis
+
+
+def _basis_tensors(basis: ResidualBasis) -> dict[str, torch.Tensor]:
+    return {f.name: getattr(basis, f.name) for f in fields(ResidualBasis)}
+
 
 def build_model(task: ICRecallTask, memory: str = "constructed", d_model: int | None = None, n_heads: int = 1,
-                n_layers: int = 1, seed: int = 0, device: str | torch.device = "cpu", **options) -> HookedTransformer:
-    """Build the IC-recall model for ``task``.
+                n_layers: int = 1, seed: int = 0, device: str | torch.device = "cpu", **options) -> ICRModel:
+    """Build the IC-recall model for ``task`` (untrained, nothing frozen).
 
     Args:
         task: the task (knowledge base, number of pairs, BOS).
         memory: ``"constructed"`` (the construction that fits the knowledge
             base: ``"answer"`` if an answer reveals its relation, else
-            ``"pair"``), ``"pair"``, ``"answer"`` or ``"pretrained"``.
+            ``"pair"``), ``"pair"``, ``"answer"`` or ``"pretrained"`` (then call
+            :func:`icr_interp.pretrain.pretrain_memory` before fine-tuning).
         d_model: residual width (default: fits the exact basis, see basis.py).
         n_heads, n_layers: architecture; the memory sits in the last block.
         seed: seeds the basis and the attention initialisation.
@@ -66,28 +123,36 @@ def build_model(task: ICRecallTask, memory: str = "constructed", d_model: int | 
         **options: other :class:`ModelConfig` fields (``init_tilt``, ``scales``, ``pretrain``...).
 
     Returns:
-        A ``HookedTransformer`` with ``model.icr_config`` (the filled-in config).
+        An :class:`ICRModel` (a ``HookedTransformer``).
     """
-    if memory not in MEMORIES:
-        raise ValueError(f"memory must be one of {MEMORIES}, got {memory!r}")
+    unknown = sorted(set(options) - {f.name for f in fields(ModelConfig)})
+    if unknown:
+        raise TypeError(f"build_model got unknown option {unknown[0]!r}")
     cfg = ModelConfig(memory=memory, d_model=d_model or 0, n_heads=n_heads, n_layers=n_layers, seed=seed, **options)
     return model_from_config(task, cfg, device=device)
 
 
-def model_from_config(task: ICRecallTask, cfg: ModelConfig, device: str | torch.device = "cpu",
-                      fit_memory: bool = True) -> HookedTransformer:
-    """Build from a :class:`ModelConfig`; ``fit_memory=False`` skips pretraining (checkpoint loading)."""
-    if cfg.n_heads < 1 or cfg.n_layers < 1:
-        raise ValueError("n_heads and n_layers must be >= 1")
-    cfg.d_model = cfg.d_model or default_d_model(task.vocab, task.n_ctx)
-    cfg.construction = pick_construction(task.kb) if cfg.memory == "constructed" else cfg.memory
+def resolve_config(task: ICRecallTask, cfg: ModelConfig) -> ModelConfig:
+    """``cfg`` with its defaults filled in for ``task`` (a new object; ``cfg`` is not changed)."""
+    cfg.validate()
+    construction = pick_construction(task.kb) if cfg.memory == "constructed" else cfg.memory
+    resolved = replace(cfg, d_model=cfg.d_model or default_d_model(task.vocab, task.n_ctx), construction=construction,
+                       scales=dict(cfg.scales), pretrain=dict(cfg.pretrain))
+    if construction == "pretrained":
+        from icr_interp.pretrain import resolve_options
+
+        resolved.pretrain = resolve_options(resolved)
+    return resolved
+
+
+def model_from_config(task: ICRecallTask, cfg: ModelConfig, device: str | torch.device = "cpu") -> ICRModel:
+    """Build from a :class:`ModelConfig` (which is left unchanged)."""
+    cfg = resolve_config(task, cfg)
     basis = ResidualBasis.make(task.vocab, task.n_ctx, cfg.d_model, seed=cfg.seed)
-    model = HookedTransformer(_tl_config(task, cfg))
+    model = ICRModel(_tl_config(task, cfg), cfg, basis)
     _write_embeddings(model, basis)
     _write_attention(model, basis, task, cfg)
-    _attach_memory(model, task, basis, cfg, fit_memory)
-    model.icr_config = cfg
-    model.icr_basis = basis
+    _attach_memory(model, task, basis, cfg)
     return model.to(device, print_details=False)
 
 
@@ -95,7 +160,7 @@ def _tl_config(task: ICRecallTask, cfg: ModelConfig) -> HookedTransformerConfig:
     return HookedTransformerConfig(
         n_layers=cfg.n_layers, d_model=cfg.d_model, d_head=cfg.d_model, n_heads=cfg.n_heads,
         n_ctx=task.n_ctx, d_vocab=task.vocab.size, d_mlp=1, act_fn="relu", normalization_type=None,
-        positional_embedding_type="standard", default_prepend_bos=False, seed=None,
+        positional_embedding_type="standard", default_prepend_bos=False, seed=None, device="cpu",
     )
 
 
@@ -128,16 +193,13 @@ def _write_attention(model: HookedTransformer, basis: ResidualBasis, task: ICRec
             attn.W_K[:, :, 0] += tilt_logits * basis.pos[answer_slots].sum(0)
 
 
-def _attach_memory(model: HookedTransformer, task: ICRecallTask, basis: ResidualBasis, cfg: ModelConfig,
-                   fit_memory: bool) -> None:
-    """Swap in the memory as the last MLP, zero earlier MLPs, freeze all but attention QK."""
+def _attach_memory(model: HookedTransformer, task: ICRecallTask, basis: ResidualBasis, cfg: ModelConfig) -> None:
+    """Swap in the memory as the last MLP and zero earlier MLPs."""
     if cfg.construction == "pretrained":
-        from icr_interp.pretrain import pretrained_memory  # pretraining needs a built model
+        from icr_interp.pretrain import pretrained_memory  # the memory's initial (unfitted) weights
 
-        memory = pretrained_memory(model, task, basis, cfg, fit=fit_memory)
+        memory = pretrained_memory(task, basis, cfg)
     else:
-        if cfg.memory_impl not in ("auto", "dense", "factored"):
-            raise ValueError(f"memory_impl must be auto, dense or factored, got {cfg.memory_impl!r}")
         big = task.kb.n_triplets * cfg.d_model > 2**24
         factored = cfg.memory_impl == "factored" or (cfg.memory_impl == "auto" and big)
         memory = construct_memory(cfg.construction, task.kb, task.vocab, basis, task.n_pairs,
@@ -148,5 +210,3 @@ def _attach_memory(model: HookedTransformer, task: ICRecallTask, basis: Residual
             torch.nn.init.zeros_(p)
     model.cfg.d_mlp = memory.d_mlp  # the memory's lookup width, not TL's placeholder MLP
     model.setup()  # re-register hook points, the memory's included
-    for name, p in model.named_parameters():
-        p.requires_grad_(name.split(".")[-1] in TRAINABLE)

@@ -22,7 +22,6 @@ is the pairwise one (case study 4; docs/results.md).
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
-from transformer_lens import HookedTransformer
 
 from icr_interp.basis import ResidualBasis
 from icr_interp.memory import AssociativeMemory
@@ -31,28 +30,63 @@ from icr_interp.task import ICRecallTask
 DEFAULTS = dict(width=0, steps=1500, batch_size=256, lr=3e-3, seed=0, relation_gain=1.0)
 
 
-def pretrained_memory(model: HookedTransformer, task: ICRecallTask, basis: ResidualBasis, cfg, fit: bool = True,
-                      progress: bool = True) -> AssociativeMemory:
-    """Build the pretrained memory for ``model``; ``fit=False`` returns it untrained (to load weights into)."""
-    opts = {**DEFAULTS, "seed": cfg.seed, **cfg.pretrain}
-    cfg.pretrain = opts
+def resolve_options(cfg) -> dict:
+    """The pretraining options of a :class:`~icr_interp.model.ModelConfig`, defaults filled in (seed: the model's)."""
+    unknown = sorted(set(cfg.pretrain) - set(DEFAULTS))
+    if unknown:
+        raise ValueError(f"unknown pretrain option {unknown[0]!r}; options are {', '.join(DEFAULTS)}")
+    return {**DEFAULTS, "seed": cfg.seed, **cfg.pretrain}
+
+
+def _initialised(task: ICRecallTask, d_model: int, opts: dict) -> tuple[AssociativeMemory, torch.Generator]:
+    """The memory's random start and the generator, advanced past it, that its fit continues with."""
     width = opts["width"] or 2 * task.kb.n_triplets
     gen = torch.Generator().manual_seed(opts["seed"])
-    memory = AssociativeMemory(basis.d_model, width, width, "pretrained")
+    memory = AssociativeMemory(d_model, width, width, "pretrained")
     with torch.no_grad():
         for w in (memory.W_rel_in, memory.W_in):
-            w.copy_(torch.randn(w.shape, generator=gen) / basis.d_model**0.5)
+            w.copy_(torch.randn(w.shape, generator=gen) / d_model**0.5)
         for w in (memory.W_rel_out, memory.W_out):
             w.copy_(torch.randn(w.shape, generator=gen) / width**0.5)
-    if fit:
-        fit_memory(memory, task, basis, model.unembed.W_U.detach(), opts, gen, progress)
-    return memory
+    return memory, gen
+
+
+def pretrained_memory(task: ICRecallTask, basis: ResidualBasis, cfg) -> AssociativeMemory:
+    """The pretrained memory's random start (``build_model`` attaches it; :func:`pretrain_memory` fits it)."""
+    return _initialised(task, basis.d_model, cfg.pretrain)[0]
+
+
+def pretrain_memory(model, task: ICRecallTask, progress: bool = True) -> list[float]:
+    """Fit a model's pretrained memory on factual recall (a step of its own; building never trains).
+
+    The memory is re-drawn from its seed first, so pretraining a model twice
+    gives the same memory.  Afterwards ``model.memory_fitted`` is True.
+
+    Returns:
+        The pretraining loss per step.
+    """
+    cfg = model.icr_config
+    if cfg.construction != "pretrained":
+        raise ValueError(f"model has a {cfg.construction!r} memory; only a 'pretrained' memory is pretrained")
+    memory = model.blocks[-1].mlp
+    start, gen = _initialised(task, cfg.d_model, cfg.pretrain)
+    with torch.no_grad():
+        for p, p0 in zip(memory.parameters(), start.parameters()):
+            p.copy_(p0)
+    basis = model.basis
+    losses = fit_memory(memory, task, basis, model.unembed.W_U.detach(), cfg.pretrain, gen, progress)
+    model.memory_fitted = True
+    return losses
 
 
 def fit_memory(memory: AssociativeMemory, task: ICRecallTask, basis: ResidualBasis, W_U: torch.Tensor,
                opts: dict, gen: torch.Generator, progress: bool = True) -> list[float]:
     """Adam on the two factual-recall exercises; returns the loss per step."""
-    opt = torch.optim.Adam(memory.parameters(), lr=opts["lr"])
+    params = list(memory.parameters())
+    grad_before = [p.requires_grad for p in params]
+    for p in params:
+        p.requires_grad_(True)
+    opt = torch.optim.Adam(params, lr=opts["lr"])
     losses = []
     for _ in tqdm(range(opts["steps"]), desc="pretrain memory", disable=None if progress else True, leave=False):
         loss = _lookup_loss(memory, task, basis, W_U, opts, gen) + _relation_loss(memory, task, basis, opts, gen)
@@ -60,12 +94,16 @@ def fit_memory(memory: AssociativeMemory, task: ICRecallTask, basis: ResidualBas
         loss.backward()
         opt.step()
         losses.append(loss.item())
+    for p, g in zip(params, grad_before):
+        p.requires_grad_(g)
     return losses
 
 
 def _lookup_loss(memory, task, basis, W_U, opts, gen) -> torch.Tensor:
     """(s, <r>) -> a through stage II alone."""
     s, r, answer_tok = task.sample_facts(opts["batch_size"], generator=gen)
+    dev = basis.token.device
+    s, r, answer_tok = s.to(dev), r.to(dev), answer_tok.to(dev)
     x = basis.token[task.vocab.subject_token(s)] + opts["relation_gain"] * basis.relation[r]
     pre = x @ memory.W_in + memory.b_in
     logits = (F.relu(pre) @ memory.W_out + memory.b_out) @ W_U
@@ -76,6 +114,7 @@ def _relation_loss(memory, task, basis, opts, gen) -> torch.Tensor:
     """k facts of one relation, randomly weighted, -> that relation through stage I."""
     batch = task.sample(opts["batch_size"], generator=gen)
     weights = 0.25 + 1.5 * torch.rand(batch.tokens.shape, generator=gen)
+    batch, weights = batch.to(basis.token.device), weights.to(basis.token.device)
     ctx = torch.cat([batch.layout.subject_pos, batch.layout.answer_pos], dim=1)
     toks = batch.tokens.gather(1, ctx)
     x = (weights.gather(1, ctx)[..., None] * basis.context[toks]).sum(1)

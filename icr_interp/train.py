@@ -1,29 +1,39 @@
 """Fine-tuning the attention of an IC-recall model, and evaluating it.
 
-Only the attention's query/key weights train (``model.TRAINABLE``); the
-embeddings, the OV copy map, the unembedding and the memory stay frozen, as in
-the paper's setting.  The training set is exactly ``n_samples`` prompts drawn
-once, so ``n_samples`` is the *sample complexity* the experiments measure.
+What trains is decided here, not by the model builder: for an icr_interp
+model, the parameters its config marks trainable (``ModelConfig.trainable``:
+attention's ``W_Q``, ``W_K``, ``b_Q``, ``b_K``); for any other
+``HookedTransformer``, the same attention query/key weights by default; a
+user may pass ``trainable=`` (last components of parameter names) to choose.
+Everything else is frozen for the run (``requires_grad`` is restored after).
+The training set is exactly ``n_samples`` prompts drawn once, so
+``n_samples`` is the *sample complexity* the experiments measure.
 
-Fast path: in a one-layer model the loss reads only the query position, and
-the query's residual depends on the other positions only through attention's
-values.  :func:`query_logits` computes the query row of attention and runs the
-memory at the query only -- the same numbers as the full ``HookedTransformer``
-forward (a test checks loss and gradients), at a fraction of the cost.
+The loss reads only the query position, so a one-layer model uses the exact
+query-only forward of :mod:`icr_interp.forward` (the memory runs at the query
+row only); other models take the full forward.
 """
 
-from dataclasses import dataclass, field
-from typing import Callable
+import math
+from dataclasses import dataclass, field, replace
+from typing import Callable, Sequence
 
-import einops
 import torch
 import torch.nn.functional as F
-from jaxtyping import Float, Int
+from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
-from transformer_lens import HookedTransformer
 
+from icr_interp.attention import pattern_name, query_row
+from icr_interp.compat import TLModel
+from icr_interp.forward import query_logits, query_path_applies
+from icr_interp.seeds import SALTS, derive_seed
 from icr_interp.task import Batch, ICRecallTask
+
+DEFAULT_TRAINABLE = ("W_Q", "W_K", "b_Q", "b_K")  # attention query/key: what the paper fine-tunes
+EVAL_SALT = SALTS["eval"]  # the first release's name for the held-out stream's salt
+__all__ = ["TrainConfig", "History", "finetune", "evaluate", "batch_logits", "query_logits", "trainable_names",
+           "trainable_parameters", "EVAL_SALT"]
 
 
 @dataclass
@@ -38,6 +48,17 @@ class TrainConfig:
     seed: int = 0  # seeds the training set and the minibatch order
     fast: bool = True  # use the query-only forward when the model has one layer
 
+    def validate(self) -> None:
+        """One-line ValueError for a field out of range."""
+        for name, low in (("n_samples", 1), ("steps", 0), ("batch_size", 1)):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+        for name in ("lr", "weight_decay"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+
 
 @dataclass
 class History:
@@ -51,118 +72,121 @@ class History:
         return dict(step=self.step, loss=self.loss, accuracy=self.accuracy)
 
 
-def trainable_parameters(model: HookedTransformer) -> list[torch.nn.Parameter]:
-    return [p for p in model.parameters() if p.requires_grad]
+def trainable_names(model: TLModel, trainable: Sequence[str] | None = None) -> list[str]:
+    """Names of the parameters fine-tuning trains (see module docstring)."""
+    if trainable is None:
+        icr_config = getattr(model, "icr_config", None)  # any model: ours carry their own choice
+        trainable = icr_config.trainable if icr_config is not None else DEFAULT_TRAINABLE
+    names = [n for n, _ in model.named_parameters() if n.split(".")[-1] in set(trainable)]
+    if not names:
+        raise ValueError(f"no parameter of the model is named like {sorted(trainable)}: nothing would train")
+    return names
 
 
-def query_logits(model: HookedTransformer, tokens: Int[Tensor, "batch pos"],
-                 query_pos: Int[Tensor, " batch"]) -> Float[Tensor, "batch vocab"]:
-    """Logits at each example's query position, computing only what they depend on.
-
-    Exact for one-layer attention + MLP models without normalisation; other
-    models fall back to the full forward.
-    """
-    rows = torch.arange(len(tokens), device=tokens.device)
-    if model.cfg.n_layers != 1 or model.cfg.normalization_type is not None:
-        return model(tokens)[rows, query_pos]
-    attn = model.blocks[0].attn
-    resid = model.embed(tokens) + model.pos_embed(tokens)  # [batch pos d_model]
-    q = einops.einsum(resid[rows, query_pos], attn.W_Q, "b d, h d e -> b h e") + attn.b_Q
-    k = einops.einsum(resid, attn.W_K, "b p d, h d e -> b p h e") + attn.b_K
-    scores = einops.einsum(q, k, "b h e, b p h e -> b h p") / attn.attn_scale
-    future = torch.arange(tokens.shape[1], device=tokens.device)[None, :] > query_pos[:, None]
-    pattern = scores.masked_fill(future[:, None, :], float("-inf")).softmax(-1)
-    v = einops.einsum(resid, attn.W_V, "b p d, h d e -> b p h e") + attn.b_V
-    z = einops.einsum(pattern, v, "b h p, b p h e -> b h e")
-    attn_out = einops.einsum(z, attn.W_O, "b h e, h e d -> b d") + attn.b_O
-    resid_mid = resid[rows, query_pos] + attn_out
-    resid_post = resid_mid + model.blocks[0].mlp(resid_mid[:, None, :])[:, 0]
-    return resid_post @ model.unembed.W_U + model.unembed.b_U
+def trainable_parameters(model: TLModel, trainable: Sequence[str] | None = None) -> list[torch.nn.Parameter]:
+    params = dict(model.named_parameters())
+    return [params[n] for n in trainable_names(model, trainable)]
 
 
-def batch_logits(model: HookedTransformer, batch: Batch, fast: bool = True) -> Float[Tensor, "batch vocab"]:
-    """Logits at the query of every example (fast path or the full forward)."""
+def batch_logits(model: TLModel, batch: Batch, fast: bool = True) -> Float[Tensor, "batch vocab"]:
+    """Logits at the query of every example (the query-only forward, or the full one)."""
     qpos = batch.layout.query_pos
     if fast:
         return query_logits(model, batch.tokens, qpos)
     return model(batch.tokens)[torch.arange(len(batch), device=qpos.device), qpos]
 
 
-def finetune(model: HookedTransformer, task: ICRecallTask, n_samples: int | None = None, steps: int | None = None,
+def finetune(model: TLModel, task: ICRecallTask, n_samples: int | None = None, steps: int | None = None,
              seed: int | None = None, *, config: TrainConfig | None = None, callback: Callable | None = None,
-             progress: bool = True, **overrides) -> History:
+             progress: bool = True, trainable: Sequence[str] | None = None, **overrides) -> History:
     """Fine-tune attention on a fixed training set of ``n_samples`` prompts.
 
     Args:
-        model: an IC-recall model (``build_model``); updated in place.
+        model: an IC-recall model (``build_model``) or any ``HookedTransformer``; updated in place.
         task: the task to draw the training set from.
         n_samples, steps, seed: override the :class:`TrainConfig` defaults.
         config: a full config (other overrides are applied on top).
         callback: called as ``callback(step, model, history)`` after every step
             (e.g. to score the attention pattern over training).
         progress: show a progress bar.
+        trainable: last components of the parameter names to train (default: see module docstring).
         **overrides: any other :class:`TrainConfig` field.
 
     Returns:
-        The per-step :class:`History`; ``model.icr_train`` keeps the config.
+        The per-step :class:`History`; an icr_interp model keeps the config as ``model.icr_train``.
     """
     cfg = config or TrainConfig()
-    cfg = TrainConfig(**{**cfg.__dict__, **{k: v for k, v in dict(n_samples=n_samples, steps=steps, seed=seed,
-                                                                 **overrides).items() if v is not None}})
-    if cfg.n_samples < 1 or cfg.steps < 0 or cfg.batch_size < 1:
-        raise ValueError("n_samples and batch_size must be >= 1 and steps >= 0")
-    device = model.W_E.device
+    cfg = replace(cfg, **{k: v for k, v in dict(n_samples=n_samples, steps=steps, seed=seed, **overrides).items()
+                          if v is not None})
+    cfg.validate()
+    if not getattr(model, "memory_fitted", True):
+        raise ValueError("the pretrained memory has not been fitted: call icr_interp.pretrain_memory(model, task) "
+                         "before fine-tuning")
+    device = model.cfg.device
     data = task.sample(cfg.n_samples, seed=cfg.seed, device=device)
     gen = torch.Generator().manual_seed(cfg.seed + 7919)
-    opt = torch.optim.AdamW(trainable_parameters(model), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    names = set(trainable_names(model, trainable))
+    before = {n: p.requires_grad for n, p in model.named_parameters()}
+    for n, p in model.named_parameters():
+        p.requires_grad_(n in names)  # freezing belongs to training
+    params = [p for n, p in model.named_parameters() if n in names]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     history = History()
-    fast = cfg.fast and model.cfg.n_layers == 1
-    for step in tqdm(range(cfg.steps), desc="fine-tune", disable=None if progress else True, leave=False):
-        idx = torch.randperm(cfg.n_samples, generator=gen)[: cfg.batch_size].to(device)
-        mb = data[idx]
-        logits = batch_logits(model, mb, fast=fast)
-        loss = F.cross_entropy(logits, mb.answers)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        history.step.append(step)
-        history.loss.append(loss.item())
-        history.accuracy.append((logits.argmax(-1) == mb.answers).float().mean().item())
-        if callback is not None:
-            callback(step, model, history)
-    model.icr_train = cfg
+    fast = cfg.fast and query_path_applies(model)
+    try:
+        for step in tqdm(range(cfg.steps), desc="fine-tune", disable=None if progress else True, leave=False):
+            idx = torch.randperm(cfg.n_samples, generator=gen)[: cfg.batch_size].to(device)
+            mb = data[idx]
+            logits = batch_logits(model, mb, fast=fast)
+            loss = F.cross_entropy(logits, mb.answers)
+            if not torch.isfinite(loss):
+                raise ValueError(f"fine-tuning diverged at step {step} (loss {loss.item()}); lower the learning rate")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            history.step.append(step)
+            history.loss.append(loss.item())
+            history.accuracy.append((logits.argmax(-1) == mb.answers).float().mean().item())
+            if callback is not None:
+                callback(step, model, history)
+    finally:
+        for n, p in model.named_parameters():
+            p.requires_grad_(before[n])
+    if hasattr(model, "icr_train"):
+        model.icr_train = cfg
     return history
 
 
-# Evaluation draws from a salted stream, so evaluate(seed=s) never replays the
-# training set of finetune(seed=s) (whose prompts come from manual_seed(s)).
-EVAL_SALT = 0x5EED_0000_0000
-
-
 @torch.no_grad()
-def evaluate(model: HookedTransformer, task: ICRecallTask, n_prompts: int = 1024, seed: int = 0,
+def evaluate(model: TLModel, task: ICRecallTask, n_prompts: int = 1024, seed: int = 0,
              batch_size: int = 256) -> dict:
     """Held-out accuracy, loss and mean query attention row on fresh prompts.
 
-    Prompts come from ``manual_seed(seed ^ EVAL_SALT)``, a stream disjoint from
-    the training sets ``finetune`` draws (they may still repeat a training
-    prompt by chance when the task has few distinct prompts).
+    Prompts come from ``manual_seed(derive_seed(seed, "eval"))``, a stream
+    disjoint from the training sets ``finetune`` draws (they may still repeat a
+    training prompt by chance when the task has few distinct prompts).  Only
+    the query row is computed where the model allows it (see :mod:`icr_interp.forward`).
 
     Returns:
         ``{"accuracy", "loss", "n_prompts", "query_attention"}`` where
         ``query_attention`` is the first head of the last layer's query row
         averaged over prompts (a list over positions).
     """
-    device = model.W_E.device
-    gen = torch.Generator().manual_seed(seed ^ EVAL_SALT)
+    if not isinstance(n_prompts, int) or n_prompts < 1:
+        raise ValueError(f"n_prompts must be a positive integer, got {n_prompts!r}")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    device = model.cfg.device
+    gen = torch.Generator().manual_seed(derive_seed(seed, "eval"))
     correct, loss_sum, rows = 0, 0.0, []
+    pattern = {}
+    hook = (pattern_name(model.cfg.n_layers - 1), lambda act, hook: pattern.__setitem__("last", act))
     for start in range(0, n_prompts, batch_size):
         batch = task.sample(min(batch_size, n_prompts - start), generator=gen, device=device)
-        logits, cache = model.run_with_cache(batch.tokens, names_filter=lambda n: n.endswith("hook_pattern"))
-        logits = logits[torch.arange(len(batch), device=device), batch.layout.query_pos]
+        with model.hooks(fwd_hooks=[hook]):
+            logits = query_logits(model, batch.tokens, batch.layout.query_pos)
         correct += int((logits.argmax(-1) == batch.answers).sum())
         loss_sum += float(F.cross_entropy(logits, batch.answers, reduction="sum"))
-        pattern = cache[f"blocks.{model.cfg.n_layers - 1}.attn.hook_pattern"][:, 0]
-        rows.append(pattern[torch.arange(len(batch), device=device), batch.layout.query_pos])
+        rows.append(query_row(pattern["last"], batch.layout.query_pos)[:, 0])
     return dict(accuracy=correct / n_prompts, loss=loss_sum / n_prompts, n_prompts=n_prompts,
                 query_attention=torch.cat(rows).mean(0).tolist())

@@ -66,12 +66,19 @@ def test_golden_hook_names(shared_task):
 
 
 def test_only_attention_qk_trains(shared_task):
+    from icr_interp.train import trainable_names
+
     model = icr_interp.build_model(shared_task)
-    trainable = sorted(n for n, p in model.named_parameters() if p.requires_grad)
-    assert trainable == ["blocks.0.attn.W_K", "blocks.0.attn.W_Q", "blocks.0.attn.b_K", "blocks.0.attn.b_Q"]
-    frozen = [n for n, p in model.named_parameters() if not p.requires_grad]
-    assert {"embed.W_E", "pos_embed.W_pos", "unembed.W_U", "blocks.0.attn.W_V", "blocks.0.attn.W_O",
-            "blocks.0.mlp.W_rel_in", "blocks.0.mlp.W_in", "blocks.0.mlp.W_out"} <= set(frozen)
+    assert sorted(trainable_names(model)) == ["blocks.0.attn.W_K", "blocks.0.attn.W_Q", "blocks.0.attn.b_K",
+                                              "blocks.0.attn.b_Q"]
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    icr_interp.finetune(model, shared_task, n_samples=32, steps=3, seed=0, progress=False)
+    changed = sorted(n for n, p in model.named_parameters() if not torch.equal(p, before[n]))
+    assert {"blocks.0.attn.W_K", "blocks.0.attn.W_Q"} <= set(changed) <= set(trainable_names(model))
+    frozen = {"embed.W_E", "pos_embed.W_pos", "unembed.W_U", "blocks.0.attn.W_V", "blocks.0.attn.W_O",
+              "blocks.0.mlp.W_rel_in", "blocks.0.mlp.W_in", "blocks.0.mlp.W_out"}
+    assert frozen.isdisjoint(changed)
+    assert all(p.requires_grad for p in model.parameters())  # building freezes nothing; training restores flags
 
 
 def test_embeddings_are_the_basis(shared_task):
@@ -139,9 +146,11 @@ def test_variants_build_and_run(shared_task, n_heads, n_layers):
     last = n_layers - 1
     assert f"blocks.{last}.mlp.hook_relation" in model.hook_dict
     assert len([n for n in model.hook_dict if n.endswith("hook_relation")]) == 1
-    trainable = {n.split(".")[-1] for n, p in model.named_parameters() if p.requires_grad}
-    assert trainable == {"W_Q", "W_K", "b_Q", "b_K"}
-    assert sum(p.requires_grad for p in model.parameters()) == 4 * n_layers
+    from icr_interp.train import trainable_names
+
+    trainable = trainable_names(model)
+    assert {n.split(".")[-1] for n in trainable} == {"W_Q", "W_K", "b_Q", "b_K"}
+    assert len(trainable) == 4 * n_layers
 
 
 def test_two_heads_split_the_ov_copy(shared_task):
@@ -157,7 +166,7 @@ def test_two_heads_split_the_ov_copy(shared_task):
 def test_build_model_rejects_bad_arguments(shared_task):
     with pytest.raises(ValueError, match="memory must be one of"):
         icr_interp.build_model(shared_task, memory="lookup_table")
-    with pytest.raises(ValueError, match="n_heads and n_layers"):
+    with pytest.raises(ValueError, match="n_heads must be an integer"):
         icr_interp.build_model(shared_task, n_heads=0)
     with pytest.raises(TypeError):
         icr_interp.build_model(shared_task, not_a_field=1)

@@ -1,5 +1,6 @@
 """The pretrained memory: fitted from factual-recall exercises, frozen, then the attention fine-tuned."""
 
+import pytest
 import torch
 
 import icr_interp as ii
@@ -12,7 +13,10 @@ def test_pretrained_memory_learns_and_rewards_the_pairwise_pattern():
     memory = model.blocks[0].mlp
     assert isinstance(memory, AssociativeMemory) and memory.construction == "pretrained"
     assert model.icr_config.pretrain["seed"] == model.icr_config.seed  # pretraining seeded by the model seed
-    assert not any(p.requires_grad for p in memory.parameters())  # frozen after pretraining
+    with pytest.raises(ValueError, match="pretrain_memory"):  # building never trains; fine-tuning says so
+        ii.finetune(model, task, steps=1, n_samples=8, progress=False)
+    losses = ii.pretrain_memory(model, task, progress=False)
+    assert len(losses) == 600 and losses[-1] < 0.2 * losses[0] and model.memory_fitted
     start = ii.evaluate(model, task, n_prompts=512)["accuracy"]
     before = {n: p.clone() for n, p in memory.named_parameters()}
     ii.finetune(model, task, steps=200, n_samples=1024, progress=False)
