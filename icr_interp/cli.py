@@ -22,13 +22,13 @@ from jaxtyping import Float
 from torch import Tensor
 
 from icr_interp.checkpoint import CheckpointError, check_writable, save_checkpoint
-from icr_interp.presets import PRESETS, Preset, build_from_preset, get_preset
+from icr_interp.config import RunConfig
+from icr_interp.pipeline import RunResult, run
+from icr_interp.presets import DESCRIPTIONS, PRESETS, get_preset
+from icr_interp.seeds import MAX_SEED
 from icr_interp.task import ICRecallTask, Layout
-from icr_interp.train import evaluate, finetune
 
 PROG = "icr-interp"
-EVAL_OFFSET = 10_000  # held-out prompts use seed + EVAL_OFFSET, never the training set's seed
-MAX_SEED = 2**32
 
 
 class _Parser(argparse.ArgumentParser):
@@ -66,8 +66,8 @@ def _presets_help() -> str:
     """The presets, one per line, with their default fine-tuning budget."""
     lines = []
     for p in PRESETS.values():
-        budget = ", ".join(f"{k.replace('_', '-')} {v}" for k, v in p.finetune_args().items())
-        lines.append(f"  {p.name:<11} {p.description}" + (f"\n  {'':<11} (fine-tune: {budget})" if budget else ""))
+        budget = f"n-samples {p.train.n_samples}, steps {p.train.steps}, lr {p.train.lr:g}"
+        lines.append(f"  {p.name:<11} {DESCRIPTIONS[p.name]}\n  {'':<11} (fine-tune: {budget})")
     return "presets:\n" + "\n".join(lines)
 
 
@@ -158,27 +158,34 @@ def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
 # ------------------------------------------------------------------ commands
 def cmd_presets(args: argparse.Namespace) -> int:
     for p in PRESETS.values():
-        print(f"{p.name:<11} {p.description}")
+        print(f"{p.name:<11} {DESCRIPTIONS[p.name]}")
     return 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    preset = get_preset(args.preset)
-    print(f"{preset.summary()}; seed {args.seed}")
-    run_preset(preset, args.seed, args.out, args.n_samples, args.steps, args.device)
+    config = run_config(args)
+    print(config.summary())
+    train_and_save(config, args.out, args.device)
     print(f"checkpoint: {args.out}")
     return 0
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
-    preset = get_preset("paper")
     print("Reproducing the pairwise attention pattern of in-context factual recall (arXiv 2605.27774).")
-    print(f"{preset.summary()}; seed {args.seed}")
-    task, before, after = run_preset(preset, args.seed, args.out, args.n_samples, args.steps, args.device)
+    config = run_config(args)
+    print(config.summary())
+    result = train_and_save(config, args.out, args.device)
     print()
-    print(attention_report(task, before["query_attention"], after["query_attention"], before["n_prompts"]))
+    print(attention_report(result.task, result.before["query_attention"], result.after["query_attention"],
+                           result.before["n_prompts"]))
     print(f"\ncheckpoint: {args.out}")
     return 0
+
+
+def run_config(args: argparse.Namespace) -> RunConfig:
+    """The preset's RunConfig with the command line's seed and budget."""
+    overrides = {f"train.{k}": v for k, v in dict(n_samples=args.n_samples, steps=args.steps).items() if v is not None}
+    return RunConfig.from_preset(args.preset, seed=args.seed, **overrides)
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
@@ -200,37 +207,22 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_preset(preset: Preset, seed: int, out: Path, n_samples: int | None = None, steps: int | None = None,
-               device: str = "cpu") -> tuple[ICRecallTask, dict, dict]:
-    """Build, evaluate, fine-tune, evaluate, save; prints progress.  Returns (task, before, after)."""
-    _, task, model = build_from_preset(preset, seed=seed, device=device)
-    cfg = model.icr_config
-    budget = {**preset.finetune_args(), **{k: v for k, v in dict(n_samples=n_samples, steps=steps).items()
-                                           if v is not None}}
-    print(f"model: d_model={cfg.d_model}, memory={cfg.construction}, {cfg.n_layers} layer(s) x {cfg.n_heads} "
-          f"head(s); training only W_Q/W_K")
-    eval_seed = seed + EVAL_OFFSET
-    scored = task.sample(512, seed=eval_seed + 1)
-    before = dict(evaluate(model, task, seed=eval_seed), templates=_template_summary(model, scored))
-    history = finetune(model, task, seed=seed, progress=True, **budget)  # bar only on a terminal
-    after = dict(evaluate(model, task, seed=eval_seed), templates=_template_summary(model, scored))
-    train = model.icr_train
+def train_and_save(config: RunConfig, out: Path, device: str = "cpu") -> RunResult:
+    """Run ``config`` (:func:`icr_interp.run`), print what it measured, save the checkpoint at ``out``."""
+    result = run(config, device, progress=True, log=print)  # the bar shows only on a terminal
+    before, after, train = result.before, result.after, result.config.train
     print(f"fine-tuned on {train.n_samples} prompts for {train.steps} steps (lr {train.lr:g})")
     print(f"held-out accuracy ({after['n_prompts']} prompts): before {before['accuracy']:.3f}, "
           f"after {after['accuracy']:.3f}  (loss {before['loss']:.3f} -> {after['loss']:.3f})")
-    for name, r in (("before", before["templates"]), ("after", after["templates"])):
-        print(f"attention template {name:>6}: best {r['best']:<9} pairwise score {r['pairwise']:.3f} per example, "
-              f"{r['mean_row_pairwise']:.3f} mean row (best {r['mean_row_best']}); balance {r['balance']:.3f}")
-    save_checkpoint(out, model, task, preset=preset.name, seed=seed, eval_seed=eval_seed,
-                    before=before, after=after, history=history.to_dict())
-    return task, before, after
-
-
-def _template_summary(model, batch) -> dict:
-    """Headline template scores (docs/theory.md, section 7) as plain numbers."""
-    from icr_interp.templates import score_templates  # analyses sit downstream of training
-
-    return score_templates(model, batch).headline()
+    for name, side in (("before", before), ("after", after)):
+        r = side.get("templates")
+        if r:
+            print(f"attention template {name:>6}: best {r['best']:<9} pairwise score {r['pairwise']:.3f} per "
+                  f"example, {r['mean_row_pairwise']:.3f} mean row (best {r['mean_row_best']}); "
+                  f"balance {r['balance']:.3f}")
+    save_checkpoint(out, result.model, result.task, preset=config.name, seed=config.seed,
+                    run_config=config.to_dict(), before=before, after=after, history=result.history.to_dict())
+    return result
 
 
 # ------------------------------------------------------------------ report

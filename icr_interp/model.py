@@ -24,6 +24,7 @@ a pretrained memory is fitted by the separate step
 """
 
 import math
+from typing import Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 
 import einops
@@ -54,7 +55,7 @@ class ModelConfig:
     pretrain: dict = field(default_factory=dict)  # options of the pretrained memory (pretrain.py)
     memory_impl: str = "auto"  # dense | factored | auto (factored once n_facts * d_model > 2**24)
     attention: str = "full"  # W_Q / W_K parametrisation: full (d_model x d_head per head)
-    trainable: tuple = TRAINABLE  # parameter names (last path component) that fine-tuning trains
+    trainable: Sequence[str] = TRAINABLE  # parameter names (last path component) that fine-tuning trains
 
     def __post_init__(self) -> None:
         self.trainable = tuple(self.trainable)  # JSON gives a list back

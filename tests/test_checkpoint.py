@@ -96,9 +96,11 @@ def test_round_trip_reproduces_logits_exactly(trained, saved):
     _, _, fresh = build_from_preset("tiny", seed=1)
     assert not torch.equal(fresh.blocks[0].attn.W_Q, ck.model.blocks[0].attn.W_Q)
     assert torch.equal(fresh.blocks[0].mlp.W_in, ck.model.blocks[0].mlp.W_in)
-    # Only attention QK stays trainable after loading, as after building.
-    trainable = {n for n, p in ck.model.named_parameters() if p.requires_grad}
-    assert trainable == {"blocks.0.attn.W_Q", "blocks.0.attn.W_K", "blocks.0.attn.b_Q", "blocks.0.attn.b_K"}
+    # Fine-tuning the loaded model trains attention QK only, as for a freshly built one.
+    from icr_interp.train import trainable_names
+
+    assert set(trainable_names(ck.model)) == {"blocks.0.attn.W_Q", "blocks.0.attn.W_K", "blocks.0.attn.b_Q",
+                                              "blocks.0.attn.b_K"}
 
 
 def test_config_json_fields(trained, saved):
@@ -109,7 +111,7 @@ def test_config_json_fields(trained, saved):
     assert config["format"] == FORMAT == "icr_interp-checkpoint/1"
     assert config["library_version"] == icr_interp.__version__
     assert config["weights_sha256"] == sha256(saved / "model.safetensors")
-    assert config["model"] == model.icr_config.to_dict()
+    assert config["model"] == json.loads(json.dumps(model.icr_config.to_dict()))
     assert config["model"]["d_model"] == 128 and config["model"]["construction"] == "pair"
     assert config["task"] == {"n_pairs": 2, "bos": True}
     assert config["train"]["steps"] == 8 and config["train"]["n_samples"] == 64
@@ -127,14 +129,14 @@ def test_model_without_training_config_round_trips(tmp_path):
     _, task, model = build_from_preset("tiny", seed=2)
     ck = load_checkpoint(save_checkpoint(tmp_path / "untrained", model, task))
     assert json.loads((tmp_path / "untrained" / "config.json").read_text())["train"] is None
-    assert not hasattr(ck.model, "icr_train") and ck.metrics == {}
+    assert ck.model.icr_train is None and ck.metrics == {}
     tokens = task.sample(16, seed=0).tokens
     assert torch.equal(ck.model(tokens), model(tokens))
 
 
 def test_pretrained_memory_round_trips_without_refitting(tmp_path, monkeypatch):
     pretrain = pytest.importorskip("icr_interp.pretrain")
-    kb = KnowledgeBase.random(**get_preset("tiny").kb_args(), seed=0)
+    kb = KnowledgeBase.random(16, 4, 16, seed=0)
     task = ICRecallTask(kb, n_pairs=2)
     model = icr_interp.build_model(task, memory="pretrained", pretrain=dict(steps=3))
 
@@ -338,6 +340,6 @@ def test_metrics_must_be_json(trained, tmp_path, value, fragment):
 
 def test_model_and_task_must_match(trained, tmp_path):
     _, model = trained
-    other_task = ICRecallTask(KnowledgeBase.random(**get_preset("paper").kb_args()), n_pairs=4)
+    other_task = ICRecallTask(KnowledgeBase.random(64, 8, 64), n_pairs=4)
     with pytest.raises(CheckpointError, match="was not built for this task"):
         save_checkpoint(tmp_path / "ck", model, other_task)

@@ -12,20 +12,29 @@ from icr_interp import cli
 from icr_interp.checkpoint import load_checkpoint
 from icr_interp.cli import main, pair_balance, position_labels
 from icr_interp.knowledge import KnowledgeBase
-from icr_interp.presets import PRESETS, build_from_preset, get_preset
+from icr_interp.presets import DESCRIPTIONS, PRESETS, build_from_preset, get_preset
 from icr_interp.train import evaluate
 
 
 # ------------------------------------------------------------------ presets
+def kb_args(config) -> dict:
+    """Keyword arguments of KnowledgeBase.random that a preset's knowledge config sets."""
+    k = config.knowledge
+    return dict(n_subjects=k.n_subjects, n_relations=k.n_relations, n_answers=k.n_answers,
+                answer_overlap=k.answer_overlap, mapping=k.mapping)
+
+
 def test_preset_values():
     paper, control, pre, tiny = (get_preset(n) for n in ("paper", "control", "pretrained", "tiny"))
     assert set(PRESETS) == {"paper", "control", "pretrained", "tiny"}
-    assert paper.kb_args() == dict(n_subjects=64, n_relations=8, n_answers=64, answer_overlap=1.0, mapping="balanced")
-    assert paper.task_args() == {"n_pairs": 4} and paper.model_args() == {"memory": "constructed", "d_model": None}
-    assert control.kb_args() == {**paper.kb_args(), "answer_overlap": 0.0}
-    assert pre.kb_args() == paper.kb_args() and pre.memory == "pretrained"
-    assert (tiny.n_subjects, tiny.n_relations, tiny.n_answers, tiny.n_pairs) == (16, 4, 16, 2)
-    assert all(p.description and "\n" not in p.description for p in PRESETS.values())
+    assert kb_args(paper) == dict(n_subjects=64, n_relations=8, n_answers=64, answer_overlap=1.0, mapping="balanced")
+    assert paper.task.n_pairs == 4 and (paper.model.memory, paper.model.d_model) == ("constructed", 0)
+    assert kb_args(control) == {**kb_args(paper), "answer_overlap": 0.0}
+    assert kb_args(pre) == kb_args(paper) and pre.model.memory == "pretrained"
+    assert (tiny.knowledge.n_subjects, tiny.knowledge.n_relations, tiny.knowledge.n_answers,
+            tiny.task.n_pairs) == (16, 4, 16, 2)
+    assert (paper.train.n_samples, paper.train.steps, paper.train.lr) == (2048, 200, 0.003)
+    assert all(DESCRIPTIONS[p] and "\n" not in DESCRIPTIONS[p] for p in PRESETS)
 
 
 def test_unknown_preset_lists_valid_names():
@@ -43,12 +52,12 @@ def test_build_from_preset_is_seeded():
     assert torch.equal(kb.table, kb2.table) and not torch.equal(kb.table, kb4.table)
     assert torch.equal(model.blocks[0].attn.W_Q, model2.blocks[0].attn.W_Q)
     assert not torch.equal(model.blocks[0].attn.W_Q, model4.blocks[0].attn.W_Q)
-    with pytest.raises(ValueError, match="seed must be >= 0"):
+    with pytest.raises(ValueError, match="seed must be an integer in"):
         build_from_preset("tiny", seed=-1)
 
 
 def test_control_preset_has_disjoint_answers():
-    kb = KnowledgeBase.random(**get_preset("control").kb_args(), seed=0)
+    kb = KnowledgeBase.random(**kb_args(get_preset("control")), seed=0)
     assert kb.answer_reveals_relation and [len(s) for s in kb.answer_sets()] == [8] * 8
 
 
@@ -65,13 +74,13 @@ def test_presets_command(capsys):
     assert main(["presets"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert [line.split()[0] for line in lines] == list(PRESETS)
-    assert all(p.description in out for p, out in zip(PRESETS.values(), lines))
+    assert all(DESCRIPTIONS[p] in out for p, out in zip(PRESETS, lines))
 
 
 def test_train_help_explains_every_preset(capsys):
     assert main(["train", "--help"]) == 0
     out = capsys.readouterr().out
-    assert all(p.description in out for p in PRESETS.values())
+    assert all(DESCRIPTIONS[p] in out for p in PRESETS)
 
 
 def test_train_writes_loadable_checkpoint(tmp_path, capsys):
@@ -83,12 +92,12 @@ def test_train_writes_loadable_checkpoint(tmp_path, capsys):
     assert acc and f"checkpoint: {out_dir}" in out
     ck = load_checkpoint(out_dir)
     m = ck.metrics
-    assert (m["preset"], m["seed"], m["eval_seed"]) == ("tiny", 1, 10_001)
+    assert (m["preset"], m["seed"]) == ("tiny", 1) and m["run_config"]["train"]["steps"] == 15
     assert (ck.model.icr_train.n_samples, ck.model.icr_train.steps, ck.model.icr_train.seed) == (128, 15, 1)
     assert len(m["history"]["loss"]) == 15
     assert f"{m['before']['accuracy']:.3f}" == acc.group(1) and f"{m['after']['accuracy']:.3f}" == acc.group(2)
     # The saved model is the one that was evaluated: re-evaluating it gives the recorded numbers exactly.
-    again = evaluate(ck.model, ck.task, seed=m["eval_seed"])
+    again = evaluate(ck.model, ck.task, seed=m["seed"])
     assert again["accuracy"] == m["after"]["accuracy"] and again["query_attention"] == m["after"]["query_attention"]
     assert m["after"]["loss"] < m["before"]["loss"]  # fine-tuning helped
     # Training again into the same directory replaces the checkpoint.
@@ -138,7 +147,7 @@ def test_runtime_error_exits_1_without_traceback(tmp_path, capsys, monkeypatch):
     def broken(*args, **kwargs):
         raise ValueError("knowledge base\ncannot be built")
 
-    monkeypatch.setattr(cli, "build_from_preset", broken)
+    monkeypatch.setattr(cli, "run", broken)
     assert main(["train", "--preset", "tiny", "--out", str(tmp_path / "o")]) == 1
     assert capsys.readouterr().err == "icr-interp: error: knowledge base cannot be built\n"
 
