@@ -30,13 +30,15 @@ from dataclasses import asdict, dataclass, field, fields, replace
 import einops
 import torch
 
+from icr_interp.attention_params import positional_qk
 from icr_interp.basis import ResidualBasis, default_d_model
 from icr_interp.compat import HookedTransformer, HookedTransformerConfig
 from icr_interp.memory import MEMORIES, MemoryScales, construct_memory, pick_construction
 from icr_interp.task import ICRecallTask
 
 TRAINABLE = ("W_Q", "W_K", "b_Q", "b_K")  # what fine-tuning trains by default: attention's query/key
-ATTENTIONS = ("full",)  # parametrisations of W_Q / W_K
+ATTENTIONS = ("full", "positional")  # parametrisations of W_Q / W_K (see attention_params.py)
+STARTS = ("answer", "subject", "sink")  # which slots the starting attention is tilted toward (theory section 4)
 
 
 @dataclass
@@ -50,11 +52,12 @@ class ModelConfig:
     n_layers: int = 1  # layers; the memory is the last block's MLP
     seed: int = 0  # seeds the basis and the attention initialisation
     init_scale: float = 0.02  # std of the random W_Q / W_K entries
-    init_tilt: float = 2.0  # starting attention-logit bonus on answer slots
+    start: str = "answer"  # the starting attention: tilted toward answer slots, subject slots, or BOS (sink)
+    init_tilt: float = 4.0  # the tilt: starting attention-logit bonus on the start's slots (2.0 in the first release)
     scales: dict = field(default_factory=lambda: asdict(MemoryScales()))  # memory thresholds/gains
     pretrain: dict = field(default_factory=dict)  # options of the pretrained memory (pretrain.py)
     memory_impl: str = "auto"  # dense | factored | auto (factored once n_facts * d_model > 2**24)
-    attention: str = "full"  # W_Q / W_K parametrisation: full (d_model x d_head per head)
+    attention: str = "full"  # W_Q / W_K parametrisation: full (d_model x d_head) | positional (positions only)
     trainable: Sequence[str] = TRAINABLE  # parameter names (last path component) that fine-tuning trains
 
     def __post_init__(self) -> None:
@@ -77,6 +80,8 @@ class ModelConfig:
             raise ValueError(f"memory_impl must be auto, dense or factored, got {self.memory_impl!r}")
         if self.attention not in ATTENTIONS:
             raise ValueError(f"attention must be one of {ATTENTIONS}, got {self.attention!r}")
+        if self.start not in STARTS:
+            raise ValueError(f"start must be one of {STARTS}, got {self.start!r}")
         for name in ("init_scale", "init_tilt"):
             if not math.isfinite(getattr(self, name)):
                 raise ValueError(f"{name} must be finite, got {getattr(self, name)}")
@@ -139,6 +144,8 @@ def resolve_config(task: ICRecallTask, cfg: ModelConfig) -> ModelConfig:
     construction = pick_construction(task.kb) if cfg.memory == "constructed" else cfg.memory
     resolved = replace(cfg, d_model=cfg.d_model or default_d_model(task.vocab, task.n_ctx), construction=construction,
                        scales=dict(cfg.scales), pretrain=dict(cfg.pretrain))
+    if resolved.attention == "positional" and tuple(resolved.trainable) == TRAINABLE:
+        resolved.trainable = ("W_Q", "W_K")  # the head-space biases would add d_head free numbers each
     if construction == "pretrained":
         from icr_interp.pretrain import resolve_options
 
@@ -173,12 +180,22 @@ def _write_embeddings(model: HookedTransformer, basis: ResidualBasis) -> None:
         model.unembed.b_U.zero_()
 
 
+def start_slots(task: ICRecallTask, start: str) -> torch.Tensor:
+    """Positions the starting attention is tilted toward."""
+    layout = task.layout(1)
+    if start == "sink":
+        if not task.bos:
+            raise ValueError("start 'sink' tilts attention toward BOS, but the task's prompts have no BOS")
+        return layout.bos_pos
+    return (layout.answer_pos if start == "answer" else layout.subject_pos)[0]
+
+
 def _write_attention(model: HookedTransformer, basis: ResidualBasis, task: ICRecallTask, cfg: ModelConfig) -> None:
-    """OV copies tokens into context directions; QK starts small, random and answer-tilted."""
+    """OV copies tokens into context directions; QK starts small, random and tilted toward the start's slots."""
     gen = torch.Generator().manual_seed(cfg.seed + 1)
     ov = 2 * task.n_pairs * basis.copy / cfg.n_heads  # [d_model d_model]: token[t] -> 2k context[t]
     tilt_logits = cfg.init_tilt * math.sqrt(cfg.d_model)  # TL divides scores by sqrt(d_head)
-    answer_slots = task.layout(1).answer_pos[0]
+    answer_slots = start_slots(task, cfg.start)
     for block in model.blocks:
         attn = block.attn
         with torch.no_grad():
@@ -188,10 +205,12 @@ def _write_attention(model: HookedTransformer, basis: ResidualBasis, task: ICRec
                 w.zero_()
             attn.W_Q.copy_(cfg.init_scale * torch.randn(attn.W_Q.shape, generator=gen))
             attn.W_K.copy_(cfg.init_scale * torch.randn(attn.W_K.shape, generator=gen))
-            # Tilt: the query position's embedding maps to head direction 0, answer
-            # slots' embeddings map there too, so every answer slot gains init_tilt.
+            # Tilt: the query position's embedding maps to head direction 0, the start's
+            # slots' embeddings map there too, so every such slot gains init_tilt.
             attn.W_Q[:, :, 0] += basis.pos[-1]
             attn.W_K[:, :, 0] += tilt_logits * basis.pos[answer_slots].sum(0)
+        if cfg.attention == "positional":
+            positional_qk(attn, basis.pos)
 
 
 def _attach_memory(model: HookedTransformer, task: ICRecallTask, basis: ResidualBasis, cfg: ModelConfig) -> None:

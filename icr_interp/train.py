@@ -25,6 +25,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from icr_interp.attention import pattern_name, query_row
+from icr_interp.attention_params import logical_name
 from icr_interp.compat import TLModel
 from icr_interp.forward import query_logits, query_path_applies
 from icr_interp.seeds import SALTS, derive_seed
@@ -77,7 +78,7 @@ def trainable_names(model: TLModel, trainable: Sequence[str] | None = None) -> l
     if trainable is None:
         icr_config = getattr(model, "icr_config", None)  # any model: ours carry their own choice
         trainable = icr_config.trainable if icr_config is not None else DEFAULT_TRAINABLE
-    names = [n for n, _ in model.named_parameters() if n.split(".")[-1] in set(trainable)]
+    names = [n for n, _ in model.named_parameters() if logical_name(n).split(".")[-1] in set(trainable)]
     if not names:
         raise ValueError(f"no parameter of the model is named like {sorted(trainable)}: nothing would train")
     return names

@@ -1,0 +1,64 @@
+"""Parametrisations of attention's query/key weights (``ModelConfig.attention``).
+
+* ``"full"``: TransformerLens's own ``W_Q``, ``W_K`` of shape ``[head d_model
+  d_head]`` -- ``d_model x d_head`` free numbers per head and matrix, a count
+  that grows with the knowledge base (``d_model`` grows with the vocabulary).
+  With few training prompts they can fit token-specific directions.
+* ``"positional"``: query and key read only the *position* directions of the
+  residual stream, and write only the first ``n_ctx`` head coordinates::
+
+      W_Q[h] = pos^T A_Q[h] F,     A_Q[h]: [n_ctx n_ctx] (trained),  F = I[:n_ctx]  (fixed)
+
+  so an attention score depends on the two positions alone,
+  ``score(i, j) = (A_Q A_K^T)[i, j] / sqrt(d_head)``, and the number of
+  trainable numbers (``2 * heads * n_ctx^2``) does not grow with the number of
+  facts N.  A concentration argument over this fixed-size family is what
+  gives polylogarithmic sample complexity (docs/theory.md).
+
+The positional form is a ``torch.nn.utils.parametrize`` parametrisation, so
+``attn.W_Q`` is still TransformerLens's ``[head d_model d_head]`` tensor (every
+TransformerLens tool and every analysis reads it unchanged); the trained
+tensor is ``attn.parametrizations.W_Q.original`` (``[head n_ctx n_ctx]``), which
+checkpoints save and reload exactly.  ``right_inverse`` projects any full
+``W_Q`` onto the family, which is how a model's start is written.
+"""
+
+import re
+
+import einops
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float
+from torch import Tensor, nn
+from torch.nn.utils import parametrize
+
+_PARAMETRISED = re.compile(r"parametrizations\.(\w+)\.original$")
+
+
+class PositionalQK(nn.Module):
+    """``A [head n_ctx n_ctx] -> W [head d_model d_head]``: reads positions, writes the first n_ctx head dims."""
+
+    def __init__(self, pos: Float[Tensor, "n_ctx d_model"], d_head: int):
+        super().__init__()
+        if d_head < pos.shape[0]:
+            raise ValueError(f"positional attention needs d_head >= n_ctx = {pos.shape[0]}, got {d_head}")
+        self.register_buffer("pos", pos.clone())
+        self.d_head = d_head
+
+    def forward(self, A: Float[Tensor, "head n_ctx r"]) -> Float[Tensor, "head d_model d_head"]:
+        W = einops.einsum(self.pos, A, "p d, h p r -> h d r")
+        return F.pad(W, (0, self.d_head - A.shape[-1]))
+
+    def right_inverse(self, W: Float[Tensor, "head d_model d_head"]) -> Float[Tensor, "head n_ctx r"]:
+        return einops.einsum(self.pos, W[..., : self.pos.shape[0]], "p d, h d r -> h p r")
+
+
+def positional_qk(attn: nn.Module, pos: Float[Tensor, "n_ctx d_model"]) -> None:
+    """Restrict ``attn.W_Q`` and ``attn.W_K`` to the positional family (their current values are projected)."""
+    for name in ("W_Q", "W_K"):
+        parametrize.register_parametrization(attn, name, PositionalQK(pos, attn.W_Q.shape[-1]))
+
+
+def logical_name(parameter_name: str) -> str:
+    """The TransformerLens name of a parameter: ``attn.parametrizations.W_Q.original`` -> ``attn.W_Q``."""
+    return _PARAMETRISED.sub(r"\1", parameter_name)
