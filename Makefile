@@ -5,14 +5,17 @@ VENV := .venv
 PY := $(VENV)/bin/python
 # The CPU build of torch; a plain `torch` requirement could pull a multi-GB CUDA build.
 TORCH_SPEC ?= torch==2.13.0
+# The TransformerLens line: 3.x (HookedTransformer itself) by default; `make setup TL_SPEC=transformer-lens==4.3.0`
+# for the 4.x line (icr_interp's HookedRootModule mirror of HookedTransformer).
+TL_SPEC ?= transformer-lens>=3.9,<4
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test test-tl4 bench clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -e ".[dev,ray]"
+	$(PY) -m pip install -q -e ".[dev,ray]" "$(TL_SPEC)"
 	touch $@
 
 setup: $(VENV)/.installed
@@ -22,6 +25,12 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest
+
+test-tl4:
+	test -x .venv-tl4/bin/python || $(PYTHON) -m venv .venv-tl4
+	.venv-tl4/bin/python -c "import torch" 2>/dev/null || .venv-tl4/bin/python -m pip install -q "$(TORCH_SPEC)"
+	.venv-tl4/bin/python -m pip install -q -e ".[dev]" "transformer-lens==4.3.0"
+	TQDM_DISABLE=1 .venv-tl4/bin/python -m pytest tests/test_tl4_smoke.py tests/test_compat.py tests/test_model.py
 
 bench: setup
 	$(PY) benchmarks/bench_patching.py

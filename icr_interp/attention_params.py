@@ -7,12 +7,14 @@
 * ``"positional"``: query and key read only the *position* directions of the
   residual stream, and write only the first ``n_ctx`` head coordinates::
 
-      W_Q[h] = pos^T A_Q[h] F,     A_Q[h]: [n_ctx n_ctx] (trained),  F = I[:n_ctx]  (fixed)
+      W_Q[h] = d_head^(1/4) pos^T A_Q[h] F,   A_Q[h]: [n_ctx n_ctx] (trained),  F = I[:n_ctx]  (fixed)
 
-  so an attention score depends on the two positions alone,
-  ``score(i, j) = (A_Q A_K^T)[i, j] / sqrt(d_head)``, and the number of
+  so an attention score depends on the two positions alone and is read in
+  logits directly, ``score(i, j) = (A_Q A_K^T)[i, j]`` (the ``d_head^(1/4)``
+  factors cancel TransformerLens's ``1/sqrt(d_head)``), and the number of
   trainable numbers (``2 * heads * n_ctx^2``) does not grow with the number of
-  facts N.  A concentration argument over this fixed-size family is what
+  facts N.  Because the entries are in logit units, Adam's per-entry steps
+  move logits at the same rate whatever ``d_model`` is.  A concentration argument over this fixed-size family is what
   gives polylogarithmic sample complexity (docs/theory.md).
 
 The positional form is a ``torch.nn.utils.parametrize`` parametrisation, so
@@ -46,17 +48,20 @@ class PositionalQK(nn.Module):
         self.d_head = d_head
 
     def forward(self, A: Float[Tensor, "head n_ctx r"]) -> Float[Tensor, "head d_model d_head"]:
-        W = einops.einsum(self.pos, A, "p d, h p r -> h d r")
+        W = self.d_head**0.25 * einops.einsum(self.pos, A, "p d, h p r -> h d r")
         return F.pad(W, (0, self.d_head - A.shape[-1]))
 
     def right_inverse(self, W: Float[Tensor, "head d_model d_head"]) -> Float[Tensor, "head n_ctx r"]:
-        return einops.einsum(self.pos, W[..., : self.pos.shape[0]], "p d, h d r -> h p r")
+        return einops.einsum(self.pos, W[..., : self.pos.shape[0]], "p d, h d r -> h p r") / self.d_head**0.25
 
 
-def positional_qk(attn: nn.Module, pos: Float[Tensor, "n_ctx d_model"]) -> None:
-    """Restrict ``attn.W_Q`` and ``attn.W_K`` to the positional family (their current values are projected)."""
-    for name in ("W_Q", "W_K"):
+def positional_qk(attn: nn.Module, pos: Float[Tensor, "n_ctx d_model"], A_Q: Float[Tensor, "head n_ctx r"],
+                  A_K: Float[Tensor, "head n_ctx r"]) -> None:
+    """Restrict ``attn.W_Q`` and ``attn.W_K`` to the positional family, starting at ``A_Q``, ``A_K`` (logit units)."""
+    for name, A in (("W_Q", A_Q), ("W_K", A_K)):
         parametrize.register_parametrization(attn, name, PositionalQK(pos, attn.W_Q.shape[-1]))
+        with torch.no_grad():
+            getattr(attn.parametrizations, name).original.copy_(A)
 
 
 def logical_name(parameter_name: str) -> str:

@@ -9,7 +9,7 @@ scores the query attention of a fixed held-out batch against the templates
 from dataclasses import dataclass, field
 
 import torch
-from transformer_lens import HookedTransformer
+from icr_interp.compat import TLModel
 
 from icr_interp.task import Batch
 from icr_interp.templates import query_rows_from_cache, score_rows
@@ -23,7 +23,7 @@ class TemplateTracker:
     every: int = 10  # steps between measurements
     series: dict = field(default_factory=dict)  # step, accuracy and the headline template scores, as lists
 
-    def measure(self, model: HookedTransformer, step: int) -> None:
+    def measure(self, model: TLModel, step: int) -> None:
         """Score the attention and accuracy of ``model`` now (``step`` = steps taken), in one forward."""
         qpos = self.batch.layout.query_pos
         with torch.no_grad():
@@ -33,7 +33,7 @@ class TemplateTracker:
         for key, value in dict(step=step, accuracy=float(accuracy), **scores.headline()).items():
             self.series.setdefault(key, []).append(value)
 
-    def __call__(self, step: int, model: HookedTransformer, history) -> None:
+    def __call__(self, step: int, model: TLModel, history) -> None:
         if step == 0 and not self.series:
             raise RuntimeError("call tracker.measure(model, 0) before fine-tuning to record the start")
         if (step + 1) % self.every == 0:

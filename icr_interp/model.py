@@ -13,8 +13,10 @@ transformer in the residual geometry of :mod:`icr_interp.basis`:
 * ``blocks[-1].mlp``: the associative memory (:mod:`icr_interp.memory`),
   attached before ``model.setup()`` so its hook points are registered.
 
-An :class:`ICRModel` *is* a ``HookedTransformer`` (every TransformerLens tool
-takes it) that also carries what it was built from: ``model.icr_config`` (the
+An :class:`ICRModel` *is* a ``HookedTransformer`` on TransformerLens 3.x
+(every TransformerLens tool takes it) -- on 4.x, which removed that class, it is
+our ``HookedRootModule`` mirror of it (:mod:`icr_interp.tl_mirror`, chosen in
+:mod:`icr_interp.compat`), with the same parameters and hook names -- that also carries what it was built from: ``model.icr_config`` (the
 resolved :class:`ModelConfig`), ``model.basis`` (registered as buffers, so
 ``model.to(device)`` moves it) and ``model.icr_train`` (the last fine-tuning
 config, set by :func:`icr_interp.train.finetune`).  Building never trains and
@@ -32,7 +34,7 @@ import torch
 
 from icr_interp.attention_params import positional_qk
 from icr_interp.basis import ResidualBasis, default_d_model
-from icr_interp.compat import HookedTransformer, HookedTransformerConfig
+from icr_interp.compat import HookedTransformer, HookedTransformerConfig, ModelBase
 from icr_interp.memory import MEMORIES, MemoryScales, construct_memory, pick_construction
 from icr_interp.task import ICRecallTask
 
@@ -87,7 +89,7 @@ class ModelConfig:
                 raise ValueError(f"{name} must be finite, got {getattr(self, name)}")
 
 
-class ICRModel(HookedTransformer):
+class ICRModel(ModelBase):
     """A ``HookedTransformer`` that knows what it was built from (see module docstring)."""
 
     def __init__(self, cfg: HookedTransformerConfig, icr_config: ModelConfig, basis: ResidualBasis):
@@ -210,7 +212,21 @@ def _write_attention(model: HookedTransformer, basis: ResidualBasis, task: ICRec
             attn.W_Q[:, :, 0] += basis.pos[-1]
             attn.W_K[:, :, 0] += tilt_logits * basis.pos[answer_slots].sum(0)
         if cfg.attention == "positional":
-            positional_qk(attn, basis.pos)
+            _positional_start(attn, basis, cfg, answer_slots, gen)
+
+
+def _positional_start(attn, basis: ResidualBasis, cfg: ModelConfig, slots: torch.Tensor,
+                      gen: torch.Generator) -> None:
+    """The same start in the positional family: the query row scores ``init_tilt`` on the start's slots.
+
+    The tilt is split evenly between query and key (``sqrt(tilt)`` each), so both factors get gradient.
+    """
+    n_ctx, h = basis.pos.shape[0], cfg.n_heads
+    A_Q, A_K = (cfg.init_scale * torch.randn(h, n_ctx, n_ctx, generator=gen) for _ in range(2))
+    root = math.copysign(math.sqrt(abs(cfg.init_tilt)), cfg.init_tilt)
+    A_Q[:, n_ctx - 1, 0] += abs(root)
+    A_K[:, slots, 0] += root
+    positional_qk(attn, basis.pos, A_Q, A_K)
 
 
 def _attach_memory(model: HookedTransformer, task: ICRecallTask, basis: ResidualBasis, cfg: ModelConfig) -> None:

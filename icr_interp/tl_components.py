@@ -114,7 +114,7 @@ class MLP(nn.Module):
 
 
 class Attention(nn.Module):
-    """Multi-head attention with 3.x's weights (``W_Q, W_K, W_V: [head d_model d_head]``, ``W_O: [head d_head d_model]``).
+    """Multi-head attention, 3.x's weights: ``W_Q, W_K, W_V: [head d_model d_head]``, ``W_O: [head d_head d_model]``.
 
     ``hook_attn_scores`` holds the masked scores *before* the softmax, and an
     edit there changes the pattern; with ``cfg.use_attn_result`` the per-head

@@ -1,4 +1,4 @@
-"""The config of :class:`~icr_interp.tl_mirror.MirrorTransformer`: TransformerLens 3.x's ``HookedTransformerConfig``, trimmed.
+"""The mirror's config: TransformerLens 3.x's ``HookedTransformerConfig``, trimmed to what the mirror builds.
 
 TransformerLens 4.0 removed ``HookedTransformerConfig`` together with
 ``HookedTransformer``.  :class:`MirrorConfig` keeps its name's contract for

@@ -1,4 +1,4 @@
-"""A ``HookedTransformer`` mirror on ``HookedRootModule``, for TransformerLens 4.x (which removed ``HookedTransformer``).
+"""A ``HookedTransformer`` mirror on ``HookedRootModule``, for TransformerLens 4.x (which removed the original).
 
 TransformerLens 4.0 keeps ``HookedRootModule`` and ``HookPoint`` ("the
 supported way to add TransformerLens-style hooks to an arbitrary nn.Module")
