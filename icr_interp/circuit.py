@@ -40,7 +40,16 @@ component           hook                                   positions
 
 Components whose hook the model lacks (a memory without stages, an
 attention-only model) are skipped.  Every example's positions come from its
-own ``batch.layout``.
+own ``batch.layout`` (roles from :mod:`icr_interp.roles`).
+
+A summary names a circuit only when it can (:mod:`icr_interp.reliability`):
+if the model is at chance on the clean prompts, the verdict says so and names
+nothing; if a corruption's clean - corrupted gap is within
+:data:`~icr_interp.reliability.Z` standard errors of zero over the prompts,
+that job's shares are declared undefined.  ``summary.reliable`` and
+``summary.reason`` say which; normalised shares outside
+:data:`~icr_interp.reliability.NORMALISED_RANGE` are listed in
+``summary.warnings``.
 
 Example::
 
@@ -51,24 +60,26 @@ Example::
 
 import csv
 import io
+import math
 import warnings
 from dataclasses import dataclass, field
 
 import torch
 from jaxtyping import Bool
 from torch import Tensor
-from transformer_lens import HookedTransformer
 
-from icr_interp import ablation
+from icr_interp import ablation, reliability, roles
 from icr_interp.ablation import AblationResult
-from icr_interp.patching import LogitDiff, Patch, base_run, patch_activations, role_masks
+from icr_interp.attention import resolve_layer
+from icr_interp.compat import TLModel
+from icr_interp.patching import LogitDiff, Patch, base_run, patch_activations
 from icr_interp.task import Batch, ICRecallTask
 
 JOBS = ("relation", "lookup")  # summary columns: relation inference, answer lookup
 CORRUPTION_OF = {"relation": "relation", "lookup": "query"}  # job -> corruption kind that moves it
 CARRIES = 0.5  # a component "carries" a job when its normalised patching effect is at least this
 CONTEXT_GROUP = ("subjects", "answers", "context")  # reported together in the verdict
-RELIABLE_GAP = 0.05  # clean - corrupted logit diff below this fraction of their size: shares undefined
+Z = reliability.Z  # the one reliability threshold (standard errors), defined in icr_interp.reliability
 
 
 @dataclass(frozen=True)
@@ -78,12 +89,12 @@ class Component:
     key: str  # short stable name (``summary[key, column]``)
     label: str  # what it is, for tables and the verdict
     hook: str  # full hook name
-    role: str  # role whose positions are patched / ablated (patching.role_masks names)
+    role: str  # role whose positions are patched / ablated (an icr_interp.roles name)
 
 
-def circuit_components(model: HookedTransformer) -> list[Component]:
+def circuit_components(model: TLModel) -> list[Component]:
     """The summary's components for ``model`` (last layer; hooks the model lacks are skipped)."""
-    last = model.cfg.n_layers - 1
+    last = resolve_layer(model.cfg.n_layers)
     attn, mlp = f"blocks.{last}.attn", f"blocks.{last}.mlp"
     rows = [
         Component("subjects", "attention's copy of the context subjects", f"{attn}.hook_v", "subjects"),
@@ -126,6 +137,7 @@ class CircuitSummary:
     n_prompts: int  # prompts the numbers average over
     seed: int  # seed of the corruptions
     extra: dict = field(default_factory=dict)  # caller's notes (checkpoint, step, ...), kept in to_dict
+    chance: float = math.nan  # chance accuracy 1 / n_answers (nan: unknown, no chance check)
 
     def __getitem__(self, key: tuple[str, str]) -> float:
         """``summary[component, column]``, column one of relation, lookup, ablated_accuracy, accuracy_drop."""
@@ -141,14 +153,39 @@ class CircuitSummary:
 
     @property
     def verdict(self) -> str:
-        """One sentence, computed from the numbers: which components carry each job."""
+        """One sentence, computed from the numbers: which components carry each job (or why none is named)."""
         return verdict(self)
+
+    @property
+    def at_chance(self) -> str:
+        """Why the model is at chance on the clean prompts ("" if it is not, or chance is unknown)."""
+        return reliability.chance_reason(self.base_accuracy, self.chance, self.n_prompts)
+
+    @property
+    def reliable(self) -> bool:
+        """Whether every share is defined: the model is above chance and both corruptions move the output."""
+        return not self.reason
+
+    @property
+    def reason(self) -> str:
+        """Why the summary is unreliable ("" when it is reliable)."""
+        jobs = [f"{_JOB_NAMES[j]}: {self.baselines[j].get('reason') or 'the gap is within its noise'}"
+                for j in JOBS if not self.baselines.get(j, {}).get("reliable", True)]
+        return "; ".join([r for r in (self.at_chance,) if r] + jobs)
+
+    @property
+    def warnings(self) -> list[str]:
+        """Normalised shares outside :data:`~icr_interp.reliability.NORMALISED_RANGE`, one line each."""
+        values = torch.tensor([[getattr(r, job) for job in JOBS] for r in self.rows]).reshape(-1, len(JOBS))
+        return reliability.out_of_range(values, [f"{r.component.key} {job}" for r in self.rows for job in JOBS])
 
     def to_dict(self) -> dict:
         return dict(columns=["relation", "lookup", "ablated_accuracy", "accuracy_drop"],
                     rows=[r.to_dict() for r in self.rows], base_accuracy=self.base_accuracy,
                     baselines=self.baselines, ablation_method=self.ablation_method, n_prompts=self.n_prompts,
-                    seed=self.seed, carries_threshold=CARRIES, verdict=self.verdict, **self.extra)
+                    seed=self.seed, carries_threshold=CARRIES, chance=self.chance, reliability_z=Z,
+                    reliable=self.reliable, reason=self.reason, warnings=self.warnings, verdict=self.verdict,
+                    **self.extra)
 
     def __str__(self) -> str:
         width = max([len(r.component.label) for r in self.rows] + [9])
@@ -159,6 +196,7 @@ class CircuitSummary:
         for r in self.rows:
             lines.append(f"{r.component.label:<{width}}  {r.relation:8.3f}  {r.lookup:8.3f}  "
                          f"{r.ablated_accuracy:8.3f}  {-r.accuracy_drop:+7.3f}")
+        lines += [f"warning: {w}" for w in self.warnings]
         lines.append(f"verdict: {self.verdict}")
         return "\n".join(lines)
 
@@ -166,7 +204,7 @@ class CircuitSummary:
 
 
 # ------------------------------------------------------------------ compute
-def circuit_summary(model: HookedTransformer, task: ICRecallTask, batch: Batch, seed: int = 0, *,
+def circuit_summary(model: TLModel, task: ICRecallTask, batch: Batch, seed: int = 0, *,
                     ablation_method: str = "mean", **extra) -> CircuitSummary:
     """Patch and ablate every component for both jobs (see the module docstring).
 
@@ -183,7 +221,7 @@ def circuit_summary(model: HookedTransformer, task: ICRecallTask, batch: Batch, 
     """
     if ablation_method not in ablation.METHODS:
         raise ValueError(f"ablation method must be one of {ablation.METHODS}, got {ablation_method!r}")
-    batch = batch.to(model.cfg.device)
+    batch = ablation.check_batch(model, batch).to(model.cfg.device)
     components = circuit_components(model)
     effects, baselines = {}, {}
     for job in JOBS:
@@ -193,7 +231,14 @@ def circuit_summary(model: HookedTransformer, task: ICRecallTask, batch: Batch, 
     rows = [CircuitRow(c, float(effects["relation"][i]), float(effects["lookup"][i]), a.accuracy, a.accuracy_drop)
             for i, (c, a) in enumerate(zip(components, ablations))]
     base = ablations[0].base_accuracy if ablations else float("nan")
-    return CircuitSummary(rows, base, baselines, ablation_method, len(batch), seed, dict(extra))
+    summary = CircuitSummary(rows, base, baselines, ablation_method, len(batch), seed, dict(extra),
+                             chance=1.0 / task.kb.n_answers)
+    if not summary.reliable:
+        warnings.warn(f"circuit summary is unreliable: {summary.reason}", RuntimeWarning, stacklevel=2)
+    if summary.warnings:
+        warnings.warn(f"{len(summary.warnings)} normalised shares outside {reliability.NORMALISED_RANGE}: "
+                      f"{summary.warnings[0]}", RuntimeWarning, stacklevel=2)
+    return summary
 
 
 def _patch(component: Component, masks: dict[str, Tensor], query: Bool[Tensor, "batch pos"]) -> Patch:
@@ -204,7 +249,7 @@ def _patch(component: Component, masks: dict[str, Tensor], query: Bool[Tensor, "
     return Patch(component.hook, mask)
 
 
-def _denoise(model: HookedTransformer, clean: Batch, corrupted: Batch,
+def _denoise(model: TLModel, clean: Batch, corrupted: Batch,
              components: list[Component]) -> tuple[Tensor, dict]:
     """Normalised effect of patching each component clean -> corrupted, and the raw baselines."""
     hooks = sorted({c.hook for c in components})
@@ -212,19 +257,18 @@ def _denoise(model: HookedTransformer, clean: Batch, corrupted: Batch,
     metric = LogitDiff(clean.answers, corrupted.answers, clean.layout.query_pos)
     metric = metric.calibrated(clean_run.logits, corrupted_run.logits)
     n_pos = clean.tokens.shape[1]
-    masks = role_masks(corrupted.layout, n_pos, sorted({c.role for c in components} | {"query"}))
+    masks = roles.masks(corrupted.layout, n_pos, sorted({c.role for c in components} | {"query"}))
     patches = [_patch(c, masks, masks["query"]) for c in components]
     values = patch_activations(model, corrupted.tokens, clean_run.cache, patches, metric, base_run=corrupted_run)
     clean_value, corrupted_value = metric.clean_value, metric.corrupted_value
-    # Normalising by a near-zero gap turns noise into huge shares: flag it (the verdict says so).
-    reliable = abs(clean_value - corrupted_value) >= RELIABLE_GAP * (1.0 + abs(clean_value) + abs(corrupted_value))
-    if not reliable:
-        warnings.warn(f"clean ({clean_value:.4g}) and corrupted ({corrupted_value:.4g}) runs score almost the same: "
-                      "normalised shares are unreliable", RuntimeWarning, stacklevel=3)
-    return values.detach().cpu(), dict(clean=clean_value, corrupted=corrupted_value, reliable=reliable)
+    # Normalising by a gap that is within its noise turns noise into large shares: flag it (the verdict says so).
+    trust = reliability.assess(metric.per_example(clean_run.logits), metric.per_example(corrupted_run.logits),
+                               clean_value, corrupted_value)
+    return values.detach().cpu(), dict(clean=clean_value, corrupted=corrupted_value, reliable=trust.reliable,
+                                       reason=trust.reason, gap=trust.gap, gap_se=trust.gap_se)
 
 
-def ablate_component(model: HookedTransformer, batch: Batch, component: Component,
+def ablate_component(model: TLModel, batch: Batch, component: Component,
                      method: str = "mean") -> AblationResult:
     """Ablate a component's entries (its hook at its role's positions, all heads) on ``batch``.
 
@@ -233,7 +277,7 @@ def ablate_component(model: HookedTransformer, batch: Batch, component: Componen
     attention row to the role's positions is replaced.
     """
     n_pos = batch.tokens.shape[1]
-    masks = role_masks(batch.layout, n_pos, [component.role, "query"])
+    masks = roles.masks(batch.layout, n_pos, [component.role, "query"])
     mask, query = masks[component.role], masks["query"]
 
     def hook(act: Tensor, hook) -> Tensor:
@@ -256,8 +300,10 @@ def _job_phrase(summary: CircuitSummary, job: str) -> str:
     by_key = {r.component.key: r for r in summary.rows}
     if not summary.baselines.get(job, {}).get("reliable", True):
         b = summary.baselines[job]
-        return (f"the {CORRUPTION_OF[job]} swap barely moves the output (logit diff clean {b['clean']:.3g}, "
-                f"corrupted {b['corrupted']:.3g}), so {_JOB_NAMES[job]} shares are undefined")
+        spread = f" +- {b['gap_se']:.2g} s.e." if math.isfinite(b.get("gap_se", math.nan)) else ""
+        return (f"unreliable for {_JOB_NAMES[job]}: the {CORRUPTION_OF[job]} swap barely moves the output "
+                f"(logit diff clean {b['clean']:.3g}, corrupted {b['corrupted']:.3g}{spread}), "
+                f"so no component is named")
     carriers = [r for r in summary.rows if getattr(r, job) >= CARRIES]
     parts, group_done = [], False
     for r in carriers:
@@ -279,7 +325,9 @@ def _job_phrase(summary: CircuitSummary, job: str) -> str:
 
 
 def verdict(summary: CircuitSummary) -> str:
-    """The summary in one line: the carriers of each job, then what they share."""
+    """The summary in one line: the carriers of each job, then what they share; or why it names none."""
+    if summary.at_chance:
+        return f"unreliable: {summary.at_chance}, so no circuit is named"
     phrases = [_job_phrase(summary, job) for job in JOBS]
     reliable = all(summary.baselines.get(job, {}).get("reliable", True) for job in JOBS)
     shared = [r.component.key for r in summary.rows if reliable and min(r.relation, r.lookup) >= CARRIES]

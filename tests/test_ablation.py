@@ -5,7 +5,8 @@ import math
 from pathlib import Path
 
 import pytest
-from transformer_lens import HookedTransformer
+import torch
+from icr_interp.compat import HookedTransformer, HookedTransformerConfig
 
 from icr_interp import ICRecallTask, KnowledgeBase, build_model, load_checkpoint, save_checkpoint
 from icr_interp import ablation as A
@@ -35,7 +36,7 @@ def test_ablating_either_member_of_the_pairs_breaks_recall(reference, method):
     """Measured accuracy (256 prompts): mean 0.012 / 0.047, zero 0.008 / 0.039, resample 0.125 / 0.121
     (resampling keeps another prompt's relation: ~1/8 by luck)."""
     model, _, batch = reference
-    for role in ("subject", "answer"):
+    for role in ("subjects", "answers"):
         r = A.ablate_role_values(model, batch, role, method)
         assert r.accuracy < 0.3, (role, method)
         assert r.accuracy_drop == pytest.approx(r.base_accuracy - r.accuracy) and r.loss > r.base_loss + 2
@@ -53,9 +54,10 @@ def test_the_query_reaches_the_memory_through_the_residual(reference, method):
 def test_the_memory_needs_both_halves_of_each_pair(reference):
     """Query row restricted (renormalised): subjects + answers 1.000, subjects only 0.176, answers only 0.145."""
     model, _, batch = reference
-    both = A.restrict_pattern(model, batch, ("subject", "answer"))
+    both = A.restrict_pattern(model, batch, ("subjects", "answers"))
     assert both.method == "restrict" and both.accuracy >= both.base_accuracy - 0.02
-    for keep in (("subject",), ("answer",)):
+    assert A.restrict_pattern(model, batch, ("context",)).accuracy == both.accuracy  # context = both members
+    for keep in (("subjects",), ("answers",)):
         assert A.restrict_pattern(model, batch, keep).accuracy < 0.5
     assert A.restrict_pattern(model, batch, ("bos",)).accuracy < 0.1  # nothing to infer the relation from
     assert no_hooks_left(model)
@@ -87,7 +89,7 @@ def test_heads_and_neuron_groups(reference):
 def test_methods_and_names_are_validated(reference):
     model, _, batch = reference
     small = batch[:8]
-    calls = [lambda: A.ablate_role_values(model, small, "subject", "median"),
+    calls = [lambda: A.ablate_role_values(model, small, "subjects", "median"),
              lambda: A.ablate_head(model, small, 0, 0, "median"),
              lambda: A.ablate_hook(model, small, "blocks.0.mlp.hook_relation", "median"),
              lambda: A.standard_ablations(model, small, "median")]
@@ -95,8 +97,10 @@ def test_methods_and_names_are_validated(reference):
         with pytest.raises(ValueError, match=r"ablation method must be one of \('zero', 'mean', 'resample'\)"):
             call()
         assert no_hooks_left(model)  # a failed ablation leaves no hook behind either
-    with pytest.raises(ValueError, match="role must be one of"):
+    with pytest.raises(ValueError, match=r"^unknown role 'pair'; roles are subjects, answers"):
         A.ablate_role_values(model, small, "pair", "mean")
+    with pytest.raises(ValueError, match="out of range for k=4"):
+        A.restrict_pattern(model, small, ("pair_5",))
     with pytest.raises(ValueError, match="unknown hook"):
         A.ablate_hook(model, small, "blocks.0.mlp.hook_nothing", "mean")
 
@@ -115,4 +119,64 @@ def test_standard_ablations_table(reference):
     table = A.format_table(results).splitlines()
     assert len(table) == len(results) + 1 and table[1].startswith("values at subject positions")
     assert f"{-results[0].accuracy_drop:+7.3f}" in table[1]
+    assert no_hooks_left(model)
+
+
+# ------------------------------------------------------------ roles, layers and token ids (the shared helpers)
+def test_singular_roles_still_work_with_a_deprecation_warning(reference):
+    """The first release's "subject"/"answer" read as "subjects"/"answers": same numbers, same names."""
+    model, _, batch = reference
+    small = batch[:64]
+    for singular, plural in (("subject", "subjects"), ("answer", "answers")):
+        with pytest.warns(DeprecationWarning, match=f"spelled '{plural}'"):
+            old = A.ablate_role_values(model, small, singular, "mean")
+        new = A.ablate_role_values(model, small, plural, "mean")
+        assert old == new and new.name == f"values at {singular} positions"
+        with pytest.warns(DeprecationWarning):
+            assert A.restrict_pattern(model, small, (singular,)) == A.restrict_pattern(model, small, (plural,))
+    n_pos, rows = small.tokens.shape[1], torch.arange(64)
+    expected = torch.zeros(64, n_pos, dtype=torch.bool)
+    expected[rows, small.layout.subject_pos[:, 0]] = expected[rows, small.layout.answer_pos[:, 0]] = True
+    assert torch.equal(A.role_mask(small, "pair_1", n_pos), expected)  # every role of icr_interp.roles works
+
+
+def test_the_default_layer_is_the_last(shared_task):
+    """On a 2-layer model every ablation without ``layer`` acts on layer 1 (not 0, the first release's default).
+
+    A random-weight stock model, so that ablating either layer moves the loss (our constructed 2-layer model's
+    first layer barely reaches the output).
+    """
+    built = build_model(shared_task, n_layers=2, n_heads=2)
+    batch = shared_task.sample(32, seed=0)
+    cfg = HookedTransformerConfig(n_layers=2, d_model=32, n_heads=2, d_head=16, d_mlp=64, d_vocab=built.cfg.d_vocab,
+                                  n_ctx=batch.tokens.shape[1], act_fn="gelu", normalization_type="LN", seed=0)
+    model = HookedTransformer(cfg)
+    default = A.ablate_role_values(model, batch, "answers", "zero")
+    last = A.ablate_role_values(model, batch, "answers", "zero", layer=1)
+    first = A.ablate_role_values(model, batch, "answers", "zero", layer=0)
+    restricted = A.restrict_pattern(model, batch, ("subjects",))
+    assert default == last and default.loss != pytest.approx(first.loss, abs=1e-4)
+    assert restricted == A.restrict_pattern(model, batch, ("subjects",), layer=-1)
+    assert restricted.loss != pytest.approx(A.restrict_pattern(model, batch, ("subjects",), layer=0).loss, abs=1e-4)
+    names = [r.name for r in A.standard_ablations(built, batch, "mean")]
+    assert names[-3:] == ["head L1H0", "head L1H1", "blocks.1.mlp.hook_relation"]
+    with pytest.raises(ValueError, match=r"layer must be an integer in \[-2, 2\)"):
+        A.ablate_role_values(model, batch, "answers", layer=2)
+    assert no_hooks_left(model)
+
+
+@pytest.mark.parametrize("bad", [-1, 10_000])
+def test_token_ids_are_checked_in_one_line(reference, bad):
+    model, _, batch = reference
+    small = batch[:8]
+    tokens = small.tokens.clone()
+    tokens[3, 2] = bad
+    broken = type(small)(tokens, small.answers, small.relations, small.subjects, small.query, small.layout)
+    vocab = model.cfg.d_vocab
+    for call in (lambda: A.ablate_role_values(model, broken, "answers"), lambda: A.ablate_head(model, broken, 0, 0),
+                 lambda: A.restrict_pattern(model, broken, ("answers",)), lambda: A.standard_ablations(model, broken)):
+        with pytest.raises(ValueError) as err:
+            call()
+        message = str(err.value)
+        assert "\n" not in message and f"token id {bad}" in message and f"[0, {vocab})" in message
     assert no_hooks_left(model)

@@ -6,7 +6,7 @@ import warnings
 from pathlib import Path
 
 import pytest
-from transformer_lens import HookedTransformer, HookedTransformerConfig
+from icr_interp.compat import HookedTransformer, HookedTransformerConfig
 
 from icr_interp import ICRecallTask, KnowledgeBase, ablation, build_model, load_checkpoint, save_checkpoint
 from icr_interp import patching as P
@@ -65,7 +65,7 @@ def test_ablation_columns(reference):
     assert s["stage_I", "accuracy_drop"] > 0.5
     assert s["pattern", "accuracy_drop"] < 0.05  # the mean row is as good as each prompt's own
     # The value columns are icr_interp.ablation's own ablations.
-    for comp, role in (("subjects", "subject"), ("answers", "answer")):
+    for comp, role in (("subjects", "subjects"), ("answers", "answers")):
         assert s[comp, "ablated_accuracy"] == ablation.ablate_role_values(model, batch, role, "mean").accuracy
     assert s["stage_I", "ablated_accuracy"] == ablation.ablate_hook(model, batch, "blocks.0.mlp.hook_relation",
                                                                      "mean").accuracy
@@ -115,6 +115,11 @@ def test_to_dict_and_table(reference):
             assert row[col] == pytest.approx(s[row["component"], col])
     assert d["verdict"] == s.verdict and d["n_prompts"] == N_PROMPTS and d["seed"] == 2
     assert d["baselines"]["lookup"]["reliable"] is True
+    assert d["reliable"] is True and d["reason"] == "" and d["warnings"] == [] and d["reliability_z"] == 2.0
+    assert d["chance"] == pytest.approx(1 / 64)
+    for job in ("relation", "lookup"):  # measured: gap 17.4 +- 0.24 (relation), 18.6 +- 0.13 (lookup)
+        b = d["baselines"][job]
+        assert b["gap"] == pytest.approx(b["clean"] - b["corrupted"], abs=1e-4) and b["gap"] > 20 * b["gap_se"]
     assert d["rows"][6]["hook"] == "blocks.0.mlp.hook_relation" and d["rows"][3]["role"] == "query"
     text = str(s)
     assert all(r.component.label in text for r in s.rows) and text.endswith(f"verdict: {s.verdict}")
@@ -177,8 +182,26 @@ def test_verdict_names_only_the_carriers():
     none = _summary(dict(query=(0.1, 0.2)))
     assert "no single component carries relation inference" in none.verdict
     unreliable = _summary(dict(query=(300.0, 1.0), stage_II=(-50.0, 1.0)), reliable=False)
-    assert unreliable.verdict.startswith("the relation swap barely moves the output")
+    assert unreliable.verdict.startswith("unreliable for relation inference: the relation swap barely moves the "
+                                         "output (logit diff clean 5, corrupted -5), so no component is named; "
+                                         "answer lookup runs through")
     assert "both jobs" not in unreliable.verdict  # nothing is shared with an undefined job
+    assert not unreliable.reliable and unreliable.reason.startswith("relation inference: ")
+    assert unreliable.warnings == ["query relation = 300.000 is outside [-0.1, 1.1]",
+                                   "stage_II relation = -50.000 is outside [-0.1, 1.1]"]
+    assert "warning: query relation = 300.000" in str(unreliable)
+
+
+def test_a_model_at_chance_names_no_circuit():
+    """With chance known, accuracy within Z binomial standard errors of it makes the whole verdict unreliable."""
+    values = dict(context=(0.97, 0.0), query=(0.0, 1.0))
+    at_chance = _summary(values)
+    at_chance.base_accuracy, at_chance.chance = 0.1, 1 / 16  # 8 prompts: bound 1/16 + 2 x 0.086 = 0.233
+    assert at_chance.verdict == ("unreliable: the model is near chance (accuracy 0.100 on 8 clean prompts, chance "
+                                 "0.062; not 2 standard errors above it), so no circuit is named")
+    assert not at_chance.reliable and at_chance.to_dict()["reason"] == at_chance.reason
+    at_chance.base_accuracy = 0.3
+    assert at_chance.reliable and at_chance.verdict.startswith("relation inference runs through")
 
 
 def test_series_table():
@@ -196,3 +219,39 @@ def test_series_table():
     assert CircuitSeries(["a", "b"], [None, 3], [a, b]).x() == [0.0, 1.0]  # unknown step: by index
     with pytest.raises(ValueError, match="same length"):
         CircuitSeries(["a"], [0, 1], [a])
+
+
+# ------------------------------------------------------------ reliability on real models
+def test_a_random_stock_model_gets_an_unreliable_verdict(reference):
+    """Random-weight stock HookedTransformers (LayerNorm, 1-2 layers) recall nothing: no circuit is named.
+
+    Measured on the reference task (128 prompts): accuracy 0.000 for every one, chance 1/64; the swaps move the
+    logit difference by less than 2 standard errors of its per-prompt spread (e.g. -0.045 +- 0.049).
+    """
+    model, task, batch, fine_tuned = reference
+    assert fine_tuned.reliable and fine_tuned.verdict.startswith("relation inference runs through")
+    vocab, n_pos = model.cfg.d_vocab, batch.tokens.shape[1]
+    for layers, heads in ((1, 2), (2, 4)):
+        cfg = HookedTransformerConfig(n_layers=layers, d_model=64, n_heads=heads, d_head=16, d_mlp=128,
+                                      d_vocab=vocab, n_ctx=n_pos, act_fn="gelu", normalization_type="LN", seed=layers)
+        stock = HookedTransformer(cfg)
+        with pytest.warns(RuntimeWarning, match="circuit summary is unreliable: the model is near chance"):
+            s = circuit_summary(stock, task, batch, seed=2)
+        assert s.base_accuracy < 2 / task.kb.n_answers and not s.reliable
+        assert s.verdict.startswith("unreliable: the model is near chance") and "runs through" not in s.verdict
+        d = s.to_dict()
+        assert d["reliable"] is False and d["reason"] == s.reason and d["verdict"] == s.verdict
+    assert no_hooks_left(stock)
+
+
+@pytest.mark.parametrize("bad", [-3, 100_000])
+def test_bad_token_ids_give_one_line(reference, bad):
+    model, task, batch, _ = reference
+    small = batch[:8]
+    tokens = small.tokens.clone()
+    tokens[2, 4] = bad
+    broken = type(small)(tokens, small.answers, small.relations, small.subjects, small.query, small.layout)
+    with pytest.raises(ValueError) as err:
+        circuit_summary(model, task, broken)
+    assert "\n" not in str(err.value) and f"token id {bad}, outside the vocabulary [0, {model.cfg.d_vocab})" in str(
+        err.value)

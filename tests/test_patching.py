@@ -5,14 +5,19 @@ import os
 
 import pytest
 import torch
-from transformer_lens import HookedTransformer, HookedTransformerConfig
+from icr_interp.compat import HookedTransformer, HookedTransformerConfig
 
 os.environ.setdefault("TQDM_DISABLE", "1")  # transformer_lens.patching's per-cell progress bars
 import transformer_lens.patching as tl_patching  # noqa: E402
 
-from icr_interp import Batch, ICRecallTask, KnowledgeBase, Layout, build_model  # noqa: E402
+from icr_interp import Batch, ICRecallTask, KnowledgeBase, Layout, ablation, build_model, forward  # noqa: E402
 from icr_interp import patching as P  # noqa: E402
+from icr_interp import reliability, stats  # noqa: E402
 from icr_interp.train import finetune  # noqa: E402
+
+# Untrained fixtures are at chance: their role patching warns that it is unreliable (asserted where it matters).
+pytestmark = pytest.mark.filterwarnings("ignore:normalised patching values:RuntimeWarning",
+                                        "ignore:.*normalised patching values outside:RuntimeWarning")
 
 DROP_INS = ("get_act_patch_resid_pre", "get_act_patch_attn_out", "get_act_patch_mlp_out",
             "get_act_patch_attn_head_out_by_pos", "get_act_patch_attn_head_pattern_dest_src_pos")
@@ -225,7 +230,10 @@ def test_every_fast_path_class_equals_the_general_path(ic_crosstalk, hook):
 def test_degenerate_normalisation_warns(ic_small):
     model, clean, _ = ic_small
     with pytest.warns(RuntimeWarning, match="almost the same"):
-        P.patch_by_role(model, clean, clean, hooks=["blocks.0.hook_attn_out"], roles=["query"])
+        r = P.patch_by_role(model, clean, clean, hooks=["blocks.0.hook_attn_out"], roles=["query"])
+    assert not r.reliable and "almost the same" in r.reason and r.reliability["gap"] == 0.0
+    assert r.to_dict()["reliable"] is False and r.to_dict()["reason"] == r.reason
+    assert str(r).splitlines()[1] == f"UNRELIABLE: {r.reason}"
 
 
 def test_role_result_serialises_and_prints(ic_small):
@@ -251,6 +259,18 @@ def reference():
     hooks = P.default_role_hooks(model) + ["blocks.0.attn.hook_pattern"]
     exact = {kind: P.patch_by_role(model, c, x, hooks=hooks) for kind, (c, x) in runs.items()}
     return model, runs, hooks, exact
+
+
+def test_the_reference_results_are_reliable(reference):
+    """Measured (64 prompts): accuracy 1.000; gap 17.25 +- 0.47 s.e. (relation), 18.93 +- 0.17 (query); no warnings."""
+    _, _, _, exact = reference
+    for kind, r in exact.items():
+        assert r.reliable and r.reason == "" and r.warnings == [], kind
+        rel = r.reliability
+        assert rel["accuracy"] > 0.95 and rel["gap"] > 10 * reliability.Z * rel["gap_se"] and rel["n"] == 64
+        assert rel["gap"] == pytest.approx(r.clean_value - r.corrupted_value, abs=1e-4)
+        back = json.loads(json.dumps(r.to_dict()))
+        assert back["reliable"] is True and back["reason"] == "" and back["reliability"]["z"] == 2.0
 
 
 def test_relation_swap_effect_runs_through_context_and_query_attention(reference):
@@ -318,3 +338,126 @@ def test_attribution_tracks_exact_patching(reference):
         assert P.pearson(attr_pos.values, by_pos.values) > 0.9
     assert all(p.grad is None for p in model.parameters())  # gradients taken without touching .grad
     assert no_hooks_left(model)
+
+
+# ------------------------------------------------------------ the package layout and the shared helpers
+PUBLIC = ("fast_path_applies", "role_masks", "pearson", "LogitDiff", "logit_diff_metric", "Patch", "BaseRun",
+          "base_run", "patch_activations", *DROP_INS, "RolePatchResult", "patch_by_role", "patch_pattern_by_role",
+          "default_role_hooks", "attribution_patch", "Metric", "Source", "HEAD_HOOKS", "PATTERN_HOOKS",
+          "MEMORY_HOOKS", "DEFAULT_MAX_ROWS", "DEFAULT_MAX_LOGITS_BYTES")
+
+
+def test_every_first_release_name_is_still_exported():
+    import importlib
+
+    module = importlib.import_module("icr_interp.patching")
+    assert set(PUBLIC) <= set(module.__all__)
+    for name in PUBLIC:
+        exec(f"from icr_interp.patching import {name}", {})
+    assert P.fast_path_applies is forward.query_path_applies  # one check of when the one-layer path applies
+    assert P.pearson is stats.pearson
+    assert P.pearson(torch.tensor([1.0, 2.0, 3.0, float("nan")]), torch.tensor([2.0, 4.0, 7.0, 1.0])) == \
+        pytest.approx(0.9933, abs=1e-4)
+
+
+def test_every_module_is_under_400_lines():
+    from pathlib import Path
+
+    import icr_interp
+
+    root = Path(icr_interp.__file__).parent
+    for path in [*(root / "patching").glob("*.py"), root / "ablation.py", root / "circuit.py", root / "stats.py",
+                 root / "reliability.py"]:
+        assert len(path.read_text().splitlines()) < 400, path
+
+
+def test_roles_have_one_spelling_in_patching_and_ablation(ic_small):
+    """The same role names (plural) give the same positions in both analyses; the singular is deprecated in both."""
+    model, clean, corruptions = ic_small
+    corrupted = corruptions["relation"]
+    n_pos = clean.tokens.shape[1]
+    names = ["subjects", "answers", "context", "pair_1", "subject_2", "answer_1", "query", "bos", "all"]
+    masks = P.role_masks(clean.layout, n_pos, names)
+    hook = "blocks.0.attn.hook_v"
+    by_role = P.patch_by_role(model, clean, corrupted, hooks=[hook], roles=names)
+    assert by_role.roles == names
+    for name in names:
+        assert torch.equal(ablation.role_mask(clean, name, n_pos), masks[name])
+        ablation.ablate_role_values(model, clean, name, "zero")  # every role is accepted by the ablations too
+    for singular, plural in (("subject", "subjects"), ("answer", "answers")):
+        with pytest.warns(DeprecationWarning, match=f"spelled '{plural}'"):
+            old = P.patch_by_role(model, clean, corrupted, hooks=[hook], roles=[singular])
+        assert old.roles == [plural] and torch.equal(old.raw[0], by_role.raw[0, [names.index(plural)]])
+        with pytest.warns(DeprecationWarning):
+            assert ablation.ablate_role_values(model, clean, singular) == ablation.ablate_role_values(model, clean,
+                                                                                                     plural)
+    with pytest.raises(ValueError, match="unknown role 'verbs'"):
+        P.patch_by_role(model, clean, corrupted, hooks=[hook], roles=["verbs"])
+    with pytest.raises(ValueError, match="unknown role 'verbs'"):
+        ablation.ablate_role_values(model, clean, "verbs")
+
+
+def with_token(batch: Batch, row: int, pos: int, value: int) -> Batch:
+    tokens = batch.tokens.clone()
+    tokens[row, pos] = value
+    return Batch(tokens, batch.answers, batch.relations, batch.subjects, batch.query, batch.layout)
+
+
+@pytest.mark.parametrize("bad", [-1, -7, 10_000])
+def test_bad_token_ids_give_one_line(ic_small, bad):
+    """A negative or out-of-range id anywhere in a batch: one-line ValueError naming it and the vocabulary size."""
+    model, clean, corruptions = ic_small
+    corrupted = corruptions["relation"]
+    vocab = model.cfg.d_vocab
+    broken = with_token(corrupted, 5, 3, bad)
+    _, cache = model.run_with_cache(clean.tokens)
+    metric = P.logit_diff_metric(clean.answers, corrupted.answers, clean.layout.query_pos)
+    calls = [lambda: P.patch_by_role(model, clean, broken), lambda: P.patch_by_role(model, broken, corrupted),
+             lambda: P.patch_pattern_by_role(model, clean, broken), lambda: P.attribution_patch(model, broken, clean),
+             lambda: P.base_run(model, broken.tokens),
+             lambda: P.patch_activations(model, broken.tokens, cache, [P.Patch("blocks.0.hook_attn_out",
+                                                                               broken.tokens >= 0)], metric)]
+    calls += [lambda name=name: getattr(P, name)(model, broken.tokens, cache, metric) for name in DROP_INS]
+    for call in calls:
+        with pytest.raises(ValueError) as err:
+            call()
+        message = str(err.value)
+        assert "\n" not in message and f"token id {bad}" in message and f"[0, {vocab})" in message, message
+    bad_answers = Batch(clean.tokens, clean.answers.clone().fill_(vocab), clean.relations, clean.subjects,
+                        clean.query, clean.layout)
+    with pytest.raises(ValueError, match=rf"clean answers hold token id {vocab}, outside the vocabulary"):
+        P.patch_by_role(model, bad_answers, corrupted)
+    assert no_hooks_left(model)
+
+
+def test_out_of_range_values_carry_warnings(ic_crosstalk):
+    """Every normalised cell outside [-0.1, 1.1] is listed (and warned about); an untrained model is at chance."""
+    model, clean, corrupted = ic_crosstalk
+    with pytest.warns(RuntimeWarning) as caught:
+        r = P.patch_by_role(model, clean, corrupted, hooks=["blocks.0.hook_resid_pre"], n_answers=16)
+    low, high = reliability.NORMALISED_RANGE
+    outside = [(c, role) for i, c in enumerate(r.components) for j, role in enumerate(r.roles)
+               if not low <= float(r.values[i, j]) <= high]
+    assert len(outside) >= 1 and len(r.warnings) == len(outside)
+    assert all(f"{c} x {role} = " in w for (c, role), w in zip(outside, r.warnings))
+    assert any("outside (-0.1, 1.1)" in str(w.message) for w in caught)
+    # Measured: accuracy 0 on 8 prompts (chance 1/16), and a gap of 2.21 within 2 standard errors (3.07) of zero.
+    assert not r.reliable and r.reason.startswith("the model is near chance (accuracy 0.000 on 8 clean prompts")
+    assert "the gap 2.21 is within 2 standard errors (3.07) of zero" in r.reason
+    assert r.reliability["chance"] == pytest.approx(1 / 16) and r.reliability["z"] == reliability.Z
+    assert r.to_dict()["warnings"] == r.warnings
+
+
+def test_reliability_checks():
+    """The one threshold: gap within Z standard errors of 0, or accuracy within Z binomial errors of chance."""
+    assert reliability.Z == 2.0
+    gaps = torch.tensor([1.0, -1.0, 1.0, 0.5])  # mean 0.375, s.e. 0.47: within 2 s.e. of zero
+    r = reliability.assess(gaps, torch.zeros(4), 0.375, 0.0)
+    assert not r.reliable and r.gap == pytest.approx(0.375) and r.gap_se == pytest.approx(0.4732, abs=1e-4)
+    r = reliability.assess(gaps + 1.0, torch.zeros(4), 1.375, 0.0)  # 1.375 > 2 x 0.473
+    assert r.reliable and r.reason == ""
+    assert reliability.chance_reason(0.15, 0.1, 100) != ""  # 0.15 <= 0.1 + 2 x 0.03
+    assert reliability.chance_reason(0.17, 0.1, 100) == ""
+    assert reliability.assess(None, None, 1.0, 1.0).reason.startswith("clean (1) and corrupted (1) runs")
+    assert reliability.out_of_range(torch.tensor([-0.1, 1.1, 1.2, -0.5, float("nan")]), list("abcde")) == [
+        "c = 1.200 is outside [-0.1, 1.1]", "d = -0.500 is outside [-0.1, 1.1]"]
