@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from icr_interp.attention import pattern_name, query_row
 from icr_interp.attention_params import logical_name
+from icr_interp.ceiling import ceiling
 from icr_interp.compat import TLModel
 from icr_interp.forward import query_logits, query_path_applies
 from icr_interp.seeds import SALTS, derive_seed
@@ -169,9 +170,10 @@ def evaluate(model: TLModel, task: ICRecallTask, n_prompts: int = 1024, seed: in
     the query row is computed where the model allows it (see :mod:`icr_interp.forward`).
 
     Returns:
-        ``{"accuracy", "loss", "n_prompts", "query_attention"}`` where
+        ``{"accuracy", "loss", "n_prompts", "query_attention", "ceiling"}`` where
         ``query_attention`` is the first head of the last layer's query row
-        averaged over prompts (a list over positions).
+        averaged over prompts (a list over positions) and ``ceiling`` the
+        Bayes-optimal accuracy on the same prompts (:mod:`icr_interp.ceiling`).
     """
     if not isinstance(n_prompts, int) or n_prompts < 1:
         raise ValueError(f"n_prompts must be a positive integer, got {n_prompts!r}")
@@ -179,7 +181,7 @@ def evaluate(model: TLModel, task: ICRecallTask, n_prompts: int = 1024, seed: in
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     device = model.cfg.device
     gen = torch.Generator().manual_seed(derive_seed(seed, "eval"))
-    correct, loss_sum, rows = 0, 0.0, []
+    correct, loss_sum, rows, best = 0, 0.0, [], 0.0
     pattern = {}
     hook = (pattern_name(model.cfg.n_layers - 1), lambda act, hook: pattern.__setitem__("last", act))
     for start in range(0, n_prompts, batch_size):
@@ -189,5 +191,6 @@ def evaluate(model: TLModel, task: ICRecallTask, n_prompts: int = 1024, seed: in
         correct += int((logits.argmax(-1) == batch.answers).sum())
         loss_sum += float(F.cross_entropy(logits, batch.answers, reduction="sum"))
         rows.append(query_row(pattern["last"], batch.layout.query_pos)[:, 0])
+        best += float(ceiling(task, batch).sum())
     return dict(accuracy=correct / n_prompts, loss=loss_sum / n_prompts, n_prompts=n_prompts,
-                query_attention=torch.cat(rows).mean(0).tolist())
+                query_attention=torch.cat(rows).mean(0).tolist(), ceiling=best / n_prompts)

@@ -16,7 +16,7 @@ import sys
 import _common as C
 
 PROG = "ablate.py"
-METHODS = ("mean", "zero", "resample")  # icr_interp.ablation.METHODS (not imported: usage errors stay instant)
+METHODS = ("mean", "zero", "resample")  # icr_interp.ablation.METHODS
 
 
 def build_parser() -> C.ProbeParser:
@@ -27,14 +27,15 @@ def build_parser() -> C.ProbeParser:
 
 
 def check(args) -> None:
-    C.check_single_checkpoint(args, PROG, "ablate")
+    C.check_common(args, "ablate", single=PROG)
 
 
 def run(args) -> int:
-    from icr_interp import ablation
+    from icr_interp import ablation, load_checkpoint, probing
+    from icr_interp.fsio import write_json
 
-    ck = C.load(args.checkpoint, args.device)
-    batch = ck.task.sample(args.n_prompts, seed=args.seed, device=args.device)
+    ck = load_checkpoint(args.checkpoint, device=args.device)
+    batch, _ = probing.probe_prompts(ck.task, args.n_prompts, args.seed, args.device)
     results = ablation.standard_ablations(ck.model, batch, args.method)
     print(f"{args.method}-ablation on {args.n_prompts} prompts "
           f"(base accuracy {results[0].base_accuracy:.3f}, loss {results[0].base_loss:.3f})")
@@ -42,7 +43,7 @@ def run(args) -> int:
     data = dict(checkpoint=str(args.checkpoint), method=args.method, n_prompts=args.n_prompts, seed=args.seed,
                 base_accuracy=results[0].base_accuracy, base_loss=results[0].base_loss,
                 results=[r.to_dict() for r in results])
-    C.report_files([C.write_json(args.out / "ablation.json", data)])
+    C.report_files([write_json(args.out / "ablation.json", probing.json_safe(data))])
     return 0
 
 

@@ -1,15 +1,19 @@
-"""Activation patching of a checkpoint, by prompt role, and its circuit summary.
+"""Activation patching of a checkpoint, by prompt role, its circuit summary, and an HTML report.
 
 Usage::
 
     python probes/patching.py CHECKPOINT [--corruption relation|query|both] [--n-prompts N] [--seed S]
-                              [--out DIR] [--force] [--method exact|attribution] [--device cpu|cuda]
+                              [--out DIR] [--force] [--method exact|attribution] [--eval-prompts M]
+                              [--device cpu|cuda]
 
 For one checkpoint: samples N prompts, corrupts them (relation swap and/or
 query swap), patches clean into corrupted by hook x role and the query's
 attention row by source role (icr_interp.patching), prints the tables and the
 circuit summary (icr_interp.circuit), and writes DIR/patching.json,
-DIR/patching.png (one heatmap per corruption) and DIR/circuit.json.
+DIR/patching.png (one heatmap per corruption), DIR/circuit.json and
+DIR/report.html: a self-contained page (opens offline) with the model's
+held-out accuracy on M fresh prompts, the circuitsvis attention view, the
+template scores as a table, the patching heatmaps and the circuit summary.
 
 For a directory of checkpoints (subdirectories holding config.json, ordered by
 the "step" in their metrics, else by the number in their name): the circuit
@@ -23,25 +27,26 @@ import sys
 import _common as C
 
 PROG = "patching.py"
+KINDS = ("relation", "query", "both")  # icr_interp.probing.KINDS
 
 
 def build_parser() -> C.ProbeParser:
     p = C.ProbeParser(prog=PROG, **C.help_texts(__doc__))
     C.add_common_arguments(p, ", or a directory of checkpoints for a time series")
-    p.add_argument("--corruption", choices=tuple(C.KINDS), default="both",
+    p.add_argument("--corruption", choices=KINDS, default="both",
                    help="relation swap (moves relation inference), query swap (moves answer lookup), or both")
     p.add_argument("--method", choices=("exact", "attribution"), default="exact",
                    help="exact patching or attribution patching (first-order estimate); default exact")
+    p.add_argument("--eval-prompts", type=C.int_at_least(1, "--eval-prompts"), default=1024, metavar="M",
+                   help="held-out prompts for the report's accuracy (default 1024)")
     return p
 
 
 def check(args) -> None:
-    args.kind = C.checkpoint_kind(args.checkpoint)
+    C.check_common(args, "patching")
     if args.kind == "series" and args.method != "exact":
         raise C.UsageError("--method attribution applies to one checkpoint; a directory of checkpoints gives "
                            "a series of exact circuit summaries")
-    C.check_device(args.device)
-    args.out = C.output_dir(args.out, args.force, "patching", args.checkpoint)
 
 
 def run(args) -> int:
@@ -49,48 +54,50 @@ def run(args) -> int:
 
 
 def run_one(args) -> int:
+    from icr_interp import load_checkpoint, probing
     from icr_interp.circuit import circuit_summary
+    from icr_interp.fsio import write_bytes, write_json, write_text
 
-    ck = C.load(args.checkpoint, args.device)
-    batch = ck.task.sample(args.n_prompts, seed=args.seed, device=args.device)
-    results = C.role_patching(ck.model, ck.task, batch, C.KINDS[args.corruption], args.seed + 1, args.method)
-    summary = circuit_summary(ck.model, ck.task, batch, seed=args.seed + 1, checkpoint=str(args.checkpoint))
+    ck = load_checkpoint(args.checkpoint, device=args.device)
+    batch, corruption_seed = probing.probe_prompts(ck.task, args.n_prompts, args.seed, args.device)
+    results = probing.role_patching(ck.model, ck.task, batch, probing.KINDS[args.corruption], corruption_seed,
+                                    args.method)
+    summary = circuit_summary(ck.model, ck.task, batch, seed=corruption_seed, checkpoint=str(args.checkpoint))
     for kind, res in results.items():
         print(f"== {kind} swap ==\n{res['by_role']}\n{res['pattern_by_role']}\n")
     print(summary)
+    page = probing.patching_report(ck, batch, results, summary, eval_prompts=args.eval_prompts,
+                                   title=f"IC-recall patching report: {args.checkpoint.resolve().name}")
     info = dict(checkpoint=str(args.checkpoint), n_prompts=args.n_prompts, seed=args.seed,
-                corruption_seed=args.seed + 1, method=args.method, corruptions=list(results))
+                corruption_seed=corruption_seed, method=args.method, corruptions=list(results))
     written = [
-        C.write_json(args.out / "patching.json",
-                     dict(**info, results={k: {name: r.to_dict() for name, r in res.items()}
-                                           for k, res in results.items()})),
-        C.write_bytes(args.out / "patching.png", C.patching_png(results)),
-        C.write_json(args.out / "circuit.json", summary.to_dict()),
+        write_json(args.out / "patching.json", probing.json_safe(
+            dict(**info, results={k: {name: r.to_dict() for name, r in res.items()} for k, res in results.items()}))),
+        write_bytes(args.out / "patching.png", probing.role_patching_png(results, args.n_prompts)),
+        write_json(args.out / "circuit.json", probing.json_safe(summary.to_dict())),
+        write_text(args.out / "report.html", page),
     ]
     C.report_files(written)
     return 0
 
 
 def run_series(args) -> int:
-    from icr_interp import viz
-    from icr_interp.circuit import CircuitSeries, circuit_summary
+    from icr_interp import probing
+    from icr_interp.fsio import write_bytes, write_json, write_text
+    from icr_interp.seeds import derive_seed
+    from icr_interp.viz import figures
 
-    entries = C.find_checkpoints(args.checkpoint)
-    summaries = []
-    for entry in entries:
-        ck = C.load(entry.path, args.device)
-        batch = ck.task.sample(args.n_prompts, seed=args.seed, device=args.device)
-        summaries.append(circuit_summary(ck.model, ck.task, batch, seed=args.seed + 1, checkpoint=entry.name,
-                                         step=entry.step))
-        print(f"{entry.name} (step {entry.step}): {summaries[-1].verdict}")
-    series = CircuitSeries([e.name for e in entries], [e.step for e in entries], summaries)
-    columns = (*({"relation": "relation", "query": "lookup"}[k] for k in C.KINDS[args.corruption]), "accuracy_drop")
+    series = probing.circuit_series(probing.find_checkpoints(args.checkpoint), args.n_prompts, args.seed,
+                                    args.device, log=print)
+    columns = (*({"relation": "relation", "query": "lookup"}[k] for k in probing.KINDS[args.corruption]),
+               "accuracy_drop")
     info = dict(directory=str(args.checkpoint), n_prompts=args.n_prompts, seed=args.seed,
-                corruption_seed=args.seed + 1, corruption=args.corruption)
+                corruption_seed=derive_seed(args.seed, "corrupt"), corruption=args.corruption)
+    fig = figures.plot_circuit_series(series, columns, n_prompts=args.n_prompts)
     written = [
-        C.write_json(args.out / "patching_series.json", dict(**info, **series.to_dict(columns))),
-        C.write_text(args.out / "patching_series.csv", series.to_csv(columns)),
-        C.write_bytes(args.out / "patching_series.png", viz.figure_png(C.plot_series(series, columns))),
+        write_json(args.out / "patching_series.json", probing.json_safe(dict(**info, **series.to_dict(columns)))),
+        write_text(args.out / "patching_series.csv", series.to_csv(columns)),
+        write_bytes(args.out / "patching_series.png", figures.figure_png(fig)),
     ]
     C.report_files(written)
     return 0

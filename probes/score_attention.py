@@ -10,7 +10,7 @@ templates (icr_interp.templates: pairwise, answers, subjects, uniform, sink;
 per example and for the mean row), prints the table and writes
 DIR/scores.json and DIR/attention.png (per head: the mean query row by role and
 the rows of the first prompts).  With --html, also DIR/report.html: a
-self-contained report (circuitsvis views, figures, scores) that opens offline.
+self-contained report (circuitsvis views, figures, scores table) that opens offline.
 """
 
 import sys
@@ -18,7 +18,6 @@ import sys
 import _common as C
 
 PROG = "score_attention.py"
-MAX_ROWS_SHOWN = 32  # prompts in the per-example heatmap
 
 
 def build_parser() -> C.ProbeParser:
@@ -29,35 +28,20 @@ def build_parser() -> C.ProbeParser:
 
 
 def check(args) -> None:
-    C.check_single_checkpoint(args, PROG, "scores")
-
-
-def attention_png(model, batch) -> bytes:
-    """Per layer and head: the mean query row (bars by role) and the first prompts' rows (heatmap)."""
-    from icr_interp import viz
-
-    pngs = []
-    for layer in range(model.cfg.n_layers):
-        rows, labels = viz.query_attention(model, batch, layer)  # [batch head slot]
-        for head in range(rows.shape[1]):
-            name = f"L{layer}H{head}"
-            pngs.append(viz.figure_png(viz.plot_query_attention(rows[:, head].mean(0), labels,
-                                                                f"{name}: mean query row ({len(batch)} prompts)")))
-            pngs.append(viz.figure_png(viz.plot_query_attention(rows[:MAX_ROWS_SHOWN, head], labels,
-                                                                f"{name}: query rows")))
-    return C.stack_pngs(pngs)
+    C.check_common(args, "scores", single=PROG)
 
 
 def run(args) -> int:
-    from icr_interp import score_templates, viz
+    from icr_interp import load_checkpoint, probing, score_templates, viz
+    from icr_interp.fsio import write_bytes, write_json
 
-    ck = C.load(args.checkpoint, args.device)
-    batch = ck.task.sample(args.n_prompts, seed=args.seed, device=args.device)
+    ck = load_checkpoint(args.checkpoint, device=args.device)
+    batch, _ = probing.probe_prompts(ck.task, args.n_prompts, args.seed, args.device)
     scores = score_templates(ck.model, batch)
     print(scores)
     data = dict(checkpoint=str(args.checkpoint), n_prompts=args.n_prompts, seed=args.seed, **scores.to_dict())
-    written = [C.write_json(args.out / "scores.json", data),
-               C.write_bytes(args.out / "attention.png", attention_png(ck.model, batch))]
+    written = [write_json(args.out / "scores.json", probing.json_safe(data)),
+               write_bytes(args.out / "attention.png", probing.attention_png(ck.model, batch))]
     if args.html:
         written.append(viz.save_report(args.out / "report.html", ck.model, batch, scores=scores, vocab=ck.task,
                                        title=f"IC-recall attention: {args.checkpoint.resolve().name}"))

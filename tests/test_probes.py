@@ -1,7 +1,11 @@
 """The probe scripts run on a saved checkpoint: exit codes, files, numbers, one-line errors."""
 
+import base64
 import csv
+import importlib.util
+import io
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -9,8 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from icr_interp import ICRecallTask, KnowledgeBase, build_model, save_checkpoint
-from icr_interp.train import finetune
+from icr_interp import ICRecallTask, KnowledgeBase, build_model, load_checkpoint, probing, save_checkpoint
+from icr_interp.seeds import derive_seed
+from icr_interp.train import evaluate
+from _browser import REMOTE, offline_chromium, open_offline
 
 REPO = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -40,16 +46,40 @@ def numbers(values) -> list[float]:
     return flat
 
 
+def in_process(script: str, *args, capsys) -> tuple[int, str, str]:
+    """Run a probe's ``main`` in this process (no interpreter start-up): exit code, stdout, stderr."""
+    sys.path.insert(0, str(REPO / "probes"))
+    try:
+        spec = importlib.util.spec_from_file_location(f"probe_{script[:-3]}", REPO / "probes" / script)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(REPO / "probes"))
+    capsys.readouterr()
+    code = module.main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
 # ------------------------------------------------------------ patching.py
-def test_patching_one_checkpoint(reference_checkpoint, tmp_path):
-    out = tmp_path / "out"
+@pytest.fixture(scope="module")
+def patched(reference_checkpoint, tmp_path_factory):
+    """``patching.py`` run once on the reference checkpoint, into a non-empty --out (hence --force)."""
+    out = tmp_path_factory.mktemp("patched") / "out"
     out.mkdir()
-    (out / "old.txt").write_text("x")  # non-empty: needs --force
-    result = ok(probe("patching.py", reference_checkpoint, "--n-prompts", 16, "--seed", 1, "--out", out, "--force"))
+    (out / "old.txt").write_text("x")
+    result = ok(probe("patching.py", reference_checkpoint, "--n-prompts", 16, "--seed", 1, "--out", out, "--force",
+                      "--eval-prompts", 256))
+    return result, out
+
+
+def test_patching_one_checkpoint(patched):
+    result, out = patched
     assert "relation swap" in result.stdout and "verdict: relation inference runs through" in result.stdout
     data = json.loads((out / "patching.json").read_text())
     assert {"checkpoint", "n_prompts", "seed", "method", "corruptions", "results"} <= set(data)
     assert data["n_prompts"] == 16 and data["method"] == "exact" and data["corruptions"] == ["relation", "query"]
+    assert data["corruption_seed"] == derive_seed(1, "corrupt")
     rel, query = data["results"]["relation"]["by_role"], data["results"]["query"]["by_role"]
     numbers(rel["values"])
     cell = lambda r, comp, role: r["values"][r["components"].index(comp)][r["roles"].index(role)]  # noqa: E731
@@ -63,6 +93,72 @@ def test_patching_one_checkpoint(reference_checkpoint, tmp_path):
     assert abs(rows["query"]["relation"]) < 1e-6 and abs(rows["context"]["lookup"]) < 1e-6
     assert circuit["verdict"].startswith("relation inference runs through attention to the context pairs")
     assert_png(out / "patching.png")
+    assert (out / "old.txt").read_text() == "x"  # --force writes beside, never deletes
+
+
+def png_sizes(page: str) -> list[tuple[int, int]]:
+    from PIL import Image
+
+    return [Image.open(io.BytesIO(base64.b64decode(d))).size for d in re.findall(r'src="data:image/png;base64,([^"]+)"',
+                                                                                  page)]
+
+
+def test_patching_writes_a_self_contained_report(patched, reference_checkpoint):
+    _, out = patched
+    page = (out / "report.html").read_text(encoding="utf-8")
+    assert page.startswith("<!DOCTYPE html>")
+    # accuracy: evaluate() on the held-out stream of the run's seed (none recorded: 0)
+    ck = load_checkpoint(reference_checkpoint)
+    expected = evaluate(ck.model, ck.task, n_prompts=256, seed=0)
+    assert f'<b id="accuracy">{expected["accuracy"]:.4f}</b> on 256 fresh held-out prompts (evaluate seed 0)' in page
+    assert expected["accuracy"] > 0.9
+    # template scores: an HTML table with one row per head, the numbers of score_templates on the same prompts
+    from icr_interp import score_templates
+
+    batch, _ = probing.probe_prompts(ck.task, 16, 1)
+    scores = score_templates(ck.model, batch).to_dict()
+    table = re.search(r'<table class="scores">(.*?)</table>', page, re.DOTALL).group(1)
+    assert "scored on 16 prompts" in table and "per_head" not in page
+    row = re.findall(r"<td>([^<]*)</td>", table)
+    assert row[:6] == ["0*", "0", f"{scores['pairwise']:.3f}", f"{scores['balance']:.3f}",
+                       f"{scores['pair_mass']:.3f}", scores["best"]]
+    # no network: nothing fetched, the bundle inline once, heatmaps inline
+    assert not REMOTE.search(page) and "unpkg" not in page and not re.search(r"""src=["']?https?:""", page)
+    assert page.count("var CircuitsVis=") == 1 and page.count("CircuitsVis.render(") == 2
+    sizes = png_sizes(page)
+    assert len(sizes) == 2 + 2 and all(w > 300 and h > 200 for w, h in sizes)  # query rows (bars, heatmap), 2 swaps
+    # every figure says how many prompts it shows
+    for caption in ("1 prompt: example 0 of 16", "mean query row over 16 prompts", "scored on 16 prompts",
+                    "relation swap: mean over 16 prompts", "query swap: mean over 16 prompts",
+                    "denoising patching on 16 prompts"):
+        assert caption in page, caption
+    assert "Verdict: relation inference runs through attention to the context pairs" in page
+
+
+@pytest.fixture(scope="module")
+def browser():
+    yield from offline_chromium()
+
+
+def test_patching_report_renders_offline_in_headless_chromium(browser, patched, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    _, out = patched
+    open_offline(browser, out / "report.html")  # network blocked; asserts nothing was fetched
+    heads, query = browser.find_element(By.ID, "view-0"), browser.find_element(By.ID, "view-1")
+    assert "L0H0 Zoomed" in heads.text and "query:" in query.text
+    assert browser.execute_script("return arguments[0].querySelectorAll('canvas').length", heads) >= 2
+    text = browser.execute_script("return document.body.innerText")
+    shown = re.search(r"Held-out accuracy: ([01]\.\d{4}) on 256 fresh held-out prompts", text)
+    assert shown and float(shown.group(1)) > 0.9
+    # the query row is drawn in strong colour: the zoomed canvas holds saturated (dark blue) pixels
+    from PIL import Image
+
+    browser.set_window_size(1100, browser.execute_script("return document.documentElement.scrollHeight") + 50)
+    shot = tmp_path / "heads.png"
+    heads.screenshot(str(shot))
+    pixels = Image.open(shot).convert("RGB").getdata()
+    assert sum(1 for r, g, b in pixels if b > 200 and r < 120 and g < 120) > 1000  # >= one full-strength cell
 
 
 def test_patching_attribution_one_corruption(reference_checkpoint, tmp_path):
@@ -154,25 +250,45 @@ CASES = {  # name -> (arguments, expected exit code, words in the message)
     "non-empty --out": (lambda d: [d["ckpt"], "--out", d["root"] / "full"], 2, "pass --force"),
     "--out is the checkpoint": (lambda d: [d["ckpt"], "--out", d["ckpt"], "--force"], 2, "checkpoint directory"),
     "broken checkpoint": (lambda d: [d["root"] / "broken"], 1, "unknown checkpoint format"),
+    # issue 8, item 9: seeds are checked to fit in 64 bits (it failed late with "Overflow when unpacking long long")
+    "--seed 2**64-1": (lambda d: [d["ckpt"], "--seed", str(2**64 - 1)], 2, "--seed must be an integer in [0, 2**63)"),
+    "--seed -1": (lambda d: [d["ckpt"], "--seed", "-1"], 2, "--seed must be an integer in [0, 2**63)"),
+    # issue 8, item 6: an unwritable --out is found before any work
+    "--out under a file": (lambda d: [d["ckpt"], "--out", d["root"] / "plain.txt" / "sub"], 2, "is not a directory"),
+    "--out read-only": (lambda d: [d["ckpt"], "--out", "/proc/icr-probe-out"], 2, "cannot write in /proc"),
 }
 
 
-# Runtime errors (exit 1) share one code path (_common.run_main) and need torch imported: one script suffices.
+# The scripts share one code path (_common.run_main / check_common): every case runs in-process on each script
+# (no interpreter start-up), and test_bad_input_from_the_command_line checks the real command line.
 BAD_INPUT_RUNS = [(case, script) for case in CASES for script in SCRIPTS
                   if CASES[case][1] == 2 or script == "patching.py"]
 
 
 @pytest.mark.parametrize("case, script", BAD_INPUT_RUNS)
-def test_bad_input_is_one_line(bad_inputs, script, case, tmp_path):
+def test_bad_input_is_one_line(bad_inputs, script, case, tmp_path, capsys, monkeypatch):
     make_args, code, words = CASES[case]
     args = make_args(bad_inputs)
     if "--out" not in args:
         args += ["--out", tmp_path / "out"]
-    result = probe(script, *args)
-    assert result.returncode == code, result.stderr
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f"{script}: error: ") and words in lines[0], result.stderr
-    assert "Traceback" not in result.stderr and not (tmp_path / "out").exists()
+    load = []
+    monkeypatch.setattr(probing, "probe_prompts", lambda *a, **k: load.append(a))  # no work may start
+    returncode, _, stderr = in_process(script, *args, capsys=capsys)
+    assert returncode == code, stderr
+    lines = stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"{script}: error: ") and words in lines[0], stderr
+    assert "Traceback" not in stderr and not (tmp_path / "out").exists() and load == []
+
+
+@pytest.mark.parametrize("case", ["--seed 2**64-1", "--out read-only", "broken checkpoint"])
+def test_bad_input_from_the_command_line(bad_inputs, case, tmp_path):
+    make_args, code, words = CASES[case]
+    args = make_args(bad_inputs)
+    if "--out" not in args:
+        args += ["--out", tmp_path / "out"]
+    result = probe("patching.py", *args)
+    assert result.returncode == code and result.stderr.count("\n") == 1 and words in result.stderr, result.stderr
+    assert result.stdout == "" and not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("script, args, words", [
@@ -192,18 +308,36 @@ def test_incompatible_options(reference_checkpoint, tmp_path, script, args, word
 
 
 def test_default_output_directory_is_new(tmp_path, monkeypatch):
-    sys.path.insert(0, str(REPO / "probes"))
-    try:
-        import _common as C
-    finally:
-        sys.path.remove(str(REPO / "probes"))
     monkeypatch.chdir(tmp_path)
     ckpt = tmp_path / "ckpts" / "step-10"
-    assert C.output_dir(None, False, "patching", ckpt) == Path("runs/patching-step-10")
+    assert probing.output_dir(None, False, "patching", ckpt) == Path("runs/patching-step-10")
     (tmp_path / "runs" / "patching-step-10").mkdir(parents=True)
-    assert C.output_dir(None, False, "patching", ckpt) == Path("runs/patching-step-10")  # empty: fine
+    assert probing.output_dir(None, False, "patching", ckpt) == Path("runs/patching-step-10")  # empty: fine
     (tmp_path / "runs" / "patching-step-10" / "patching.json").write_text("{}")
-    assert C.output_dir(None, False, "patching", ckpt) == Path("runs/patching-step-10-2")  # never overwritten
-    with pytest.raises(C.UsageError, match="pass --force"):
-        C.output_dir(Path("runs/patching-step-10"), False, "patching", ckpt)
-    assert C.output_dir(Path("runs/patching-step-10"), True, "patching", ckpt) == Path("runs/patching-step-10")
+    assert probing.output_dir(None, False, "patching", ckpt) == Path("runs/patching-step-10-2")  # never overwritten
+    with pytest.raises(probing.ProbeInputError, match="pass --force"):
+        probing.output_dir(Path("runs/patching-step-10"), False, "patching", ckpt)
+    assert probing.output_dir(Path("runs/patching-step-10"), True, "patching", ckpt) == Path("runs/patching-step-10")
+
+
+def test_probe_scripts_are_thin():
+    for script in (*SCRIPTS, "_common.py"):
+        assert len((REPO / "probes" / script).read_text().splitlines()) < 150, script
+
+
+def test_checkpoint_discovery_orders_by_step(tmp_path, reference_checkpoint):
+    shutil.copytree(reference_checkpoint, tmp_path / "z-final")  # metrics step 200
+    for name in ("ckpt-50", "ckpt-7", ".ckpt-9.tmp-1"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text("{}")  # no metrics: the number in the name
+    (tmp_path / "notes").mkdir()
+    entries = probing.find_checkpoints(tmp_path)
+    assert [(e.name, e.step) for e in entries] == [("ckpt-7", 7), ("ckpt-50", 50), ("z-final", 200)]
+    assert probing.checkpoint_kind(tmp_path) == "series" and probing.checkpoint_kind(tmp_path / "ckpt-7") == "checkpoint"
+
+
+def test_probe_prompts_use_derived_seeds(reference_checkpoint):
+    ck = load_checkpoint(reference_checkpoint)
+    batch, corruption_seed = probing.probe_prompts(ck.task, 8, 5)
+    assert corruption_seed == derive_seed(5, "corrupt")
+    assert batch.tokens.equal(ck.task.sample(8, seed=derive_seed(5, "analysis")).tokens)

@@ -7,7 +7,6 @@ import json
 import os
 import re
 import shutil
-import tempfile
 from dataclasses import replace
 
 import numpy as np
@@ -20,6 +19,7 @@ from PIL import Image
 
 from icr_interp import ICRecallTask, KnowledgeBase, build_model, viz
 from icr_interp.task import Layout
+from _browser import REMOTE, offline_chromium, open_offline
 
 
 # ----------------------------------------------------------------- fixtures
@@ -146,10 +146,6 @@ def test_views_render_in_notebooks_without_the_network(monkeypatch, model, batch
 
 
 # ------------------------------------------------------------ offline html
-REMOTE = re.compile(r"""<script[^>]*\bsrc\s*=\s*["']?(?:https?:)?//|\bfrom\s*["']https?://|import\(\s*["']https?://""",
-                    re.IGNORECASE)
-
-
 def test_offline_html_inlines_the_bundle_once_and_loads_nothing(model, batch):
     views = [viz.attention_view(model, batch), viz.attention_view(model, batch, example=1, kind="query")]
     page = viz.offline_html(views, title="two views")
@@ -249,11 +245,22 @@ def test_report_writes_atomically_and_refuses_directories(tmp_path, monkeypatch,
     assert target.read_text(encoding="utf-8") == old and sorted(os.listdir(tmp_path)) == ["r.html"]
 
 
-def test_report_renders_template_scores_from_the_templates_module(tmp_path, task, model, batch, scores):
+def test_report_renders_template_scores_as_a_table(tmp_path, task, model, batch, scores):
     path = viz.save_report(tmp_path / "s.html", model, batch, vocab=task, scores=scores)
     page = path.read_text(encoding="utf-8")
-    assert "Template scores" in page and "per_head" in page
-    assert f"{scores['balance']:.4g}" in page and str(scores["best"]) in page
+    assert "Template scores" in page and "per_head" not in page  # a table, not a dump of the dict
+    table = re.search(r'<table class="scores">.*?</table>', page, re.DOTALL).group(0)
+    assert f"scored on {len(batch)} prompts" in table
+    rows = re.findall(r"<tr[^>]*>((?:<td>[^<]*</td>)+)</tr>", table)
+    assert len(rows) == 2  # one per head
+    for h, row in zip(scores["per_head"], rows):
+        cells = re.findall(r"<td>([^<]*)</td>", row)
+        marked = (h["layer"], h["head"]) == (scores["layer"], scores["head"])
+        assert cells[:2] == [f"{h['layer']}{'*' if marked else ''}", str(h["head"])]
+        assert cells[2:6] == [f"{h['pairwise']:.3f}", f"{h['balance']:.3f}", f"{h['pair_mass']:.3f}", h["best"]]
+        assert cells[6:6 + len(scores["templates"])] == [f"{h['tv'][t]:.3f}" for t in scores["templates"]]
+        assert cells[-4:] == [f"{h['mean_row']['pairwise']:.3f}", f"{h['mean_row']['balance']:.3f}",
+                              f"{h['mean_row']['pair_mass']:.3f}", h["mean_row"]["best"]]
 
 
 def test_full_report_computes_scores_and_patching(tmp_path, task, model, batch):
@@ -268,7 +275,7 @@ def test_full_report_computes_scores_and_patching(tmp_path, task, model, batch):
     # 2 heads x 2 query-row figures, one heatmap per (corruption, patching kind)
     assert len(png_images(page)) == 4 + 2 * 2
     assert "relation swap: hook x role" in page and "query swap: query-row pattern x source role" in page
-    assert f"{templates.score_templates(model, batch).to_dict()['pair_mass']:.4g}" in page
+    assert f"<td>{templates.score_templates(model, batch).to_dict()['pair_mass']:.3f}</td>" in page
     assert not REMOTE.search(page)
 
 
@@ -282,61 +289,22 @@ def test_patching_panels_find_every_array_and_its_labels():
 
 
 # --------------------------------------------------------- headless chromium
-def _browser_paths():
-    chromium = next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
-    return chromium, shutil.which("chromedriver")
-
-
 @pytest.fixture(scope="module")
 def browser():
-    chromium, driver_path = _browser_paths()
-    if chromium is None or driver_path is None:
-        pytest.skip("headless browser test needs chromium and chromedriver on PATH (CI installs them)")
-    webdriver = pytest.importorskip("selenium.webdriver")
-    from selenium.webdriver.chrome.service import Service
-
-    profile = tempfile.mkdtemp(prefix="icr-chromium-")
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = chromium
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--no-first-run", "--disable-default-apps", "--window-size=1100,900", f"--user-data-dir={profile}",
-                 # No network: every host name fails to resolve and any proxied request goes nowhere.
-                 "--host-resolver-rules=MAP * ~NOTFOUND", "--proxy-server=http://127.0.0.1:9"):
-        opts.add_argument(flag)
-    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(driver_path), options=opts)  # explicit driver: no Selenium Manager
-    try:
-        yield driver
-    finally:
-        driver.quit()
-        shutil.rmtree(profile, ignore_errors=True)
-
-
-RENDERED = """
-const views = [...document.querySelectorAll('div[id^="circuits-vis-"]')];
-return views.length > 0 && views.every(v => v.children.length > 0);
-"""
+    yield from offline_chromium()
 
 
 def test_report_renders_offline_in_headless_chromium(browser, report_path, task, batch, tmp_path):
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
 
-    browser.get(report_path.as_uri())
-    WebDriverWait(browser, 30).until(lambda d: d.execute_script(RENDERED))
-    remote = browser.execute_script(
-        "return performance.getEntriesByType('resource').map(e => e.name).filter(n => /^https?:/.test(n))")
-    assert remote == []
-    severe = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
-    assert severe == []
-
-    view = browser.find_element(By.ID, "attention-L0")
-    assert browser.execute_script("return arguments[0].querySelectorAll('canvas').length", view) >= 2
+    open_offline(browser, report_path)
+    heads, query = browser.find_element(By.ID, "view-0"), browser.find_element(By.ID, "view-1")
+    assert browser.execute_script("return arguments[0].querySelectorAll('canvas').length", heads) >= 2
     text = browser.execute_script("return document.body.innerText")
     for label in viz.role_labels(task, batch, 0):  # the query-row view shows them as DOM text
-        assert label in view.text
-    assert "L0H0 Zoomed" in view.text and "tiny report" in text
+        assert label in query.text
+    assert "L0H0 Zoomed" in heads.text and "tiny report" in text
+    view = heads
 
     height = browser.execute_script("return document.documentElement.scrollHeight")
     browser.set_window_size(1100, height + 50)
@@ -409,3 +377,70 @@ def test_figures_do_not_touch_pyplot():
     before = plt.get_fignums()
     viz.plot_patching(np.eye(2))
     assert plt.get_fignums() == before
+
+
+# ------------------------------------------------- colour scale, default layer, package layout
+def test_heads_view_is_scaled_to_the_query_row(task, model, batch, patterns):
+    """BOS's self-attention (1.0) no longer sets the scale: colours reach full strength at the query row's max."""
+    q = int(batch.layout.query_pos[2])
+    props = view_props(viz._fragment(viz.attention_view(model, batch, example=2, vocab=task)), "AttentionHeads")
+    top = float(patterns[2, :, q].max())
+    assert props["maxValue"] == pytest.approx(top) and top < 0.9  # the BOS row's 1.0 would wash the row out
+    np.testing.assert_allclose(props["attention"], patterns[2].numpy(), rtol=1e-6)  # nothing hidden by default
+    full = view_props(viz._fragment(viz.attention_view(model, batch, example=2, scale="full")), "AttentionHeads")
+    assert full.get("maxValue") is None  # circuitsvis's own 0..1
+    only = view_props(viz._fragment(viz.attention_view(model, batch, example=2, rows="query")), "AttentionHeads")
+    attention = np.asarray(only["attention"])
+    np.testing.assert_allclose(attention[:, q], patterns[2, :, q].numpy(), rtol=1e-6)
+    assert np.count_nonzero(np.delete(attention, q, axis=1)) == 0  # every other destination row blanked
+    with pytest.raises(ValueError, match="scale"):
+        viz.attention_view(model, batch, scale="bogus")
+
+
+def test_the_default_layer_is_the_last(task, batch):
+    deep = build_model(task, n_layers=2, n_heads=2)
+    _, cache = deep.run_with_cache(batch.tokens)
+    rows, _ = viz.query_attention(deep, batch)
+    last, _ = viz.query_attention(deep, batch, layer=1)
+    first, _ = viz.query_attention(deep, batch, layer=0)
+    torch.testing.assert_close(rows, last)
+    assert not torch.allclose(rows, first)
+    q = batch.layout.query_pos
+    torch.testing.assert_close(rows[:, :, -1], cache["blocks.1.attn.hook_pattern"][torch.arange(len(batch)), :, q, q])
+    props = view_props(viz._fragment(viz.attention_view(deep, batch)), "AttentionHeads")
+    assert props["attentionHeadNames"] == ["L1H0", "L1H1"]
+    np.testing.assert_allclose(props["attention"], cache["blocks.1.attn.hook_pattern"][0].numpy(), atol=1e-6)
+
+
+def test_slot_roles_use_the_roles_vocabulary(batch):
+    from icr_interp import roles
+
+    names = viz.slot_roles(batch)
+    assert names == ["bos", "subject_1", "answer_1", "subject_2", "answer_2", "query"]
+    assert [roles.canonical(n) for n in names] == names
+    assert [viz.short_label(n) for n in names] == viz.slot_labels(batch)
+
+
+def test_report_module_renders_only(tmp_path):
+    """The report module imports no analysis and builds a page from numbers it is given."""
+    import ast
+    import inspect
+
+    from icr_interp.viz import report
+
+    tree = ast.parse(inspect.getsource(report))
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)} | {
+        a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    assert not imported & {"icr_interp.templates", "icr_interp.patching", "icr_interp.train", "icr_interp.circuit",
+                           "icr_interp.attention"}
+    evaluation = {"accuracy": 0.96875, "loss": 0.125, "n_prompts": 64}
+    path = report.write_report(tmp_path / "r.html", "given numbers", [report.accuracy_section(evaluation, seed=3)])
+    page = path.read_text(encoding="utf-8")
+    assert '<b id="accuracy">0.9688</b> on 64 fresh held-out prompts (evaluate seed 3)' in page
+
+
+def test_every_viz_module_is_small():
+    from pathlib import Path
+
+    for file in Path(viz.__file__).parent.glob("*.py"):
+        assert len(file.read_text().splitlines()) < 400, file.name

@@ -1,0 +1,145 @@
+"""Static HTML reports of precomputed results: one self-contained file that opens offline.
+
+This module renders; it never runs a model or an analysis.  Whoever builds a
+report computes the numbers first (held-out accuracy with
+:func:`icr_interp.train.evaluate`, template scores, patching, a circuit
+summary, attention patterns) and passes them to the section builders below,
+each of which returns an HTML fragment; :func:`render_report` joins them into
+one document with circuitsvis's bundled script inlined once and every figure
+as a base64 PNG, and :func:`write_report` writes it atomically
+(:mod:`icr_interp.fsio`).  Every caption says how many prompts it shows.
+
+``icr_interp.probing.patching_report`` is the one caller that computes
+everything a checkpoint's report needs.
+"""
+
+import base64
+import html
+from pathlib import Path
+
+from jaxtyping import Float
+from matplotlib.figure import Figure
+from torch import Tensor
+
+from icr_interp.fsio import write_text
+from icr_interp.viz import figures, tables
+from icr_interp.viz.offline import document, fragment
+from icr_interp.viz.views import AttentionView
+
+
+def img(fig: Figure, alt: str) -> str:
+    """An ``<img>`` holding the figure's PNG as a data URI."""
+    data = base64.b64encode(figures.figure_png(fig)).decode("ascii")
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+
+
+def _figure_block(fig: Figure, caption: str) -> str:
+    return f'<figure class="figs">{img(fig, caption)}</figure>'  # the figure's own title says what it shows
+
+
+def render_report(title: str, sections: list[str]) -> str:
+    """The complete page: a title, then the given sections (HTML fragments from this module)."""
+    return document(title, f"<h1>{html.escape(title)}</h1>\n" + "\n".join(sections))
+
+
+def write_report(path: str | Path, title: str, sections: list[str]) -> Path:
+    """:func:`render_report` written atomically to ``path`` (a directory is refused)."""
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"report path is a directory: {path}")
+    return write_text(path, render_report(title, sections))
+
+
+# ------------------------------------------------------------------ sections
+def summary_section(info: dict, heading: str = "Model and prompts") -> str:
+    """A key/value table (model sizes, prompts, the example shown, ...)."""
+    return f"<h2>{html.escape(heading)}</h2>\n" + tables.value_html(info)
+
+
+def accuracy_section(evaluation: dict, seed: int | None = None, stored: float | None = None) -> str:
+    """The model's held-out accuracy and loss, as :func:`icr_interp.train.evaluate` returned them.
+
+    Args:
+        evaluation: ``{"accuracy", "loss", "n_prompts", ...}``.
+        seed: the seed the held-out prompts were drawn with.
+        stored: the accuracy recorded in the checkpoint, shown for comparison.
+    """
+    where = f"{evaluation['n_prompts']} fresh held-out prompts" + (f" (evaluate seed {seed})" if seed is not None
+                                                                  else "")
+    line = (f'<p class="headline">Held-out accuracy: <b id="accuracy">{evaluation["accuracy"]:.4f}</b> '
+            f"on {where}; loss {evaluation['loss']:.4f} nats.</p>")
+    if stored is not None:
+        line += f"<p>Accuracy recorded in the checkpoint at training time: {stored:.4f}.</p>"
+    return "<h2>Accuracy</h2>\n" + line
+
+
+def attention_section(views: list[tuple[str, AttentionView]], intro: str = "") -> str:
+    """circuitsvis views (rendered from the page's inlined bundle), each under its caption."""
+    parts = ["<h2>Attention</h2>"] + ([f"<p>{html.escape(intro)}</p>"] if intro else [])
+    for i, (caption, view) in enumerate(views):
+        parts.append(f'<section class="view" id="view-{i}"><h3>{html.escape(caption)}</h3>'
+                     f"{fragment(view)}</section>")
+    return "\n".join(parts)
+
+
+def query_rows_section(rows: Float[Tensor, "batch head slot"], labels: list[str], layer: int,
+                       max_examples: int = 32) -> str:
+    """One layer's query rows: the mean row per head (table and bars) and the first prompts (heatmap)."""
+    n = rows.shape[0]
+    mean = rows.mean(0).numpy()
+    names = [f"L{layer}H{h}" for h in range(rows.shape[1])]
+    shown = min(n, max_examples)
+    parts = [f"<h3>Layer {layer}: query attention row</h3>",
+             tables.matrix_table(mean, names, labels, caption=f"mean query row over {n} prompts (role-aligned)")]
+    for h, name in enumerate(names):
+        bars = figures.plot_query_attention(mean[h], labels, title=f"{name}: mean query row ({n} prompts)")
+        heat = figures.plot_query_attention(rows[:max_examples, h], labels,
+                                            title=f"{name}: query rows of the first {shown} of {n} prompts")
+        parts.append('<div class="figs">'
+                     + _figure_block(bars, f"{name}: mean query row over {n} prompts")
+                     + _figure_block(heat, f"{name}: query rows of the first {shown} of {n} prompts") + "</div>")
+    return "\n".join(parts)
+
+
+def scores_section(scores, n_prompts: int | None = None) -> str:
+    """Template scores as a table (:func:`~icr_interp.viz.tables.scores_table`); a plain dict as key/values."""
+    d = scores.to_dict() if hasattr(scores, "to_dict") else scores
+    if isinstance(d, dict) and {"per_head", "templates", "layer", "head"} <= set(d):
+        n = d.get("n_examples", n_prompts)
+        caption = (f"scored on {n} prompts; * = the head that matters (layer {d['layer']}, head {d['head']}); "
+                   "pairwise = 1 - TV to the nearest pairwise template, balance = within-pair balance")
+        body = tables.scores_table(d, caption)
+    else:
+        body = f'<div class="scores">{tables.value_html(d)}</div>'
+    return "<h2>Template scores</h2>\n" + body
+
+
+def role_patching_section(results: dict, n_prompts: int) -> str:
+    """Heatmaps of role patching: ``{kind: {"by_role": RolePatchResult, "pattern_by_role": RolePatchResult}}``."""
+    parts = ["<h2>Activation patching</h2>",
+             "<p>Clean activations patched into corrupted prompts, by hook x prompt role (and the query's "
+             "attention row by source role); 0 = corrupted, 1 = clean.</p>"]
+    for kind, res in results.items():
+        fig = figures.plot_role_patching(res["by_role"], res["pattern_by_role"], kind, n_prompts)
+        parts.append(_figure_block(fig, f"{kind} swap: mean over {n_prompts} prompts"))
+    return "\n".join(parts)
+
+
+def patching_section(patching, n_prompts: int | None = None) -> str:
+    """Every numeric array of a nested patching result as a heatmap (:func:`~icr_interp.viz.tables.patching_panels`)."""
+    panels, rest = tables.patching_panels(patching)
+    parts = ["<h2>Activation patching</h2>"]
+    suffix = f" (mean over {n_prompts} prompts)" if n_prompts is not None else ""
+    for title, matrix, rows, cols in panels:
+        parts.append(_figure_block(figures.plot_patching(matrix, rows, cols, title + suffix), title + suffix))
+    if rest:
+        parts.append(tables.value_html(rest))
+    return "\n".join(parts)
+
+
+def circuit_section(summary) -> str:
+    """A circuit summary: each component's share of relation inference and of answer lookup."""
+    d = summary.to_dict() if hasattr(summary, "to_dict") else summary
+    caption = (f"denoising patching on {d['n_prompts']} prompts (0 = corrupted, 1 = clean) and "
+               f"{d['ablation_method']}-ablation (base accuracy {d['base_accuracy']:.3f})")
+    return "<h2>Circuit summary</h2>\n" + tables.circuit_table(d, caption)

@@ -1,0 +1,177 @@
+"""HTML tables of precomputed results: template scores, matrices, circuit summaries, plain values.
+
+Pure rendering: every function takes numbers someone else computed and
+returns an HTML string (escaped; no scripts).  :func:`patching_panels` splits a
+nested patching result into the 2-D arrays a report draws as heatmaps and
+the rest it shows as a table.
+"""
+
+import html
+import json
+import math
+
+import numpy as np
+
+from icr_interp.fsio import plain
+
+SCORE_COLUMNS = (("pairwise", "pairwise"), ("balance", "balance"), ("pair_mass", "pair mass"), ("best", "best"))
+
+
+def cell(v) -> str:
+    """One value as table-cell text: 4 significant digits for floats, escaped strings."""
+    if isinstance(v, bool) or v is None:
+        return html.escape(str(v))
+    if isinstance(v, float):
+        return f"{v:.4g}" if math.isfinite(v) else str(v)
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, str):
+        return html.escape(v)
+    return value_html(v)
+
+
+def _scalar(v) -> bool:
+    return v is None or isinstance(v, (bool, int, float, str))
+
+
+def value_html(v) -> str:
+    """A table for a dict, a list of dicts, a vector or a matrix; escaped text otherwise."""
+    v = plain(v)
+    if _scalar(v):
+        return cell(v)
+    if isinstance(v, dict):
+        rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{value_html(x)}</td></tr>" for k, x in v.items())
+        return f'<table class="kv">{rows}</table>'
+    if isinstance(v, list) and v and all(isinstance(x, dict) for x in v):
+        cols = list(dict.fromkeys(k for x in v for k in x))
+        head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
+        body = "".join("<tr>" + "".join(f"<td>{cell(x.get(c, ''))}</td>" for c in cols) + "</tr>" for x in v)
+        return f'<table class="grid"><tr>{head}</tr>{body}</table>'
+    if isinstance(v, list) and all(_scalar(x) for x in v):
+        return '<table class="grid"><tr>' + "".join(f"<td>{cell(x)}</td>" for x in v) + "</tr></table>"
+    if isinstance(v, list) and all(isinstance(r, list) and all(_scalar(x) for x in r) for r in v):
+        body = "".join("<tr>" + "".join(f"<td>{cell(x)}</td>" for x in r) + "</tr>" for r in v)
+        return f'<table class="grid">{body}</table>'
+    return f"<pre>{html.escape(json.dumps(v, indent=1, default=str))}</pre>"
+
+
+def _caption(caption: str | None) -> str:
+    return f"<caption>{html.escape(caption)}</caption>" if caption else ""
+
+
+def matrix_table(matrix, row_labels: list[str], col_labels: list[str], caption: str | None = None) -> str:
+    """A labelled matrix, three decimals."""
+    matrix = np.asarray(plain(matrix), dtype=float)
+    head = "<tr><th></th>" + "".join(f"<th>{html.escape(c)}</th>" for c in col_labels) + "</tr>"
+    body = "".join(f"<tr><th>{html.escape(r)}</th>" + "".join(f"<td>{x:.3f}</td>" for x in row) + "</tr>"
+                   for r, row in zip(row_labels, matrix))
+    return f'<table class="grid">{_caption(caption)}{head}{body}</table>'
+
+
+def scores_table(scores, caption: str | None = None) -> str:
+    """Template scores of every head as one table: per example, TV to each template, mean row.
+
+    Args:
+        scores: a :class:`~icr_interp.templates.TemplateScores` or its ``to_dict()``.
+        caption: the table caption (say how many prompts were scored).
+
+    The head that matters (the scores' headline) is marked with ``*`` and bold.
+    """
+    d = plain(scores)
+    templates = list(d["templates"])
+    head = ('<tr><th rowspan="2">layer</th><th rowspan="2">head</th>'
+            f'<th colspan="{len(SCORE_COLUMNS)}">per example (mean over prompts)</th>'
+            f'<th colspan="{len(templates)}">total variation to template (lower: closer)</th>'
+            f'<th colspan="{len(SCORE_COLUMNS)}">mean row</th></tr><tr>'
+            + "".join(f"<th>{name}</th>" for _, name in SCORE_COLUMNS)
+            + "".join(f"<th>{html.escape(t)}</th>" for t in templates)
+            + "".join(f"<th>{name}</th>" for _, name in SCORE_COLUMNS) + "</tr>")
+    body = []
+    for h in d["per_head"]:
+        marked = (h["layer"], h["head"]) == (d["layer"], d["head"])
+        cells = [f"{h['layer']}{'*' if marked else ''}", str(h["head"])]
+        cells += [_score_cell(h[key]) for key, _ in SCORE_COLUMNS]
+        cells += [f"{h['tv'][t]:.3f}" for t in templates]
+        cells += [_score_cell(h["mean_row"][key]) for key, _ in SCORE_COLUMNS]
+        body.append(f'<tr{" class=marked" if marked else ""}>' + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    return f'<table class="scores">{_caption(caption)}{head}{"".join(body)}</table>'
+
+
+def _score_cell(v) -> str:
+    return f"{v:.3f}" if isinstance(v, float) else html.escape(str(v))
+
+
+def circuit_table(summary, caption: str | None = None) -> str:
+    """A :class:`~icr_interp.circuit.CircuitSummary` (or its ``to_dict()``) as a table, verdict below."""
+    d = plain(summary)
+    head = ("<tr><th>component</th><th>what it is</th><th>relation inference (relation swap)</th>"
+            "<th>answer lookup (query swap)</th><th>accuracy when ablated</th></tr>")
+    body = "".join(f'<tr><td class="text">{html.escape(str(r["component"]))}</td>'
+                   f'<td class="text">{html.escape(str(r.get("label", "")))}</td>'
+                   f'<td>{r["relation"]:.3f}</td><td>{r["lookup"]:.3f}</td><td>{r["ablated_accuracy"]:.3f}</td></tr>'
+                   for r in d["rows"])
+    return (f'<table class="circuit">{_caption(caption)}{head}{body}</table>\n'
+            f'<p class="verdict">Verdict: {html.escape(str(d.get("verdict", "")))}</p>')
+
+
+# ---------------------------------------------------------------- patching
+_ROW_KEYS = ("row_labels", "rows", "hooks", "components")
+_COL_KEYS = ("col_labels", "cols", "roles", "positions", "sources")
+_NOT_PLOTTED = ("raw",)  # unnormalised copies of a plotted result (RolePatchResult.raw)
+
+
+def _labels(d: dict, keys: tuple[str, ...], n: int, used: set) -> list[str] | None:
+    for k in keys:
+        if isinstance(d.get(k), list) and len(d[k]) == n:
+            used.add(k)
+            return [str(x) for x in d[k]]
+    return None
+
+
+def patching_panels(patching, name: str = "") -> tuple[list[tuple[str, np.ndarray, list | None, list | None]], dict]:
+    """Split a patching result into heatmaps and everything else.
+
+    Every numeric 2-D array inside ``patching`` (nested dicts allowed) becomes a
+    heatmap named by its key path, with tick labels taken from sibling lists
+    named ``row_labels``/``rows``/``hooks``/``components`` and
+    ``col_labels``/``cols``/``roles``/``positions``/``sources`` of matching
+    length.  Numeric 1-D arrays become one-row heatmaps.  Arrays under ``raw``
+    (unnormalised copies) are dropped; the rest, label lists that served as
+    ticks excepted, is returned as a dict.
+
+    Returns:
+        ``(panels, rest)``: panels are ``(title, matrix, row_labels, col_labels)``.
+    """
+    d = plain(patching)
+    if not isinstance(d, dict):
+        d = {name or "patching": d}
+    panels, rest, used = [], {}, set()
+    for key, value in d.items():
+        path = f"{name}/{key}" if name else key
+        matrix = None if key in _ROW_KEYS + _COL_KEYS else _numeric(value)
+        if isinstance(value, dict):
+            sub_panels, sub_rest = patching_panels(value, path)
+            panels += sub_panels
+            if sub_rest:
+                rest[key] = sub_rest
+        elif key in _NOT_PLOTTED:
+            continue
+        elif matrix is None:
+            rest[key] = value
+        elif matrix.ndim == 1:
+            panels.append((path, matrix[None, :], None, _labels(d, _COL_KEYS, matrix.shape[0], used)))
+        else:
+            panels.append((path, matrix, _labels(d, _ROW_KEYS, matrix.shape[0], used),
+                           _labels(d, _COL_KEYS, matrix.shape[1], used)))
+    return panels, {k: v for k, v in rest.items() if k not in used}
+
+
+def _numeric(value) -> np.ndarray | None:
+    """A 1-D (length > 1) or 2-D float array, or None."""
+    if not isinstance(value, list) or not value:
+        return None
+    try:
+        arr = np.asarray(value, dtype=float)
+    except (TypeError, ValueError):
+        return None
+    return arr if (arr.ndim == 2 or (arr.ndim == 1 and len(arr) > 1)) else None
