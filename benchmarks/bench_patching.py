@@ -14,14 +14,16 @@ the defaults.  Run ``python benchmarks/bench_patching.py --help`` for options.
 
 import argparse
 import os
-import time
+import sys
 
 os.environ.setdefault("TQDM_DISABLE", "1")  # TransformerLens's per-cell progress bars
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import torch  # noqa: E402
 import transformer_lens.patching as tl_patching  # noqa: E402
 
 import icr_interp.patching as icr_patching  # noqa: E402
+from timing import timed  # noqa: E402  (benchmarks/timing.py: the shared timing helper)
 from icr_interp import ICRecallTask, KnowledgeBase, build_model  # noqa: E402
 
 FUNCTIONS = ("get_act_patch_resid_pre", "get_act_patch_attn_out", "get_act_patch_mlp_out",
@@ -39,12 +41,6 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args()
-
-
-def timed(fn, *args) -> tuple[torch.Tensor, float]:
-    start = time.perf_counter()
-    out = fn(*args)
-    return out, time.perf_counter() - start
 
 
 def main() -> None:

@@ -23,6 +23,12 @@ direction.  Which neurons exist and how they are weighted is the
 
 Stage II is the same lookup table in both constructions: one neuron per fact
 (s, r), reading ``token[s] + relation[r]``.
+
+A constructed memory is computed one of three ways, all the same function
+(:func:`construct_memory`'s ``impl``; :func:`choose_impl` picks the fastest):
+``dense`` weights (:class:`AssociativeMemory`), ``factored`` gathers from the
+basis (:class:`FactoredMemory`), or ``sparse`` -- only the neurons that can
+fire (:class:`icr_interp.sparse_memory.SparseMemory`).
 """
 
 from dataclasses import asdict, dataclass
@@ -130,10 +136,13 @@ def memory_table(construction: str, kb: KnowledgeBase, vocab: Vocabulary, n_pair
 
 
 IMPLS = ("dense", "factored", "sparse")  # how a constructed memory is computed (same function)
-# choose_impl's rule, measured with benchmarks/bench_memory.py (docs/_drafts/sparse_memory_results.md):
-# below this many n_facts * d_model the dense memory's few matmuls beat the sparse path's fixed
-# cost of ~40 small kernels; above it the sparse memory is fastest at every size measured.
-DENSE_MAX_WEIGHTS = 2**22
+# choose_impl's rule, measured with benchmarks/bench_memory.py ([4] crossover, memory forward +
+# backward at 64 query rows; docs/_drafts/sparse_memory_results.md): up to N * d = 2^19 the three
+# implementations are within ~2 ms of each other (the sparse path's ~40 small kernels cost a fixed
+# few ms), from 2^19 on the sparse memory is fastest and its lead grows with N (1.6x over factored
+# and 8x over dense at 2^23, 8x over factored at 10^6 facts).  Small models stay dense: real
+# nn.Parameter weights, and the reference model's pinned numbers unchanged.
+DENSE_MAX_WEIGHTS = 2**18
 
 
 def choose_impl(requested: str, n_facts: int, d_model: int) -> str:

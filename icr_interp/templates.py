@@ -29,6 +29,39 @@ a member of the pairwise family, so a row is called ``"uniform"`` rather than
 ``"pairwise"`` when the uniform template is within :data:`UNIFORM_MARGIN` of
 the best pairwise one (the across-pair freedom is not used).
 
+**The null.**  A pairwise score alone cannot tell a trained head from a
+near-uniform one: every row that puts its mass on the context is close to
+*some* member of the family.  What only a pairing gives is that ``s_i`` and
+``a_i`` *of the same pair* carry equal weight.  So every score comes with the
+score of the same row when ``s_i`` is paired with ``a_pi(i)``, averaged over
+permutations ``pi`` of the ``k`` pairs (all ``k!`` of them, the identity
+included, when ``k! <= NULL_MAX_PERMUTATIONS``; a seeded uniform sample of that
+many otherwise) -- everything but the pairing is kept.  Writing
+``max(x, y) = (x + y + |x - y|) / 2`` in the closed form above gives, with
+``D_pi = sum_i |p(s_i) - p(a_pi(i))|``,
+
+    score_pi = 1 - TV_pi = min(M, 1 - (1 - M + D_pi) / 2),
+
+so the null is the mean of ``min(M, 1 - (1 - M + D_pi) / 2)`` over ``pi``: only
+the assignment cost ``D_pi`` depends on the pairing.  On a uniform or an
+answers-only row every ``D_pi`` is equal, so score and null coincide; the
+paper's pattern with one of four pairs suppressed scores 1 against 7/8
+(derivations in ``docs/theory.md``, "Template scores against a null").
+
+The *test* is a randomisation test over examples.  If a model ignored the
+pairing, each example's true pairing would be one draw from its ``k!``
+pairings.  The statistic is the mean over examples of ``score_b(id) -
+null_b``; its null distribution comes from :data:`NULL_DRAWS` draws in which
+every example gets its own uniformly drawn pairing ``pi_b``; the one-sided
+p-value is ``(1 + #{draws >= observed}) / (1 + NULL_DRAWS)`` (ties count
+against the pairing, so a row whose pairings all score alike gets p = 1).
+A head is called ``"pairwise"`` only when ``p <= NULL_ALPHA`` *and* ``pairwise -
+pairwise_null >= NULL_MIN_EFFECT`` (a significant but tiny edge, e.g. from a
+smooth positional bias on a near-uniform row, is not the paper's pattern);
+otherwise it is called by the nearest of the other templates.  The mean row
+uses the same (per-example) p-value with its own effect.  With ``k = 1`` there
+is no other pairing, so nothing is ever called ``"pairwise"``.
+
 Scores come two ways (``docs/theory.md`` explains why both matter): *per
 example* (score every example's row, then average; the headline) and *mean
 row* (average the rows first, aligned by role -- pair i's subject and answer,
@@ -41,51 +74,32 @@ Example::
     scores = score_templates(model, task.sample(256, seed=0))
     print(scores)                 # one table row per (layer, head)
     scores.to_dict()["pairwise"]  # per-example pairwise score of the head that matters
+    scores.to_dict()["pairwise_null"], scores.to_dict()["p_value"]  # what chance gives, and the test
 """
 
+import itertools
+import math
 from dataclasses import dataclass, fields
 
-import einops
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
-from transformer_lens import HookedTransformer
 
+from icr_interp.attention import query_rows, query_rows_from_cache  # noqa: F401  (re-exported: their old home)
+from icr_interp.compat import TLModel
 from icr_interp.task import Batch, Layout
+from icr_interp.tokens import check_model_tokens
 
 TEMPLATES = ("pairwise", "answers", "subjects", "uniform", "sink")
 UNIFORM_MARGIN = 0.02  # call a row "uniform" when TV(uniform) - TV(pairwise) is at most this
+NULL_MAX_PERMUTATIONS = 720  # the null enumerates all k! pairings up to this many (k <= 6), else samples this many
+NULL_DRAWS = 2000  # randomisation draws of the test over examples (p-value resolution 1 / 2001)
+NULL_ALPHA = 0.01  # "pairwise" needs the true pairing to beat the null at this level ...
+NULL_MIN_EFFECT = 0.05  # ... and by at least this much score: pairwise - pairwise_null
+NULL_SEED = 0  # seeds the permutation sample (k > 6) and the randomisation draws: same rows, same p-value
 _ROW_SUM_TOL = 1e-2  # attention rows must sum to 1 (loose enough for half precision)
-
-
-# ------------------------------------------------------------------ rows
-def query_rows(model: HookedTransformer, batch: Batch) -> Float[Tensor, "layer head batch pos"]:
-    """Every head's attention row at each example's query position.
-
-    Args:
-        model: any ``HookedTransformer`` (its ``blocks.{l}.attn.hook_pattern``
-            hooks are read).
-        batch: prompts with their layout; row ``b`` is taken at
-            ``batch.layout.query_pos[b]``.
-
-    Returns:
-        ``rows[l, h, b, src]``: attention of layer ``l``, head ``h`` from the
-        query of example ``b`` to position ``src`` (on the model's device).
-    """
-    device = model.W_E.device
-    names = {f"blocks.{layer}.attn.hook_pattern" for layer in range(model.cfg.n_layers)}
-    with torch.no_grad():
-        _, cache = model.run_with_cache(batch.tokens.to(device), names_filter=lambda name: name in names)
-    return query_rows_from_cache(cache, batch.layout.query_pos.to(device), model.cfg.n_layers)
-
-
-def query_rows_from_cache(cache, query_pos: Int[Tensor, " batch"],
-                          n_layers: int) -> Float[Tensor, "layer head batch pos"]:
-    """:func:`query_rows` from an ``ActivationCache`` that holds every layer's ``hook_pattern``."""
-    pattern = torch.stack([cache[f"blocks.{layer}.attn.hook_pattern"] for layer in range(n_layers)])
-    pattern = einops.rearrange(pattern, "layer batch head dest src -> layer head batch dest src")
-    examples = torch.arange(len(query_pos), device=query_pos.device)
-    return pattern[:, :, examples, query_pos]  # the two index tensors pick (batch, dest) pairs
+_TIE_TOL = 1e-6  # draws within this of the observed statistic count as ties (float sums of one set of numbers)
+_CHUNK = 1 << 22  # elements per chunk of the permutation and draw tensors (bounds memory, not a per-example loop)
 
 
 @dataclass(frozen=True)
@@ -143,6 +157,60 @@ def fit_pairwise(subject: Float[Tensor, "*lead pair"],
     return 2 * torch.where(hi_sum >= 0.5, inside, above)
 
 
+def pairings(k: int, generator: torch.Generator | None = None) -> Int[Tensor, "perm pair"]:
+    """The permutations ``pi`` of ``k`` pairs the null averages over (row ``pi``: pair i's answer is ``a_pi(i)``).
+
+    All ``k!`` (identity first) when ``k! <= NULL_MAX_PERMUTATIONS``; otherwise
+    that many uniform random permutations drawn from ``generator`` (default:
+    seeded with :data:`NULL_SEED`), an unbiased sample of the same average.
+    """
+    if math.factorial(k) <= NULL_MAX_PERMUTATIONS:
+        return torch.tensor(list(itertools.permutations(range(k))), dtype=torch.long).reshape(-1, k)
+    gen = generator if generator is not None else torch.Generator().manual_seed(NULL_SEED)
+    return torch.rand(NULL_MAX_PERMUTATIONS, k, generator=gen).argsort(-1)
+
+
+def pairing_scores(subject: Float[Tensor, "*lead pair"], answer: Float[Tensor, "*lead pair"],
+                   perms: Int[Tensor, "perm pair"]) -> Float[Tensor, "*lead perm"]:
+    """Pairwise score ``1 - TV`` of each row when pair ``i`` is ``(s_i, a_pi(i))``, for every ``pi`` in ``perms``.
+
+    The same closed form (:func:`pairwise_tv`) on re-paired masses, so nothing
+    but the pairing changes; chunked over permutations to bound memory.
+    """
+    perms = perms.to(answer.device)
+    step = max(1, _CHUNK // max(1, answer.numel()))
+    out = []
+    for chunk in perms.split(step):
+        paired = answer[..., chunk]  # [*lead perm pair]
+        out.append(1 - pairwise_tv(subject[..., None, :].expand_as(paired), paired))
+    return torch.cat(out, -1)
+
+
+def pairing_test(true: Float[Tensor, "*lead batch"], permuted: Float[Tensor, "*lead batch perm"],
+                 generator: torch.Generator | None = None) -> Float[Tensor, "*lead"]:
+    """One-sided randomisation p-value that the true pairing scores above the null, over examples.
+
+    Statistic: ``mean_b (true_b - mean_pi permuted_b(pi))``.  Under "the model
+    ignores the pairing" each example's true score is one uniform draw of its
+    ``permuted`` scores, so each of :data:`NULL_DRAWS` draws gives every
+    example its own random pairing; ``p = (1 + #{draw >= observed}) / (1 +
+    NULL_DRAWS)``.
+    """
+    gen = generator if generator is not None else torch.Generator().manual_seed(NULL_SEED)
+    null = permuted.mean(-1)
+    observed = (true - null).mean(-1)
+    n_batch, n_perm = permuted.shape[-2:]
+    picks = torch.randint(n_perm, (NULL_DRAWS, n_batch), generator=gen).to(permuted.device)
+    examples = torch.arange(n_batch, device=permuted.device)
+    step = max(1, _CHUNK // max(1, permuted[..., 0].numel()))
+    beats = torch.zeros_like(observed)
+    for chunk in picks.split(step):
+        drawn = permuted[..., examples, chunk]  # [*lead draw batch]: example b re-paired by its own draw
+        stat = (drawn - null[..., None, :]).mean(-1)
+        beats += (stat >= observed[..., None] - _TIE_TOL).sum(-1)
+    return (1 + beats) / (1 + NULL_DRAWS)
+
+
 def template_tv(mass: RoleMass) -> Float[Tensor, "*lead template"]:
     """TV distance to the nearest member of every template family, in :data:`TEMPLATES` order."""
     n_ctx = 2 * mass.subject.shape[-1]
@@ -158,12 +226,21 @@ def balance(mass: RoleMass) -> Float[Tensor, "*lead"]:
     return 2 * torch.minimum(mass.subject, mass.answer).sum(-1) / mass.pair_mass.clamp_min(1e-12)
 
 
-def best_template(tv: Float[Tensor, "*lead template"]) -> list:
-    """Name of the nearest template; ``"uniform"`` when it is within UNIFORM_MARGIN of pairwise."""
-    best = tv.argmin(-1)
+def best_template(tv: Float[Tensor, "*lead template"], pairing_shown: Bool[Tensor, "*lead"] | None = None) -> list:
+    """Name of the nearest template, where ``"pairwise"`` must earn its name.
+
+    ``"pairwise"`` only where the pairing is shown (``pairing_shown``: the
+    null test passed; everywhere if not given) and the uniform template is
+    more than UNIFORM_MARGIN further away; otherwise the nearest of the other
+    templates (so a near-uniform row is ``"uniform"``).
+    """
     p, u = TEMPLATES.index("pairwise"), TEMPLATES.index("uniform")
-    best = torch.where((best == p) & (tv[..., u] - tv[..., p] <= UNIFORM_MARGIN), u, best)
-    return _names(best.tolist())
+    allowed = tv[..., u] - tv[..., p] > UNIFORM_MARGIN
+    if pairing_shown is not None:
+        allowed = allowed & pairing_shown.to(tv.device)
+    masked = tv.clone()
+    masked[..., p] = torch.where(allowed, tv[..., p], torch.full_like(tv[..., p], math.inf))
+    return _names(masked.argmin(-1).tolist())
 
 
 def _names(idx):
@@ -180,21 +257,27 @@ class HeadScores:
     pair_mass: Float[Tensor, "layer head"]  # attention mass on the context pairs
     tv: Float[Tensor, "layer head template"]  # TV to each template family (TEMPLATES order)
     beta: Float[Tensor, "layer head pair"]  # fitted across-pair weights of the nearest pairwise template
-    best: tuple  # [layer][head] name of the nearest template (argmin of tv, uniform rule)
+    best: tuple  # [layer][head] name of the nearest template ("pairwise" only if the null test passed)
+    pairwise_null: Float[Tensor, "layer head"]  # the pairwise score averaged over re-pairings s_i -- a_pi(i)
+    p_value: Float[Tensor, "layer head"]  # one-sided p that the true pairing beats the null (test over examples)
 
     def at(self, layer: int, head: int) -> dict:
         """Plain-data scores of one head."""
         return dict(pairwise=float(self.pairwise[layer, head]), balance=float(self.balance[layer, head]),
                     pair_mass=float(self.pair_mass[layer, head]), best=self.best[layer][head],
                     tv={t: float(v) for t, v in zip(TEMPLATES, self.tv[layer, head])},
-                    beta=self.beta[layer, head].tolist())
+                    beta=self.beta[layer, head].tolist(), pairwise_null=float(self.pairwise_null[layer, head]),
+                    p_value=float(self.p_value[layer, head]))
 
 
-def _head_scores(tv, bal, mass_on_pairs, beta) -> HeadScores:
-    """Summarise [layer head] tensors into a :class:`HeadScores` (tensors moved to CPU)."""
-    tv, bal, mass_on_pairs, beta = (x.detach().cpu() for x in (tv, bal, mass_on_pairs, beta))
-    best = tuple(tuple(row) for row in best_template(tv))
-    return HeadScores(1 - tv[..., 0], bal, mass_on_pairs, tv, beta, best)
+def _head_scores(tv, bal, mass_on_pairs, beta, null, p_value) -> HeadScores:
+    """Summarise [layer head] tensors into a :class:`HeadScores` (tensors moved to CPU), applying the null rule."""
+    tv, bal, mass_on_pairs, beta, null, p_value = (x.detach().cpu() for x in (tv, bal, mass_on_pairs, beta, null,
+                                                                               p_value))
+    pairwise = 1 - tv[..., 0]
+    shown = (p_value <= NULL_ALPHA) & (pairwise - null >= NULL_MIN_EFFECT)
+    best = tuple(tuple(row) for row in best_template(tv, shown))
+    return HeadScores(pairwise, bal, mass_on_pairs, tv, beta, best, null, p_value)
 
 
 @dataclass(frozen=True, repr=False)
@@ -202,8 +285,10 @@ class TemplateScores:
     """Template scores of every head; the headline is per example, for the head that matters.
 
     Attributes ``pairwise``, ``balance``, ``pair_mass``, ``tv``, ``beta``,
-    ``best`` are the per-example ``[layer, head]`` arrays; ``mean_row`` holds
-    the same for the role-aligned mean row.
+    ``best``, ``pairwise_null``, ``p_value`` are the per-example ``[layer,
+    head]`` arrays; ``mean_row`` holds the same for the role-aligned mean row
+    (its ``p_value`` is the per-example test's: the mean row has no examples
+    of its own).
     """
 
     per_example: HeadScores  # scores per example, averaged over examples (best = argmin of mean TV)
@@ -218,6 +303,8 @@ class TemplateScores:
     tv = property(lambda self: self.per_example.tv)
     beta = property(lambda self: self.per_example.beta)
     best = property(lambda self: self.per_example.best)
+    pairwise_null = property(lambda self: self.per_example.pairwise_null)
+    p_value = property(lambda self: self.per_example.p_value)
 
     @property
     def n_layers(self) -> int:
@@ -233,30 +320,36 @@ class TemplateScores:
                       mean_row=self.mean_row.at(layer, head))
                  for layer in range(self.n_layers) for head in range(self.n_heads)]
         return dict(layer=self.layer, head=self.head, n_examples=self.n_examples, templates=list(TEMPLATES),
-                    uniform_margin=UNIFORM_MARGIN, **self.per_example.at(self.layer, self.head),
+                    uniform_margin=UNIFORM_MARGIN, null_alpha=NULL_ALPHA, null_min_effect=NULL_MIN_EFFECT,
+                    **self.per_example.at(self.layer, self.head),
                     mean_row=self.mean_row.at(self.layer, self.head), per_head=heads)
 
     def headline(self) -> dict:
-        """Flat plain-data scores of the head that matters: per example, then ``mean_row_*``."""
-        keys = ("pairwise", "balance", "pair_mass", "best")
+        """Flat plain-data scores of the head that matters: per example, ``p_value``, then ``mean_row_*``."""
+        keys = ("pairwise", "balance", "pair_mass", "best", "pairwise_null")
         per, mean = self.per_example.at(self.layer, self.head), self.mean_row.at(self.layer, self.head)
-        return {**{k: per[k] for k in keys}, **{f"mean_row_{k}": mean[k] for k in keys}}
+        return {**{k: per[k] for k in keys}, "p_value": per["p_value"], **{f"mean_row_{k}": mean[k] for k in keys}}
 
     def __str__(self) -> str:
         short = dict(pairwise="pair", answers="ans", subjects="subj", uniform="unif", sink="sink")
         tv_cols = " ".join(f"{'tv_' + short[t]:>8}" for t in TEMPLATES)
-        lines = [f"TemplateScores: {self.n_examples} examples; per example | mean row; * = head that matters",
-                 f"  L  H  {'pairwise':>8} {'balance':>8} {'pairmass':>8} {'best':>9} {tv_cols} | "
-                 f"{'pairwise':>8} {'balance':>8} {'pairmass':>8} {'best':>9}"]
+        lines = [f"TemplateScores: {self.n_examples} examples; per example | mean row; * = head that matters; "
+                 f"null = pairwise score over re-pairings, p = test that the pairing beats it "
+                 f"('pairwise' needs p <= {NULL_ALPHA} and pairwise - null >= {NULL_MIN_EFFECT})",
+                 f"  L  H  {'pairwise':>8} {'null':>6} {'p':>6} {'balance':>8} {'pairmass':>8} {'best':>9} "
+                 f"{tv_cols} | {'pairwise':>8} {'null':>6} {'balance':>8} {'pairmass':>8} {'best':>9}"]
         for layer in range(self.n_layers):
             for head in range(self.n_heads):
-                cols = []
-                for s in (self.per_example, self.mean_row):
-                    cols.append(f"{s.pairwise[layer, head]:8.3f} {s.balance[layer, head]:8.3f} "
-                                f"{s.pair_mass[layer, head]:8.3f} {s.best[layer][head]:>9}")
-                tvs = " ".join(f"{v:8.3f}" for v in self.per_example.tv[layer, head].tolist())
+                per, mean = self.per_example, self.mean_row
+                left = (f"{per.pairwise[layer, head]:8.3f} {per.pairwise_null[layer, head]:6.3f} "
+                        f"{per.p_value[layer, head]:6.4f} {per.balance[layer, head]:8.3f} "
+                        f"{per.pair_mass[layer, head]:8.3f} {per.best[layer][head]:>9}")
+                right = (f"{mean.pairwise[layer, head]:8.3f} {mean.pairwise_null[layer, head]:6.3f} "
+                         f"{mean.balance[layer, head]:8.3f} {mean.pair_mass[layer, head]:8.3f} "
+                         f"{mean.best[layer][head]:>9}")
+                tvs = " ".join(f"{v:8.3f}" for v in per.tv[layer, head].tolist())
                 mark = "*" if (layer, head) == (self.layer, self.head) else " "
-                lines.append(f"{mark}{layer:2d} {head:2d}  {cols[0]} {tvs} | {cols[1]}")
+                lines.append(f"{mark}{layer:2d} {head:2d}  {left} {tvs} | {right}")
         return "\n".join(lines)
 
     __repr__ = __str__
@@ -277,7 +370,8 @@ def score_rows(rows: Float[Tensor, "*lead batch pos"], layout: Layout, *, layer:
             best head of that layer, ``head`` alone that head of the last layer).
 
     Returns:
-        :class:`TemplateScores` with per-example and mean-row scores of every head.
+        :class:`TemplateScores` with per-example and mean-row scores of every
+        head, each with its null (``pairwise_null``) and the test's ``p_value``.
     """
     rows = _as_layer_head(rows).float()
     if rows.shape[2] != layout.query_pos.shape[0]:
@@ -285,15 +379,21 @@ def score_rows(rows: Float[Tensor, "*lead batch pos"], layout: Layout, *, layer:
     if ((rows.sum(-1) - 1).abs() > _ROW_SUM_TOL).any():
         raise ValueError("attention rows must be distributions summing to 1 (pass hook_pattern rows, not scores)")
     mass = RoleMass.of(rows, layout)  # [layer head batch (pair)]
-    per_example = _head_scores(template_tv(mass).mean(2), balance(mass).mean(2), mass.pair_mass.mean(2),
-                               fit_pairwise(mass.subject, mass.answer).mean(2))
+    gen = torch.Generator().manual_seed(NULL_SEED)
+    perms = pairings(mass.subject.shape[-1], gen)
+    tv = template_tv(mass)
+    permuted = pairing_scores(mass.subject, mass.answer, perms)  # [layer head batch perm]
+    p_value = pairing_test(1 - tv[..., 0], permuted, gen)
+    per_example = _head_scores(tv.mean(2), balance(mass).mean(2), mass.pair_mass.mean(2),
+                               fit_pairwise(mass.subject, mass.answer).mean(2), permuted.mean((2, 3)), p_value)
     mean = mass.mean(2)  # role-aligned mean row: [layer head (pair)]
-    mean_row = _head_scores(template_tv(mean), balance(mean), mean.pair_mass, fit_pairwise(mean.subject, mean.answer))
+    mean_row = _head_scores(template_tv(mean), balance(mean), mean.pair_mass, fit_pairwise(mean.subject, mean.answer),
+                            pairing_scores(mean.subject, mean.answer, perms).mean(-1), p_value)
     layer, head = _head_that_matters(per_example.pair_mass, layer, head)
     return TemplateScores(per_example, mean_row, layer, head, rows.shape[2])
 
 
-def score_templates(model: HookedTransformer, batch: Batch, *, layer: int | None = None,
+def score_templates(model: TLModel, batch: Batch, *, layer: int | None = None,
                     head: int | None = None) -> TemplateScores:
     """Score every head's query attention row of ``model`` on ``batch`` against the templates.
 
@@ -304,7 +404,11 @@ def score_templates(model: HookedTransformer, batch: Batch, *, layer: int | None
 
     Returns:
         :class:`TemplateScores`; ``print`` it for a table, ``.to_dict()`` for JSON.
+
+    Raises:
+        ValueError: (one line) for token ids outside the model's vocabulary or prompts longer than its context.
     """
+    check_model_tokens(model, batch.tokens, "batch.tokens")
     return score_rows(query_rows(model, batch), batch.layout, layer=layer, head=head)
 
 

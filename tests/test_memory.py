@@ -228,3 +228,76 @@ def test_constructed_memory_weights(disjoint_task):
     assert torch.allclose(mem.b_in, torch.full((64,), -MemoryScales().lookup_threshold))
     with pytest.raises(ValueError, match="construction must be one of"):
         construct_memory("triple", disjoint_task.kb, disjoint_task.vocab, model.icr_basis, 2)
+
+
+# ------------------------------------- checks moved out of benchmarks/bench_train.py
+def _query_step(memory, x, grad_out):
+    x = x.detach().requires_grad_(True)
+    out = memory(x)
+    out.backward(grad_out)
+    return out.detach(), x.grad
+
+
+@pytest.mark.parametrize("impl", ["factored", "sparse"])
+def test_memory_implementations_agree_at_the_query(impl):
+    """bench_train times dense against factored (and bench_memory sparse) on these inputs: same outputs and
+    input gradients, relative to the output scale (at 10^5 facts outputs reach ~1e5 where one fp32 ulp is ~0.008)."""
+    task = ICRecallTask(KnowledgeBase.random(96, 8, 96, 1.0, seed=0), n_pairs=4)
+    model = icr_interp.build_model(task, d_model=128, memory_impl="dense")  # random basis: crosstalk
+    cfg = model.icr_config
+    other = construct_memory(cfg.construction, task.kb, task.vocab, model.icr_basis, task.n_pairs,
+                             MemoryScales(**cfg.scales), impl=impl)
+    batch = task.sample(64, seed=1)
+    _, cache = model.run_with_cache(batch.tokens, names_filter="blocks.0.hook_resid_mid")
+    x = cache["blocks.0.hook_resid_mid"][torch.arange(64), batch.layout.query_pos][:, None]
+    grad_out = torch.randn(x.shape, generator=torch.Generator().manual_seed(1))
+    dense = _query_step(model.blocks[0].mlp, x, grad_out)
+    mine = _query_step(other, x, grad_out)
+    scale = max(1.0, float(dense[0].abs().max()))
+    assert scale > 1.0  # the memory fires at the query
+    for a, b in zip(dense, mine):
+        assert float((a - b).abs().max()) <= 1e-5 * scale
+
+
+def test_dense_memory_flops_are_eight_matmuls(shared_task):
+    """bench_train's FLOP count of the dense step: four forward and four backward batch x d_model x width matmuls."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = icr_interp.build_model(shared_task, memory_impl="dense")
+    mem = model.blocks[0].mlp.requires_grad_(False)
+    x = torch.randn(64, 1, model.cfg.d_model)
+    with FlopCounterMode(display=False) as counter:
+        _query_step(mem, x, torch.ones_like(x))
+    d_model, n_rel = mem.W_rel_in.shape
+    assert counter.get_total_flops() == 2 * 4 * 64 * d_model * (n_rel + mem.W_in.shape[1])
+
+
+@pytest.mark.parametrize("impl", ["dense", "sparse"])
+def test_fast_and_full_training_losses_and_gradients_agree(impl):
+    """The fine-tuning step bench_train and bench_memory time: query-only path == full forward, grads included."""
+    import copy
+
+    import torch.nn.functional as F
+
+    from icr_interp.train import batch_logits
+
+    task = ICRecallTask(KnowledgeBase.random(64, 8, 64, 1.0, seed=0), n_pairs=4)
+    model = icr_interp.build_model(task, memory_impl="dense")
+    if impl == "sparse":
+        cfg = model.icr_config
+        model = copy.deepcopy(model)
+        model.blocks[-1].mlp = construct_memory(cfg.construction, task.kb, task.vocab, model.icr_basis, task.n_pairs,
+                                                MemoryScales(**cfg.scales), impl="sparse")
+        model.setup()
+    batch = task.sample(64, seed=1)
+    results = []
+    for fast in (True, False):
+        model.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(batch_logits(model, batch, fast=fast), batch.answers)
+        loss.backward()
+        attn = model.blocks[0].attn
+        results.append((loss.detach(), torch.cat([attn.W_Q.grad.flatten(), attn.W_K.grad.flatten()])))
+    (loss_fast, grad_fast), (loss_full, grad_full) = results
+    assert float(grad_full.abs().max()) > 1e-4
+    torch.testing.assert_close(loss_fast, loss_full, rtol=1e-5, atol=1e-5)
+    assert float((grad_fast - grad_full).abs().max()) <= 1e-4 * max(1.0, float(grad_full.abs().max()))

@@ -7,11 +7,12 @@ import pytest
 import torch
 from beartype import beartype
 from jaxtyping import jaxtyped
-from transformer_lens import HookedTransformer, HookedTransformerConfig
+from icr_interp.compat import HookedTransformer, HookedTransformerConfig
 
-from icr_interp import Batch, ICRecallTask, KnowledgeBase, Layout, build_model
-from icr_interp.templates import (TEMPLATES, UNIFORM_MARGIN, RoleMass, fit_pairwise, pairwise_tv, query_rows,
-                                  score_rows, score_templates, template_tv)
+from icr_interp import Batch, ICRecallTask, KnowledgeBase, Layout, build_model, load_checkpoint
+from icr_interp.templates import (NULL_ALPHA, NULL_DRAWS, NULL_MAX_PERMUTATIONS, NULL_MIN_EFFECT, TEMPLATES,
+                                  UNIFORM_MARGIN, RoleMass, fit_pairwise, pairing_scores, pairings, pairwise_tv,
+                                  query_rows, query_rows_from_cache, score_rows, score_templates, template_tv)
 from icr_interp.train import finetune
 
 K = 4  # context pairs of the hand-made rows
@@ -39,12 +40,20 @@ def score_one(row: torch.Tensor, has_bos: bool = True, k: int = K):
     return score_rows(row[None], standard_layout(1, k, has_bos))
 
 
+def score_copies(row: torch.Tensor, n: int = 8):
+    """Score ``n`` copies of a row: one row cannot show a pairing (p >= 1/k!), a few can."""
+    return score_rows(torch.stack([row] * n), standard_layout(n))
+
+
 # ------------------------------------------------------------- hand-made rows
 def test_exact_pairwise_row_with_unequal_betas():
     beta = torch.tensor([0.4, 0.3, 0.2, 0.1])
-    s = score_one(make_row(beta / 2, beta / 2))
+    s = score_copies(make_row(beta / 2, beta / 2))
     assert s.pairwise[0, 0] == pytest.approx(1.0, abs=1e-6)
-    assert s.best[0][0] == "pairwise"
+    assert s.best[0][0] == "pairwise" and s.p_value[0, 0] == pytest.approx(1 / (1 + NULL_DRAWS))
+    # Alone, the row is the only one of 24 pairings scoring 1: p ~ 1/24 > NULL_ALPHA, so not yet "pairwise".
+    one = score_one(make_row(beta / 2, beta / 2))
+    assert one.p_value[0, 0] == pytest.approx(1 / 24, abs=0.01) and one.best[0][0] == "uniform"
     assert s.balance[0, 0] == pytest.approx(1.0) and s.pair_mass[0, 0] == pytest.approx(1.0)
     assert torch.allclose(s.beta[0, 0], beta, atol=1e-6)  # the fitted template is the row itself
     assert s.to_dict()["tv"]["uniform"] == pytest.approx(0.2)  # 0.5 * (2*0.075 + 2*0.025) * 2
@@ -70,10 +79,17 @@ def test_uniform_row_and_the_uniform_margin():
     # Exactly pairwise, across-pair weights a little off uniform: TV(uniform) = 0.01 <= margin.
     beta = torch.tensor([0.26, 0.26, 0.24, 0.24])
     assert score_one(make_row(beta / 2, beta / 2)).best[0][0] == "uniform"
-    # ... and clearly off uniform: TV(uniform) = 0.05 > margin, so the across-pair freedom is used.
-    beta = torch.tensor([0.30, 0.30, 0.20, 0.20])
-    s = score_one(make_row(beta / 2, beta / 2))
-    assert s.best[0][0] == "pairwise" and s.tv[0, 0, TEMPLATES.index("uniform")] > UNIFORM_MARGIN
+    # Exactly pairwise and off uniform (TV 0.06 > margin), but pairs 1-2 and 3-4 alike: half the pairs
+    # cross blocks under a random pairing, each moving 0.03, so pairwise - null = 0.03 < NULL_MIN_EFFECT.
+    beta = torch.tensor([0.28, 0.28, 0.22, 0.22])
+    s = score_copies(make_row(beta / 2, beta / 2))
+    assert s.pairwise[0, 0] - s.pairwise_null[0, 0] == pytest.approx(0.03, abs=1e-6)
+    assert s.best[0][0] == "uniform" and s.tv[0, 0, TEMPLATES.index("uniform")] > UNIFORM_MARGIN
+    # ... with clearly varying weights the across-pair freedom is used and the pairing shows (0.15).
+    beta = torch.tensor([0.40, 0.40, 0.10, 0.10])
+    s = score_copies(make_row(beta / 2, beta / 2))
+    assert s.pairwise[0, 0] - s.pairwise_null[0, 0] == pytest.approx(0.15, abs=1e-6)
+    assert s.best[0][0] == "pairwise"
 
 
 def test_sink_rows_with_and_without_bos():
@@ -211,7 +227,7 @@ def test_stock_model_scores_equal_a_naive_loop(stock):
     _, cache = model.run_with_cache(batch.tokens)
     lay = batch.layout
     for layer, head in itertools.product(range(2), range(2)):
-        tvs, bals = [], []
+        tvs, bals, nulls = [], [], []
         for b in range(len(batch)):
             p = cache[f"blocks.{layer}.attn.hook_pattern"][b, head, int(lay.query_pos[b])].tolist()
             ps, pa = [p[i] for i in lay.subject_pos[b]], [p[i] for i in lay.answer_pos[b]]
@@ -219,7 +235,10 @@ def test_stock_model_scores_equal_a_naive_loop(stock):
             uniform = 0.5 * (sum(abs(x - 1 / 6) for x in ps + pa) + 1 - sum(ps) - sum(pa))
             tvs.append([brute_force_pairwise_tv(ps, pa), 1 - sum(pa), 1 - sum(ps), uniform, 1 - sink])
             bals.append(2 * sum(min(x, y) for x, y in zip(ps, pa)) / (sum(ps) + sum(pa)))
+            nulls.append(sum(1 - brute_force_pairwise_tv(ps, [pa[j] for j in pi])
+                             for pi in itertools.permutations(range(3))) / 6)
         assert torch.allclose(s.tv[layer, head], torch.tensor(tvs).mean(0), atol=1e-5)
+        assert s.pairwise_null[layer, head] == pytest.approx(sum(nulls) / len(nulls), abs=1e-5)
         assert s.balance[layer, head] == pytest.approx(sum(bals) / len(bals), abs=1e-5)
         assert 0.0 <= float(s.pairwise[layer, head]) <= 1.0
     assert s.layer == 1 and s.head == int(s.pair_mass[1].argmax())  # default: last layer, most pair mass
@@ -232,12 +251,16 @@ def test_to_dict_and_table(stock):
     model, batch = stock
     s = score_templates(model, batch)
     d = json.loads(json.dumps(s.to_dict()))
-    for key in ("pairwise", "balance", "pair_mass", "best", "tv"):
+    for key in ("pairwise", "balance", "pair_mass", "best", "tv", "pairwise_null", "p_value"):
         assert key in d and key in d["mean_row"] and key in d["per_head"][0]
+    assert d["pairwise_null"] == pytest.approx(float(s.pairwise_null[s.layer, s.head]))
+    assert d["null_alpha"] == NULL_ALPHA and d["null_min_effect"] == NULL_MIN_EFFECT
+    assert [h["pairwise_null"] for h in d["per_head"]] == pytest.approx(s.pairwise_null.flatten().tolist())
     assert set(d["tv"]) == set(TEMPLATES) and len(d["per_head"]) == 4
     assert d["pairwise"] == pytest.approx(float(s.pairwise[s.layer, s.head]))
     table = str(s).splitlines()
     assert len(table) == 2 + 4 and repr(s) == str(s) and sum(line.startswith("*") for line in table) == 1
+    assert "null" in table[1] and f"{float(s.pairwise_null[s.layer, s.head]):6.3f}" in table[2 + 2 * s.layer + s.head]
 
 
 def test_score_rows_accepts_one_layer_or_one_head():
@@ -249,45 +272,173 @@ def test_score_rows_accepts_one_layer_or_one_head():
     assert template_tv(mass).shape == (3, len(TEMPLATES))
 
 
+# ----------------------------------------------------------- the null
+def ideal_suppressed(suppressed: int = K - 1) -> torch.Tensor:
+    """The paper's pattern: equal within pairs, equal across three pairs, pair ``suppressed`` at zero."""
+    beta = torch.full((K,), 1 / (K - 1))
+    beta[suppressed] = 0.0
+    return make_row(beta / 2, beta / 2)
+
+
+def test_null_of_the_ideal_pattern_with_one_pair_suppressed():
+    # Of the 24 pairings, the 6 that fix the suppressed pair score 1; the other 18 move
+    # 1/6 of mass (two half-weighted tokens of 1/6 each), scoring 5/6: null = 6/24 + 18/24 * 5/6 = 7/8.
+    s = score_one(ideal_suppressed())
+    assert s.pairwise[0, 0] == pytest.approx(1.000, abs=1e-6)
+    assert s.pairwise_null[0, 0] == pytest.approx(0.875, abs=1e-6)
+    assert s.mean_row.pairwise_null[0, 0] == pytest.approx(0.875, abs=1e-6)
+    # One row cannot show a pairing: a random pairing fixes the suppressed pair 1 time in 4 (ties count).
+    assert s.p_value[0, 0] == pytest.approx(0.25, abs=0.03) and s.best[0][0] == "uniform"
+    # 32 such rows (each suppressing its own pair) can: no draw ties them all.
+    rows = torch.stack([ideal_suppressed(b % K) for b in range(32)])
+    s = score_rows(rows, standard_layout(32))
+    assert s.p_value[0, 0] == pytest.approx(1 / (1 + NULL_DRAWS)) and s.pairwise_null[0, 0] == pytest.approx(0.875)
+    assert s.best[0][0] == "pairwise"
+    assert s.mean_row.best[0][0] == "uniform"  # the mean of the four suppressions is uniform: its null equals it
+
+
+def test_null_of_uniform_answers_only_and_random_rows():
+    u = [1 / (2 * K)] * K
+    for row, best in ((make_row(u, u), "uniform"), (make_row(answer=[0.4, 0.3, 0.2, 0.1]), "answers")):
+        s = score_rows(torch.stack([row] * 8), standard_layout(8))  # every pairing of these rows scores alike
+        assert s.pairwise_null[0, 0] == pytest.approx(float(s.pairwise[0, 0]), abs=1e-6)
+        assert s.p_value[0, 0] == 1.0 and s.best[0][0] == best and s.mean_row.best[0][0] == best
+    # Rows with no mass off the pairs: null = 1 - (1 / 2k) sum_ij |p(s_i) - p(a_j)| in closed form.
+    gen = torch.Generator().manual_seed(3)
+    ctx = _dirichlet(torch.ones(2 * K, dtype=torch.float64), 50, gen)
+    subject, answer = ctx[:, :K], ctx[:, K:]
+    closed = 1 - (subject[:, :, None] - answer[:, None, :]).abs().sum((1, 2)) / (2 * K)
+    assert torch.allclose(pairing_scores(subject, answer, pairings(K)).mean(-1), closed, atol=1e-12)
+
+
+def test_pairing_scores_follow_min_of_pair_mass_and_assignment_cost():
+    # score_pi = min(M, 1 - (1 - M + D_pi) / 2), D_pi = sum_i |p(s_i) - p(a_pi(i))|, against a naive loop.
+    gen = torch.Generator().manual_seed(4)
+    rows = _dirichlet(torch.full((2 * K + 2,), 0.5, dtype=torch.float64), 12, gen)
+    subject, answer = rows[:, :K], rows[:, K:2 * K]
+    perms = pairings(K)
+    assert perms.shape == (24, K) and perms[0].tolist() == list(range(K))  # all of them, identity first
+    got = pairing_scores(subject, answer, perms)
+    for r in range(len(rows)):
+        m = float(subject[r].sum() + answer[r].sum())
+        for j, pi in enumerate(perms.tolist()):
+            d = sum(abs(float(subject[r, i]) - float(answer[r, pi[i]])) for i in range(K))
+            assert float(got[r, j]) == pytest.approx(min(m, 1 - (1 - m + d) / 2), abs=1e-12)
+            assert float(got[r, j]) == pytest.approx(
+                1 - brute_force_pairwise_tv(subject[r].tolist(), answer[r, pi].tolist()), abs=1e-9)
+
+
+def test_more_pairs_than_the_enumeration_cap_sample_permutations():
+    k = 7  # 5040 pairings > NULL_MAX_PERMUTATIONS
+    perms = pairings(k)
+    assert perms.shape == (NULL_MAX_PERMUTATIONS, k) and torch.equal(perms, pairings(k))  # seeded
+    assert (perms.sort(-1).values == torch.arange(k)).all()  # every row a permutation
+    gen = torch.Generator().manual_seed(5)
+    ctx = _dirichlet(torch.ones(2 * k, dtype=torch.float64), 20, gen)
+    exact = 1 - (ctx[:, :k, None] - ctx[:, None, k:]).abs().sum((1, 2)) / (2 * k)  # closed form, all 5040
+    assert torch.allclose(pairing_scores(ctx[:, :k], ctx[:, k:], perms).mean(-1), exact, atol=0.01)
+
+
+def test_the_test_is_calibrated_on_rows_that_ignore_the_pairing():
+    # 400 heads (leading axis) of 16 Dirichlet rows each: under the null the p-values are ~uniform.
+    gen = torch.Generator().manual_seed(6)
+    rows = _dirichlet(torch.ones(2 * K + 2), 400 * 16, gen).reshape(400, 1, 16, 2 * K + 2)
+    s = score_rows(rows, standard_layout(16))
+    p = s.p_value.flatten()
+    assert 0.02 <= float((p <= 0.05).float().mean()) <= 0.09 and 0.3 <= float((p <= 0.5).float().mean()) <= 0.7
+    assert not any(b == "pairwise" for row in s.best for b in row)
+    # The same rows with the true pairing made equal within pairs (random weights across pairs) pass.
+    ctx = rows[..., 1:2 * K + 1].clone()
+    ctx[..., 1::2] = ctx[..., 0::2]  # a_i := s_i
+    ctx = ctx / ctx.sum(-1, keepdim=True)
+    paired = torch.cat([torch.zeros_like(rows[..., :1]), ctx, torch.zeros_like(rows[..., :1])], -1)
+    s = score_rows(paired[:20], standard_layout(16))
+    assert (s.p_value == 1 / (1 + NULL_DRAWS)).all() and all(b == "pairwise" for row in s.best for b in row)
+    assert ((s.pairwise - s.pairwise_null) >= NULL_MIN_EFFECT).all()
+
+
+def test_p_value_is_deterministic():
+    rows = _dirichlet(torch.ones(2 * K + 2), 64, torch.Generator().manual_seed(7))
+    a, b = score_rows(rows, standard_layout(64)), score_rows(rows.clone(), standard_layout(64))
+    assert torch.equal(a.p_value, b.p_value) and torch.equal(a.pairwise_null, b.pairwise_null)
+
+
+# ------------------------------------------------- random-weight stock models
+STOCK_SHAPES = [(1, 2, 2), (2, 4, 3), (3, 8, 4), (1, 8, 4), (3, 2, 2), (2, 8, 3)]  # (layers, heads, k)
+
+
+@pytest.mark.parametrize("n_layers,n_heads,k", STOCK_SHAPES)
+def test_no_head_of_a_random_stock_model_is_pairwise(n_layers, n_heads, k):
+    # Measured on 54 such models (docs/_drafts/template_null_results.md): some head beats the null with
+    # p <= 0.01 in 37 of them -- adjacent tokens get similar attention from position alone -- but by at most
+    # 0.024 per example / 0.032 mean row (0.026 on these six), so NULL_MIN_EFFECT (0.05) rules them out.
+    task = ICRecallTask(KnowledgeBase.random(16, 4, 16, 1.0, seed=0), n_pairs=k)
+    cfg = HookedTransformerConfig(n_layers=n_layers, d_model=32, n_heads=n_heads, d_head=8, n_ctx=task.n_ctx,
+                                  d_vocab=task.vocab.size, d_mlp=64, act_fn="gelu", normalization_type="LN",
+                                  seed=100 * n_layers + n_heads)
+    s = score_templates(HookedTransformer(cfg), task.sample(128, seed=k))
+    for scores in (s.per_example, s.mean_row):
+        assert not any(b == "pairwise" for row in scores.best for b in row), f"random heads:\n{s}"
+        assert float((scores.pairwise - scores.pairwise_null).max()) < NULL_MIN_EFFECT
+    assert float(s.pairwise.max()) < 0.85
+
+
+# ------------------------------------------------------- token ids at the door
+@pytest.mark.parametrize("bad,match", [(-1, "token id -1"), (50, "token id 50")])
+def test_bad_token_ids_are_one_line_errors(stock, bad, match):
+    model, batch = stock
+    tokens = batch.tokens.clone()
+    tokens[2, 3] = bad
+    with pytest.raises(ValueError, match=match) as err:
+        score_templates(model, Batch(tokens=tokens, answers=batch.answers, relations=batch.relations,
+                                     subjects=batch.subjects, query=batch.query, layout=batch.layout))
+    assert "\n" not in str(err.value)
+
+
+def test_rows_helpers_are_reexported_from_attention():
+    from icr_interp import attention
+    assert query_rows is attention.query_rows and query_rows_from_cache is attention.query_rows_from_cache
+
+
 # ------------------------------------------------------------ reference model
-def reference(overlap: float):
-    kb = KnowledgeBase.random(64, 8, 64, overlap, seed=0)
-    task = ICRecallTask(kb, n_pairs=4)
-    return build_model(task), task, task.sample(256, seed=1)
-
-
 @pytest.fixture(scope="module")
-def shared_run():
-    model, task, batch = reference(1.0)
-    start = score_templates(model, batch)
-    finetune(model, task, steps=200, progress=False)
-    return start, score_templates(model, batch)
+def reference_scores(reference_checkpoint):
+    ck = load_checkpoint(reference_checkpoint)
+    start = build_model(ck.task)  # the same build, before fine-tuning
+    return score_templates(start, ck.task.sample(256, seed=1)), score_templates(ck.model, ck.task.sample(256, seed=1))
 
 
-def test_reference_starts_answer_heavy(shared_run):
-    start, _ = shared_run
-    assert start.pairwise[0, 0] <= 0.7
-    assert start.best[0][0] == "answers"
+def test_reference_starts_away_from_pairwise(reference_scores):
+    start, _ = reference_scores
+    assert start.best[0][0] != "pairwise" and start.mean_row.best[0][0] != "pairwise", f"start:\n{start}"
 
 
-def test_reference_fine_tunes_to_pairwise(shared_run):
-    # Measured (docs/results.md): mean row 0.93-0.99, per example 0.88-0.91 --
-    # single prompts keep token-specific imbalance that averages out.
-    _, end = shared_run
-    assert end.mean_row.pairwise[0, 0] >= 0.9, f"scores after fine-tuning:\n{end}"
-    assert end.pairwise[0, 0] >= 0.85, f"per-example scores after fine-tuning:\n{end}"
+def test_reference_fine_tunes_to_pairwise_against_the_null(reference_scores):
+    # Measured (docs/_drafts/template_null_results.md): the session fixture (default start, answer tilt 4;
+    # 200 steps), prompts seed 1: mean row 0.985 against 0.860, per example 0.897 against 0.794, p = 1/2001.
+    # The issue's 0.962 / 0.846 is the first release's start (tilt 2) after the 400-step default fine-tune.
+    _, end = reference_scores
+    assert end.mean_row.pairwise[0, 0] == pytest.approx(0.985, abs=0.03), f"scores after fine-tuning:\n{end}"
+    assert end.mean_row.pairwise_null[0, 0] == pytest.approx(0.860, abs=0.03)
+    assert end.pairwise[0, 0] == pytest.approx(0.897, abs=0.03)
+    assert end.pairwise_null[0, 0] == pytest.approx(0.794, abs=0.03)
+    assert end.p_value[0, 0] == pytest.approx(1 / (1 + NULL_DRAWS))
+    assert end.pairwise[0, 0] - end.pairwise_null[0, 0] >= NULL_MIN_EFFECT
     assert end.best[0][0] == "pairwise" and end.mean_row.best[0][0] == "pairwise"
 
 
-def test_disjoint_control_fine_tunes_to_answers():
-    model, task, batch = reference(0.0)
-    finetune(model, task, steps=200, progress=False)
-    end = score_templates(model, batch)
-    assert end.best[0][0] == "answers" and end.mean_row.best[0][0] == "answers"
+def test_disjoint_control_fine_tunes_to_answers(disjoint_task):
+    model = build_model(disjoint_task)
+    finetune(model, disjoint_task, steps=100, progress=False)
+    end = score_templates(model, disjoint_task.sample(256, seed=1))
+    assert end.best[0][0] == "answers" and end.mean_row.best[0][0] == "answers", f"control:\n{end}"
+    # An answers-only row scores the same under every pairing: the null equals the score, p = 1.
+    assert end.pairwise_null[0, 0] == pytest.approx(float(end.pairwise[0, 0]), abs=1e-4) and end.p_value[0, 0] == 1.0
 
 
-def test_headline_is_the_flat_view_of_to_dict(shared_run):
-    _, end = shared_run
+def test_headline_is_the_flat_view_of_to_dict(reference_scores):
+    _, end = reference_scores
     d, h = end.to_dict(), end.headline()
-    for key in ("pairwise", "balance", "pair_mass", "best"):
+    for key in ("pairwise", "balance", "pair_mass", "best", "pairwise_null"):
         assert h[key] == d[key] and h[f"mean_row_{key}"] == d["mean_row"][key]
+    assert h["p_value"] == d["p_value"]
