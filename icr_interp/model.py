@@ -35,7 +35,7 @@ import torch
 from icr_interp.attention_params import positional_qk
 from icr_interp.basis import ResidualBasis, default_d_model
 from icr_interp.compat import HookedTransformer, HookedTransformerConfig, ModelBase
-from icr_interp.memory import MEMORIES, MemoryScales, construct_memory, pick_construction
+from icr_interp.memory import IMPLS, MEMORIES, MemoryScales, choose_impl, construct_memory, pick_construction
 from icr_interp.task import ICRecallTask
 
 TRAINABLE = ("W_Q", "W_K", "b_Q", "b_K")  # what fine-tuning trains by default: attention's query/key
@@ -58,7 +58,7 @@ class ModelConfig:
     init_tilt: float = 4.0  # the tilt: starting attention-logit bonus on the start's slots (2.0 in the first release)
     scales: dict = field(default_factory=lambda: asdict(MemoryScales()))  # memory thresholds/gains
     pretrain: dict = field(default_factory=dict)  # options of the pretrained memory (pretrain.py)
-    memory_impl: str = "auto"  # dense | factored | auto (factored once n_facts * d_model > 2**24)
+    memory_impl: str = "auto"  # dense | factored | sparse | auto (resolved at build: memory.choose_impl)
     attention: str = "full"  # W_Q / W_K parametrisation: full (d_model x d_head) | positional (positions only)
     trainable: Sequence[str] = TRAINABLE  # parameter names (last path component) that fine-tuning trains
 
@@ -78,8 +78,8 @@ class ModelConfig:
                 raise ValueError(f"{name} must be an integer in [1, 64], got {value!r}")
         if not isinstance(self.d_model, int) or not 0 <= self.d_model <= 2**15:
             raise ValueError(f"d_model must be 0 (default) or a positive integer <= 32768, got {self.d_model!r}")
-        if self.memory_impl not in ("auto", "dense", "factored"):
-            raise ValueError(f"memory_impl must be auto, dense or factored, got {self.memory_impl!r}")
+        if self.memory_impl not in ("auto", *IMPLS):
+            raise ValueError(f"memory_impl must be auto, {', '.join(IMPLS)}, got {self.memory_impl!r}")
         if self.attention not in ATTENTIONS:
             raise ValueError(f"attention must be one of {ATTENTIONS}, got {self.attention!r}")
         if self.start not in STARTS:
@@ -146,6 +146,8 @@ def resolve_config(task: ICRecallTask, cfg: ModelConfig) -> ModelConfig:
     construction = pick_construction(task.kb) if cfg.memory == "constructed" else cfg.memory
     resolved = replace(cfg, d_model=cfg.d_model or default_d_model(task.vocab, task.n_ctx), construction=construction,
                        scales=dict(cfg.scales), pretrain=dict(cfg.pretrain))
+    if construction != "pretrained":  # saved resolved: dense has parameters, factored/sparse buffers
+        resolved.memory_impl = choose_impl(cfg.memory_impl, task.kb.n_triplets, resolved.d_model)
     if resolved.attention == "positional" and tuple(resolved.trainable) == TRAINABLE:
         resolved.trainable = ("W_Q", "W_K")  # the head-space biases would add d_head free numbers each
     if construction == "pretrained":
@@ -236,10 +238,8 @@ def _attach_memory(model: HookedTransformer, task: ICRecallTask, basis: Residual
 
         memory = pretrained_memory(task, basis, cfg)
     else:
-        big = task.kb.n_triplets * cfg.d_model > 2**24
-        factored = cfg.memory_impl == "factored" or (cfg.memory_impl == "auto" and big)
         memory = construct_memory(cfg.construction, task.kb, task.vocab, basis, task.n_pairs,
-                                  MemoryScales(**cfg.scales), factored=factored)
+                                  MemoryScales(**cfg.scales), impl=cfg.memory_impl)
     model.blocks[-1].mlp = memory
     for block in model.blocks[:-1]:
         for p in block.mlp.parameters():

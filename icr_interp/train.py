@@ -24,7 +24,6 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from icr_interp.attention import pattern_name, query_row
 from icr_interp.attention_params import logical_name
 from icr_interp.ceiling import ceiling
 from icr_interp.compat import TLModel
@@ -182,15 +181,12 @@ def evaluate(model: TLModel, task: ICRecallTask, n_prompts: int = 1024, seed: in
     device = model.cfg.device
     gen = torch.Generator().manual_seed(derive_seed(seed, "eval"))
     correct, loss_sum, rows, best = 0, 0.0, [], 0.0
-    pattern = {}
-    hook = (pattern_name(model.cfg.n_layers - 1), lambda act, hook: pattern.__setitem__("last", act))
     for start in range(0, n_prompts, batch_size):
         batch = task.sample(min(batch_size, n_prompts - start), generator=gen, device=device)
-        with model.hooks(fwd_hooks=[hook]):
-            logits = query_logits(model, batch.tokens, batch.layout.query_pos)
+        logits, pattern = query_logits(model, batch.tokens, batch.layout.query_pos, return_pattern=True)
         correct += int((logits.argmax(-1) == batch.answers).sum())
         loss_sum += float(F.cross_entropy(logits, batch.answers, reduction="sum"))
-        rows.append(query_row(pattern["last"], batch.layout.query_pos)[:, 0])
+        rows.append(pattern[:, 0])
         best += float(ceiling(task, batch).sum())
     return dict(accuracy=correct / n_prompts, loss=loss_sum / n_prompts, n_prompts=n_prompts,
                 query_attention=torch.cat(rows).mean(0).tolist(), ceiling=best / n_prompts)

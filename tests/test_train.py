@@ -193,7 +193,9 @@ def test_evaluate_is_deterministic_and_counts(shared_task):
 
     gen = torch.Generator().manual_seed(0 ^ EVAL_SALT)
     batches = [shared_task.sample(n, generator=gen) for n in (128, 128, 44)]
-    with torch.no_grad():  # the full forward, as evaluate runs it (near-ties make argmax rounding-sensitive)
-        correct = sum(int((full_query_logits(model, bt.tokens, bt.layout.query_pos).argmax(-1) == bt.answers).sum())
+    from icr_interp.forward import query_logits
+
+    with torch.no_grad():  # the query-only forward, as evaluate runs it (near-ties make argmax rounding-sensitive)
+        correct = sum(int((query_logits(model, bt.tokens, bt.layout.query_pos).argmax(-1) == bt.answers).sum())
                       for bt in batches)
     assert a["accuracy"] == correct / 300
