@@ -1,45 +1,74 @@
-"""Shared command-line plumbing for the case studies (argument errors, output folders, files)."""
+"""Shared command-line plumbing for the case studies: one-line argument errors, output folders, atomic files."""
 
 import argparse
-import json
+import math
 import sys
 from pathlib import Path
 
 import torch
+
+from icr_interp import fsio
 
 
 class Parser(argparse.ArgumentParser):
     """argparse with one-line errors and exit code 2."""
 
     def error(self, message: str) -> None:
-        sys.stderr.write(f"{self.prog}: error: {message}\n")
+        sys.stderr.write(f"{self.prog}: error: {' '.join(message.split())}\n")
         sys.exit(2)
 
 
 def positive(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
     return value
 
 
-def out_dir(path: str) -> Path:
-    """Create the output folder; refuse a path that is a file."""
+def seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+    if not 0 <= value < 2**63:
+        raise argparse.ArgumentTypeError(f"must be in [0, 2**63), got {value}")
+    return value
+
+
+def out_dir(parser: argparse.ArgumentParser, path: str) -> Path:
+    """Create the output folder (exit 2 with one line if that is impossible)."""
     out = Path(path)
     if out.exists() and not out.is_dir():
-        raise SystemExit(f"error: --out {out} exists and is not a directory")
-    out.mkdir(parents=True, exist_ok=True)
+        parser.error(f"--out {out} exists and is not a directory")
+    try:
+        fsio.check_creatable(out / "probe")
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        parser.error(f"--out {out}: {e}")
     return out
 
 
+def finite(value):
+    """``value`` with NaN and infinities as None (strict JSON has neither)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(v) for v in value]
+    return value
+
+
 def write_json(path: Path, data) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=lambda x: x.tolist() if hasattr(x, "tolist") else str(x)))
-    tmp.replace(path)
+    fsio.write_json(path, finite(fsio.plain(data)), indent=2)
 
 
 def save_figure(fig, path: Path) -> None:
-    fig.savefig(path, dpi=110, bbox_inches="tight")
+    fsio.write_with(path, lambda tmp: fig.savefig(tmp, format=Path(path).suffix.lstrip("."), dpi=110,
+                                                  bbox_inches="tight"))
 
 
 def setup_threads(threads: int | None) -> None:

@@ -3,26 +3,30 @@
     python case_studies/answer_overlap.py --overlaps 0 0.25 0.5 0.75 1 --seeds 0 1 \
         --out case_studies/results/answer_overlap
 
-For each answer overlap, memory="constructed" picks the construction that fits
+The paper preset swept over answer overlap and seeds (one resumable sweep,
+results.jsonl).  memory="constructed" picks the construction that fits
 (answer neurons while every answer belongs to one relation, pair neurons
-otherwise) and fine-tunes; reports which attention template fits best and
-where the pattern turns from answers-only to pairwise.
+otherwise); reports which attention template fits best and where the pattern
+turns from answers-only to pairwise.
 """
 
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import Parser, out_dir, positive, save_figure, write_json  # noqa: E402
+from _common import Parser, out_dir, positive, save_figure, seed, write_json  # noqa: E402
 
 from icr_interp import sweep  # noqa: E402
 from icr_interp.viz import _figure  # noqa: E402
+
+COLUMNS = ("answer_overlap", "seed", "construction", "accuracy", "pairwise", "balance", "pair_mass", "best",
+           "mean_row_pairwise", "mean_row_best")
 
 
 def main(argv=None) -> int:
     p = Parser(prog="answer_overlap.py", description=__doc__.splitlines()[0])
     p.add_argument("--overlaps", type=float, nargs="+", default=[0.0, 0.25, 0.5, 0.75, 1.0])
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    p.add_argument("--seeds", type=seed, nargs="+", default=[0, 1])
     p.add_argument("--kb", type=positive, nargs=3, default=[64, 8, 64], metavar=("S", "R", "A"))
     p.add_argument("--n-samples", type=positive, default=2048)
     p.add_argument("--steps", type=positive, default=200)
@@ -31,20 +35,19 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if any(not 0 <= o <= 1 for o in args.overlaps):
         p.error("overlaps must lie in [0, 1]")
-    out = out_dir(args.out)
-    specs = sweep.expand_grid([tuple(args.kb)], answer_overlap=args.overlaps, seeds=args.seeds,
-                              n_samples=args.n_samples, steps=args.steps, n_eval=512)
-    results = sweep.run_sweep(specs, out / "results.jsonl", workers=args.workers)
+    out = out_dir(p, args.out)
+    configs = sweep.expand_grid("paper", kb_sizes=[tuple(args.kb)], answer_overlap=args.overlaps, seeds=args.seeds,
+                                n_samples=args.n_samples, steps=args.steps, n_eval=512)
+    results = sweep.run_sweep(configs, out / "results.jsonl", workers=args.workers)
     sweep.to_csv(results, out / "results.csv")
-    rows = sorted(({k: r[k] for k in ("answer_overlap", "seed", "construction", "accuracy", "pairwise", "balance",
-                                      "pair_mass", "best", "mean_row_pairwise", "mean_row_best")} for r in results),
+    rows = sorted(({k: r[k] for k in COLUMNS} for r in map(sweep.flat, results)),
                   key=lambda r: (r["answer_overlap"], r["seed"]))
     write_json(out / "summary.json", dict(args=vars(args), rows=rows))
     fig, axes = _figure(8, 3.2, ncols=2)
-    for seed in args.seeds:
-        sel = [r for r in rows if r["seed"] == seed]
-        axes[0, 0].plot([r["answer_overlap"] for r in sel], [r["balance"] for r in sel], "o-", label=f"seed {seed}")
-        axes[0, 1].plot([r["answer_overlap"] for r in sel], [r["accuracy"] for r in sel], "o-", label=f"seed {seed}")
+    for s in args.seeds:
+        sel = [r for r in rows if r["seed"] == s]
+        axes[0, 0].plot([r["answer_overlap"] for r in sel], [r["balance"] for r in sel], "o-", label=f"seed {s}")
+        axes[0, 1].plot([r["answer_overlap"] for r in sel], [r["accuracy"] for r in sel], "o-", label=f"seed {s}")
     axes[0, 0].set(xlabel="answer overlap", ylabel="within-pair balance (1 = pairwise, 0 = one member)")
     axes[0, 1].set(xlabel="answer overlap", ylabel="held-out accuracy")
     axes[0, 0].legend()

@@ -3,7 +3,7 @@
     python case_studies/context_pairs.py --ks 1 2 3 4 5 6 7 8 --grid 16 64 256 1024 \
         --out case_studies/results/context_pairs
 
-Reference knowledge base (64 subjects, 8 relations, 64 shared answers).  For
+The paper preset (64 subjects, 8 relations, 64 shared answers) swept over k.  For
 every k: held-out accuracy and template scores at the largest training set,
 and n* (fewest samples reaching --target accuracy) on --grid.  Resumable
 (results.jsonl).
@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import Parser, out_dir, positive, save_figure, write_json  # noqa: E402
+from _common import Parser, out_dir, positive, save_figure, seed, write_json  # noqa: E402
 
 from icr_interp import sweep  # noqa: E402
 from icr_interp.scaling import sample_complexity  # noqa: E402
@@ -21,6 +21,8 @@ from icr_interp.viz import _figure  # noqa: E402
 
 
 def summarise(results: list[dict], target: float) -> list[dict]:
+    """Per k: accuracy and template scores at the largest training set, and n* per seed."""
+    results = [sweep.flat(r) for r in results]
     rows = []
     for k in sorted({r["n_pairs"] for r in results}):
         runs = [r for r in results if r["n_pairs"] == k]
@@ -36,17 +38,17 @@ def main(argv=None) -> int:
     p = Parser(prog="context_pairs.py", description=__doc__.splitlines()[0])
     p.add_argument("--ks", type=positive, nargs="+", default=list(range(1, 9)))
     p.add_argument("--grid", type=positive, nargs="+", default=[16, 64, 256, 1024])
-    p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--seeds", type=seed, nargs="+", default=[0])
     p.add_argument("--kb", type=positive, nargs=3, default=[64, 8, 64], metavar=("S", "R", "A"))
     p.add_argument("--steps", type=positive, default=200)
     p.add_argument("--target", type=float, default=0.95)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--out", default="case_studies/results/context_pairs")
     args = p.parse_args(argv)
-    out = out_dir(args.out)
-    specs = sweep.expand_grid([tuple(args.kb)], n_pairs=args.ks, seeds=args.seeds, n_samples=args.grid,
-                              steps=args.steps, n_eval=512)
-    results = sweep.run_sweep(specs, out / "results.jsonl", workers=args.workers)
+    out = out_dir(p, args.out)
+    configs = sweep.expand_grid("paper", kb_sizes=[tuple(args.kb)], n_pairs=args.ks, seeds=args.seeds,
+                                n_samples=args.grid, steps=args.steps, n_eval=512)
+    results = sweep.run_sweep(configs, out / "results.jsonl", workers=args.workers)
     sweep.to_csv(results, out / "results.csv")
     rows = summarise(results, args.target)
     write_json(out / "summary.json", dict(args=vars(args), rows=rows))

@@ -2,11 +2,11 @@
 
     python case_studies/pretrained_memory.py --seed 0 --out case_studies/results/pretrained_memory
 
-Builds the reference task twice -- memory="constructed" (pair construction) and
+The paper preset twice -- memory="constructed" (pair construction) and
 memory="pretrained" (fitted on factual-recall exercises, icr_interp.pretrain)
--- fine-tunes both with the same settings and start, and tracks accuracy and
-template scores over steps.  Writes pretrained_memory.json and a side-by-side
-figure.
+-- on the same knowledge base, fine-tuned with the same settings and start,
+tracking accuracy and template scores over steps on the same held-out
+prompts.  Writes pretrained_memory.json and a side-by-side figure.
 """
 
 import sys
@@ -14,45 +14,61 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import Parser, out_dir, positive, save_figure, setup_threads, write_json  # noqa: E402
+from _common import Parser, out_dir, positive, save_figure, seed, setup_threads, write_json  # noqa: E402
 
-from icr_interp import KnowledgeBase, ICRecallTask, build_model, evaluate, finetune, viz  # noqa: E402
+from icr_interp import finetune, viz  # noqa: E402
+from icr_interp.config import RunConfig  # noqa: E402
 from icr_interp.dynamics import TemplateTracker  # noqa: E402
+from icr_interp.pipeline import build, measure  # noqa: E402
+from icr_interp.seeds import derive_seed  # noqa: E402
 from icr_interp.viz import _figure  # noqa: E402
 
 
-def run(memory: str, task, seed: int, steps: int, n_samples: int, every: int, batch, pretrain_steps: int) -> dict:
+def config_for(memory: str, args) -> RunConfig:
+    """The paper preset with this memory and the command line's sizes and budget."""
+    s, r, a = args.kb
+    overrides = {"knowledge.n_subjects": s, "knowledge.n_relations": r, "knowledge.n_answers": a,
+                 "task.n_pairs": args.k, "train.steps": args.steps, "train.n_samples": args.n_samples,
+                 "model.memory": memory, "eval.n_template": 0}
+    if memory == "pretrained":
+        overrides["model.pretrain"] = {"steps": args.pretrain_steps}
+    return RunConfig.from_preset("paper", seed=args.seed, **overrides)
+
+
+def track(config: RunConfig, every: int, n_prompts: int) -> dict:
+    """Build (pretraining a pretrained memory), then fine-tune while scoring fixed held-out prompts."""
     t0 = time.perf_counter()
-    model = build_model(task, memory=memory, seed=seed,
-                        **({"pretrain": {"steps": pretrain_steps}} if memory == "pretrained" else {}))
+    task, model = build(config)
     built = time.perf_counter() - t0
+    batch = task.sample(n_prompts, seed=derive_seed(config.seed, "analysis"))
     tracker = TemplateTracker(batch, every=every)
     tracker.measure(model, 0)
-    finetune(model, task, n_samples=n_samples, steps=steps, seed=seed, callback=tracker)
+    finetune(model, task, config=config.train, callback=tracker, progress=False)
     rows, labels = viz.query_attention(model, batch)
-    return dict(memory=memory, build_seconds=built, series=tracker.series,
-                held_out=evaluate(model, task, n_prompts=1024, seed=seed), mean_row=rows[:, 0].mean(0).tolist(),
-                labels=labels)
+    return dict(memory=config.model.memory, build_seconds=built, series=tracker.series,
+                held_out=measure(model, task, config), mean_row=rows[:, 0].mean(0).tolist(), labels=labels)
 
 
 def main(argv=None) -> int:
     p = Parser(prog="pretrained_memory.py", description=__doc__.splitlines()[0])
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed, default=0)
     p.add_argument("--kb", type=positive, nargs=3, default=[64, 8, 64], metavar=("S", "R", "A"))
     p.add_argument("--k", type=positive, default=4)
     p.add_argument("--steps", type=positive, default=300)
     p.add_argument("--n-samples", type=positive, default=2048)
     p.add_argument("--pretrain-steps", type=positive, default=1500)
     p.add_argument("--every", type=positive, default=10)
+    p.add_argument("--n-prompts", type=positive, default=512, help="held-out prompts scored over training")
     p.add_argument("--threads", type=positive, default=None)
     p.add_argument("--out", default="case_studies/results/pretrained_memory")
     args = p.parse_args(argv)
     setup_threads(args.threads)
-    out = out_dir(args.out)
-    task = ICRecallTask(KnowledgeBase.random(*args.kb, answer_overlap=1.0, seed=args.seed), n_pairs=args.k)
-    batch = task.sample(512, seed=args.seed + 777_777)
-    runs = [run(m, task, args.seed, args.steps, args.n_samples, args.every, batch, args.pretrain_steps)
-            for m in ("constructed", "pretrained")]
+    out = out_dir(p, args.out)
+    try:
+        configs = [config_for(m, args) for m in ("constructed", "pretrained")]
+    except ValueError as e:
+        p.error(str(e))
+    runs = [track(c, args.every, args.n_prompts) for c in configs]
     write_json(out / "pretrained_memory.json", dict(args=vars(args), runs=runs))
     fig, axes = _figure(12, 6.4, nrows=2, ncols=3)
     for col, key in enumerate(("accuracy", "pairwise", "balance")):

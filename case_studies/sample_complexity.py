@@ -3,7 +3,7 @@
     python case_studies/sample_complexity.py --sizes 128 1024 10000 100000 --seeds 0 1 \
         --grid 16 64 256 1024 4096 --out case_studies/results/sample_complexity
 
-For every N (balanced bijective relations, shared answers, k = 4) and seed,
+The paper preset at every N (balanced bijective relations, shared answers, k = 4) and seed,
 fine-tunes on training sets of each size on --grid (plus a 0-step run for the
 starting accuracy), through the resumable sweep (results.jsonl: kill it and run
 the same command again to resume).  Reports n* for two criteria (see
@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import Parser, out_dir, positive, save_figure, write_json  # noqa: E402
+from _common import Parser, out_dir, positive, save_figure, seed, write_json  # noqa: E402
 
 import numpy as np  # noqa: E402
 
@@ -35,16 +35,18 @@ def d_model_for(size: tuple[int, int, int], n_pairs: int, d_large: int) -> int:
     return d if d <= 1024 else d_large
 
 
-def specs(args) -> list:
+def configs(args) -> list:
+    """The paper preset at every size, seed and training-set size, plus a 0-step run for the start."""
     out = []
     sizes = [size for n in args.sizes
              for size in sweep.sizes_for_triplets([n], args.n_relations if n >= 1000 else args.small_relations)]
     for size in sizes:
         d = d_model_for(size, args.k, args.d_large)
         seeds = args.seeds if size[0] * size[1] < args.one_seed_above else args.seeds[:1]
-        common = dict(n_pairs=args.k, seeds=seeds, d_model=d, n_eval=args.n_eval, n_template=args.n_template)
-        out += sweep.expand_grid([size], n_samples=args.grid, steps=args.steps, **common)
-        out += sweep.expand_grid([size], n_samples=[args.grid[0]], steps=0, **common)  # the starting point
+        common = dict(kb_sizes=[size], n_pairs=args.k, seeds=seeds, d_model=d, n_eval=args.n_eval,
+                      n_template=args.n_template)
+        out += sweep.expand_grid("paper", n_samples=args.grid, steps=args.steps, **common)
+        out += sweep.expand_grid("paper", n_samples=[args.grid[0]], steps=0, **common)  # the starting point
     return out
 
 
@@ -76,7 +78,7 @@ def main(argv=None) -> int:
     p.add_argument("--small-relations", type=positive, default=4,
                    help="relations for N < 1000 (more subjects: fewer cross-pair confounds)")
     p.add_argument("--k", type=positive, default=4)
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    p.add_argument("--seeds", type=seed, nargs="+", default=[0, 1])
     p.add_argument("--one-seed-above", type=positive, default=50_000, help="use only the first seed above this N")
     p.add_argument("--grid", type=positive, nargs="+", default=[16, 64, 256, 1024, 4096])
     p.add_argument("--steps", type=positive, default=200)
@@ -91,10 +93,11 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if not 0 < args.target <= 1:
         p.error("--target must lie in (0, 1]")
-    out = out_dir(args.out)
-    results = sweep.run_sweep(specs(args), out / "results.jsonl", executor=args.executor, workers=args.workers,
+    out = out_dir(p, args.out)
+    results = sweep.run_sweep(configs(args), out / "results.jsonl", executor=args.executor, workers=args.workers,
                               ray_address=args.ray_address)
     sweep.to_csv(results, out / "results.csv")
+    results = [sweep.flat(r) for r in results]
     trained = [r for r in results if r["steps"] > 0]
     start = {r["n_triplets"]: r["accuracy"] for r in results if r["steps"] == 0 and r["seed"] == args.seeds[0]}
     rows = {c: sample_complexity(trained, args.target, c) for c in ("accuracy", "pattern")}

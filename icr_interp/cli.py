@@ -2,15 +2,20 @@
 
 Commands::
 
-    icr-interp presets                       list the presets
-    icr-interp train --preset NAME --out DIR build, fine-tune, evaluate, save a checkpoint
-    icr-interp reproduce [--out DIR]         the paper preset, with its query attention row explained
-    icr-interp sweep --out FILE.jsonl ...    a resumable grid of runs, locally or on Ray
+    icr-interp presets                            list the presets
+    icr-interp train --preset NAME --out DIR      build, fine-tune, evaluate, save a checkpoint
+    icr-interp reproduce [--out DIR]              the paper preset, with its query attention row explained
+    icr-interp sweep [--preset NAME] --seeds ... --out FILE.jsonl
+                                                  a resumable grid of runs, locally or on Ray
 
-Bad arguments print one line ``icr-interp: error: ...`` and exit with 2; a
-failure while running (a checkpoint that cannot be written, ...) prints one
-line and exits with 1.  The logic lives in importable functions; ``main`` only
-parses and dispatches.
+All three run :func:`icr_interp.run`, so one config gives the same numbers from
+each.  Everything that can be checked is checked before any work (preflight):
+the run configs (sizes bounded, seeds in 64 bits), the output location (an
+``--out`` directory must be free, empty, or a checkpoint of ours; one with
+other files beside it needs ``--force``, which keeps them).  Bad arguments
+print one line ``icr-interp: error: ...`` and exit with 2; a failure while
+running prints one line and exits with 1.  The logic lives in importable
+functions; ``main`` only parses and dispatches.
 """
 
 import argparse
@@ -21,6 +26,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from icr_interp import fsio
 from icr_interp.checkpoint import CheckpointError, check_writable, save_checkpoint
 from icr_interp.config import RunConfig
 from icr_interp.pipeline import RunResult, run
@@ -101,28 +107,45 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_sweep_parser(sub) -> None:
     p = sub.add_parser("sweep", help="run a grid of fine-tuning runs (resumable; local processes or Ray)",
-                       description="Run the Cartesian product of the axes below. Each finished run appends one JSON "
-                                   "line to --out; running the same command again skips finished runs. A CSV is "
-                                   "written next to it at the end.")
+                       description="Run the grid of a preset (default: paper) over the axes below; an axis not "
+                                   "given keeps the preset's value. Each finished run appends one JSON line to "
+                                   "--out; running the same command again skips finished runs. A CSV is written "
+                                   "next to it at the end.", epilog=_presets_help(),
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     pos = _int_in(1, None, "value")
+    p.add_argument("--preset", type=_preset_name, default="paper", metavar="NAME",
+                   help=f"the base run, one of: {', '.join(PRESETS)} (default paper)")
     p.add_argument("--out", required=True, type=Path, metavar="FILE.jsonl", help="results file (appended to)")
     size = p.add_mutually_exclusive_group()
     size.add_argument("--n-triplets", type=pos, nargs="+", metavar="N", help="knowledge-base sizes in facts")
     size.add_argument("--kb", type=pos, nargs=3, action="append", metavar=("S", "R", "A"),
-                      help="a knowledge-base size (repeatable); default 64 8 64")
+                      help="a knowledge-base size (repeatable)")
     p.add_argument("--n-relations", type=pos, default=8, help="relations with --n-triplets (default 8)")
-    p.add_argument("--k", type=pos, nargs="+", default=[4], help="context pairs (default 4)")
-    p.add_argument("--seeds", type=_int_in(0, MAX_SEED, "seed"), nargs="+", default=[0])
-    p.add_argument("--n-samples", type=pos, nargs="+", default=[256], help="training-set sizes")
-    p.add_argument("--memory", nargs="+", default=["constructed"],
-                   choices=("constructed", "pair", "answer", "pretrained"))
-    p.add_argument("--overlap", type=float, nargs="+", default=[1.0], help="answer overlaps in [0, 1]")
-    p.add_argument("--steps", type=_int_in(0, None, "--steps"), default=200)
+    p.add_argument("--k", type=pos, nargs="+", help="context pairs")
+    p.add_argument("--seeds", type=_int_in(0, MAX_SEED, "seed"), nargs="+", default=[0], help="run seeds (default 0)")
+    p.add_argument("--n-samples", type=pos, nargs="+", help="training-set sizes")
+    p.add_argument("--memory", nargs="+", choices=("constructed", "pair", "answer", "pretrained"))
+    p.add_argument("--overlap", type=float, nargs="+", help="answer overlaps in [0, 1]")
+    p.add_argument("--steps", type=_int_in(0, None, "--steps"), nargs="+", help="fine-tuning steps")
     p.add_argument("--workers", type=_int_in(0, None, "--workers"), default=None,
                    help="parallel runs (default: min(2, cores)); 0 = in this process")
     p.add_argument("--executor", choices=("local", "ray"), default="local")
     p.add_argument("--ray-address", metavar="ADDR", help="Ray cluster address (implies --executor ray)")
+    p.add_argument("--no-wait", action="store_true",
+                   help="exit at once if another sweep is writing --out (default: wait for it)")
     p.set_defaults(run=cmd_sweep)
+
+
+def sweep_grid(args: argparse.Namespace) -> list[RunConfig]:
+    """The RunConfigs of ``icr-interp sweep``'s arguments (ValueError, one line, for a bad value)."""
+    from icr_interp.sweep import expand_grid
+
+    axes = dict(n_pairs=args.k, seeds=args.seeds, n_samples=args.n_samples, memory=args.memory,
+                answer_overlap=args.overlap, steps=args.steps)
+    axes = {name: values for name, values in axes.items() if values is not None}
+    sizes = dict(n_triplets=args.n_triplets, n_relations=args.n_relations) if args.n_triplets else \
+        dict(kb_sizes=[tuple(kb) for kb in args.kb]) if args.kb else {}
+    return expand_grid(args.preset, **sizes, **axes)
 
 
 def _add_run_options(p: argparse.ArgumentParser, hidden: bool) -> None:
@@ -134,25 +157,46 @@ def _add_run_options(p: argparse.ArgumentParser, hidden: bool) -> None:
     p.add_argument("--steps", type=_int_in(0, None, "--steps"), metavar="N",
                    help=argparse.SUPPRESS if hidden else "optimiser steps (default: the preset's)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where to run (default cpu)")
+    p.add_argument("--force", action="store_true",
+                   help="replace the checkpoint at --out even if other files sit beside it (they are kept)")
 
 
 def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """Checks that need several arguments or the machine; parser.error (exit 2) on failure."""
+    """Preflight, before any work: the run config, the output location, the device; exit 2 on failure."""
     if getattr(args, "device", "cpu") == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda requested but CUDA is not available")
-    if args.command == "sweep":
-        if any(not 0.0 <= o <= 1.0 for o in args.overlap):
-            parser.error("--overlap values must lie in [0, 1]")
-        if args.out.exists() and not args.out.is_file():
-            parser.error(f"--out {args.out} exists and is not a file")
+    if args.command == "presets":
         return
+    try:
+        if args.command == "sweep":
+            args.configs = sweep_grid(args)  # every run's config is validated (sizes bounded) now
+            _check_results_file(args.out)
+            return
+        args.config = run_config(args)
+    except ValueError as e:
+        parser.error(str(e))
     if args.command == "reproduce" and args.out is None:
         args.out = Path("runs") / f"paper-seed{args.seed}"
-    if getattr(args, "out", None) is not None:
-        try:
-            check_writable(args.out)
-        except CheckpointError as e:
-            parser.error(f"--out: {e}")
+    try:
+        check_writable(args.out, force=args.force)
+    except CheckpointError as e:
+        parser.error(f"--out: {e}")
+
+
+def _check_results_file(out: Path) -> None:
+    """A results file that exists and is a file, or can be created: ValueError otherwise."""
+    if out.exists() and not out.is_file():
+        raise ValueError(f"--out {out} exists and is not a file")
+    ancestor = next((p for p in out.absolute().parents if p.exists()), None)
+    if ancestor is not None and not ancestor.is_dir():
+        raise ValueError(f"--out {out}: {ancestor} is not a directory")
+    try:
+        if out.exists():
+            with open(out, "ab"):  # the results file is appended to: it must open for appending
+                pass
+        fsio.check_creatable(out)  # the CSV and the lock are created beside it
+    except OSError as e:
+        raise ValueError(f"--out {out}: {_one_line(e)}") from None
 
 
 # ------------------------------------------------------------------ commands
@@ -163,18 +207,18 @@ def cmd_presets(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    config = run_config(args)
+    config = args.config
     print(config.summary())
-    train_and_save(config, args.out, args.device)
+    train_and_save(config, args.out, args.device, force=args.force)
     print(f"checkpoint: {args.out}")
     return 0
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
     print("Reproducing the pairwise attention pattern of in-context factual recall (arXiv 2605.27774).")
-    config = run_config(args)
+    config = args.config
     print(config.summary())
-    result = train_and_save(config, args.out, args.device)
+    result = train_and_save(config, args.out, args.device, force=args.force)
     print()
     print(attention_report(result.task, result.before["query_attention"], result.after["query_attention"],
                            result.before["n_prompts"]))
@@ -191,23 +235,22 @@ def run_config(args: argparse.Namespace) -> RunConfig:
 def cmd_sweep(args: argparse.Namespace) -> int:
     from icr_interp import sweep  # sweeps pull in multiprocessing / Ray only when used
 
-    sizes = dict(n_triplets=args.n_triplets, n_relations=args.n_relations) if args.n_triplets else \
-        dict(kb_sizes=[tuple(kb) for kb in (args.kb or [(64, 8, 64)])])
-    specs = sweep.expand_grid(**sizes, n_pairs=args.k, seeds=args.seeds, n_samples=args.n_samples,
-                              memory=args.memory, answer_overlap=args.overlap, steps=args.steps)
+    configs = args.configs
     executor = "ray" if args.ray_address else args.executor
-    print(f"{len(specs)} runs -> {args.out} ({executor})")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    results = sweep.run_sweep(specs, args.out, executor=executor, workers=args.workers, ray_address=args.ray_address)
-    sweep.to_csv(results, args.out.with_suffix(".csv"))
-    print(f"{'key':<60} {'acc':>6} {'pairwise':>8} {'best':>9}")
-    for r in results:
-        print(f"{r['key']:<60} {r['accuracy']:6.3f} {r.get('pairwise', float('nan')):8.3f} {r.get('best', '-'):>9}")
-    print(f"csv: {args.out.with_suffix('.csv')}")
+    print(f"{len(configs)} runs of {args.preset} -> {args.out} ({executor})")
+    results = sweep.run_sweep(configs, args.out, executor=executor, workers=args.workers,
+                              ray_address=args.ray_address, wait=not args.no_wait)
+    csv_path = sweep.to_csv(results, args.out.with_suffix(".csv"))
+    print(f"{'key':<16} {'seed':>6} {'facts':>6} {'k':>2} {'n':>6} {'steps':>5} {'acc':>6} {'pairwise':>8} {'best':>9}")
+    for r in map(sweep.flat, results):
+        print(f"{r['key']:<16} {r.get('seed', '-'):>6} {r.get('n_triplets', '-'):>6} {r.get('n_pairs', '-'):>2} "
+              f"{r.get('n_samples', '-'):>6} {r.get('steps', '-'):>5} {r['accuracy']:6.3f} "
+              f"{r.get('pairwise', float('nan')):8.3f} {r.get('best', '-'):>9}")
+    print(f"csv: {csv_path}")
     return 0
 
 
-def train_and_save(config: RunConfig, out: Path, device: str = "cpu") -> RunResult:
+def train_and_save(config: RunConfig, out: Path, device: str = "cpu", force: bool = False) -> RunResult:
     """Run ``config`` (:func:`icr_interp.run`), print what it measured, save the checkpoint at ``out``."""
     result = run(config, device, progress=True, log=print)  # the bar shows only on a terminal
     before, after, train = result.before, result.after, result.config.train
@@ -220,8 +263,9 @@ def train_and_save(config: RunConfig, out: Path, device: str = "cpu") -> RunResu
             print(f"attention template {name:>6}: best {r['best']:<9} pairwise score {r['pairwise']:.3f} per "
                   f"example, {r['mean_row_pairwise']:.3f} mean row (best {r['mean_row_best']}); "
                   f"balance {r['balance']:.3f}")
-    save_checkpoint(out, result.model, result.task, preset=config.name, seed=config.seed,
-                    run_config=config.to_dict(), before=before, after=after, history=result.history.to_dict())
+    save_checkpoint(out, result.model, result.task, run_config=config, force=force, preset=config.name,
+                    seed=config.seed, before=before, after=after,
+                    history=result.history.to_dict())
     return result
 
 
@@ -280,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
         return e.code if isinstance(e.code, int) else int(e.code is not None)
     try:
         return args.run(args)
-    except (CheckpointError, ValueError, OSError, ImportError, RuntimeError) as e:
+    except (CheckpointError, ValueError, OSError, ImportError, RuntimeError, MemoryError) as e:
         print(f"{PROG}: error: {_one_line(e)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

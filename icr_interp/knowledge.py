@@ -14,6 +14,7 @@ fact is stored as -1.  Random knowledge bases have two structural knobs:
 """
 
 import csv
+import io
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +22,8 @@ from pathlib import Path
 import torch
 from jaxtyping import Int
 from torch import Tensor
+
+COLUMNS = ("subject", "relation", "answer")  # the CSV columns a knowledge base needs (any order, any case)
 
 
 @dataclass(frozen=True)
@@ -122,29 +125,38 @@ class KnowledgeBase:
 
     @classmethod
     def from_csv(cls, path: str | Path) -> "KnowledgeBase":
-        """Load facts from a CSV with a header ``subject,relation,answer``."""
+        """Load facts from a CSV whose header names the columns ``subject``, ``relation``, ``answer``.
+
+        Accepts what spreadsheets write: a UTF-8 byte-order mark, spaces around
+        header names, any capitalisation (``Subject``), extra named columns
+        (ignored), blank lines.  Every error is one line naming the file and the
+        line (and, for the header, what was read): a byte that is not UTF-8, a
+        quoted field spanning lines, a row with more or fewer cells than the
+        header, an empty name, two answers for one (subject, relation).
+        """
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"knowledge-base CSV not found: {path}")
-        with path.open(newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f)
-            # The header must contain all three columns (extra columns are ignored).
-            if reader.fieldnames is None or not {"subject", "relation", "answer"} <= set(reader.fieldnames):
-                raise ValueError(f"{path}: header must name the columns subject,relation,answer")
-            # A short row leaves its missing cells None; from_triplets rejects the empty name.
-            facts = [tuple((row[k] or "").strip() for k in ("subject", "relation", "answer")) for row in reader]
-        return cls.from_triplets(facts, source=str(path))
+        facts, lines = _read_facts(path)
+        return cls.from_triplets(facts, source=str(path), lines=lines)
 
     @classmethod
-    def from_triplets(cls, facts: list[tuple[str, str, str]], source: str = "triplets") -> "KnowledgeBase":
-        """Build from (subject, relation, answer) name triplets (names kept in first-seen order)."""
+    def from_triplets(cls, facts: list[tuple[str, str, str]], source: str = "triplets",
+                      lines: list[int] | None = None) -> "KnowledgeBase":
+        """Build from (subject, relation, answer) name triplets (names kept in first-seen order).
+
+        ``lines`` (one per fact) are the line numbers errors name; default: a header, then one fact per line.
+        """
         if not facts:
             raise ValueError(f"{source}: no facts")
+        lines = lines or list(range(2, len(facts) + 2))
+        for line, fact in zip(lines, facts):
+            for kind, name in zip(COLUMNS, fact):
+                if not name:
+                    raise ValueError(f"{source}:{line}: empty {kind} name")
         subj, rel, ans = ({n: i for i, n in enumerate(dict.fromkeys(col))} for col in zip(*facts))
-        if any("" in names for names in (subj, rel, ans)):
-            raise ValueError(f"{source}: empty subject, relation or answer name")
         table = torch.full((len(rel), len(subj)), -1, dtype=torch.long)
-        for line, (s, r, a) in enumerate(facts, start=2):
+        for line, (s, r, a) in zip(lines, facts):
             old = int(table[rel[r], subj[s]])
             if old >= 0 and old != ans[a]:
                 raise ValueError(f"{source}:{line}: ({s}, {r}) has two answers")
@@ -197,3 +209,52 @@ def _relation_row(n_subjects: int, answers: Tensor, mapping: str, gen: torch.Gen
     # balanced: every answer used floor or ceil(n_subjects / m) times, in random order
     repeated = answers[torch.randperm(len(answers), generator=gen)].repeat(math.ceil(n_subjects / len(answers)))
     return repeated[:n_subjects][torch.randperm(n_subjects, generator=gen)]
+
+
+def _read_facts(path: Path) -> tuple[list[tuple[str, str, str]], list[int]]:
+    """(facts, line of each fact) of a knowledge-base CSV; one-line ValueErrors naming file and line."""
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8-sig")  # a spreadsheet's byte-order mark is not part of the first name
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        column = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
+        raise ValueError(f"{path}:{line}: byte 0x{data[e.start]:02x} at column {column} is not UTF-8 "
+                         f"(save the CSV as UTF-8)") from None
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    facts, lines, columns, end = [], [], None, 0
+    try:
+        for row in reader:
+            start, end = end + 1, reader.line_num
+            if start != end:
+                raise ValueError(f"{path}:{start}: a quoted field spans lines {start}-{end} (a stray quote?)")
+            if not row or (len(row) == 1 and not row[0].strip()):
+                continue
+            if columns is None:
+                columns, width = _header_columns(row, path, start), len(row)
+                header = ",".join(cell.strip() for cell in row)
+                continue
+            if len(row) != width:
+                raise ValueError(f"{path}:{start}: {len(row)} cells, but the header {header!r} has {width} columns")
+            facts.append(tuple(row[columns[k]].strip() for k in COLUMNS))
+            lines.append(start)
+    except csv.Error as e:  # the record that failed starts after the last one read
+        hint = " (a quoted field that is never closed?)" if "end of data" in str(e) else ""
+        raise ValueError(f"{path}:{end + 1}: {' '.join(str(e).split())}{hint}") from None
+    if columns is None:
+        raise ValueError(f"{path}: empty file; the header must name the columns {','.join(COLUMNS)}")
+    return facts, lines
+
+
+def _header_columns(row: list[str], path: Path, line: int) -> dict[str, int]:
+    """Column index of subject, relation and answer in a header row (names stripped, any case)."""
+    names = [cell.strip().lower() for cell in row]
+    read = ",".join(cell.strip() for cell in row)
+    missing = [c for c in COLUMNS if c not in names]
+    if missing:
+        raise ValueError(f"{path}:{line}: header must name the columns {','.join(COLUMNS)}; read {read!r}")
+    doubled = sorted({n for n in names if names.count(n) > 1 and n in COLUMNS})
+    if doubled:
+        raise ValueError(f"{path}:{line}: header names the column {doubled[0]!r} twice; read {read!r}")
+    return {c: names.index(c) for c in COLUMNS}
+

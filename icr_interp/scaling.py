@@ -67,7 +67,7 @@ def _meets(run: dict, target: float, criterion: str, plateau: float, pattern_tar
 
 def sample_complexity(results: list[dict], target: float = 0.95, criterion: str = "accuracy",
                       pattern_target: float = 0.9) -> list[dict]:
-    """n* per (N, seed) from sweep results (fields n_triplets, seed, n_samples, accuracy, ...).
+    """n* per (N, seed) from sweep records (n_triplets, accuracy, ...; seed and n_samples from their config).
 
     Returns one dict per (N, seed): ``n_triplets``, ``seed``, ``n_star`` (None
     if no n on the grid met the target), ``plateau`` (best accuracy at that N
@@ -75,8 +75,10 @@ def sample_complexity(results: list[dict], target: float = 0.95, criterion: str 
     """
     if criterion not in ("accuracy", "pattern"):
         raise ValueError(f"criterion must be 'accuracy' or 'pattern', got {criterion!r}")
+    from icr_interp.sweep.store import flat  # the axes (seed, n_samples) live in a record's config
+
     groups = defaultdict(list)
-    for run in results:
+    for run in map(flat, results):
         groups[(run["n_triplets"], run["seed"])].append(run)
     rows = []
     for (n_triplets, seed), runs in sorted(groups.items()):

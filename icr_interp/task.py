@@ -91,8 +91,10 @@ class ICRecallTask:
     """
 
     def __init__(self, kb: KnowledgeBase, n_pairs: int = 4, bos: bool = True):
-        if n_pairs < 1:
-            raise ValueError(f"n_pairs must be >= 1, got {n_pairs}")
+        if not isinstance(n_pairs, int) or isinstance(n_pairs, bool) or n_pairs < 1:
+            raise ValueError(f"n_pairs must be an integer >= 1, got {n_pairs!r}")
+        if not isinstance(bos, bool):
+            raise ValueError(f"bos must be True or False, got {bos!r}")
         self.kb, self.n_pairs, self.bos = kb, n_pairs, bos
         self.vocab = Vocabulary.from_kb(kb)
         known = kb.table >= 0  # [relation subject]
@@ -124,10 +126,12 @@ class ICRecallTask:
     # ------------------------------------------------------------- sample
     def sample(self, batch_size: int, seed: int | None = None, *, generator: torch.Generator | None = None,
                device: str | torch.device = "cpu") -> Batch:
-        """Sample prompts: a usable relation, k + 1 distinct subjects with facts under it."""
+        """Sample prompts: a usable relation, k + 1 distinct subjects with facts under it (0: an empty batch)."""
+        _check_count(batch_size)
         gen = _generator(seed, generator)
         relations = self._usable[torch.randint(len(self._usable), (batch_size,), generator=gen)]
-        subjects = torch.stack([self._distinct_subjects(int(r), gen) for r in relations])
+        subjects = torch.stack([self._distinct_subjects(int(r), gen) for r in relations]) if batch_size else \
+            torch.zeros(0, self.n_pairs + 1, dtype=torch.long)
         return self._build(relations, subjects[:, :-1], subjects[:, -1]).to(device)
 
     def _distinct_subjects(self, relation: int, gen: torch.Generator) -> Tensor:
@@ -161,6 +165,8 @@ class ICRecallTask:
         gen = _generator(seed, generator)
         device = batch.tokens.device
         b = batch.to("cpu")
+        if len(b) == 0:
+            return batch
         if kind == "relation":
             new_rel = torch.stack([self._other_relation(b, i, gen) for i in range(len(b))])
             out = self._build(new_rel, b.subjects, b.query)
@@ -195,6 +201,7 @@ class ICRecallTask:
         As prompts these read ``[BOS, s, <r>] -> a*(s, r)``; the pretrained
         memory is fitted on them (see :mod:`icr_interp.pretrain`).
         """
+        _check_count(batch_size)
         gen = _generator(seed, generator)
         facts = self.kb.triplets()
         rows = facts[torch.randint(len(facts), (batch_size,), generator=gen)]
@@ -216,3 +223,8 @@ def _generator(seed: int | None, generator: torch.Generator | None) -> torch.Gen
     if seed is None:
         raise ValueError("pass a seed or a torch.Generator: sampling is always explicit")
     return torch.Generator().manual_seed(seed)
+
+
+def _check_count(batch_size) -> None:
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 0:
+        raise ValueError(f"batch_size must be an integer >= 0, got {batch_size!r}")

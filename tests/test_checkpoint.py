@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -10,11 +11,12 @@ import safetensors.torch
 import torch
 
 import icr_interp
-from icr_interp import checkpoint
+from icr_interp import fsio
 from icr_interp.checkpoint import FORMAT, CheckpointError, check_writable, load_checkpoint, save_checkpoint
 from icr_interp.knowledge import KnowledgeBase
 from icr_interp.presets import build_from_preset, get_preset
 from icr_interp.task import ICRecallTask
+from icr_interp.checkpoint import files as checkpoint_files
 from icr_interp.train import TrainConfig, finetune, query_logits
 
 
@@ -107,7 +109,8 @@ def test_config_json_fields(trained, saved):
     task, model = trained
     config = json.loads((saved / "config.json").read_text())
     assert sorted(config) == sorted(["format", "library_version", "weights_sha256", "metrics", "model", "task",
-                                     "train", "knowledge_base"])
+                                     "train", "run_config", "knowledge_base"])
+    assert config["run_config"] is None  # none was given
     assert config["format"] == FORMAT == "icr_interp-checkpoint/1"
     assert config["library_version"] == icr_interp.__version__
     assert config["weights_sha256"] == sha256(saved / "model.safetensors")
@@ -139,6 +142,10 @@ def test_pretrained_memory_round_trips_without_refitting(tmp_path, monkeypatch):
     kb = KnowledgeBase.random(16, 4, 16, seed=0)
     task = ICRecallTask(kb, n_pairs=2)
     model = icr_interp.build_model(task, memory="pretrained", pretrain=dict(steps=3))
+    with pytest.raises(CheckpointError, match="pretrained memory has not been fitted"):
+        save_checkpoint(tmp_path / "unfitted", model, task)  # a saved memory is a fitted one
+    assert not (tmp_path / "unfitted").exists()
+    pretrain.pretrain_memory(model, task, progress=False)
 
     def no_refit(*args, **kwargs):
         raise AssertionError("loading must not pretrain the memory again")
@@ -147,7 +154,7 @@ def test_pretrained_memory_round_trips_without_refitting(tmp_path, monkeypatch):
     ck = load_checkpoint(save_checkpoint(tmp_path / "pre", model, task))
     tokens = task.sample(16, seed=0).tokens
     assert torch.equal(ck.model(tokens), model(tokens))
-    assert ck.model.icr_config.pretrain["steps"] == 3
+    assert ck.model.icr_config.pretrain["steps"] == 3 and ck.model.memory_fitted
 
 
 # ------------------------------------------------------------------ damaged checkpoints
@@ -239,10 +246,14 @@ def test_missing_unexpected_and_wrong_dtype_tensors(ckpt):
                  "unembed.b_U has dtype torch.float64")
 
 
-def test_interrupted_swap_is_pointed_to(ckpt):
+def test_first_release_interrupted_swap_is_loaded_by_itself(ckpt):
+    """The first release moved the old checkpoint aside before moving the new one in; a crash left only that."""
     moved = ckpt.parent / f".{ckpt.name}.old-1234abcd"
     ckpt.rename(moved)
-    expect_error(ckpt, "checkpoint not found", "interrupted save", str(moved))
+    with pytest.warns(UserWarning, match=f"loading the previous one .* at {moved}"):
+        assert load_checkpoint(ckpt).metrics == {"accuracy": 0.75, "note": "unit test"}
+    shutil.rmtree(moved)
+    expect_error(ckpt, "checkpoint not found")
 
 
 # ------------------------------------------------------------------ writing
@@ -257,6 +268,7 @@ def test_save_replaces_existing_checkpoint(trained, tmp_path):
     assert torch.equal(ck.model(tokens), model2(tokens))
     assert torch.equal(ck.task.kb.table, task2.kb.table) and not torch.equal(ck.task.kb.table, task.kb.table)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ck"]  # no temp or old directories left
+    assert sorted(p.name for p in path.iterdir()) == ["config.json", "model.safetensors"]  # nor backups
 
 
 def test_save_into_empty_directory_and_new_parents(trained, tmp_path):
@@ -282,9 +294,9 @@ def test_crash_while_writing_leaves_old_checkpoint(trained, saved, tmp_path, mon
             Path(filename).write_bytes(b"half a file")
             raise OSError("simulated crash")
 
-        monkeypatch.setattr(checkpoint.safetensors.torch, "save_file", partial_write)
+        monkeypatch.setattr(checkpoint_files.safetensors.torch, "save_file", partial_write)
     else:
-        monkeypatch.setattr(checkpoint, "_write_json", _crash)
+        monkeypatch.setattr(checkpoint_files, "_write_json", _crash)
     with pytest.raises(CheckpointError, match="cannot write checkpoint .*simulated crash"):
         save_checkpoint(path, model, task, run="new")
     assert snapshot(tmp_path) == before  # old checkpoint byte-identical
@@ -292,25 +304,36 @@ def test_crash_while_writing_leaves_old_checkpoint(trained, saved, tmp_path, mon
     assert load_checkpoint(path).metrics == {"accuracy": 0.75, "note": "unit test"}
 
 
-def test_crash_between_the_two_renames_restores_old_checkpoint(trained, saved, tmp_path, monkeypatch):
-    task, model = trained
+def test_crash_between_the_two_replacements_loads_the_old_checkpoint(trained, saved, tmp_path, monkeypatch):
+    """New weights in, old config.json still there: load_checkpoint finds the old weights at their backup name."""
+    task, _ = trained
+    _, model = _trained(seed=1, steps=3)  # other weights, same task
     path = Path(shutil.copytree(saved, tmp_path / "ck"))
-    before = snapshot(tmp_path)
+    old_weights = (path / "model.safetensors").read_bytes()
     calls = []
-    real_rename = checkpoint._rename
+    real_replace = os.replace
 
-    def rename(src, dst):
+    def replace(src, dst):
         calls.append((Path(src).name, Path(dst).name))
-        if len(calls) == 2:  # old moved aside; now bringing the new one in
+        if Path(dst).name == "config.json":  # weights already replaced; crash before the config follows
             raise OSError("simulated crash")
-        real_rename(src, dst)
+        real_replace(src, dst)
 
-    monkeypatch.setattr(checkpoint, "_rename", rename)
+    monkeypatch.setattr(fsio.os, "replace", replace)
     with pytest.raises(CheckpointError, match="simulated crash"):
         save_checkpoint(path, model, task, run="new")
-    assert calls[0][0] == "ck" and calls[0][1].startswith(".ck.old-") and calls[1][1] == "ck"
-    assert snapshot(tmp_path) == before and [p.name for p in tmp_path.iterdir()] == ["ck"]
-    assert load_checkpoint(path).metrics["note"] == "unit test"
+    monkeypatch.undo()
+    assert [c[1] for c in calls] == ["model.safetensors", "config.json"]
+    assert (path / "model.safetensors").read_bytes() != old_weights  # the window: new weights, old config
+    backups = fsio.backups(path / "model.safetensors")
+    assert len(backups) == 1 and backups[0].read_bytes() == old_weights
+    ck = load_checkpoint(path)  # finds the previous checkpoint by itself
+    assert ck.metrics == {"accuracy": 0.75, "note": "unit test"}
+    tokens = task.sample(8, seed=0).tokens
+    assert torch.equal(ck.model(tokens), load_checkpoint(saved).model(tokens))
+    save_checkpoint(path, model, task, run="again")  # the next save cleans up
+    assert sorted(p.name for p in path.iterdir()) == ["config.json", "model.safetensors"]
+    assert load_checkpoint(path).metrics == {"run": "again"}
 
 
 def test_refuses_to_overwrite_what_is_not_a_checkpoint(trained, tmp_path):

@@ -1,5 +1,6 @@
 """Presets and the ``icr-interp`` command line: what they build, what they print, how they fail."""
 
+import json
 import re
 import subprocess
 import sys
@@ -92,7 +93,8 @@ def test_train_writes_loadable_checkpoint(tmp_path, capsys):
     assert acc and f"checkpoint: {out_dir}" in out
     ck = load_checkpoint(out_dir)
     m = ck.metrics
-    assert (m["preset"], m["seed"]) == ("tiny", 1) and m["run_config"]["train"]["steps"] == 15
+    assert (m["preset"], m["seed"]) == ("tiny", 1) and ck.config["run_config"]["train"]["steps"] == 15
+    assert ck.run_config == cli.run_config(cli.build_parser().parse_args(argv))
     assert (ck.model.icr_train.n_samples, ck.model.icr_train.steps, ck.model.icr_train.seed) == (128, 15, 1)
     assert len(m["history"]["loss"]) == 15
     assert f"{m['before']['accuracy']:.3f}" == acc.group(1) and f"{m['after']['accuracy']:.3f}" == acc.group(2)
@@ -118,6 +120,13 @@ def _bad_args(tmp_path: Path) -> list[tuple[list[str], str]]:
         (["train", "--preset", "tiny", "--steps", "-5", "--out", out], "--steps must be >= 0, got -5"),
         (["train", "--preset", "tiny", "--out", str(tmp_path / "file.txt")], "exists and is not a directory"),
         (["train", "--preset", "tiny", "--out", str(tmp_path / "dir")], "not a checkpoint"),
+        (["train", "--preset", "tiny", "--n-samples", str(10**8), "--out", out],
+         "train.n_samples must be in [1, 1000000], got 100000000"),
+        (["train", "--preset", "tiny", "--out", "/proc/icr-interp-test/ck"], "cannot create files in /proc"),
+        (["sweep", "--preset", "tiny", "--n-samples", str(10**8), "--out", out + ".jsonl"], "train.n_samples"),
+        (["sweep", "--preset", "tiny", "--seeds", str(2**64 - 1), "--out", out + ".jsonl"], "seed must be in [0,"),
+        (["sweep", "--preset", "tiny", "--out", str(tmp_path / "dir")], "exists and is not a file"),
+        (["sweep", "--preset", "tiny", "--out", "/proc/icr-interp-test.jsonl"], "cannot create files in /proc"),
         (["train", "--preset", "tiny"], "the following arguments are required: --out"),
         (["train", "--preset", "tiny", "--out", out, "--device", "tpu"], "argument --device: invalid choice"),
         (["reproduce", "--seed", "-3"], "seed must be in [0,"),
@@ -185,3 +194,59 @@ def test_reproduce_prints_labelled_attention_and_saves(tmp_path, capsys, monkeyp
     assert torch.allclose(printed[4, [1, 3]], 2 * torch.minimum(s, a).sum(0) / (s + a).sum(0), atol=5e-4)
     # The reference model starts answer-heavy (init_tilt), i.e. not already pairwise.
     assert (balance[:, 0] < 0.5).all()
+
+
+# ------------------------------------------------------------------ one config, one number, from every entry point
+def test_run_train_and_sweep_report_the_same_held_out_accuracy(tmp_path, capsys):
+    from icr_interp import run
+    from icr_interp.config import RunConfig
+    from icr_interp.sweep import load_results
+
+    seed = 11
+    direct = run(RunConfig.from_preset("tiny", seed=seed)).metrics["accuracy"]
+    assert main(["train", "--preset", "tiny", "--seed", str(seed), "--out", str(tmp_path / "ck")]) == 0
+    trained = load_checkpoint(tmp_path / "ck").metrics["after"]["accuracy"]
+    printed_train = re.search(r"after (\d\.\d{3})", capsys.readouterr().out).group(1)
+    out = tmp_path / "s.jsonl"
+    assert main(["sweep", "--preset", "tiny", "--seeds", str(seed), "--workers", "0", "--out", str(out)]) == 0
+    swept = load_results(out)
+    printed_sweep = re.search(r"^\S{16}\s+11\s+64\s+2\s+256\s+50\s+(\d\.\d{3})", capsys.readouterr().out, re.M).group(1)
+    assert len(swept) == 1 and swept[0]["accuracy"] == trained == direct
+    assert printed_train == printed_sweep == f"{direct:.3f}"
+    assert swept[0]["key"] == RunConfig.from_preset("tiny", seed=seed).key
+
+
+# ------------------------------------------------------------------ data safety at the command line
+def test_train_refuses_a_foreign_model_folder_and_touches_nothing(tmp_path, capsys):
+    hf = tmp_path / "hf"
+    (hf / "tok").mkdir(parents=True)
+    (hf / "config.json").write_text("{}")
+    (hf / "pytorch_model.bin").write_text("w")
+    for extra in ([], ["--force"]):
+        assert main(["train", "--preset", "tiny", "--steps", "1", "--out", str(hf), *extra]) == 2
+        err = capsys.readouterr().err.splitlines()
+        assert len(err) == 1 and "is not an icr_interp checkpoint's" in err[0]
+    assert sorted(p.name for p in hf.iterdir()) == ["config.json", "pytorch_model.bin", "tok"]
+    assert (hf / "config.json").read_text() == "{}" and (hf / "pytorch_model.bin").read_text() == "w"
+
+
+def test_files_beside_a_checkpoint_survive_a_retrain_with_force(tmp_path, capsys):
+    ck = tmp_path / "ck"
+    argv = ["train", "--preset", "tiny", "--steps", "1", "--n-samples", "8", "--out", str(ck)]
+    assert main(argv) == 0
+    (ck / "NOTES.md").write_text("mine")
+    (ck / "analysis").mkdir()
+    capsys.readouterr()
+    assert main(argv) == 2
+    assert "also holds NOTES.md, analysis, which are not ours" in capsys.readouterr().err
+    assert main([*argv, "--seed", "3", "--force"]) == 0
+    assert (ck / "NOTES.md").read_text() == "mine" and (ck / "analysis").is_dir()
+    assert load_checkpoint(ck).metrics["seed"] == 3
+
+
+def test_sweep_on_a_results_file_with_a_null_line_is_one_line(tmp_path, capsys):
+    out = tmp_path / "r.jsonl"
+    out.write_text(json.dumps(dict(key="a", accuracy=0.5)) + "\nnull\n")
+    assert main(["sweep", "--preset", "tiny", "--workers", "0", "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert err == f"icr-interp: error: {out}:2: expected a JSON object (a run's record), got null\n"

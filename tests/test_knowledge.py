@@ -222,8 +222,8 @@ def test_from_csv_bad_header(tmp_path, header):
 @pytest.mark.parametrize("lines, match", [
     (["subject,relation,answer"], "no facts"),
     ([], "header"),
-    (["subject,relation,answer", "x,p,"], "empty"),
-    (["subject,relation,answer", "x,p"], "empty"),  # short row
+    (["subject,relation,answer", "x,p,"], r"e.csv:2: empty answer name"),
+    (["subject,relation,answer", "x,p"], r"e.csv:2: 2 cells, but the header 'subject,relation,answer' has 3"),
 ])
 def test_from_csv_empty_or_incomplete(tmp_path, lines, match):
     path = tmp_path / "e.csv"
@@ -256,3 +256,31 @@ def test_spec_regenerates_the_table():
     spec = {k: v for k, v in kb.spec.items() if k != "kind"}
     assert torch.equal(KnowledgeBase.random(**spec).table, kb.table)
     assert math.isclose(spec["answer_overlap"], 0.5)
+
+
+# ------------------------------------------------------------------ what spreadsheets write (issue 8)
+def test_from_csv_accepts_bom_spaces_and_capitals(tmp_path):
+    path = tmp_path / "sheet.csv"
+    path.write_bytes("\ufeff Subject , RELATION,Answer \r\nFrance,capital,Paris\r\n\r\nJapan,capital,Tokyo\r\n"
+                     .encode("utf-8"))
+    kb = KnowledgeBase.from_csv(path)
+    assert kb.subjects == ("France", "Japan") and kb.relations == ("capital",) and kb.n_triplets == 2
+
+
+@pytest.mark.parametrize("data, message", [
+    (b"subject,relation,answer\nx,p,y\nb,q\xff,c\n", "bad.csv:3: byte 0xff at column 4 is not UTF-8"),
+    (b'subject,relation,answer\nx,"p\nq",y\nb,r,c\n', "bad.csv:2: a quoted field spans lines 2-3"),
+    (b'subject,relation,answer\nx,p,y\nx,"p,y\nz,p,z\n', "bad.csv:3: unexpected end of data"),
+    (b"subject,relation,answer\nx,p,y,extra\n", "bad.csv:2: 4 cells, but the header 'subject,relation,answer' has 3"),
+    (b"subj, rel ,answer\nx,p,y\n", "bad.csv:1: header must name the columns subject,relation,answer; "
+                                     "read 'subj,rel,answer'"),
+    (b"subject,Subject,relation,answer\nx,y,p,z\n", "bad.csv:1: header names the column 'subject' twice"),
+    (b"subject,relation,answer\n\nx,p,y\nx,p,z\n", r"bad.csv:4: (x, p) has two answers"),
+])
+def test_from_csv_errors_name_file_and_line(tmp_path, data, message):
+    path = tmp_path / "bad.csv"
+    path.write_bytes(data)
+    with pytest.raises(ValueError) as info:
+        KnowledgeBase.from_csv(path)
+    assert str(info.value).startswith(str(tmp_path)) and message in str(info.value)
+    assert "\n" not in str(info.value)

@@ -211,3 +211,19 @@ def test_sample_facts_and_fact_prompts(shared_task):
     assert torch.equal(prompts[:, 1], s + 1)
     assert torch.equal(prompts[:, 2], r + shared_task.vocab.relation_offset)
     assert shared_task.to_str(prompts[0]) == [BOS, f"s{int(s[0])}", f"<r{int(r[0])}>"]
+
+
+# ------------------------------------------------------------------ bad sizes (issue 8)
+def test_sample_zero_is_an_empty_batch(shared_task):
+    batch = shared_task.sample(0, seed=0)
+    assert batch.tokens.shape == (0, shared_task.n_ctx) and len(batch) == 0
+    assert batch.layout.subject_pos.shape == (0, 2) and batch.answers.shape == (0,)
+    assert len(shared_task.corrupt(batch, "relation", seed=0)) == 0
+    with pytest.raises(ValueError, match="batch_size must be an integer >= 0, got -1"):
+        shared_task.sample(-1, seed=0)
+
+
+@pytest.mark.parametrize("n_pairs", [2.5, True, 0, "2"])
+def test_n_pairs_must_be_a_positive_integer(shared_kb, n_pairs):
+    with pytest.raises((ValueError, TypeError), match="n_pairs"):
+        ICRecallTask(shared_kb, n_pairs=n_pairs)
