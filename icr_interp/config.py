@@ -68,7 +68,9 @@ class TaskConfig:
     bos: bool = True  # prompts start with a BOS token (an attention sink)
 
     def validate(self) -> None:
-        _check_int(self, ("n_pairs",), low=1)
+        _check_int(self, ("n_pairs",), low=1, high=64)
+        if not isinstance(self.bos, bool):
+            raise ValueError(f"task.bos must be true or false, got {self.bos!r}")
 
 
 @dataclass(frozen=True)
@@ -104,6 +106,8 @@ class RunConfig:
         self.knowledge.validate()
         self.task.validate()
         self.eval.validate()
+        self.model.validate()
+        self.train.validate()
         _check_int(self.train, ("n_samples",), low=1, high=MAX_PROMPTS)
         _check_int(self.train, ("steps",), low=0, high=10**7)
         _check_int(self.train, ("batch_size",), low=1, high=MAX_PROMPTS)

@@ -25,11 +25,12 @@ raises :class:`ProbeInputError` with one line; the scripts exit 2 on it.
 import json
 import math
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from icr_interp.checkpoint import CONFIG
+from icr_interp.checkpoint.schema import is_ours
+from icr_interp import fsio
 from icr_interp.seeds import derive_seed
 
 RUNS = Path("runs")  # default parent of output directories
@@ -52,7 +53,14 @@ class CheckpointEntry:
 
 
 def is_checkpoint(path: Path) -> bool:
-    return path.is_dir() and (path / CONFIG).is_file()
+    """A directory whose config.json carries our format marker (a Hugging Face folder is not one)."""
+    if not (path.is_dir() and (path / CONFIG).is_file()):
+        return False
+    try:
+        return is_ours(json.loads((path / CONFIG).read_text(encoding="utf-8")))
+    except (OSError, ValueError, RecursionError):
+        return True  # ours by name: loading it reports what is wrong with it
+
 
 
 def checkpoint_kind(path: Path) -> str:
@@ -150,10 +158,9 @@ def check_writable_dir(path: Path, what: str = "directory") -> None:
     if existing is None or not existing.is_dir():
         raise ProbeInputError(f"{what} {path}: {existing} is not a directory")
     try:
-        with tempfile.TemporaryFile(dir=existing):
-            pass
+        fsio.check_creatable(path / "probe")
     except OSError as e:
-        reason = e.strerror or type(e).__name__
+        reason = e.strerror or " ".join(str(e).split())
         raise ProbeInputError(f"{what} {path}: cannot write in {existing} ({reason})") from None
 
 

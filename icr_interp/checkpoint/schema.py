@@ -200,6 +200,10 @@ def rebuild_model(task, config: dict, device):
         cfg = ModelConfig(**config["model"])
     except TypeError as e:
         raise CheckpointError(f"{CONFIG}: invalid model config ({one_line(e)})") from None
+    if cfg.memory_impl == "auto" and cfg.construction in ("pair", "answer"):
+        # Written by the first release, which saved "auto" unresolved: apply its rule, so the
+        # dense (parameters) or factored (buffers) layout matches the saved tensors.
+        cfg.memory_impl = "factored" if task.kb.n_triplets * cfg.d_model > 2**24 else "dense"
     try:
         return model_from_config(task, cfg, device=device)
     except Exception as e:  # noqa: BLE001 -- any failure to build is the config's fault here
