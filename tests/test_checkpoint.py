@@ -290,11 +290,11 @@ def test_crash_while_writing_leaves_old_checkpoint(trained, saved, tmp_path, mon
     path = Path(shutil.copytree(saved, tmp_path / "ck"))
     before = snapshot(tmp_path)
     if stage == "weights":
-        def partial_write(tensors, filename, metadata=None):
-            Path(filename).write_bytes(b"half a file")
+        def partial_write(file, tensors):
+            Path(file).write_bytes(b"half a file")
             raise OSError("simulated crash")
 
-        monkeypatch.setattr(checkpoint_files.safetensors.torch, "save_file", partial_write)
+        monkeypatch.setattr(checkpoint_files, "_write_weights", partial_write)
     else:
         monkeypatch.setattr(checkpoint_files, "_write_json", _crash)
     with pytest.raises(CheckpointError, match="cannot write checkpoint .*simulated crash"):

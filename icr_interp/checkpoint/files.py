@@ -84,7 +84,11 @@ def save_checkpoint(path: str | Path, model, task, *, run_config=None, force: bo
 
 
 def _write_weights(file: Path, tensors: dict) -> None:
-    safetensors.torch.save_file(tensors, str(file), metadata={"format": "pt"})
+    # Serialise in memory and write the bytes ourselves: save_file's Rust writer stages its own
+    # ".tmpXXXXXX" file in the target directory, which a kill would leave behind under a name not ours.
+    data = safetensors.torch.save(tensors, metadata={"format": "pt"})
+    with open(file, "xb") as f:
+        f.write(data)
 
 
 def _write_json(file: Path, data: dict) -> None:
