@@ -261,7 +261,8 @@ def train_and_save(config: RunConfig, out: Path, device: str = "cpu", force: boo
         r = side.get("templates")
         if r:
             print(f"attention template {name:>6}: best {r['best']:<9} pairwise score {r['pairwise']:.3f} per "
-                  f"example, {r['mean_row_pairwise']:.3f} mean row (best {r['mean_row_best']}); "
+                  f"example (null {r['pairwise_null']:.3f}, p {r['p_value']:.3g}), {r['mean_row_pairwise']:.3f} "
+                  f"mean row (null {r['mean_row_pairwise_null']:.3f}, best {r['mean_row_best']}); "
                   f"balance {r['balance']:.3f}")
     save_checkpoint(out, result.model, result.task, run_config=config, force=force, preset=config.name,
                     seed=config.seed, before=before, after=after,
