@@ -24,10 +24,8 @@ from icr_interp.task import Batch, ICRecallTask
 
 
 def relation_prior(task: ICRecallTask) -> Float[Tensor, " relation"]:
-    """The probability that the task draws each relation for a prompt (uniform over usable relations)."""
-    n_facts = (task.kb.table >= 0).sum(1)
-    usable = (n_facts >= task.n_pairs + 1).float()
-    return usable / usable.sum()
+    """The probability that the task draws each relation for a prompt (:attr:`ICRecallTask.relation_weights`)."""
+    return task.relation_weights
 
 
 @torch.no_grad()

@@ -16,6 +16,7 @@ Factual-recall prompts ``[BOS, s, <r>]`` (explicit relation token, target
 ``a*(s, r)``) come from the same knowledge base.
 """
 
+import warnings
 from dataclasses import dataclass, fields, replace
 
 import torch
@@ -101,6 +102,22 @@ class ICRecallTask:
         self._usable = torch.nonzero(known.sum(1) >= n_pairs + 1).flatten()
         if len(self._usable) == 0:
             raise ValueError(f"no relation has the {n_pairs + 1} subjects a prompt with k={n_pairs} needs")
+        n_facts = known.sum(1)
+        sparse = [kb.relations[r] for r in range(kb.n_relations) if 0 < int(n_facts[r]) < n_pairs + 1]
+        if sparse:
+            shown = ", ".join(sparse[:5]) + (f" and {len(sparse) - 5} more" if len(sparse) > 5 else "")
+            warnings.warn(f"{len(sparse)} relation(s) know fewer than the {n_pairs + 1} subjects a prompt with "
+                          f"k={n_pairs} needs and are never sampled: {shown}", UserWarning, stacklevel=2)
+
+    @property
+    def relation_weights(self) -> Tensor:
+        """How prompts draw their relation: uniformly over the relations that can fill k + 1 distinct subjects.
+
+        ``[relation]`` probabilities (0 for a relation too sparse for k pairs).
+        """
+        weights = torch.zeros(self.kb.n_relations)
+        weights[self._usable] = 1.0 / len(self._usable)
+        return weights
 
     # ------------------------------------------------------------ geometry
     @property

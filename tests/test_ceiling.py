@@ -33,3 +33,14 @@ def test_disjoint_answers_reach_one_and_evaluate_reports_it(disjoint_task):
     model = ii.build_model(disjoint_task)
     out = ii.evaluate(model, disjoint_task, n_prompts=64)
     assert out["ceiling"] == 1.0 and 0.0 <= out["accuracy"] <= out["ceiling"]
+
+
+def test_sparse_relations_are_named_and_weighted_zero():
+    import pytest
+
+    facts = [(f"s{i}", "big", f"a{i}") for i in range(6)] + [("s0", "tiny", "b0"), ("s1", "tiny", "b1")]
+    kb = ii.KnowledgeBase.from_triplets(facts)
+    with pytest.warns(UserWarning, match="never sampled: tiny"):
+        task = ii.ICRecallTask(kb, n_pairs=2)
+    assert task.relation_weights.tolist() == [1.0, 0.0]
+    assert set(task.sample(64, seed=0).relations.tolist()) == {0}
