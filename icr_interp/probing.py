@@ -59,7 +59,7 @@ def is_checkpoint(path: Path) -> bool:
     try:
         return is_ours(json.loads((path / CONFIG).read_text(encoding="utf-8")))
     except (OSError, ValueError, RecursionError):
-        return True  # ours by name: loading it reports what is wrong with it
+        return False
 
 
 
@@ -71,8 +71,8 @@ def checkpoint_kind(path: Path) -> str:
     if not path.is_dir():
         raise ProbeInputError(f"not a checkpoint: {path} is a file (a checkpoint is a directory with {CONFIG} "
                               "and model.safetensors)")
-    if is_checkpoint(path):
-        return "checkpoint"
+    if (path / CONFIG).is_file():
+        return "checkpoint"  # the path named: loading says what is wrong with it, if anything
     if _children(path):
         return "series"
     raise ProbeInputError(f"no checkpoints in {path}: neither it nor any subdirectory has a {CONFIG}")

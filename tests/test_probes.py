@@ -329,8 +329,10 @@ def test_checkpoint_discovery_orders_by_step(tmp_path, reference_checkpoint):
     shutil.copytree(reference_checkpoint, tmp_path / "z-final")  # metrics step 200
     for name in ("ckpt-50", "ckpt-7", ".ckpt-9.tmp-1"):
         (tmp_path / name).mkdir()
-        (tmp_path / name / "config.json").write_text("{}")  # no metrics: the number in the name
+        (tmp_path / name / "config.json").write_text('{"format": "icr_interp-checkpoint/1"}')  # step from the name
     (tmp_path / "notes").mkdir()
+    (tmp_path / "hf-model").mkdir()  # a foreign folder with a config.json (no format marker) is not a checkpoint
+    (tmp_path / "hf-model" / "config.json").write_text("{}")
     entries = probing.find_checkpoints(tmp_path)
     assert [(e.name, e.step) for e in entries] == [("ckpt-7", 7), ("ckpt-50", 50), ("z-final", 200)]
     assert probing.checkpoint_kind(tmp_path) == "series" and probing.checkpoint_kind(tmp_path / "ckpt-7") == "checkpoint"
