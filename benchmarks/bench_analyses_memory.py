@@ -1,0 +1,49 @@
+"""Peak memory of the analyses at N = 10^6: evaluate and score_templates in bounded memory (issue 11).
+
+Builds the 15,625 x 64 (10^6 facts) model with the memory ``auto`` picks (sparse),
+then runs ``evaluate`` on 1,024 prompts and ``score_templates`` on 256, printing
+each one's time and the process's peak RSS as a fraction of the 6 GB bound.
+
+    .venv/bin/python benchmarks/bench_analyses_memory.py --threads 2
+"""
+
+import argparse
+import resource
+import time
+
+import torch
+
+BOUND_GB = 6.0
+
+
+def peak_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux reports KiB
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--threads", type=int, default=2, help="torch threads (set explicitly)")
+    p.add_argument("--subjects", type=int, default=15_625)
+    p.add_argument("--relations", type=int, default=64)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    import icr_interp as ii
+
+    kb = ii.KnowledgeBase.random(args.subjects, args.relations, args.subjects, answer_overlap=1.0, seed=0)
+    task = ii.ICRecallTask(kb, n_pairs=4)
+    t = time.perf_counter()
+    model = ii.build_model(task, d_model=1024, seed=0)
+    print(f"N={kb.n_triplets}: build {time.perf_counter() - t:.1f} s, memory {model.icr_config.memory_impl}, "
+          f"peak RSS {peak_gb():.2f} GB")
+    t = time.perf_counter()
+    acc = ii.evaluate(model, task, n_prompts=1024)["accuracy"]
+    print(f"evaluate(1024 prompts): {time.perf_counter() - t:.1f} s, accuracy {acc:.3f}, "
+          f"peak RSS {peak_gb():.2f} GB = {peak_gb() / BOUND_GB:.2f} x the {BOUND_GB:g} GB bound")
+    t = time.perf_counter()
+    ii.score_templates(model, task.sample(256, seed=1))
+    print(f"score_templates(256 prompts): {time.perf_counter() - t:.1f} s, "
+          f"peak RSS {peak_gb():.2f} GB = {peak_gb() / BOUND_GB:.2f} x the {BOUND_GB:g} GB bound")
+
+
+if __name__ == "__main__":
+    main()
