@@ -8,16 +8,15 @@ each one's time and the process's peak RSS as a fraction of the 6 GB bound.
 """
 
 import argparse
-import resource
-import time
+import sys
+from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from timing import peak_rss_gb as peak_gb, timed  # noqa: E402  (benchmarks/timing.py: the shared helper)
+
 BOUND_GB = 6.0
-
-
-def peak_gb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux reports KiB
 
 
 def main() -> None:
@@ -31,17 +30,14 @@ def main() -> None:
 
     kb = ii.KnowledgeBase.random(args.subjects, args.relations, args.subjects, answer_overlap=1.0, seed=0)
     task = ii.ICRecallTask(kb, n_pairs=4)
-    t = time.perf_counter()
-    model = ii.build_model(task, d_model=1024, seed=0)
-    print(f"N={kb.n_triplets}: build {time.perf_counter() - t:.1f} s, memory {model.icr_config.memory_impl}, "
+    model, seconds = timed(ii.build_model, task, d_model=1024, seed=0)
+    print(f"N={kb.n_triplets}: build {seconds:.1f} s, memory {model.icr_config.memory_impl}, "
           f"peak RSS {peak_gb():.2f} GB")
-    t = time.perf_counter()
-    acc = ii.evaluate(model, task, n_prompts=1024)["accuracy"]
-    print(f"evaluate(1024 prompts): {time.perf_counter() - t:.1f} s, accuracy {acc:.3f}, "
+    out, seconds = timed(ii.evaluate, model, task, n_prompts=1024)
+    print(f"evaluate(1024 prompts): {seconds:.1f} s, accuracy {out['accuracy']:.3f}, "
           f"peak RSS {peak_gb():.2f} GB = {peak_gb() / BOUND_GB:.2f} x the {BOUND_GB:g} GB bound")
-    t = time.perf_counter()
-    ii.score_templates(model, task.sample(256, seed=1))
-    print(f"score_templates(256 prompts): {time.perf_counter() - t:.1f} s, "
+    _, seconds = timed(ii.score_templates, model, task.sample(256, seed=1))
+    print(f"score_templates(256 prompts): {seconds:.1f} s, "
           f"peak RSS {peak_gb():.2f} GB = {peak_gb() / BOUND_GB:.2f} x the {BOUND_GB:g} GB bound")
 
 
