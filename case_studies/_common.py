@@ -1,7 +1,6 @@
 """Shared command-line plumbing for the case studies: one-line argument errors, output folders, atomic files."""
 
 import argparse
-import math
 import sys
 from pathlib import Path
 
@@ -51,19 +50,8 @@ def out_dir(parser: argparse.ArgumentParser, path: str) -> Path:
     return out
 
 
-def finite(value):
-    """``value`` with NaN and infinities as None (strict JSON has neither)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [finite(v) for v in value]
-    return value
-
-
 def write_json(path: Path, data) -> None:
-    fsio.write_json(path, finite(fsio.plain(data)), indent=2)
+    fsio.write_json(path, fsio.json_safe(data), indent=2)
 
 
 def save_figure(fig, path: Path) -> None:

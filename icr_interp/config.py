@@ -20,7 +20,7 @@ import json
 from dataclasses import dataclass, field, fields, replace
 
 from icr_interp.model import ModelConfig
-from icr_interp.seeds import MAX_SEED, derive_seed
+from icr_interp.seeds import check_seed, derive_seed
 from icr_interp.train import TrainConfig
 
 MAPPINGS = ("balanced", "random")
@@ -98,8 +98,7 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)  # held-out measurements
 
     def __post_init__(self) -> None:
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or not 0 <= self.seed < MAX_SEED:
-            raise ValueError(f"seed must be an integer in [0, 2**63), got {self.seed!r}")
+        check_seed(self.seed)
         # The model's and the training set's seeds come from the run's seed, so they cannot disagree.
         object.__setattr__(self, "model", replace(self.model, seed=derive_seed(self.seed, "model")))
         object.__setattr__(self, "train", replace(self.train, seed=derive_seed(self.seed, "train")))

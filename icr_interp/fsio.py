@@ -24,6 +24,7 @@ when its process dies, ``kill -9`` included).
 
 import errno
 import json
+import math
 import os
 import re
 import shutil
@@ -38,6 +39,18 @@ import numpy as np
 _TOKEN = r"[0-9a-f]{12}"
 PROBE_PREFIX = ".icr_interp-write-test-"  # check_creatable's probe files (mkstemp adds 8 characters)
 _PROBE = re.compile(re.escape(PROBE_PREFIX) + r"[a-z0-9_]{8}")
+
+
+def json_safe(value):
+    """:func:`plain` values with non-finite floats as None: strict JSON has no NaN or Infinity."""
+    value = plain(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [json_safe(v) for v in value]
+    return value
 
 
 def plain(value):

@@ -23,7 +23,6 @@ raises :class:`ProbeInputError` with one line; the scripts exit 2 on it.
 """
 
 import json
-import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -168,18 +167,7 @@ def _non_empty(path: Path) -> bool:
     return path.is_dir() and any(path.iterdir())
 
 
-def json_safe(value):
-    """Plain values (:func:`icr_interp.fsio.plain`) with non-finite floats as None: strict JSON has no NaN."""
-    from icr_interp.fsio import plain
-
-    value = plain(value)
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: json_safe(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [json_safe(v) for v in value]
-    return value
+json_safe = fsio.json_safe  # NaN as null for strict JSON (defined once, in fsio)
 
 
 # ------------------------------------------------------------------ prompts and analyses

@@ -28,10 +28,11 @@ from icr_interp.attention_params import logical_name
 from icr_interp.ceiling import ceiling
 from icr_interp.compat import TLModel
 from icr_interp.forward import query_logits, query_path_applies
+from icr_interp.model import TRAINABLE
 from icr_interp.seeds import SALTS, derive_seed
 from icr_interp.task import Batch, ICRecallTask
 
-DEFAULT_TRAINABLE = ("W_Q", "W_K", "b_Q", "b_K")  # attention query/key: what the paper fine-tunes
+DEFAULT_TRAINABLE = TRAINABLE  # attention query/key (model.py): what the paper fine-tunes, also for foreign models
 EVAL_SALT = SALTS["eval"]  # the first release's name for the held-out stream's salt
 __all__ = ["TrainConfig", "History", "finetune", "evaluate", "batch_logits", "query_logits", "trainable_names",
            "trainable_parameters", "EVAL_SALT"]
