@@ -1,15 +1,19 @@
-"""Case study 2: fine-tuning samples needed vs number of stored triplets N.
+"""Case study 2: the fewest fine-tuning samples n* that reach the target, against the number of stored triplets N.
 
-    python case_studies/sample_complexity.py --sizes 128 1024 10000 100000 --seeds 0 1 \
-        --grid 16 64 256 1024 4096 --out case_studies/results/sample_complexity
+    python case_studies/sample_complexity.py --sizes 100 1000 10000 100000 --seeds 0 1 2 3 4 \
+        --out case_studies/results/sample_complexity
 
-The paper preset at every N (balanced bijective relations, shared answers, k = 4) and seed,
-fine-tunes on training sets of each size on --grid (plus a 0-step run for the
-starting accuracy), through the resumable sweep (results.jsonl: kill it and run
-the same command again to resume).  Reports n* for two criteria (see
-icr_interp.scaling), power-law and polylog fits, and a figure.  d_model: the
-exact basis when it fits in 1024 dimensions, else --d-large (random directions;
-crosstalk grows with N, see docs/results.md).
+One chain per (N, seed, attention parametrisation): the paper preset (shared answers,
+bijective relations, k = 4, the default answer-tilted start) fine-tuned on training sets
+of n prompts, n searched on a doubling grid from 1 and refined by bisection
+(icr_interp.sample_search), for the accuracy and the loss criterion.  Runs go through
+the resumable sweep (results.jsonl: kill it and run the same command again to resume;
+--executor ray --ray-address ADDR runs the same rounds on a cluster).  Writes
+summary.json (runs, per-N n*, power and polylog fits with bootstrap 90% intervals)
+and sample_complexity.png.  Scaling: N / R subjects and as many answers, R relations
+(--n-relations; --large-relations from --large-from facts on, so the 10^6 point keeps
+a vocabulary two cores can read); d_model the exact basis when it fits in 1024
+dimensions, else --d-large random directions.  Each worker uses one torch thread.
 """
 
 import sys
@@ -21,98 +25,96 @@ from _common import Parser, out_dir, positive, save_figure, seed, write_json  # 
 import numpy as np  # noqa: E402
 
 from icr_interp import sweep  # noqa: E402
-from icr_interp.basis import default_d_model  # noqa: E402
-from icr_interp.knowledge import KnowledgeBase  # noqa: E402
-from icr_interp.scaling import Fit, fit_both, sample_complexity  # noqa: E402
-from icr_interp.task import ICRecallTask  # noqa: E402
+from icr_interp.basis import n_directions_needed  # noqa: E402
+from icr_interp.config import RunConfig  # noqa: E402
+from icr_interp.model import ATTENTIONS  # noqa: E402
+from icr_interp.sample_search import SearchRule, chain_summary, run_search, summarize  # noqa: E402
+from icr_interp.scaling import Fit  # noqa: E402
 from icr_interp.viz import _figure  # noqa: E402
 
 
-def d_model_for(size: tuple[int, int, int], n_pairs: int, d_large: int) -> int:
-    """The exact basis if it fits in 1024 dimensions, else ``d_large``."""
-    task = ICRecallTask(KnowledgeBase.random(*size, seed=0), n_pairs=n_pairs)
-    d = default_d_model(task.vocab, task.n_ctx, cap=10**9)
-    return d if d <= 1024 else d_large
+def chain_configs(args) -> dict[str, RunConfig]:
+    """One base RunConfig per (N, seed, attention); the search sets train.n_samples."""
+    chains = {}
+    for n in args.sizes:
+        r = args.large_relations if n >= args.large_from else args.n_relations
+        s = max(2, round(n / r))
+        exact = n_directions_needed(1 + 2 * s + r, 2 * args.k + 2, r)
+        d = 64 * -(-exact // 64) if exact <= 1024 else args.d_large
+        for attention in args.attention:
+            for sd in args.seeds:
+                chains[f"N={s * r} seed={sd} {attention}"] = RunConfig.from_preset("paper", seed=sd, **{
+                    "knowledge.n_subjects": s, "knowledge.n_relations": r, "knowledge.n_answers": s,
+                    "task.n_pairs": args.k, "model.attention": attention, "model.d_model": d,
+                    "train.steps": args.steps, "eval.n_prompts": args.n_eval, "eval.n_template": 0})
+    return chains
 
 
-def configs(args) -> list:
-    """The paper preset at every size, seed and training-set size, plus a 0-step run for the start."""
-    out = []
-    sizes = [size for n in args.sizes
-             for size in sweep.sizes_for_triplets([n], args.n_relations if n >= 1000 else args.small_relations)]
-    for size in sizes:
-        d = d_model_for(size, args.k, args.d_large)
-        seeds = args.seeds if size[0] * size[1] < args.one_seed_above else args.seeds[:1]
-        common = dict(kb_sizes=[size], n_pairs=args.k, seeds=seeds, d_model=d, n_eval=args.n_eval,
-                      n_template=args.n_template)
-        out += sweep.expand_grid("paper", n_samples=args.grid, steps=args.steps, **common)
-        out += sweep.expand_grid("paper", n_samples=[args.grid[0]], steps=0, **common)  # the starting point
-    return out
-
-
-def plot(rows_by_criterion: dict, fits: dict):
-    fig, axes = _figure(10, 4, ncols=2)
-    for ax, (criterion, rows) in zip(axes.flat, rows_by_criterion.items()):
-        hit = [(r["n_triplets"], r["n_star"]) for r in rows if r["n_star"] is not None]
-        miss = [r["n_triplets"] for r in rows if r["n_star"] is None]
+def plot(lines: list[dict], fits: dict):
+    attentions = sorted({line["attention"] for line in lines})
+    fig, axes = _figure(5 * len(attentions), 4, ncols=len(attentions))
+    for ax, attention in zip(np.atleast_1d(axes).flat, attentions):
+        mine = [line for line in lines if line["attention"] == attention]
+        hit = [(line["n_triplets"], line["n_star"]) for line in mine if line["n_star"] is not None]
         if hit:
-            ax.scatter(*zip(*hit), color="k", zorder=3, label="n* per seed")
-        for n in miss:
-            ax.axvline(n, color="r", ls=":", lw=1)
-        grid = np.logspace(np.log10(min(r["n_triplets"] for r in rows)), np.log10(max(r["n_triplets"] for r in rows)))
-        for kind, style in (("power", "--"), ("polylog", "-")):
-            f = fits[criterion][kind]
+            ax.scatter(*zip(*hit), color="k", alpha=0.5, zorder=3, label="n* per seed")
+        sizes = sorted({line["n_triplets"] for line in mine})
+        grid = np.logspace(np.log10(sizes[0]), np.log10(sizes[-1]))
+        for kind, style, exp in (("power", "--", "gamma"), ("polylog", "-", "c")):
+            f = fits[attention][kind]
             if f:
-                label = f"{kind}: a={f['a']:.3g}, exp={f['exponent']:.3f}, rmse={f['rmse']:.2f}"
-                ax.plot(grid, Fit(**f).predict(grid), style, label=label)
-        ax.set(xscale="log", yscale="log", xlabel="stored triplets N", ylabel="samples n*",
-               title=f"criterion: {criterion}" + (" (red: not reached)" if miss else ""))
+                lo, hi = f[f"{exp}_ci90"]
+                ax.plot(grid, Fit(kind, f["a"], f[exp], f["rmse"]).predict(grid), style,
+                        label=f"{kind}: {exp}={f[exp]:.2f} [{lo:.2f}, {hi:.2f}], rmse {f['rmse']:.2f}")
+        ax.set(xscale="log", yscale="log", xlabel="stored triplets N", ylabel="samples n* (accuracy >= target)",
+               title=f"attention: {attention}  (floor n* = 1)")
         ax.legend(fontsize=7)
     return fig
 
 
 def main(argv=None) -> int:
     p = Parser(prog="sample_complexity.py", description=__doc__.splitlines()[0])
-    p.add_argument("--sizes", type=positive, nargs="+", default=[128, 1024, 10000, 100000])
-    p.add_argument("--n-relations", type=positive, default=8, help="relations for N >= 1000")
-    p.add_argument("--small-relations", type=positive, default=4,
-                   help="relations for N < 1000 (more subjects: fewer cross-pair confounds)")
+    p.add_argument("--sizes", type=positive, nargs="+", default=[100, 1000, 10000, 100000])
+    p.add_argument("--seeds", type=seed, nargs="+", default=[0, 1, 2, 3, 4])
+    p.add_argument("--attention", nargs="+", choices=ATTENTIONS, default=list(ATTENTIONS))
+    p.add_argument("--n-relations", type=positive, default=8)
+    p.add_argument("--large-relations", type=positive, default=64)
+    p.add_argument("--large-from", type=positive, default=1_000_000)
     p.add_argument("--k", type=positive, default=4)
-    p.add_argument("--seeds", type=seed, nargs="+", default=[0, 1])
-    p.add_argument("--one-seed-above", type=positive, default=50_000, help="use only the first seed above this N")
-    p.add_argument("--grid", type=positive, nargs="+", default=[16, 64, 256, 1024, 4096])
-    p.add_argument("--steps", type=positive, default=200)
+    p.add_argument("--steps", type=positive, default=100)
     p.add_argument("--d-large", type=positive, default=1024)
     p.add_argument("--n-eval", type=positive, default=512)
-    p.add_argument("--n-template", type=positive, default=256)
     p.add_argument("--target", type=float, default=0.95)
+    p.add_argument("--loss-fraction", type=float, default=0.9)
+    p.add_argument("--n-ref", type=positive, default=1024)
+    p.add_argument("--n-max", type=positive, default=4096)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--executor", choices=sweep.EXECUTORS, default="local")
     p.add_argument("--ray-address", default=None)
     p.add_argument("--out", default="case_studies/results/sample_complexity")
     args = p.parse_args(argv)
-    if not 0 < args.target <= 1:
-        p.error("--target must lie in (0, 1]")
+    try:
+        rule = SearchRule(target=args.target, loss_fraction=args.loss_fraction, n_ref=args.n_ref, n_max=args.n_max)
+    except ValueError as e:
+        p.error(str(e))
     out = out_dir(p, args.out)
-    results = sweep.run_sweep(configs(args), out / "results.jsonl", executor=args.executor, workers=args.workers,
-                              ray_address=args.ray_address)
-    sweep.to_csv(results, out / "results.csv")
-    results = [sweep.flat(r) for r in results]
-    trained = [r for r in results if r["steps"] > 0]
-    start = {r["n_triplets"]: r["accuracy"] for r in results if r["steps"] == 0 and r["seed"] == args.seeds[0]}
-    rows = {c: sample_complexity(trained, args.target, c) for c in ("accuracy", "pattern")}
-    fits = {c: fit_both(rows[c]) for c in rows}
-    write_json(out / "summary.json", dict(args=vars(args), start_accuracy=start, n_star=rows, fits=fits))
-    save_figure(plot(rows, fits), out / "sample_complexity.png")
-    for c in rows:
-        print(f"criterion {c}:")
-        for r in rows[c]:
-            print(f"  N={r['n_triplets']:>7} seed {r['seed']}: n*={r['n_star']}  plateau acc {r['plateau']:.3f}"
-                  f"  start acc {start.get(r['n_triplets'], float('nan')):.3f}")
-        f = fits[c]
+    chains = chain_configs(args)
+    runs = run_search(chains, out / "results.jsonl", rule, executor=args.executor, workers=args.workers,
+                      ray_address=args.ray_address)
+    lines = [chain_summary(chains[name], runs[name], rule) for name in chains]
+    summary = summarize(lines)
+    write_json(out / "summary.json", dict(args=vars(args), rule=rule.to_dict(), runs=lines, **summary))
+    save_figure(plot(lines, summary["fits"]), out / "sample_complexity.png")
+    for attention, rows in summary["per_n"].items():
+        print(f"attention {attention}:")
+        for row in rows:
+            print(f"  N={row['n_triplets']:>7}: n* median {row['n_star_median']} 90% {row['n_star_ci90']}  "
+                  f"reached {row['reached']}/{row['seeds']}  at floor {row['at_floor']}  "
+                  f"start acc <= {row['start_accuracy_max']:.3f}  {row['seconds']:.0f} s")
+        f = summary["fits"][attention]
         if f["power"]:
-            print(f"  power law gamma={f['power']['exponent']:.3f} (rmse {f['power']['rmse']:.2f}); polylog "
-                  f"c={f['polylog']['exponent']:.3f} (rmse {f['polylog']['rmse']:.2f}); better: {f['better']}")
+            print(f"  power gamma={f['power']['gamma']:.3f} {f['power']['gamma_ci90']}; polylog c={f['polylog']['c']:.3f}"
+                  f" {f['polylog']['c_ci90']}; better: {f['better']}")
     print(f"wrote {out}")
     return 0
 

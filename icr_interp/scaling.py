@@ -101,3 +101,46 @@ def fit_both(rows: list[dict]) -> dict:
     power, polylog = fit(n, s, "power"), fit(n, s, "polylog")
     better = "polylog" if polylog.rmse < power.rmse else "power"
     return dict(power=power.to_dict(), polylog=polylog.to_dict(), better=better, n_points=len(points))
+
+
+def bootstrap_fits(points: list[tuple[int, float]], n_boot: int = 2000, seed: int = 0) -> dict:
+    """Power-law and polylog fits to (N, n*) points, with bootstrap 90% intervals on gamma and c.
+
+    The bootstrap resamples the points *within each N* (the seeds of a size are
+    exchangeable; the sizes are the design), refits both laws, and takes the
+    5th and 95th percentiles of the exponents.  ``better`` is the law with the
+    smaller residual on the data (``"tie"`` when they are equal, e.g. when every
+    n* is the same), and ``polylog_better_fraction`` how often polylog wins
+    over the resamples.
+
+    Returns:
+        ``power`` (``gamma``, ``gamma_ci90``, ``a``, ``rmse``), ``polylog`` (``c``,
+        ``c_ci90``, ``a``, ``rmse``), ``better``, ``polylog_better_fraction``,
+        ``n_points``; power and polylog are None with fewer than two sizes.
+    """
+    groups = defaultdict(list)
+    for n, s in points:
+        groups[n].append(s)
+    out = dict(power=None, polylog=None, better=None, polylog_better_fraction=None, n_points=len(points))
+    if len(groups) < 2:
+        return out
+    n, s = zip(*points)
+    power, polylog = fit(n, s, "power"), fit(n, s, "polylog")
+    rng = np.random.default_rng(seed)
+    exps, wins = {"power": [], "polylog": []}, 0
+    for _ in range(n_boot):
+        xs, ys = [], []
+        for size, stars in groups.items():
+            xs += [size] * len(stars)
+            ys += list(rng.choice(stars, size=len(stars), replace=True))
+        fits = {kind: fit(xs, ys, kind) for kind in exps}
+        for kind, f in fits.items():
+            exps[kind].append(f.exponent)
+        wins += fits["polylog"].rmse < fits["power"].rmse
+    ci = {kind: [float(v) for v in np.percentile(values, [5, 95])] for kind, values in exps.items()}
+    gap = power.rmse - polylog.rmse
+    out.update(power=dict(gamma=power.exponent, gamma_ci90=ci["power"], a=power.a, rmse=power.rmse),
+               polylog=dict(c=polylog.exponent, c_ci90=ci["polylog"], a=polylog.a, rmse=polylog.rmse),
+               better="tie" if abs(gap) < 1e-9 else ("polylog" if gap > 0 else "power"),
+               polylog_better_fraction=wins / n_boot)
+    return out

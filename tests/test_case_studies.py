@@ -33,17 +33,27 @@ def test_emergence(tmp_path):
 
 
 def test_sample_complexity_resumes(tmp_path):
-    args = ("--sizes", 64, 128, "--seeds", 0, "--grid", 8, 16, "--steps", 5, "--n-eval", 32, "--n-template", 16,
-            "--workers", 0, "--out", tmp_path)
+    args = ("--sizes", 64, 128, "--n-relations", 4, "--seeds", 0, 1, "--steps", 5, "--n-eval", 32, "--n-ref", 8,
+            "--n-max", 8, "--workers", 0, "--out", tmp_path)
     run("sample_complexity.py", *args)
     lines = (tmp_path / "results.jsonl").read_text().splitlines()
-    assert len(lines) == 2 * 3  # 2 sizes x (2 grid points + the 0-step start)
     summary = json.loads((tmp_path / "summary.json").read_text())
-    assert {r["n_triplets"] for r in summary["n_star"]["accuracy"]} == {64, 128}
+    runs = summary["runs"]
+    assert len(runs) == 2 * 2 * 2  # sizes x seeds x attentions
+    assert {(r["n_triplets"], r["attention"]) for r in runs} == {(n, a) for n in (64, 128) for a in ("full", "positional")}
+    for r in runs:
+        assert {"n_triplets", "seed", "attention", "start_accuracy", "n_star"} <= set(r)
+        assert r["n_star"] is None or 1 <= r["n_star"] <= 8
+    assert sum(r["n_runs"] for r in runs) == len(lines)  # every run belongs to one chain, none twice
+    for attention in ("full", "positional"):
+        fits = summary["fits"][attention]
+        assert set(fits) >= {"power", "polylog", "better"}
+        if fits["power"]:
+            assert {"gamma", "gamma_ci90"} <= set(fits["power"]) and {"c", "c_ci90"} <= set(fits["polylog"])
     assert png(tmp_path / "sample_complexity.png")
     again = run("sample_complexity.py", *args)  # resume: nothing to redo
     assert (tmp_path / "results.jsonl").read_text().splitlines() == lines
-    assert "criterion accuracy" in again.stdout
+    assert "attention full" in again.stdout
 
 
 def test_context_pairs(tmp_path):

@@ -1,0 +1,197 @@
+"""The fewest fine-tuning samples that reach a criterion: n* by a doubling grid refined by bisection.
+
+A *chain* is one (knowledge base, start, parametrisation): one (N, seed,
+attention).  Its runs differ only in the training-set size n (every run of a
+chain has the same knowledge base, the same start and the same held-out
+prompts, since they all derive from the run's seed).  For each criterion the
+search
+
+1. walks the grid n = 1, 2, 4, ... up to ``n_max`` until a run meets it;
+2. bisects between the last miss ``lo`` and the first hit ``hi`` until
+   ``hi - lo <= max(1, tolerance * hi)``;
+
+and reports ``n* = hi``.  A chain whose first grid point already meets the
+criterion has ``n* = 1``: the floor, which says the start plus one prompt
+suffices -- it is reported as ``at_floor`` so that nobody reads it as a
+resolved scaling point.  A miss observed above ``n*`` is reported as
+``non_monotone`` (fine-tuning on few prompts is noisy).
+
+Criteria (both computed on held-out prompts):
+
+* ``accuracy``: accuracy >= ``target`` (the paper's);
+* ``loss``: the run removed at least ``loss_fraction`` of the loss gap between
+  the start and the reference run at ``n_ref`` prompts (``loss <= L_ref +
+  (1 - loss_fraction) (L_start - L_ref)``): how many samples reach the
+  large-sample loss.  A chain whose reference does not improve on its start
+  (``L_ref >= L_start``) has no loss n*.
+
+The search is a pure function of the runs so far (:func:`next_sizes`), so a
+driver can run its requests as one batch per round (through the resumable
+sweep, locally or on Ray) and call it again.
+"""
+
+from dataclasses import asdict, dataclass
+
+CRITERIA = ("accuracy", "loss")
+
+
+@dataclass(frozen=True)
+class SearchRule:
+    """What counts as reaching the criterion, and how finely n* is resolved."""
+
+    target: float = 0.95  # held-out accuracy target of the accuracy criterion
+    loss_fraction: float = 0.9  # loss criterion: fraction of the start -> reference loss gap removed
+    n_ref: int = 1024  # training-set size of the reference run (the loss criterion's large-sample loss)
+    n_max: int = 4096  # largest training set the grid tries; beyond it n* is "not reached"
+    tolerance: float = 0.2  # bisection stops when hi - lo <= max(1, tolerance * hi)
+
+    def __post_init__(self) -> None:
+        if not 0 < self.target <= 1:
+            raise ValueError(f"target must lie in (0, 1], got {self.target}")
+        if not 0 < self.loss_fraction <= 1:
+            raise ValueError(f"loss_fraction must lie in (0, 1], got {self.loss_fraction}")
+        for name in ("n_ref", "n_max"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        if not 0 <= self.tolerance < 1:
+            raise ValueError(f"tolerance must lie in [0, 1), got {self.tolerance}")
+
+    @property
+    def grid(self) -> list[int]:
+        """The doubling grid 1, 2, 4, ... <= n_max."""
+        return [2**i for i in range(self.n_max.bit_length()) if 2**i <= self.n_max]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def meets(criterion: str, run: dict, runs: dict[int, dict], rule: SearchRule) -> bool | None:
+    """Whether ``run`` (a record with accuracy, loss, start_loss) meets ``criterion``; None: undecidable yet."""
+    if criterion == "accuracy":
+        return run["accuracy"] >= rule.target
+    if criterion != "loss":
+        raise ValueError(f"criterion must be one of {CRITERIA}, got {criterion!r}")
+    if rule.n_ref not in runs:
+        return None  # the reference loss is not known yet
+    ref, start = runs[rule.n_ref]["loss"], run["start_loss"]
+    if not ref < start:
+        return False  # nothing to reach: the reference does not improve on the start
+    return run["loss"] <= ref + (1 - rule.loss_fraction) * (start - ref)
+
+
+def n_star(runs: dict[int, dict], criterion: str, rule: SearchRule = SearchRule()) -> dict:
+    """The search's state for one chain and criterion.
+
+    Args:
+        runs: training-set size -> that run's record (``accuracy``, ``loss``, ``start_loss``).
+        criterion: ``"accuracy"`` or ``"loss"``.
+        rule: the criterion's thresholds and the search's grid.
+
+    Returns:
+        ``n_star`` (None while unresolved or not reached), ``lo``/``hi`` (the bracket),
+        ``resolved``, ``reached``, ``at_floor``, ``non_monotone`` and ``next`` (the size to run next, or None).
+    """
+    hits = {n: meets(criterion, r, runs, rule) for n, r in runs.items()}
+    state = dict(criterion=criterion, n_star=None, lo=0, hi=None, resolved=False, reached=False,
+                 at_floor=False, non_monotone=False, next=None)
+    if criterion == "loss" and rule.n_ref not in runs:
+        return dict(state, next=rule.n_ref)
+    if criterion == "loss" and not runs[rule.n_ref]["loss"] < runs[rule.n_ref]["start_loss"]:
+        return dict(state, resolved=True)  # the reference does not improve on the start: no loss n*
+    hit_sizes = sorted(n for n, h in hits.items() if h)
+    if not hit_sizes:
+        missing = [g for g in rule.grid if g not in runs]
+        return dict(state, next=missing[0] if missing else None, resolved=not missing)
+    hi = hit_sizes[0]
+    below = [g for g in rule.grid if g < hi and g not in runs]
+    if below:  # walk the grid in order: a smaller grid point may still hit
+        return dict(state, hi=hi, next=below[0])
+    lo = max((n for n in runs if n < hi), default=0)
+    state.update(lo=lo, hi=hi, non_monotone=any(h is False for n, h in hits.items() if n > hi))
+    if hi - lo > max(1, int(rule.tolerance * hi)):
+        return dict(state, next=(lo + hi) // 2)
+    return dict(state, n_star=hi, resolved=True, reached=True, at_floor=hi == rule.grid[0])
+
+
+def next_sizes(runs: dict[int, dict], rule: SearchRule = SearchRule(),
+               criteria: tuple[str, ...] = CRITERIA) -> list[int]:
+    """The training-set sizes this chain needs next (empty: every criterion is resolved)."""
+    return sorted({s["next"] for s in (n_star(runs, c, rule) for c in criteria) if s["next"] is not None})
+
+
+def run_search(chains: dict[str, "RunConfig"], out_path, rule: SearchRule = SearchRule(),  # noqa: F821
+               log=print, **sweep_options) -> dict[str, dict[int, dict]]:
+    """Search n* for every chain, one batch of runs per round, through the resumable sweep.
+
+    Args:
+        chains: a name per chain -> its RunConfig (``train.n_samples`` is set per run).
+        out_path: the sweep's JSONL results file (kill the search and call it again to resume:
+            finished runs are read back, so the rounds replay instantly up to where it stopped).
+        rule: criteria and grid.
+        log: called with one line per round.
+        **sweep_options: passed to :func:`icr_interp.sweep.run_sweep` (executor, workers, ray_address...).
+
+    Returns:
+        chain name -> {training-set size -> that run's record}.
+    """
+    from icr_interp.sweep import run_sweep
+
+    runs: dict[str, dict[int, dict]] = {name: {} for name in chains}
+    for round_ in range(1, 10**4):
+        todo = [(name, n) for name in chains for n in next_sizes(runs[name], rule)]
+        if not todo:
+            return runs
+        log(f"round {round_}: {len(todo)} runs for {len({name for name, _ in todo})} unresolved chains")
+        configs = [chains[name].with_overrides(**{"train.n_samples": n}) for name, n in todo]
+        for (name, n), record in zip(todo, run_sweep(configs, out_path, **sweep_options)):
+            runs[name][n] = record
+    raise RuntimeError("the n* search did not terminate")  # unreachable: each round adds a run
+
+
+def chain_summary(config: "RunConfig", runs: dict[int, dict], rule: SearchRule = SearchRule()) -> dict:  # noqa: F821
+    """One line of ``summary.json``'s ``runs``: the chain's start, n* per criterion and cost."""
+    acc, loss = (n_star(runs, c, rule) for c in CRITERIA)
+    any_run = next(iter(runs.values()))
+    k = config.knowledge
+    return dict(n_triplets=k.n_subjects * k.n_relations, seed=config.seed, attention=config.model.attention,
+                n_subjects=k.n_subjects, n_relations=k.n_relations, d_model=any_run.get("d_model_used"),
+                start_accuracy=any_run["start_accuracy"], start_loss=any_run["start_loss"],
+                n_star=acc["n_star"], at_floor=acc["at_floor"], non_monotone=acc["non_monotone"],
+                accuracy_at_n_star=runs[acc["n_star"]]["accuracy"] if acc["reached"] else None,
+                n_star_loss=loss["n_star"], reference_loss=runs.get(rule.n_ref, {}).get("loss"),
+                reference_accuracy=runs.get(rule.n_ref, {}).get("accuracy"),
+                n_runs=len(runs), seconds=sum(r.get("seconds", 0.0) for r in runs.values()))
+
+
+def summarize(lines: list[dict], n_boot: int = 2000) -> dict:
+    """Per attention: n* per N (median, 90% interval over seeds) and both scaling fits with bootstrap intervals.
+
+    Args:
+        lines: :func:`chain_summary` lines.
+        n_boot: bootstrap resamples of each fit.
+
+    Returns:
+        ``per_n`` and ``fits`` (accuracy criterion) and ``fits_loss`` (loss criterion), each keyed by attention.
+    """
+    import numpy as np
+
+    from icr_interp.scaling import bootstrap_fits
+
+    per_n, fits, fits_loss = {}, {}, {}
+    for attention in sorted({line["attention"] for line in lines}):
+        mine = [line for line in lines if line["attention"] == attention]
+        rows = []
+        for size in sorted({line["n_triplets"] for line in mine}):
+            group = [line for line in mine if line["n_triplets"] == size]
+            stars = [line["n_star"] for line in group if line["n_star"] is not None]
+            rows.append(dict(n_triplets=size, seeds=len(group), reached=len(stars),
+                             at_floor=sum(line["at_floor"] for line in group),
+                             n_star_median=float(np.median(stars)) if stars else None,
+                             n_star_ci90=[float(v) for v in np.percentile(stars, [5, 95])] if stars else None,
+                             start_accuracy_max=max(line["start_accuracy"] for line in group),
+                             seconds=sum(line["seconds"] for line in group)))
+        per_n[attention] = rows
+        for key, out in (("n_star", fits), ("n_star_loss", fits_loss)):
+            out[attention] = bootstrap_fits([(line["n_triplets"], line[key]) for line in mine
+                                             if line[key] is not None], n_boot=n_boot)
+    return dict(per_n=per_n, fits=fits, fits_loss=fits_loss)
