@@ -77,6 +77,7 @@ from icr_interp.task import Batch, ICRecallTask
 
 JOBS = ("relation", "lookup")  # summary columns: relation inference, answer lookup
 CORRUPTION_OF = {"relation": "relation", "lookup": "query"}  # job -> corruption kind that moves it
+JOB_OF = {kind: job for job, kind in CORRUPTION_OF.items()}  # corruption kind -> the job it moves
 CARRIES = 0.5  # a component "carries" a job when its normalised patching effect is at least this
 CONTEXT_GROUP = ("subjects", "answers", "context")  # reported together in the verdict
 Z = reliability.Z  # the one reliability threshold (standard errors), defined in icr_interp.reliability
@@ -132,12 +133,13 @@ class CircuitSummary:
 
     rows: list[CircuitRow]  # one per component, in circuit_components order
     base_accuracy: float  # accuracy on the clean prompts
-    baselines: dict  # job -> {"clean": raw logit diff, "corrupted": raw logit diff}
+    baselines: dict  # job -> {"clean"/"corrupted": raw logit diffs, "n_prompts"/"n_dropped": prompts patched/left out}
     ablation_method: str  # zero | mean | resample
     n_prompts: int  # prompts the numbers average over
     seed: int  # seed of the corruptions
     extra: dict = field(default_factory=dict)  # caller's notes (checkpoint, step, ...), kept in to_dict
     chance: float = math.nan  # chance accuracy 1 / n_answers (nan: unknown, no chance check)
+    jobs: tuple[str, ...] = JOBS  # jobs measured (an unmeasured job's shares are nan)
 
     def __getitem__(self, key: tuple[str, str]) -> float:
         """``summary[component, column]``, column one of relation, lookup, ablated_accuracy, accuracy_drop."""
@@ -185,7 +187,7 @@ class CircuitSummary:
                     baselines=self.baselines, ablation_method=self.ablation_method, n_prompts=self.n_prompts,
                     seed=self.seed, carries_threshold=CARRIES, chance=self.chance, reliability_z=Z,
                     reliable=self.reliable, reason=self.reason, warnings=self.warnings, verdict=self.verdict,
-                    **self.extra)
+                    jobs=list(self.jobs), **self.extra)
 
     def __str__(self) -> str:
         width = max([len(r.component.label) for r in self.rows] + [9])
@@ -205,8 +207,8 @@ class CircuitSummary:
 
 # ------------------------------------------------------------------ compute
 def circuit_summary(model: TLModel, task: ICRecallTask, batch: Batch, seed: int = 0, *,
-                    ablation_method: str = "mean", **extra) -> CircuitSummary:
-    """Patch and ablate every component for both jobs (see the module docstring).
+                    ablation_method: str = "mean", jobs: tuple[str, ...] = JOBS, **extra) -> CircuitSummary:
+    """Patch and ablate every component for each job (see the module docstring).
 
     Args:
         model: an IC-recall model (any number of layers and heads).
@@ -214,6 +216,7 @@ def circuit_summary(model: TLModel, task: ICRecallTask, batch: Batch, seed: int 
         batch: the clean prompts.
         seed: seeds the relation and query swaps.
         ablation_method: ``"mean"``, ``"zero"`` or ``"resample"`` (:data:`icr_interp.ablation.METHODS`).
+        jobs: jobs to measure, each on the prompts that have its corruption (``task.corrupt_pairs``).
         **extra: JSON-able notes stored in the summary (e.g. ``checkpoint=``, ``step=``).
 
     Returns:
@@ -222,17 +225,20 @@ def circuit_summary(model: TLModel, task: ICRecallTask, batch: Batch, seed: int 
     if ablation_method not in ablation.METHODS:
         raise ValueError(f"ablation method must be one of {ablation.METHODS}, got {ablation_method!r}")
     batch = ablation.check_batch(model, batch).to(model.cfg.device)
-    components = circuit_components(model)
-    effects, baselines = {}, {}
-    for job in JOBS:
-        corrupted = task.corrupt(batch, CORRUPTION_OF[job], seed=seed)
-        effects[job], baselines[job] = _denoise(model, batch, corrupted, components)
+    if not jobs or not set(jobs) <= set(JOBS):
+        raise ValueError(f"jobs must be a non-empty subset of {JOBS}, got {jobs!r}")
+    jobs, components = tuple(j for j in JOBS if j in jobs), circuit_components(model)  # jobs in summary order
+    effects, baselines = {job: torch.full((len(components),), math.nan) for job in JOBS}, {}
+    for job in jobs:
+        clean, corrupted, n_dropped = task.corrupt_pairs(batch, CORRUPTION_OF[job], seed=seed)
+        effects[job], baselines[job] = _denoise(model, clean, corrupted, components)
+        baselines[job].update(n_prompts=len(clean), n_dropped=n_dropped)
     ablations = [ablate_component(model, batch, c, ablation_method) for c in components]
     rows = [CircuitRow(c, float(effects["relation"][i]), float(effects["lookup"][i]), a.accuracy, a.accuracy_drop)
             for i, (c, a) in enumerate(zip(components, ablations))]
     base = ablations[0].base_accuracy if ablations else float("nan")
     summary = CircuitSummary(rows, base, baselines, ablation_method, len(batch), seed, dict(extra),
-                             chance=1.0 / task.kb.n_answers)
+                             chance=1.0 / task.kb.n_answers, jobs=jobs)
     if not summary.reliable:
         warnings.warn(f"circuit summary is unreliable: {summary.reason}", RuntimeWarning, stacklevel=2)
     if summary.warnings:
@@ -291,13 +297,11 @@ def ablate_component(model: TLModel, batch: Batch, component: Component,
 
 
 # ------------------------------------------------------------------ verdict
-def _fmt(v: float) -> str:
-    return f"{v:.2f}"
-
-
 def _job_phrase(summary: CircuitSummary, job: str) -> str:
     """Which components carry ``job`` (effect >= CARRIES), the context group reported as one."""
     by_key = {r.component.key: r for r in summary.rows}
+    if job not in summary.jobs:
+        return f"{_JOB_NAMES[job]} not measured (no {CORRUPTION_OF[job]} swap)"
     if not summary.baselines.get(job, {}).get("reliable", True):
         b = summary.baselines[job]
         spread = f" +- {b['gap_se']:.2g} s.e." if math.isfinite(b.get("gap_se", math.nan)) else ""
@@ -312,13 +316,13 @@ def _job_phrase(summary: CircuitSummary, job: str) -> str:
             if group_done:
                 continue
             group_done = True
-            inner = ", ".join(f"{'both' if k == 'context' else k} {_fmt(getattr(by_key[k], job))}"
+            inner = ", ".join(f"{'both' if k == 'context' else k} {getattr(by_key[k], job):.2f}"
                               for k in CONTEXT_GROUP if k in by_key)
-            drops = ", ".join(f"{k} {_fmt(by_key[k].accuracy_drop)}" for k in ("subjects", "answers") if k in by_key)
+            drops = ", ".join(f"{k} {by_key[k].accuracy_drop:.2f}" for k in ("subjects", "answers") if k in by_key)
             need = f"; {summary.ablation_method}-ablated accuracy drop: {drops}" if drops else ""
             parts.append(f"attention to the context pairs (patched: {inner}{need})")
         else:
-            parts.append(f"{_SHORT[key]} ({_fmt(getattr(r, job))})")
+            parts.append(f"{_SHORT[key]} ({getattr(r, job):.2f})")
     if not parts:
         return f"no single component carries {_JOB_NAMES[job]} (none >= {CARRIES})"
     return f"{_JOB_NAMES[job]} runs through " + _join(parts)

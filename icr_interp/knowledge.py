@@ -11,12 +11,22 @@ fact is stored as -1.  Random knowledge bases have two structural knobs:
   set equally often (a bijection from subjects onto answers when the set is as
   large as the subject set: the reference, see docs/theory.md), ``"random"``
   draws each answer independently.
+
+Built-in bases of real facts ship with the package as CSVs in
+``icr_interp/data/`` (:meth:`KnowledgeBase.builtin`, :meth:`KnowledgeBase.builtin_names`);
+``"countries"`` holds the capital, largest city, continent, currency, official
+language (only where a country has a single national one) and calling code of
+148 countries -- 797 facts; the facts its authors were unsure of (several
+capitals, disputed largest cities, transcontinental countries) are left out.
+``capital`` and ``largest_city`` share answers; the other relations' answers
+are their own.
 """
 
 import csv
 import io
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from importlib import resources
 from pathlib import Path
 
 import torch
@@ -24,6 +34,7 @@ from jaxtyping import Int
 from torch import Tensor
 
 COLUMNS = ("subject", "relation", "answer")  # the CSV columns a knowledge base needs (any order, any case)
+DATA = "data"  # folder of icr_interp holding the built-in knowledge bases, one NAME.csv each
 
 
 @dataclass(frozen=True)
@@ -162,6 +173,25 @@ class KnowledgeBase:
                 raise ValueError(f"{source}:{line}: ({s}, {r}) has two answers")
             table[rel[r], subj[s]] = ans[a]
         return cls(tuple(subj), tuple(rel), tuple(ans), table, spec=dict(kind="facts", source=source))
+
+    @classmethod
+    def builtin_names(cls) -> tuple[str, ...]:
+        """Names of the knowledge bases shipped with the package (sorted)."""
+        folder = resources.files("icr_interp").joinpath(DATA)
+        return tuple(sorted(p.name[: -len(".csv")] for p in folder.iterdir() if p.name.endswith(".csv")))
+
+    @classmethod
+    def builtin(cls, name: str) -> "KnowledgeBase":
+        """A knowledge base shipped with the package (no download), e.g. ``KnowledgeBase.builtin("countries")``.
+
+        A missing fact is simply absent from the CSV; ``spec`` is ``{"kind": "builtin", "name": name}``.
+        """
+        names = cls.builtin_names()
+        if name not in names:
+            raise ValueError(f"no built-in knowledge base {name!r}; choose one of {', '.join(names)}")
+        with resources.as_file(resources.files("icr_interp").joinpath(DATA, f"{name}.csv")) as path:
+            kb = cls.from_csv(path)
+        return replace(kb, spec=dict(kind="builtin", name=name))
 
     # ------------------------------------------------------------ serialise
     def to_dict(self) -> dict:

@@ -193,7 +193,9 @@ def role_patching(model, task, batch, kinds: tuple[str, ...], seed: int, method:
             (:func:`~icr_interp.patching.attribution_patch`, a first-order estimate).
 
     Returns:
-        ``{kind: {"by_role": RolePatchResult, "pattern_by_role": RolePatchResult}}``.
+        ``{kind: {"by_role": RolePatchResult, "pattern_by_role": RolePatchResult, "n_prompts": int,
+        "n_dropped": int}}``: each kind patches the prompts that have its corruption
+        (:meth:`~icr_interp.task.ICRecallTask.corrupt_pairs`); ``n_dropped`` counts the others.
     """
     from icr_interp.attention import pattern_name
     from icr_interp.patching import attribution_patch, patch_by_role, patch_pattern_by_role
@@ -203,14 +205,21 @@ def role_patching(model, task, batch, kinds: tuple[str, ...], seed: int, method:
     pattern_hooks = [pattern_name(layer) for layer in range(model.cfg.n_layers)]
     results = {}
     for kind in kinds:
-        corrupted = task.corrupt(batch, kind, seed=seed)
+        clean, corrupted, n_dropped = task.corrupt_pairs(batch, kind, seed=seed)
         if method == "exact":
-            results[kind] = dict(by_role=patch_by_role(model, batch, corrupted),
-                                 pattern_by_role=patch_pattern_by_role(model, batch, corrupted))
+            results[kind] = dict(by_role=patch_by_role(model, clean, corrupted),
+                                 pattern_by_role=patch_pattern_by_role(model, clean, corrupted))
         else:
-            results[kind] = dict(by_role=attribution_patch(model, batch, corrupted),
-                                 pattern_by_role=attribution_patch(model, batch, corrupted, hooks=pattern_hooks))
+            results[kind] = dict(by_role=attribution_patch(model, clean, corrupted),
+                                 pattern_by_role=attribution_patch(model, clean, corrupted, hooks=pattern_hooks))
+        results[kind].update(n_prompts=len(clean), n_dropped=n_dropped)
     return results
+
+
+def role_patching_dict(results: dict) -> dict:
+    """:func:`role_patching`'s results as JSON-able dicts (results ``to_dict``, counts as they are)."""
+    return {kind: {name: r.to_dict() if hasattr(r, "to_dict") else r for name, r in res.items()}
+            for kind, res in results.items()}
 
 
 def role_patching_png(results: dict, n_prompts: int) -> bytes:
@@ -218,12 +227,13 @@ def role_patching_png(results: dict, n_prompts: int) -> bytes:
     from icr_interp.viz import figures
 
     return figures.stack_pngs([figures.figure_png(figures.plot_role_patching(r["by_role"], r["pattern_by_role"],
-                                                                             kind, n_prompts))
+                                                                             kind, r.get("n_prompts", n_prompts)))
                                for kind, r in results.items()])
 
 
-def circuit_series(entries: list[CheckpointEntry], n_prompts: int, seed: int, device: str = "cpu", log=None):
-    """The circuit summary of every checkpoint of a series, each on the same prompts (:func:`probe_prompts`)."""
+def circuit_series(entries: list[CheckpointEntry], n_prompts: int, seed: int, device: str = "cpu", log=None,
+                   jobs: tuple[str, ...] = ("relation", "lookup")):
+    """Circuit summaries (of ``jobs``) of a series' checkpoints, all on the same prompts (:func:`probe_prompts`)."""
     from icr_interp.checkpoint import load_checkpoint
     from icr_interp.circuit import CircuitSeries, circuit_summary
 
@@ -231,8 +241,8 @@ def circuit_series(entries: list[CheckpointEntry], n_prompts: int, seed: int, de
     for entry in entries:
         ck = load_checkpoint(entry.path, device=device)
         batch, corruption_seed = probe_prompts(ck.task, n_prompts, seed, device)
-        summaries.append(circuit_summary(ck.model, ck.task, batch, seed=corruption_seed, checkpoint=entry.name,
-                                         step=entry.step))
+        summaries.append(circuit_summary(ck.model, ck.task, batch, seed=corruption_seed, jobs=jobs,
+                                         checkpoint=entry.name, step=entry.step))
         if log is not None:
             log(f"{entry.name} (step {entry.step}): {summaries[-1].verdict}")
     return CircuitSeries([e.name for e in entries], [e.step for e in entries], summaries)

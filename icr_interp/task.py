@@ -6,11 +6,22 @@ hidden relation r (``a_i = a*(s_i, r)``), then a query subject; the target is
 *layout* -- the position of each s_i, a_i, the query and BOS for every example
 -- so analyses never guess positions.
 
+A prompt's relation is drawn uniformly over the relations that know at least
+k + 1 subjects (:attr:`ICRecallTask.relation_weights`), then k + 1 distinct
+subjects uniformly among those the relation knows.
+
 Corruptions separate the two jobs the model does:
 
 * ``"relation"``: same subjects (context and query), answers from another
-  relation -- changes what relation inference must conclude;
-* ``"query"``: same context, another query subject -- changes only the lookup.
+  relation, uniformly among those that know all k + 1 subjects -- changes what
+  relation inference must conclude;
+* ``"query"``: same context, another query subject, uniformly among the
+  subjects the relation knows outside the prompt -- changes only the lookup.
+
+On a partial knowledge base some prompts have no relation swap (no second
+relation knows all their subjects).  :meth:`ICRecallTask.corrupt_pairs` is the
+one place analyses get their clean/corrupted pairs: it drops such prompts from
+both batches and reports how many (a ValueError only if none is left).
 
 Factual-recall prompts ``[BOS, s, <r>]`` (explicit relation token, target
 ``a*(s, r)``) come from the same knowledge base.
@@ -18,9 +29,10 @@ Factual-recall prompts ``[BOS, s, <r>]`` (explicit relation token, target
 
 import warnings
 from dataclasses import dataclass, fields, replace
+from typing import NamedTuple
 
 import torch
-from jaxtyping import Int
+from jaxtyping import Bool, Int
 from torch import Tensor
 
 from icr_interp.knowledge import KnowledgeBase
@@ -169,46 +181,73 @@ class ICRecallTask:
                      subjects=subjects.clone(), query=query.clone(), layout=self.layout(len(relations)))
 
     # ------------------------------------------------------------ corrupt
+    def corruptible(self, batch: Batch, kind: str) -> Bool[Tensor, " batch"]:
+        """Which prompts of ``batch`` have a corruption of ``kind`` (see :meth:`corrupt`)."""
+        return self._alternatives(batch.to("cpu"), _check_kind(kind)).any(1).to(batch.tokens.device)
+
     def corrupt(self, batch: Batch, kind: str, seed: int | None = None, *,
                 generator: torch.Generator | None = None) -> Batch:
         """The corrupted counterpart of ``batch`` (same layout, same device).
 
-        ``kind="relation"``: same subjects, answers from another relation (one
-        that knows all of them).  ``kind="query"``: same context, another query
-        subject not in the context.
+        ``kind="relation"``: same subjects, answers from another relation, drawn
+        uniformly among the relations that know all the prompt's subjects (query
+        included).  ``kind="query"``: same context, another query subject, drawn
+        uniformly among the subjects its relation knows that are not in the
+        prompt.  A prompt without such an alternative is an error here;
+        :meth:`corrupt_pairs` drops those prompts instead.
         """
-        if kind not in CORRUPTIONS:
-            raise ValueError(f"corruption kind must be one of {CORRUPTIONS}, got {kind!r}")
+        _check_kind(kind)
         gen = _generator(seed, generator)
         device = batch.tokens.device
         b = batch.to("cpu")
         if len(b) == 0:
             return batch
-        if kind == "relation":
-            new_rel = torch.stack([self._other_relation(b, i, gen) for i in range(len(b))])
-            out = self._build(new_rel, b.subjects, b.query)
-        else:
-            new_q = torch.stack([self._other_query(b, i, gen) for i in range(len(b))])
-            out = self._build(b.relations, b.subjects, new_q)
+        options = self._alternatives(b, kind)  # [batch relation] or [batch subject]
+        if not options.any(1).all():
+            need = ("a second relation that knows the prompt's subjects" if kind == "relation" else
+                    "a spare subject under the prompt's relation")
+            raise ValueError(f"{kind} corruption needs {need}; {int((~options.any(1)).sum())} of {len(b)} prompts "
+                             f"have none (task.corrupt_pairs drops them)")
+        new = torch.stack([_draw(options[i], gen) for i in range(len(b))])
+        out = self._build(new, b.subjects, b.query) if kind == "relation" else \
+            self._build(b.relations, b.subjects, new)
         return replace(out, layout=b.layout).to(device)
 
-    def _other_relation(self, b: Batch, i: int, gen: torch.Generator) -> Tensor:
-        needed = torch.cat([b.subjects[i], b.query[i : i + 1]])
-        ok = (self.kb.table[:, needed] >= 0).all(1)
-        ok[b.relations[i]] = False
-        choices = torch.nonzero(ok).flatten()
-        if len(choices) == 0:
-            raise ValueError("relation corruption needs a second relation that knows the prompt's subjects")
-        return choices[torch.randint(len(choices), (), generator=gen)]
+    def corrupt_pairs(self, batch: Batch, kind: str, seed: int | None = None, *,
+                      generator: torch.Generator | None = None) -> "CorruptedPairs":
+        """Clean and corrupted batches, restricted to the prompts that have a corruption of ``kind``.
 
-    def _other_query(self, b: Batch, i: int, gen: torch.Generator) -> Tensor:
-        ok = self.kb.table[b.relations[i]] >= 0
-        ok[b.subjects[i]] = False
-        ok[b.query[i]] = False
-        choices = torch.nonzero(ok).flatten()
-        if len(choices) == 0:
-            raise ValueError("query corruption needs a spare subject under the prompt's relation")
-        return choices[torch.randint(len(choices), (), generator=gen)]
+        Prompts without one (:meth:`corruptible`; on a partial knowledge base a
+        relation swap needs a second relation knowing every subject of the
+        prompt) are dropped from both batches, with a warning giving their
+        number; if no prompt has one, a one-line ValueError.  On a batch where
+        every prompt has one, ``corrupted`` equals ``corrupt(batch, kind, seed)``.
+        """
+        gen = _generator(seed, generator)
+        keep = self.corruptible(batch, kind)
+        n_dropped = int((~keep).sum())
+        if len(batch) and n_dropped == len(batch):
+            raise ValueError(f"no prompt of {len(batch)} has a {kind} corruption: "
+                             + ("no second relation knows all the subjects of any prompt" if kind == "relation"
+                                else "no prompt's relation knows a subject outside the prompt"))
+        if n_dropped:
+            warnings.warn(f"{n_dropped} of {len(batch)} prompts have no {kind} corruption and are dropped "
+                          f"(clean and corrupted)", UserWarning, stacklevel=2)
+            batch = batch[keep]
+        return CorruptedPairs(batch, self.corrupt(batch, kind, generator=gen), n_dropped)
+
+    def _alternatives(self, b: Batch, kind: str) -> Bool[Tensor, "batch option"]:
+        """Per prompt, the relations (relation swap) or query subjects (query swap) it may be corrupted to."""
+        table = self.kb.table
+        rows = torch.arange(len(b))
+        used = torch.cat([b.subjects, b.query[:, None]], dim=1)  # [batch pair+1]
+        if kind == "relation":
+            ok = (table[:, used] >= 0).all(-1).T.clone()  # [batch relation]: knows every subject of the prompt
+            ok[rows, b.relations] = False
+        else:
+            ok = (table[b.relations] >= 0).clone()  # [batch subject]: known under the prompt's relation
+            ok[rows[:, None], used] = False
+        return ok
 
     # ------------------------------------------------------ factual recall
     def sample_facts(self, batch_size: int, seed: int | None = None, *,
@@ -240,6 +279,26 @@ def _generator(seed: int | None, generator: torch.Generator | None) -> torch.Gen
     if seed is None:
         raise ValueError("pass a seed or a torch.Generator: sampling is always explicit")
     return torch.Generator().manual_seed(seed)
+
+
+class CorruptedPairs(NamedTuple):
+    """Matched clean and corrupted batches (:meth:`ICRecallTask.corrupt_pairs`)."""
+
+    clean: Batch  # the clean prompts that have a corruption
+    corrupted: Batch  # their corrupted counterparts, same order and layout
+    n_dropped: int  # clean prompts left out for want of a corruption
+
+
+def _check_kind(kind: str) -> str:
+    if kind not in CORRUPTIONS:
+        raise ValueError(f"corruption kind must be one of {CORRUPTIONS}, got {kind!r}")
+    return kind
+
+
+def _draw(options: Tensor, gen: torch.Generator) -> Tensor:
+    """One index where ``options`` is True, uniformly."""
+    choices = torch.nonzero(options).flatten()
+    return choices[torch.randint(len(choices), (), generator=gen)]
 
 
 def _check_count(batch_size) -> None:

@@ -55,24 +55,26 @@ def run(args) -> int:
 
 def run_one(args) -> int:
     from icr_interp import load_checkpoint, probing
-    from icr_interp.circuit import circuit_summary
+    from icr_interp.circuit import JOB_OF, circuit_summary
     from icr_interp.fsio import write_bytes, write_json, write_text
 
     ck = load_checkpoint(args.checkpoint, device=args.device)
     batch, corruption_seed = probing.probe_prompts(ck.task, args.n_prompts, args.seed, args.device)
-    results = probing.role_patching(ck.model, ck.task, batch, probing.KINDS[args.corruption], corruption_seed,
-                                    args.method)
-    summary = circuit_summary(ck.model, ck.task, batch, seed=corruption_seed, checkpoint=str(args.checkpoint))
+    kinds = probing.KINDS[args.corruption]
+    results = probing.role_patching(ck.model, ck.task, batch, kinds, corruption_seed, args.method)
+    summary = circuit_summary(ck.model, ck.task, batch, seed=corruption_seed, jobs=tuple(JOB_OF[k] for k in kinds),
+                              checkpoint=str(args.checkpoint))
     for kind, res in results.items():
-        print(f"== {kind} swap ==\n{res['by_role']}\n{res['pattern_by_role']}\n")
+        print(f"== {kind} swap ({res['n_prompts']} prompts, {res['n_dropped']} without one dropped) ==\n"
+              f"{res['by_role']}\n{res['pattern_by_role']}\n")
     print(summary)
     page = probing.patching_report(ck, batch, results, summary, eval_prompts=args.eval_prompts,
                                    title=f"IC-recall patching report: {args.checkpoint.resolve().name}")
     info = dict(checkpoint=str(args.checkpoint), n_prompts=args.n_prompts, seed=args.seed,
                 corruption_seed=corruption_seed, method=args.method, corruptions=list(results))
     written = [
-        write_json(args.out / "patching.json", probing.json_safe(
-            dict(**info, results={k: {name: r.to_dict() for name, r in res.items()} for k, res in results.items()}))),
+        write_json(args.out / "patching.json",
+                   probing.json_safe(dict(**info, results=probing.role_patching_dict(results)))),
         write_bytes(args.out / "patching.png", probing.role_patching_png(results, args.n_prompts)),
         write_json(args.out / "circuit.json", probing.json_safe(summary.to_dict())),
         write_text(args.out / "report.html", page),
@@ -83,14 +85,15 @@ def run_one(args) -> int:
 
 def run_series(args) -> int:
     from icr_interp import probing
+    from icr_interp.circuit import JOB_OF
     from icr_interp.fsio import write_bytes, write_json, write_text
     from icr_interp.seeds import derive_seed
     from icr_interp.viz import figures
 
+    jobs = tuple(JOB_OF[k] for k in probing.KINDS[args.corruption])
     series = probing.circuit_series(probing.find_checkpoints(args.checkpoint), args.n_prompts, args.seed,
-                                    args.device, log=print)
-    columns = (*({"relation": "relation", "query": "lookup"}[k] for k in probing.KINDS[args.corruption]),
-               "accuracy_drop")
+                                    args.device, log=print, jobs=jobs)
+    columns = (*jobs, "accuracy_drop")
     info = dict(directory=str(args.checkpoint), n_prompts=args.n_prompts, seed=args.seed,
                 corruption_seed=derive_seed(args.seed, "corrupt"), corruption=args.corruption)
     fig = figures.plot_circuit_series(series, columns, n_prompts=args.n_prompts)

@@ -60,8 +60,8 @@ Modules, one job each:
 Example::
 
     from icr_interp import patching
-    clean = task.sample(64, seed=0)
-    result = patching.patch_by_role(model, clean, task.corrupt(clean, "relation", seed=1))
+    clean, corrupted, n_dropped = task.corrupt_pairs(task.sample(64, seed=0), "relation", seed=1)
+    result = patching.patch_by_role(model, clean, corrupted)  # prompts without a relation swap dropped
     print(result)                                  # hook x role grid; UNRELIABLE line if it is
     result["blocks.0.hook_resid_pre", "answers"]   # 0 = corrupted, 1 = clean
 """

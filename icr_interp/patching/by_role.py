@@ -189,7 +189,7 @@ def patch_by_role(model: TLModel, clean: Batch, corrupted: Batch, metric: Metric
 
     Args:
         model: the model.
-        clean, corrupted: matched batches (e.g. ``task.corrupt(clean, kind)``).
+        clean, corrupted: matched batches (e.g. ``task.corrupt_pairs(batch, kind, seed)``).
         metric: callable on logits (default: logit difference clean vs corrupted answer at the query).
         hooks: hook names (default :func:`default_role_hooks`); per-head hooks give one row per head;
             ``hook_pattern`` rows patch the query row's entries from the role's positions.
