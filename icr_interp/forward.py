@@ -35,8 +35,19 @@ def query_path_applies(model: TLModel) -> bool:
 
 
 def unembed(model: TLModel, resid: Float[Tensor, "row d_model"]) -> Float[Tensor, "row vocab"]:
-    """Logits of final residual rows (unembedding, then the model's logit softcap)."""
-    return apply_softcap(model.unembed(resid[:, None]), model.cfg.output_logits_soft_cap)[:, 0]
+    """Logits of final residual rows (unembedding, then the model's logit softcap).
+
+    Without hooks on the unembedding this is ``resid @ W_U + b_U`` directly: TransformerLens's
+    ``Unembed`` copies ``W_U.T`` into a contiguous tensor on every call (d_model x vocab floats,
+    128 MB per step at 10^6 facts) to match Hugging Face's bfloat16 accumulation order.
+    """
+    u = model.unembed
+    if any(getattr(u, name).fwd_hooks or getattr(u, name).bwd_hooks for name in ("hook_in", "hook_out")
+           if hasattr(u, name)):
+        logits = u(resid[:, None])[:, 0]
+    else:
+        logits = torch.addmm(u.b_U, resid, u.W_U)
+    return apply_softcap(logits, model.cfg.output_logits_soft_cap)
 
 
 def row_logits(model: TLModel, resid_mid: Float[Tensor, "row d_model"]) -> Float[Tensor, "row vocab"]:

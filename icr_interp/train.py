@@ -132,7 +132,8 @@ def finetune(model: TLModel, task: ICRecallTask, n_samples: int | None = None, s
     for n, p in model.named_parameters():
         p.requires_grad_(n in names)  # freezing belongs to training
     params = [p for n, p in model.named_parameters() if n in names]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    # foreach: one kernel per operation over all parameters instead of a Python loop with temporaries
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
     history = History()
     fast = cfg.fast and query_path_applies(model)
     try:
