@@ -18,10 +18,14 @@ direction.  Which neurons exist and how they are weighted is the
   needed when answers are shared across relations;
 * ``answer`` -- one stage-I neuron per answer (control for disjoint answer sets,
   where an answer alone reveals its relation);
+* ``mixed``  -- some answers reveal their relation, others do not (real facts, partial
+  overlap, gaps): answer neurons for private answers, pair neurons for shared ones (a
+  threshold per neuron), and a relation vector normalised by :func:`vote_scale` so that
+  many firing neurons cannot overdrive stage II (docs/_drafts/mixed_memory_theory.md);
 * ``pretrained`` -- same shape, weights fitted by gradient descent on
   factual-recall examples instead of written down (:mod:`icr_interp.pretrain`).
 
-Stage II is the same lookup table in both constructions: one neuron per fact
+Stage II is the same lookup table in every construction: one neuron per fact
 (s, r), reading ``token[s] + relation[r]``.
 
 A constructed memory is computed one of three ways, all the same function
@@ -44,7 +48,7 @@ from icr_interp.basis import ResidualBasis
 from icr_interp.knowledge import KnowledgeBase
 from icr_interp.vocab import Vocabulary
 
-CONSTRUCTIONS = ("pair", "answer")
+CONSTRUCTIONS = ("pair", "answer", "mixed")
 MEMORIES = ("constructed", *CONSTRUCTIONS, "pretrained")
 
 
@@ -55,6 +59,22 @@ class MemoryScales:
     pair_threshold: float = 1.3  # stage-I threshold of a pair neuron, in attended-token weights
     lookup_threshold: float = 1.5  # stage-II threshold: 1 (query subject) + 0.5 relation
     logit_gain: float = 10.0  # answer logit per unit of stage-II activation
+    # Stage-II threshold of the mixed construction: 1 (query subject) + 0.25 relation.  Its relation
+    # vector is normalised (every coefficient <= 1), so other subjects' neurons (which need > 1.25)
+    # never fire, and a relation with a quarter of the strongest one's votes stays silent.
+    mixed_lookup_threshold: float = 1.25
+
+
+def vote_scale(coef: Float[Tensor, "... relation"]) -> Float[Tensor, "... 1"]:
+    """The mixed memory's normalisation: the factor that makes the strongest relation read
+    ``min(1, total vote mass)`` and leaves the others in proportion to their votes.
+
+    ``coef`` are the relation coefficients before normalisation (``gain * post @ votes``); their sum
+    is the context's evidence (1 under uniform attention), their ratios say which relation it shows.
+    A context with more evidence than that (many firing neurons) no longer overdrives stage II, and a
+    fully attended but ambiguous one (votes split) still reaches it (docs/_drafts/mixed_memory_theory.md).
+    """
+    return coef.sum(-1, keepdim=True).clamp_max(1.0) / coef.amax(-1, keepdim=True).clamp_min(1e-6)
 
 
 class AssociativeMemory(nn.Module):
@@ -75,6 +95,9 @@ class AssociativeMemory(nn.Module):
         self.hook_relation = HookPoint()  # [batch, pos, d_model]: the inferred relation vector
         self.hook_pre = HookPoint()  # [batch, pos, n_neurons]
         self.hook_post = HookPoint()  # [batch, pos, n_neurons]
+        # Vote normalisation (the mixed construction, see vote_scale); off for the other memories.
+        self.normalise = False
+        self.register_buffer("rel_votes", None, persistent=False)  # [n_rel_neurons relation] gain * votes, if normalising
 
     def forward(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
         relation = self.hook_relation(self.infer_relation(x))
@@ -86,7 +109,10 @@ class AssociativeMemory(nn.Module):
         """Stage I: the relation vector the attended context implies."""
         pre = self.hook_rel_pre(einops.einsum(x, self.W_rel_in, "b p d, d n -> b p n") + self.b_rel_in)
         post = self.hook_rel_post(F.relu(pre))
-        return einops.einsum(post, self.W_rel_out, "b p n, n d -> b p d")
+        relation = einops.einsum(post, self.W_rel_out, "b p n, n d -> b p d")
+        if self.normalise:
+            relation = relation * vote_scale(post @ self.rel_votes)
+        return relation
 
     @property
     def d_mlp(self) -> int:
@@ -98,7 +124,8 @@ class MemoryTable:
     """A constructed memory in symbolic form: which tokens each neuron reads and writes.
 
     Stage-I neuron n reads ``context[key_a[n]] + context[key_b[n]]`` (``key_b = -1``:
-    one token only) and writes ``gain * votes[n] @ relation``; stage-II neuron m
+    one token only), fires above ``threshold[n]`` and writes ``gain * votes[n] @ relation``
+    (``normalise``: rescaled by :func:`vote_scale`); stage-II neuron m
     reads ``token[subject[m]] + relation[relation_id[m]]`` and writes
     ``logit_gain * output[answer[m]]``.
     """
@@ -106,13 +133,14 @@ class MemoryTable:
     key_a: Tensor  # [n_rel_neurons] token id of the first key token
     key_b: Tensor  # [n_rel_neurons] token id of the second key token, -1 if none
     votes: Tensor  # [n_rel_neurons relation] relation weights of each stage-I neuron (rows sum to 1)
-    threshold: float  # stage-I threshold
+    threshold: Tensor  # [n_rel_neurons] stage-I threshold of each neuron
     gain: float  # stage-I output gain
     subject: Tensor  # [n_neurons] subject token of each stage-II neuron
     relation_id: Tensor  # [n_neurons] relation of each stage-II neuron
     answer: Tensor  # [n_neurons] answer token each stage-II neuron writes
     lookup_threshold: float  # stage-II threshold
     logit_gain: float  # stage-II output gain
+    normalise: bool = False  # rescale the relation vector by vote_scale (mixed)
 
 
 def memory_table(construction: str, kb: KnowledgeBase, vocab: Vocabulary, n_pairs: int,
@@ -120,18 +148,29 @@ def memory_table(construction: str, kb: KnowledgeBase, vocab: Vocabulary, n_pair
     """The neurons of a constructed memory (see module docstring and docs/theory.md)."""
     if construction not in CONSTRUCTIONS:
         raise ValueError(f"construction must be one of {CONSTRUCTIONS}, got {construction!r}")
-    key_a, key_b, votes = (_pair_neurons if construction == "pair" else _answer_neurons)(kb, vocab)
     facts = kb.triplets()  # [fact (s, r, a)]
+    private = _private_answers(kb)[facts[:, 2]]  # [fact] the answer reveals the relation
+    kind = dict(pair=torch.zeros_like(private), answer=torch.ones_like(private), mixed=private)[construction]
+    # The mixed memory splits an ambiguous pair's vote by each relation's likelihood of showing it
+    # (1 / facts it stores: prompts draw relations uniformly, then subjects), which breaks ties
+    # between relations as the Bayes-optimal prediction does; pair keeps its equal split.
+    n_facts = torch.bincount(facts[:, 1], minlength=kb.n_relations).clamp_min(1).float()
+    pairs = _pair_neurons(facts[~kind], kb.n_relations, vocab, 1.0 / n_facts if construction == "mixed" else None)
+    answers = _answer_neurons(facts[kind], kb.n_relations, vocab)
+    key_a, key_b, votes = (torch.cat([p, a]) for p, a in zip(pairs, answers))
+    # Stage I fires by (weight of its tokens) - threshold; an answer neuron sees one
+    # token, so its threshold is one token lower (docs/theory.md, section 2).
+    threshold = torch.cat([torch.full((len(pairs[0]),), scales.pair_threshold),
+                           torch.full((len(answers[0]),), scales.pair_threshold - 1.0)])
+    mixed = construction == "mixed"
     return MemoryTable(
-        key_a=key_a, key_b=key_b, votes=votes,
-        # Stage I fires by (weight of its tokens) - threshold; the answer neuron sees
-        # one token, so its threshold is one token lower (docs/theory.md, section 2).
-        threshold=scales.pair_threshold - (construction == "answer"),
+        key_a=key_a, key_b=key_b, votes=votes, threshold=threshold,
         # Uniform attention over the context (weight 1 per token) gives a relation
         # vector of norm 1 (k pairs, each firing 2 - pair_threshold).
         gain=1.0 / (n_pairs * (2.0 - scales.pair_threshold)),
         subject=vocab.subject_token(facts[:, 0]), relation_id=facts[:, 1], answer=vocab.answer_token(facts[:, 2]),
-        lookup_threshold=scales.lookup_threshold, logit_gain=scales.logit_gain,
+        lookup_threshold=scales.mixed_lookup_threshold if mixed else scales.lookup_threshold,
+        logit_gain=scales.logit_gain, normalise=mixed,
     )
 
 
@@ -192,8 +231,11 @@ def construct_memory(construction: str, kb: KnowledgeBase, vocab: Vocabulary, ba
         memory = AssociativeMemory(basis.d_model, len(table.key_a), len(table.subject), construction)
         with torch.no_grad():
             memory.W_rel_in.copy_(_keys(basis.context, table.key_a, table.key_b).T)
-            memory.b_rel_in.fill_(-table.threshold)
+            memory.b_rel_in.copy_(-table.threshold)
             memory.W_rel_out.copy_(table.gain * table.votes @ basis.relation)
+            memory.normalise = table.normalise
+            if table.normalise:
+                memory.rel_votes = table.gain * table.votes
             memory.W_in.copy_((basis.token[table.subject] + basis.relation[table.relation_id]).T)
             memory.b_in.fill_(-table.lookup_threshold)
             memory.W_out.copy_(table.logit_gain * basis.output[table.answer])
@@ -220,7 +262,7 @@ class FactoredMemory(nn.Module):
     def __init__(self, table: MemoryTable, basis: ResidualBasis, construction: str):
         super().__init__()
         self.construction = construction
-        self.threshold, self.gain = table.threshold, table.gain
+        self.gain, self.normalise = table.gain, table.normalise
         self.lookup_threshold, self.logit_gain = table.lookup_threshold, table.logit_gain
         n_vocab = basis.context.shape[0]
         for name, value in dict(context=basis.context, token=basis.token, relation=basis.relation,
@@ -228,6 +270,8 @@ class FactoredMemory(nn.Module):
                                 key_b=torch.where(table.key_b < 0, n_vocab, table.key_b), votes=table.votes,
                                 subject=table.subject, relation_id=table.relation_id, answer=table.answer).items():
             self.register_buffer(name, value.clone())
+        # Rebuilt from the table at build time (not saved: checkpoints keep the first release's keys).
+        self.register_buffer("threshold", table.threshold.clone().to(basis.context.dtype), persistent=False)
         self.hook_rel_pre = HookPoint()  # [batch, pos, n_rel_neurons]
         self.hook_rel_post = HookPoint()  # [batch, pos, n_rel_neurons]
         self.hook_relation = HookPoint()  # [batch, pos, d_model]
@@ -251,7 +295,15 @@ class FactoredMemory(nn.Module):
         c = F.pad(x @ self.context.T, (0, 1))  # [batch pos vocab+1]; the pad column reads "no token"
         pre = self.hook_rel_pre(c[..., self.key_a] + c[..., self.key_b] - self.threshold)
         post = self.hook_rel_post(F.relu(pre))
-        return self.gain * (post @ self.votes) @ self.relation
+        return self.relation_vector(post @ self.votes)
+
+    def relation_vector(self, coef: Float[Tensor, "... relation"]) -> Float[Tensor, "... d_model"]:
+        """The relation vector of summed votes ``coef = post @ votes``: scaled by the gain and,
+        if ``normalise``, by :func:`vote_scale`."""
+        coef = self.gain * coef
+        if self.normalise:
+            coef = coef * vote_scale(coef)
+        return coef @ self.relation
 
     @property
     def d_mlp(self) -> int:
@@ -263,7 +315,12 @@ class FactoredMemory(nn.Module):
         return _keys(self.context, self.key_a, torch.where(self.key_b == len(self.context), -1, self.key_b)).T
 
     @property
+    def b_rel_in(self) -> Tensor:
+        return -self.threshold
+
+    @property
     def W_rel_out(self) -> Tensor:
+        """Before normalisation (``normalise``: the output is rescaled by :func:`vote_scale`)."""
         return self.gain * self.votes @ self.relation
 
     @property
@@ -275,25 +332,67 @@ class FactoredMemory(nn.Module):
         return self.logit_gain * self.output[self.answer]
 
 
-def _pair_neurons(kb: KnowledgeBase, vocab: Vocabulary) -> tuple[Tensor, Tensor, Tensor]:
-    """One neuron per distinct stored (s, a) pair; it votes for every relation giving s -> a."""
+def _private_answers(kb: KnowledgeBase) -> Tensor:
+    """[answer] whether exactly one relation uses the answer (so it reveals the relation)."""
+    owners = torch.zeros(kb.n_answers, kb.n_relations)
     facts = kb.triplets()
+    owners[facts[:, 2], facts[:, 1]] = 1.0
+    return owners.sum(1) == 1
+
+
+def _pair_neurons(facts: Tensor, n_relations: int, vocab: Vocabulary,
+                  weight: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """One neuron per distinct stored (s, a) pair; it votes for every relation giving s -> a.
+
+    An ambiguous pair splits its vote equally, or in proportion to ``weight`` ([relation]) if given.
+    """
     pairs, inverse = torch.unique(facts[:, [0, 2]], dim=0, return_inverse=True)
-    votes = torch.zeros(len(pairs), kb.n_relations).index_put_((inverse, facts[:, 1]), torch.tensor(1.0), accumulate=True)
+    votes = torch.zeros(len(pairs), n_relations).index_put_((inverse, facts[:, 1]), torch.tensor(1.0), accumulate=True)
+    if weight is not None:
+        votes = votes * weight
     votes = votes / votes.sum(1, keepdim=True)  # an ambiguous pair splits its vote
     return vocab.subject_token(pairs[:, 0]), vocab.answer_token(pairs[:, 1]), votes
 
 
-def _answer_neurons(kb: KnowledgeBase, vocab: Vocabulary) -> tuple[Tensor, Tensor, Tensor]:
+def _answer_neurons(facts: Tensor, n_relations: int, vocab: Vocabulary) -> tuple[Tensor, Tensor, Tensor]:
     """One neuron per used answer; it votes for the relations that use it."""
-    facts = kb.triplets()
-    used = torch.unique(facts[:, 2])
-    owners = torch.zeros(kb.n_answers, kb.n_relations)
-    owners[facts[:, 2], facts[:, 1]] = 1.0
-    votes = owners[used] / owners[used].sum(1, keepdim=True)
+    used, inverse = torch.unique(facts[:, 2], return_inverse=True)
+    owners = torch.zeros(len(used), n_relations)
+    owners[inverse, facts[:, 1]] = 1.0
+    votes = owners / owners.sum(1, keepdim=True)
     return vocab.answer_token(used), torch.full_like(used, -1), votes
 
 
 def pick_construction(kb: KnowledgeBase) -> str:
-    """The construction ``memory="constructed"`` means for this knowledge base."""
-    return "answer" if kb.answer_reveals_relation else "pair"
+    """The construction ``memory="constructed"`` means for this knowledge base.
+
+    ``answer`` when every answer reveals its relation, ``pair`` when none does,
+    ``mixed`` when some do and some do not.
+    """
+    private = _private_answers(kb)[torch.unique(kb.triplets()[:, 2])]
+    return "answer" if bool(private.all()) else "pair" if not bool(private.any()) else "mixed"
+
+
+
+@torch.no_grad()
+def query_readout(model, batch) -> dict:
+    """Where the memory stands at the query: the numbers behind a collapse to the BOS sink.
+
+    Returns mean attention mass on BOS / subjects / answers, the true and the largest wrong relation
+    coefficient of the relation vector, how many stage-I and stage-II neurons fire, loss and accuracy
+    (``batch``: a :class:`~icr_interp.task.Batch` of the model's task; one-layer models).
+    """
+    cache, rows = {}, torch.arange(len(batch), device=batch.tokens.device)
+    grab = lambda name: lambda t, hook: cache.__setitem__(name, t[rows, ..., batch.layout.query_pos, :])  # noqa: E731
+    names = ["attn.hook_pattern", "mlp.hook_rel_post", "mlp.hook_relation", "mlp.hook_post"]
+    logits = model.run_with_hooks(batch.tokens, fwd_hooks=[(f"blocks.0.{n}", grab(n)) for n in names])
+    pattern, lay = cache["attn.hook_pattern"][:, 0], batch.layout  # [batch pos]: head 0, the query row
+    rho = cache["mlp.hook_relation"] @ model.basis.relation.T  # [batch relation]
+    true = rho[rows, batch.relations]
+    logits = logits[rows, lay.query_pos]
+    return dict(bos=float(pattern[rows, lay.bos_pos].mean()), subjects=float(pattern.gather(1, lay.subject_pos).sum(1).mean()),
+                answers=float(pattern.gather(1, lay.answer_pos).sum(1).mean()), rel_true=float(true.mean()),
+                rel_wrong=float(rho.scatter(1, batch.relations[:, None], float("-inf")).amax(1).mean()),
+                stage1_firing=float((cache["mlp.hook_rel_post"] > 0).sum(-1).float().mean()),
+                stage2_firing=float((cache["mlp.hook_post"] > 0).sum(-1).float().mean()),
+                loss=float(F.cross_entropy(logits, batch.answers)), accuracy=float((logits.argmax(-1) == batch.answers).float().mean()))

@@ -3,10 +3,11 @@
 Both stages of a constructed memory (:mod:`icr_interp.memory`) are thresholded
 sums of two *reads* of the input, each an exact number per row:
 
-* stage I, neuron n with keys (a, b):  ``pre = c[a] + c[b] - theta``  with
-  ``c = x @ context.T``.  ``pre > 0`` needs ``max(c[a], c[b]) > theta / 2``
-  (a one-key neuron needs ``c[a] > theta``), so the candidates are the neurons
-  an inverted index lists under the few *hot* tokens of each row;
+* stage I, neuron n with keys (a, b):  ``pre = c[a] + c[b] - theta[n]``  with
+  ``c = x @ context.T``.  ``pre > 0`` needs ``max(c[a], c[b]) > theta[n] / 2``
+  (a one-key neuron needs ``c[a] > theta[n]``), so the candidates are the neurons
+  an inverted index lists under the few *hot* tokens of each row (hot: above the
+  smallest of these bounds over all neurons);
 * stage II, neuron (s, r):  ``pre = u[s] + w[r] - theta2``  with
   ``u = y @ token.T``, ``w = y @ relation.T``.  ``pre > 0`` needs
   ``u[s] > theta2 - w[r]``: per row and relation, the subjects above that
@@ -118,8 +119,8 @@ class SparseMemory(FactoredMemory):
                                 index_ptr=F.pad(torch.cumsum(degree, 0), (1, 0))).items():
             self.register_buffer(name, value, persistent=False)
         # Stage I: c[a] + c[b] > theta needs max(c[a], c[b]) > theta / 2; one key alone needs c[a] > theta.
-        bounds = [self.threshold / 2] * bool(two_keys.any()) + [self.threshold] * bool((~two_keys).any())
-        self.hot_bound = min(bounds, default=self.threshold)
+        bounds = torch.where(two_keys, self.threshold / 2, self.threshold)
+        self.hot_bound = float(bounds.min()) if len(bounds) else 0.0
         self.lookup_span = _span(self.subject)  # stage II reads token[lo:hi]
         lo2, hi2 = self.lookup_span
         fact_of = torch.full((hi2 - lo2, len(self.relation)), -1, dtype=torch.long, device=self.subject.device)
@@ -150,7 +151,7 @@ class SparseMemory(FactoredMemory):
         if not len(rows):  # nothing to read (an empty batch)
             return torch.zeros_like(x)
         coef = torch.cat([self._relation_coef(chunk) for chunk in rows.split(ROW_CHUNK)])
-        return (self.gain * coef @ self.relation).reshape(x.shape)
+        return self.relation_vector(coef).reshape(x.shape)
 
     def lookup(self, y: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
         """Stage II (sparse unless its N-wide hooks are hooked)."""
@@ -177,12 +178,12 @@ class SparseMemory(FactoredMemory):
                 a, b = self.local_a[neuron], self.local_b[neuron]
                 # A neuron listed under both hot keys is taken once: from key a if a is hot, else from b.
                 first = (hot_token.repeat_interleave(count) == a) | ~hot[row, a]
-                keep = first & (c[row, a] + c[row, b] - self.threshold > -slack[row])
+                keep = first & (c[row, a] + c[row, b] - self.threshold[neuron] > -slack[row])
                 row, neuron, a, b = row[keep], neuron[keep], a[keep], b[keep]
         if dense:
             return F.relu(c[:, self.local_a] + c[:, self.local_b] - self.threshold) @ self.votes
         # Read the kept neurons from c: their gradient flows back through c's (sparse) backward.
-        pre = c[row, a] + c[row, b] - self.threshold
+        pre = c[row, a] + c[row, b] - self.threshold[neuron]
         fire = pre.detach() > 0  # the rest have output 0 and gradient 0: drop them before gathering votes
         pre, row, neuron = pre[fire], row[fire], neuron[fire]
         coef = torch.zeros(len(rows), self.votes.shape[1], dtype=rows.dtype, device=rows.device)
