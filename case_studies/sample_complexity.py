@@ -11,8 +11,9 @@ the resumable sweep (results.jsonl: kill it and run the same command again to re
 --executor ray --ray-address ADDR runs the same rounds on a cluster).  Writes
 summary.json (runs, per-N n*, power and polylog fits with bootstrap 90% intervals)
 and sample_complexity.png.  Scaling: N / R subjects and as many answers, R relations
-(--n-relations; --large-relations from --large-from facts on, so the 10^6 point keeps
-a vocabulary two cores can read); d_model the exact basis when it fits in 1024
+(--n-relations; --small-relations below --small-below facts, so a small base keeps enough
+subjects; --large-relations from --large-from facts on, so the 10^6 point keeps a
+vocabulary two cores can read); d_model the exact basis when it fits in 1024
 dimensions, else --d-large random directions.  Each worker uses one torch thread.
 """
 
@@ -37,7 +38,8 @@ def chain_configs(args) -> dict[str, RunConfig]:
     """One base RunConfig per (N, seed, attention); the search sets train.n_samples."""
     chains = {}
     for n in args.sizes:
-        r = args.large_relations if n >= args.large_from else args.n_relations
+        r = args.large_relations if n >= args.large_from else (
+            args.small_relations if n < args.small_below else args.n_relations)
         s = max(2, round(n / r))
         exact = n_directions_needed(1 + 2 * s + r, 2 * args.k + 2, r)
         d = 64 * -(-exact // 64) if exact <= 1024 else args.d_large
@@ -78,6 +80,9 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", type=seed, nargs="+", default=[0, 1, 2, 3, 4])
     p.add_argument("--attention", nargs="+", choices=ATTENTIONS, default=list(ATTENTIONS))
     p.add_argument("--n-relations", type=positive, default=8)
+    p.add_argument("--small-relations", type=positive, default=4,
+                   help="relations below --small-below facts (more subjects: fewer stored cross pairs, theory 8)")
+    p.add_argument("--small-below", type=positive, default=1000)
     p.add_argument("--large-relations", type=positive, default=64)
     p.add_argument("--large-from", type=positive, default=1_000_000)
     p.add_argument("--k", type=positive, default=4)
@@ -86,15 +91,14 @@ def main(argv=None) -> int:
     p.add_argument("--n-eval", type=positive, default=512)
     p.add_argument("--target", type=float, default=0.95)
     p.add_argument("--loss-fraction", type=float, default=0.9)
-    p.add_argument("--n-ref", type=positive, default=1024)
-    p.add_argument("--n-max", type=positive, default=4096)
+    p.add_argument("--n-max", type=positive, default=1024, help="the reference: the largest training set")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--executor", choices=sweep.EXECUTORS, default="local")
     p.add_argument("--ray-address", default=None)
     p.add_argument("--out", default="case_studies/results/sample_complexity")
     args = p.parse_args(argv)
     try:
-        rule = SearchRule(target=args.target, loss_fraction=args.loss_fraction, n_ref=args.n_ref, n_max=args.n_max)
+        rule = SearchRule(target=args.target, loss_fraction=args.loss_fraction, n_max=args.n_max)
     except ValueError as e:
         p.error(str(e))
     out = out_dir(p, args.out)

@@ -6,8 +6,11 @@ chain has the same knowledge base, the same start and the same held-out
 prompts, since they all derive from the run's seed).  For each criterion the
 search
 
-1. walks the grid n = 1, 2, 4, ... up to ``n_max`` until a run meets it;
-2. bisects between the last miss ``lo`` and the first hit ``hi`` until
+1. runs the largest training set, ``n_max`` (the *reference*), first: if it and
+   the floor n = 1 both miss, the criterion is "not reached" and the search
+   stops (two runs, not a walk over the whole grid);
+2. otherwise walks the grid n = 1, 2, 4, ... until a run meets it;
+3. bisects between the last miss ``lo`` and the first hit ``hi`` until
    ``hi - lo <= max(1, tolerance * hi)``;
 
 and reports ``n* = hi``.  A chain whose first grid point already meets the
@@ -20,10 +23,10 @@ Criteria (both computed on held-out prompts):
 
 * ``accuracy``: accuracy >= ``target`` (the paper's);
 * ``loss``: the run removed at least ``loss_fraction`` of the loss gap between
-  the start and the reference run at ``n_ref`` prompts (``loss <= L_ref +
-  (1 - loss_fraction) (L_start - L_ref)``): how many samples reach the
-  large-sample loss.  A chain whose reference does not improve on its start
-  (``L_ref >= L_start``) has no loss n*.
+  the start and the reference run (``loss <= L_ref + (1 - loss_fraction)
+  (L_start - L_ref)``): how many samples reach the large-sample loss.  A chain
+  whose reference does not improve on its start (``L_ref >= L_start``) has no
+  loss n*.
 
 The search is a pure function of the runs so far (:func:`next_sizes`), so a
 driver can run its requests as one batch per round (through the resumable
@@ -41,8 +44,7 @@ class SearchRule:
 
     target: float = 0.95  # held-out accuracy target of the accuracy criterion
     loss_fraction: float = 0.9  # loss criterion: fraction of the start -> reference loss gap removed
-    n_ref: int = 1024  # training-set size of the reference run (the loss criterion's large-sample loss)
-    n_max: int = 4096  # largest training set the grid tries; beyond it n* is "not reached"
+    n_max: int = 1024  # the reference: the largest training set, run first; n* above it is "not reached"
     tolerance: float = 0.2  # bisection stops when hi - lo <= max(1, tolerance * hi)
 
     def __post_init__(self) -> None:
@@ -50,16 +52,15 @@ class SearchRule:
             raise ValueError(f"target must lie in (0, 1], got {self.target}")
         if not 0 < self.loss_fraction <= 1:
             raise ValueError(f"loss_fraction must lie in (0, 1], got {self.loss_fraction}")
-        for name in ("n_ref", "n_max"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        if not isinstance(self.n_max, int) or isinstance(self.n_max, bool) or self.n_max < 1:
+            raise ValueError(f"n_max must be a positive integer, got {self.n_max!r}")
         if not 0 <= self.tolerance < 1:
             raise ValueError(f"tolerance must lie in [0, 1), got {self.tolerance}")
 
     @property
     def grid(self) -> list[int]:
-        """The doubling grid 1, 2, 4, ... <= n_max."""
-        return [2**i for i in range(self.n_max.bit_length()) if 2**i <= self.n_max]
+        """The doubling grid 1, 2, 4, ... below n_max, then n_max."""
+        return sorted({2**i for i in range(self.n_max.bit_length()) if 2**i < self.n_max} | {self.n_max})
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -71,9 +72,9 @@ def meets(criterion: str, run: dict, runs: dict[int, dict], rule: SearchRule) ->
         return run["accuracy"] >= rule.target
     if criterion != "loss":
         raise ValueError(f"criterion must be one of {CRITERIA}, got {criterion!r}")
-    if rule.n_ref not in runs:
+    if rule.n_max not in runs:
         return None  # the reference loss is not known yet
-    ref, start = runs[rule.n_ref]["loss"], run["start_loss"]
+    ref, start = runs[rule.n_max]["loss"], run["start_loss"]
     if not ref < start:
         return False  # nothing to reach: the reference does not improve on the start
     return run["loss"] <= ref + (1 - rule.loss_fraction) * (start - ref)
@@ -94,14 +95,13 @@ def n_star(runs: dict[int, dict], criterion: str, rule: SearchRule = SearchRule(
     hits = {n: meets(criterion, r, runs, rule) for n, r in runs.items()}
     state = dict(criterion=criterion, n_star=None, lo=0, hi=None, resolved=False, reached=False,
                  at_floor=False, non_monotone=False, next=None)
-    if criterion == "loss" and rule.n_ref not in runs:
-        return dict(state, next=rule.n_ref)
-    if criterion == "loss" and not runs[rule.n_ref]["loss"] < runs[rule.n_ref]["start_loss"]:
+    if rule.n_max not in runs:
+        return dict(state, next=rule.n_max)  # the reference first
+    if criterion == "loss" and not runs[rule.n_max]["loss"] < runs[rule.n_max]["start_loss"]:
         return dict(state, resolved=True)  # the reference does not improve on the start: no loss n*
     hit_sizes = sorted(n for n, h in hits.items() if h)
-    if not hit_sizes:
-        missing = [g for g in rule.grid if g not in runs]
-        return dict(state, next=missing[0] if missing else None, resolved=not missing)
+    if not hit_sizes:  # the reference misses: check the floor, else "not reached" without walking the grid
+        return dict(state, next=1) if 1 not in runs else dict(state, resolved=True)
     hi = hit_sizes[0]
     below = [g for g in rule.grid if g < hi and g not in runs]
     if below:  # walk the grid in order: a smaller grid point may still hit
@@ -158,8 +158,8 @@ def chain_summary(config: "RunConfig", runs: dict[int, dict], rule: SearchRule =
                 start_accuracy=any_run["start_accuracy"], start_loss=any_run["start_loss"],
                 n_star=acc["n_star"], at_floor=acc["at_floor"], non_monotone=acc["non_monotone"],
                 accuracy_at_n_star=runs[acc["n_star"]]["accuracy"] if acc["reached"] else None,
-                n_star_loss=loss["n_star"], reference_loss=runs.get(rule.n_ref, {}).get("loss"),
-                reference_accuracy=runs.get(rule.n_ref, {}).get("accuracy"),
+                n_star_loss=loss["n_star"], reference_loss=runs.get(rule.n_max, {}).get("loss"),
+                reference_accuracy=runs.get(rule.n_max, {}).get("accuracy"),
                 n_runs=len(runs), seconds=sum(r.get("seconds", 0.0) for r in runs.values()))
 
 

@@ -33,8 +33,8 @@ def test_emergence(tmp_path):
 
 
 def test_sample_complexity_resumes(tmp_path):
-    args = ("--sizes", 64, 128, "--n-relations", 4, "--seeds", 0, 1, "--steps", 5, "--n-eval", 32, "--n-ref", 8,
-            "--n-max", 8, "--workers", 0, "--out", tmp_path)
+    args = ("--sizes", 64, 128, "--n-relations", 4, "--seeds", 0, 1, "--steps", 5, "--n-eval", 32, "--n-max", 8,
+            "--workers", 0, "--out", tmp_path)
     run("sample_complexity.py", *args)
     lines = (tmp_path / "results.jsonl").read_text().splitlines()
     summary = json.loads((tmp_path / "summary.json").read_text())

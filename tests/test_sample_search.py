@@ -45,7 +45,7 @@ def test_loss_criterion_reaches_the_reference_gap():
     rule = SearchRule(tolerance=0.0)
     runs = simulate(step(4, 37), rule)
     assert n_star(runs, "loss", rule)["n_star"] == 37 and n_star(runs, "accuracy", rule)["n_star"] == 4
-    assert rule.n_ref in runs
+    assert rule.n_max in runs
 
 
 def test_loss_without_improvement_has_no_n_star_and_costs_no_scan():
@@ -53,18 +53,30 @@ def test_loss_without_improvement_has_no_n_star_and_costs_no_scan():
     runs = simulate(step(2, 1, start_loss=0.05), rule)  # every run's loss is above the start's
     s = n_star(runs, "loss", rule)
     assert s["resolved"] and s["n_star"] is None and not s["reached"]
-    assert sorted(runs) == [1, 2, rule.n_ref]
+    assert sorted(runs) == [1, 2, rule.n_max]
 
 
-def test_unreached_target_walks_the_grid_to_n_max():
+def test_unreached_target_costs_the_reference_and_the_floor():
     rule = SearchRule(n_max=64)
     runs = simulate(step(10**6, 1), rule, criteria=("accuracy",))
-    assert sorted(runs) == rule.grid and n_star(runs, "accuracy", rule)["n_star"] is None
+    s = n_star(runs, "accuracy", rule)
+    assert sorted(runs) == [1, 64] and s["resolved"] and not s["reached"] and s["n_star"] is None
+
+
+def test_a_floor_hit_under_a_missing_reference_is_non_monotone():
+    rule = SearchRule(n_max=64)
+    runs = simulate(lambda n: dict(accuracy=0.99 if n == 1 else 0.5, loss=1, start_loss=2), rule, ("accuracy",))
+    s = n_star(runs, "accuracy", rule)
+    assert s["n_star"] == 1 and s["at_floor"] and s["non_monotone"] and sorted(runs) == [1, 64]
+
+
+def test_grid_ends_at_n_max():
+    assert SearchRule(n_max=100).grid == [1, 2, 4, 8, 16, 32, 64, 100]
 
 
 def test_a_miss_above_n_star_is_flagged():
     rule = SearchRule()
-    runs = {1: dict(accuracy=0.99, loss=1, start_loss=2), 2: dict(accuracy=0.5, loss=1, start_loss=2)}
+    runs = {n: dict(accuracy=acc, loss=1, start_loss=2) for n, acc in ((1, 0.99), (2, 0.5), (rule.n_max, 0.99))}
     assert n_star(runs, "accuracy", rule)["non_monotone"]
 
 
