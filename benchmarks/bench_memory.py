@@ -115,7 +115,7 @@ def train_step(model, batch):
         p.requires_grad_(name in names)  # as finetune freezes for its run
     tc = TrainConfig()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=tc.lr,
-                            weight_decay=tc.weight_decay)
+                            weight_decay=tc.weight_decay, foreach=True)  # as finetune's
 
     def step():
         loss = F.cross_entropy(batch_logits(model, batch, fast=True), batch.answers)
