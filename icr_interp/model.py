@@ -6,7 +6,14 @@ transformer in the residual geometry of :mod:`icr_interp.basis`:
 * ``W_E``, ``W_pos``, ``W_U``: the basis's token, position and output directions;
 * attention OV: copies each attended token into its *context* direction,
   scaled by 2k so that attention spread evenly over the 2k context tokens gives
-  every one of them weight 1 -- the unit the memory's thresholds are set in;
+  every one of them weight 1 -- the unit the memory's thresholds are set in.
+  With several heads and layers every head of every layer writes ``1 / (n_heads
+  n_layers)`` of that, so the memory reads the *mean* of all query rows and the
+  unit holds whatever the shape (docs/_drafts/layers_heads_theory.md: a sum of
+  two layers' copies doubles every weight, wakes every stage-II neuron and
+  zeroes the gradient).  In the exact basis the copy map sends context
+  directions to 0, so a later layer never re-copies what an earlier one wrote;
+  depth is limited to :data:`MAX_LAYERS`, the depths whose fine-tuning we measured;
 * attention QK: small random ``W_Q``/``W_K`` plus an *answer tilt* (a positional
   bias of ``init_tilt`` logits toward answer slots), so fine-tuning starts from
   an answer-heavy pattern that is not pairwise (docs/theory.md, section 4);
@@ -41,6 +48,7 @@ from icr_interp.task import ICRecallTask
 TRAINABLE = ("W_Q", "W_K", "b_Q", "b_K")  # what fine-tuning trains by default: attention's query/key
 ATTENTIONS = ("full", "positional")  # parametrisations of W_Q / W_K (see attention_params.py)
 STARTS = ("answer", "subject", "sink")  # which slots the starting attention is tilted toward (theory section 4)
+MAX_LAYERS = 2  # depths the construction is measured to fine-tune at (docs/_drafts/layers_heads_results.md)
 
 
 @dataclass
@@ -84,6 +92,9 @@ class ModelConfig:
             raise ValueError(f"attention must be one of {ATTENTIONS}, got {self.attention!r}")
         if self.start not in STARTS:
             raise ValueError(f"start must be one of {STARTS}, got {self.start!r}")
+        if self.n_layers > MAX_LAYERS:
+            raise ValueError(f"n_layers={self.n_layers} is not supported: the constructed model is measured to "
+                             f"fine-tune with 1 to {MAX_LAYERS} layers only")
         for name in ("init_scale", "init_tilt"):
             if not math.isfinite(getattr(self, name)):
                 raise ValueError(f"{name} must be finite, got {getattr(self, name)}")
@@ -197,7 +208,8 @@ def start_slots(task: ICRecallTask, start: str) -> torch.Tensor:
 def _write_attention(model: HookedTransformer, basis: ResidualBasis, task: ICRecallTask, cfg: ModelConfig) -> None:
     """OV copies tokens into context directions; QK starts small, random and tilted toward the start's slots."""
     gen = torch.Generator().manual_seed(cfg.seed + 1)
-    ov = 2 * task.n_pairs * basis.copy / cfg.n_heads  # [d_model d_model]: token[t] -> 2k context[t]
+    # [d_model d_model]: token[t] -> 2k context[t] / (heads x layers): the memory reads the mean of all query rows
+    ov = 2 * task.n_pairs * basis.copy / (cfg.n_heads * cfg.n_layers)
     tilt_logits = cfg.init_tilt * math.sqrt(cfg.d_model)  # TL divides scores by sqrt(d_head)
     answer_slots = start_slots(task, cfg.start)
     for block in model.blocks:

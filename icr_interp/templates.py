@@ -29,52 +29,38 @@ a member of the pairwise family, so a row is called ``"uniform"`` rather than
 ``"pairwise"`` when the uniform template is within :data:`UNIFORM_MARGIN` of
 the best pairwise one (the across-pair freedom is not used).
 
-**The null.**  A pairwise score alone cannot tell a trained head from a
-near-uniform one: every row that puts its mass on the context is close to
-*some* member of the family.  What only a pairing gives is that ``s_i`` and
-``a_i`` *of the same pair* carry equal weight.  So every score comes with the
-score of the same row when ``s_i`` is paired with ``a_pi(i)``, averaged over
-permutations ``pi`` of the ``k`` pairs (all ``k!`` of them, the identity
-included, when ``k! <= NULL_MAX_PERMUTATIONS``; a seeded uniform sample of that
-many otherwise) -- everything but the pairing is kept.  Writing
-``max(x, y) = (x + y + |x - y|) / 2`` in the closed form above gives, with
-``D_pi = sum_i |p(s_i) - p(a_pi(i))|``,
+**The null.**  Every row that puts its mass on the context is close to *some*
+pairwise member; what only a pairing gives is equal weight on ``s_i`` and
+``a_i`` *of the same pair*.  So every score comes with ``pairwise_null``: the
+score of the same row with ``s_i`` paired to ``a_pi(i)``, averaged over
+permutations ``pi`` (all ``k!`` when ``k! <= NULL_MAX_PERMUTATIONS``, else a
+seeded sample).  With ``D_pi = sum_i |p(s_i) - p(a_pi(i))|`` the closed form
+gives ``score_pi = min(M, 1 - (1 - M + D_pi) / 2)``: only ``D_pi`` depends on
+the pairing, so a uniform or answers-only row scores its null exactly
+(docs/theory.md, "Template scores against a null").
 
-    score_pi = 1 - TV_pi = min(M, 1 - (1 - M + D_pi) / 2),
-
-so the null is the mean of ``min(M, 1 - (1 - M + D_pi) / 2)`` over ``pi``: only
-the assignment cost ``D_pi`` depends on the pairing.  On a uniform or an
-answers-only row every ``D_pi`` is equal, so score and null coincide; the
-paper's pattern with one of four pairs suppressed scores 1 against 7/8
-(derivations in ``docs/theory.md``, "Template scores against a null").
-
-The *test* is a randomisation test over examples.  If a model ignored the
-pairing, each example's true pairing would be one draw from its ``k!``
-pairings.  The statistic is the mean over examples of ``score_b(id) -
-null_b``; its null distribution comes from :data:`NULL_DRAWS` draws in which
-every example gets its own uniformly drawn pairing ``pi_b``; the one-sided
-p-value is ``(1 + #{draws >= observed}) / (1 + NULL_DRAWS)`` (ties count
-against the pairing, so a row whose pairings all score alike gets p = 1).
-A head is called ``"pairwise"`` only when ``p <= NULL_ALPHA`` *and* ``pairwise -
-pairwise_null >= NULL_MIN_EFFECT`` (a significant but tiny edge, e.g. from a
-smooth positional bias on a near-uniform row, is not the paper's pattern);
-otherwise it is called by the nearest of the other templates.  The mean row
-uses the same (per-example) p-value with its own effect.  With ``k = 1`` there
-is no other pairing, so nothing is ever called ``"pairwise"``.
+The *test* (:func:`icr_interp.pairing_null.pairing_test`) randomises over
+examples: each example gets its own uniformly drawn pairing, :data:`NULL_DRAWS`
+times; ties count against the pairing.  A head is called ``"pairwise"`` only
+when ``p <= NULL_ALPHA`` *and* ``pairwise - pairwise_null >= NULL_MIN_EFFECT``
+(a significant but tiny edge is not the paper's pattern); otherwise by the
+nearest other template.  With ``k = 1`` nothing is ever ``"pairwise"``.
 
 Scores come two ways (``docs/theory.md`` explains why both matter): *per
 example* (score every example's row, then average; the headline) and *mean
 row* (average the rows first, aligned by role -- pair i's subject and answer,
 BOS, query -- using each example's layout, then score).  A model that fits
 token-specific directions can have a balanced mean row while no single row is
-balanced.
+balanced.  Each *layer* is also scored through its combined row (its heads' rows
+weighted by their OV share, :mod:`icr_interp.combined_rows`): what the memory
+reads when heads split the work, e.g. one on subjects and one on answers.
 
 Example::
 
     scores = score_templates(model, task.sample(256, seed=0))
     print(scores)                 # one table row per (layer, head)
-    scores.to_dict()["pairwise"]  # per-example pairwise score of the head that matters
     scores.to_dict()["pairwise_null"], scores.to_dict()["p_value"]  # what chance gives, and the test
+    scores.to_dict()["combined"][-1]["pairwise"]  # the last layer's OV-weighted combined row
 """
 
 import math
@@ -85,6 +71,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from icr_interp.attention import query_rows, query_rows_from_cache  # noqa: F401  (re-exported: their old home)
+from icr_interp.combined_rows import combine_rows, normalise_shares, ov_shares
 from icr_interp.compat import TLModel
 from icr_interp.pairing_null import (NULL_ALPHA, NULL_DRAWS, NULL_MAX_PERMUTATIONS, NULL_MIN_EFFECT,  # noqa: F401
                                      NULL_SEED, pairing_test, pairings)
@@ -245,7 +232,8 @@ class TemplateScores:
     ``best``, ``pairwise_null``, ``p_value`` are the per-example ``[layer,
     head]`` arrays; ``mean_row`` holds the same for the role-aligned mean row
     (its ``p_value`` is the per-example test's: the mean row has no examples
-    of its own).
+    of its own).  ``combined`` / ``combined_mean_row`` score each layer's
+    combined row (``[layer, 1]`` arrays), weighted by ``head_shares``.
     """
 
     per_example: HeadScores  # scores per example, averaged over examples (best = argmin of mean TV)
@@ -253,6 +241,9 @@ class TemplateScores:
     layer: int  # the head that matters: layer ...
     head: int  # ... and head (default: last layer, highest per-example pair mass)
     n_examples: int  # number of rows scored
+    combined: HeadScores | None = None  # per example, each layer's OV-weighted combined row ([layer 1] arrays)
+    combined_mean_row: HeadScores | None = None  # the same for the role-aligned mean of the combined rows
+    head_shares: Tensor | None = None  # [layer head] weight of each head in its layer's combined row
 
     pairwise = property(lambda self: self.per_example.pairwise)
     balance = property(lambda self: self.per_example.balance)
@@ -279,7 +270,13 @@ class TemplateScores:
         return dict(layer=self.layer, head=self.head, n_examples=self.n_examples, templates=list(TEMPLATES),
                     uniform_margin=UNIFORM_MARGIN, null_alpha=NULL_ALPHA, null_min_effect=NULL_MIN_EFFECT,
                     **self.per_example.at(self.layer, self.head),
-                    mean_row=self.mean_row.at(self.layer, self.head), per_head=heads)
+                    mean_row=self.mean_row.at(self.layer, self.head), per_head=heads, combined=self._combined())
+
+    def _combined(self) -> list:
+        """One entry per layer: its combined row's scores, head shares and mean row (``[]`` if not scored)."""
+        return [] if self.combined is None else [
+            dict(layer=layer, head_shares=self.head_shares[layer].tolist(), **self.combined.at(layer, 0),
+                 mean_row=self.combined_mean_row.at(layer, 0)) for layer in range(self.n_layers)]
 
     def headline(self) -> dict:
         """Flat plain-data scores of the head that matters: per example, ``p_value``, then ``mean_row_*``."""
@@ -314,7 +311,7 @@ class TemplateScores:
 
 # ------------------------------------------------------------- scoring
 def score_rows(rows: Float[Tensor, "*lead batch pos"], layout: Layout, *, layer: int | None = None,
-               head: int | None = None) -> TemplateScores:
+               head: int | None = None, head_shares: Float[Tensor, "layer head"] | None = None) -> TemplateScores:
     """Score given attention rows against every template (no model needed).
 
     Args:
@@ -325,16 +322,30 @@ def score_rows(rows: Float[Tensor, "*lead batch pos"], layout: Layout, *, layer:
         layer, head: the head that matters (default: the last layer's head
             with the highest per-example pair mass; ``layer`` alone picks the
             best head of that layer, ``head`` alone that head of the last layer).
+        head_shares: ``[layer head]`` weights of the heads in their layer's
+            combined row (normalised per layer; default: equal).
 
     Returns:
         :class:`TemplateScores` with per-example and mean-row scores of every
-        head, each with its null (``pairwise_null``) and the test's ``p_value``.
+        head and of every layer's combined row, each with its null
+        (``pairwise_null``) and the test's ``p_value``.
     """
     rows = _as_layer_head(rows).float()
     if rows.shape[2] != layout.query_pos.shape[0]:
         raise ValueError(f"rows hold {rows.shape[2]} examples, the layout {layout.query_pos.shape[0]}")
     if ((rows.sum(-1) - 1).abs() > _ROW_SUM_TOL).any():
         raise ValueError("attention rows must be distributions summing to 1 (pass hook_pattern rows, not scores)")
+    shares = normalise_shares(torch.ones(rows.shape[:2]) if head_shares is None else head_shares.detach().cpu())
+    if shares.shape != rows.shape[:2]:
+        raise ValueError(f"head_shares must be [layer head] = {list(rows.shape[:2])}, got {list(shares.shape)}")
+    per_example, mean_row = _score(rows, layout)
+    combined, combined_mean = _score(combine_rows(rows, shares)[:, None], layout)  # [layer 1 batch pos]
+    layer, head = _head_that_matters(per_example.pair_mass, layer, head)
+    return TemplateScores(per_example, mean_row, layer, head, rows.shape[2], combined, combined_mean, shares)
+
+
+def _score(rows: Float[Tensor, "layer head batch pos"], layout: Layout) -> tuple[HeadScores, HeadScores]:
+    """Per-example and role-aligned mean-row scores of ``[layer head]`` rows (the null test seeded afresh)."""
     mass = RoleMass.of(rows, layout)  # [layer head batch (pair)]
     gen = torch.Generator().manual_seed(NULL_SEED)
     perms = pairings(mass.subject.shape[-1], gen)
@@ -346,8 +357,7 @@ def score_rows(rows: Float[Tensor, "*lead batch pos"], layout: Layout, *, layer:
     mean = mass.mean(2)  # role-aligned mean row: [layer head (pair)]
     mean_row = _head_scores(template_tv(mean), balance(mean), mean.pair_mass, fit_pairwise(mean.subject, mean.answer),
                             pairing_scores(mean.subject, mean.answer, perms).mean(-1), p_value)
-    layer, head = _head_that_matters(per_example.pair_mass, layer, head)
-    return TemplateScores(per_example, mean_row, layer, head, rows.shape[2])
+    return per_example, mean_row
 
 
 def score_templates(model: TLModel, batch: Batch, *, layer: int | None = None,
@@ -366,7 +376,8 @@ def score_templates(model: TLModel, batch: Batch, *, layer: int | None = None,
         ValueError: (one line) for token ids outside the model's vocabulary or prompts longer than its context.
     """
     check_model_tokens(model, batch.tokens, "batch.tokens")
-    return score_rows(query_rows(model, batch), batch.layout, layer=layer, head=head)
+    shares = ov_shares(model).cpu()  # each head's share of its layer's OV gain: the combined row's weights
+    return score_rows(query_rows(model, batch), batch.layout, layer=layer, head=head, head_shares=shares)
 
 
 def _as_layer_head(rows: Tensor) -> Tensor:
