@@ -6,7 +6,7 @@
 The paper preset swept over answer overlap and seeds (one resumable sweep,
 results.jsonl).  memory="constructed" picks the construction that fits
 (answer neurons while every answer belongs to one relation, pair neurons when
-every answer is shared, the mixed memory in between: docs/_drafts/mixed_memory_theory.md);
+every answer is shared, the mixed memory in between: docs/theory.md §2b);
 reports which attention template fits best and where the pattern turns from
 answers-only to pairwise.
 """

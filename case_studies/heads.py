@@ -1,4 +1,6 @@
-"""Heads: with two heads, is the pairwise pattern per head, or split across heads? (docs/_drafts/layers_heads_results.md)
+"""Heads: with two heads, is the pairwise pattern per head, or split across heads?
+
+Measured in docs/results.md ("Two layers and several heads").
 
 For every knowledge-base shape and seed, build the model with ``--heads`` heads
 (and ``--layers`` layers), fine-tune it with the library defaults, and report
@@ -67,12 +69,13 @@ def report(row: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> int:
-    p = Parser(prog="heads.py", description=__doc__.splitlines()[0])
+def parser(prog: str, doc: str, layers: int, heads: int, out: str) -> Parser:
+    """The arguments heads.py and layers.py share (shapes, seeds, architecture, budgets, saved models)."""
+    p = Parser(prog=prog, description=doc.splitlines()[0])
     p.add_argument("--shapes", nargs="+", default=["48x6x3", "64x8x4"])
     p.add_argument("--seeds", type=seed, nargs="+", default=[0, 1])
-    p.add_argument("--heads", type=positive, default=2)
-    p.add_argument("--layers", type=positive, default=1)
+    p.add_argument("--heads", type=positive, default=heads)
+    p.add_argument("--layers", type=positive, default=layers)
     p.add_argument("--n-eval", type=positive, default=1024)
     p.add_argument("--n-template", type=positive, default=512)
     p.add_argument("--steps", type=int, default=None, help="fine-tuning steps (default: the library's)")
@@ -80,13 +83,24 @@ def main(argv=None) -> int:
     p.add_argument("--models", default="runs/models", help="where fine-tuned state dicts are saved (git-ignored)")
     p.add_argument("--reuse", action="store_true", help="load a fine-tuned model saved in --models by an earlier run")
     p.add_argument("--threads", type=positive, default=1)
-    p.add_argument("--out", default="case_studies/results/heads")
+    p.add_argument("--out", default=out)
+    return p
+
+
+def parse(p: Parser, argv) -> tuple:
+    """Parsed arguments and the shapes; a shape or an architecture the build refuses exits 2 with one line."""
     args = p.parse_args(argv)
     try:
         shapes = [shape(t) for t in args.shapes]
         ii.ModelConfig(n_layers=args.layers, n_heads=args.heads).validate()
     except ValueError as e:
         p.error(str(e))
+    return args, shapes
+
+
+def main(argv=None) -> int:
+    p = parser("heads.py", __doc__, layers=1, heads=2, out="case_studies/results/heads")
+    args, shapes = parse(p, argv)
     import torch
 
     torch.set_num_threads(args.threads)

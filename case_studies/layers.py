@@ -1,4 +1,4 @@
-"""Layers: with two layers, where do relation inference and answer lookup sit? (docs/_drafts/layers_heads_results.md)
+"""Layers: with two layers, where do relation inference and answer lookup sit? (docs/results.md, "Two layers and several heads")
 
 For every knowledge-base shape and seed, build the model with ``--layers``
 layers (and ``--heads`` heads), fine-tune it with the library defaults, report
@@ -16,35 +16,16 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import Parser, out_dir, positive, seed, write_json  # noqa: E402
-from heads import measure, report  # noqa: E402
-from starts import shape  # noqa: E402
+from _common import out_dir, positive, write_json  # noqa: E402
+from heads import measure, parse, parser, report  # noqa: E402
 
-import icr_interp as ii  # noqa: E402
 from icr_interp.layer_roles import format_jobs, job_locations  # noqa: E402
 
 
 def main(argv=None) -> int:
-    p = Parser(prog="layers.py", description=__doc__.splitlines()[0])
-    p.add_argument("--shapes", nargs="+", default=["48x6x3", "64x8x4"])
-    p.add_argument("--seeds", type=seed, nargs="+", default=[0, 1])
-    p.add_argument("--layers", type=positive, default=2)
-    p.add_argument("--heads", type=positive, default=1)
-    p.add_argument("--n-eval", type=positive, default=1024)
-    p.add_argument("--n-template", type=positive, default=512)
+    p = parser("layers.py", __doc__, layers=2, heads=1, out="case_studies/results/layers")
     p.add_argument("--n-patch", type=positive, default=256, help="prompts of each corruption's patching")
-    p.add_argument("--steps", type=int, default=None, help="fine-tuning steps (default: the library's)")
-    p.add_argument("--n-samples", type=positive, default=None, help="training prompts (default: the library's)")
-    p.add_argument("--models", default="runs/models", help="where fine-tuned state dicts are saved (git-ignored)")
-    p.add_argument("--reuse", action="store_true", help="load a fine-tuned model saved in --models by an earlier run")
-    p.add_argument("--threads", type=positive, default=1)
-    p.add_argument("--out", default="case_studies/results/layers")
-    args = p.parse_args(argv)
-    try:
-        shapes = [shape(t) for t in args.shapes]
-        ii.ModelConfig(n_layers=args.layers, n_heads=args.heads).validate()
-    except ValueError as e:
-        p.error(str(e))
+    args, shapes = parse(p, argv)
     import torch
 
     torch.set_num_threads(args.threads)

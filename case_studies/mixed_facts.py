@@ -9,7 +9,7 @@ memory: every ``--every`` steps of default fine-tuning, the attention mass on
 BOS / subjects / answers at the query, the true and strongest wrong relation
 coefficient, how many stage-I / stage-II neurons fire, the loss
 (``icr_interp.memory.query_readout``); held-out accuracy and the ceiling at
-start and end (``evaluate``).  docs/_drafts/mixed_memory_results.md.
+start and end (``evaluate``).  docs/results.md ("Mixed knowledge bases").
 """
 
 import sys

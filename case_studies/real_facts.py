@@ -6,7 +6,7 @@ The built-in base (or ``--csv``) through ``icr_interp.run``, default fine-tuning
 held-out accuracy at start and end against the Bayes ceiling, the headline template scores, and on the scored
 prompts split by relation group -- relations sharing answers with another ("shared") and the rest ("private")
 -- the query row's mass by role, the pairwise score and its null, the accuracy.  The fine-tuned model is then
-patched (relation / query swaps, ``circuit_summary``).  docs/_drafts/real_facts_results.md.
+patched (relation / query swaps, ``circuit_summary``).  docs/results.md ("Real facts").
 """
 
 import itertools

@@ -21,7 +21,7 @@ direction.  Which neurons exist and how they are weighted is the
 * ``mixed``  -- some answers reveal their relation, others do not (real facts, partial
   overlap, gaps): answer neurons for private answers, pair neurons for shared ones (a
   threshold per neuron), and a relation vector normalised by :func:`vote_scale` so that
-  many firing neurons cannot overdrive stage II (docs/_drafts/mixed_memory_theory.md);
+  many firing neurons cannot overdrive stage II (docs/theory.md §2b);
 * ``pretrained`` -- same shape, weights fitted by gradient descent on
   factual-recall examples instead of written down (:mod:`icr_interp.pretrain`).
 
@@ -72,7 +72,7 @@ def vote_scale(coef: Float[Tensor, "... relation"]) -> Float[Tensor, "... 1"]:
     ``coef`` are the relation coefficients before normalisation (``gain * post @ votes``); their sum
     is the context's evidence (1 under uniform attention), their ratios say which relation it shows.
     A context with more evidence than that (many firing neurons) no longer overdrives stage II, and a
-    fully attended but ambiguous one (votes split) still reaches it (docs/_drafts/mixed_memory_theory.md).
+    fully attended but ambiguous one (votes split) still reaches it (docs/theory.md §2b).
     """
     return coef.sum(-1, keepdim=True).clamp_max(1.0) / coef.amax(-1, keepdim=True).clamp_min(1e-6)
 
@@ -176,7 +176,7 @@ def memory_table(construction: str, kb: KnowledgeBase, vocab: Vocabulary, n_pair
 
 IMPLS = ("dense", "factored", "sparse")  # how a constructed memory is computed (same function)
 # choose_impl's rule, measured with benchmarks/bench_memory.py ([4] crossover, memory forward +
-# backward at 64 query rows; docs/_drafts/sparse_memory_results.md): up to N * d = 2^19 the three
+# backward at 64 query rows; docs/results.md ("Sparse memory")): up to N * d = 2^19 the three
 # implementations are within ~2 ms of each other (the sparse path's ~40 small kernels cost a fixed
 # few ms), from 2^19 on the sparse memory is fastest and its lead grows with N (1.6x over factored
 # and 8x over dense at 2^23, 8x over factored at 10^6 facts).  Small models stay dense: real

@@ -9,7 +9,7 @@ transformer in the residual geometry of :mod:`icr_interp.basis`:
   every one of them weight 1 -- the unit the memory's thresholds are set in.
   With several heads and layers every head of every layer writes ``1 / (n_heads
   n_layers)`` of that, so the memory reads the *mean* of all query rows and the
-  unit holds whatever the shape (docs/_drafts/layers_heads_theory.md: a sum of
+  unit holds whatever the shape (docs/theory.md §11: a sum of
   two layers' copies doubles every weight, wakes every stage-II neuron and
   zeroes the gradient).  In the exact basis the copy map sends context
   directions to 0, so a later layer never re-copies what an earlier one wrote;
@@ -48,7 +48,7 @@ from icr_interp.task import ICRecallTask
 TRAINABLE = ("W_Q", "W_K", "b_Q", "b_K")  # what fine-tuning trains by default: attention's query/key
 ATTENTIONS = ("full", "positional")  # parametrisations of W_Q / W_K (see attention_params.py)
 STARTS = ("answer", "subject", "sink")  # which slots the starting attention is tilted toward (theory section 4)
-MAX_LAYERS = 2  # depths the construction is measured to fine-tune at (docs/_drafts/layers_heads_results.md)
+MAX_LAYERS = 2  # depths the construction is measured to fine-tune at (docs/results.md ("Two layers and several heads"))
 
 
 @dataclass

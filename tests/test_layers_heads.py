@@ -1,7 +1,7 @@
 """Two layers and two heads: the build refuses what it does not support, and what it builds fine-tunes.
 
 The constructed model reads the *mean* of all its query rows (each head of each
-layer writes ``1 / (n_heads n_layers)`` of the copy; docs/_drafts/layers_heads_theory.md).
+layer writes ``1 / (n_heads n_layers)`` of the copy; docs/theory.md §11).
 The old sum of two layers' copies doubled every context weight, woke every
 stage-II neuron and left a zero gradient; that failure is pinned here too.
 """

@@ -5,7 +5,7 @@ A *mixed* base has answers that reveal their relation (private: one relation
 uses them) next to answers that do not (shared), gaps, and (subject, answer)
 pairs stored under two relations.  The mixed memory gives private answers an
 answer neuron, shared ones pair neurons, and normalises the relation vector
-by its vote mass (docs/_drafts/mixed_memory_theory.md).
+by its vote mass (docs/theory.md §2b).
 """
 
 import copy

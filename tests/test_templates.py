@@ -369,7 +369,7 @@ STOCK_SHAPES = [(1, 2, 2), (2, 4, 3), (3, 8, 4), (1, 8, 4), (3, 2, 2), (2, 8, 3)
 
 @pytest.mark.parametrize("n_layers,n_heads,k", STOCK_SHAPES)
 def test_no_head_of_a_random_stock_model_is_pairwise(n_layers, n_heads, k):
-    # Measured on 54 such models (docs/_drafts/template_null_results.md): some head beats the null with
+    # Measured on 54 such models (docs/results.md, "Template scores against a null"): some head beats the null with
     # p <= 0.01 in 37 of them -- adjacent tokens get similar attention from position alone -- but by at most
     # 0.024 per example / 0.032 mean row (0.026 on these six), so NULL_MIN_EFFECT (0.05) rules them out.
     task = ICRecallTask(KnowledgeBase.random(16, 4, 16, 1.0, seed=0), n_pairs=k)
@@ -414,7 +414,7 @@ def test_reference_starts_away_from_pairwise(reference_scores):
 
 
 def test_reference_fine_tunes_to_pairwise_against_the_null(reference_scores):
-    # Measured (docs/_drafts/template_null_results.md): the session fixture (default start, answer tilt 4;
+    # Measured (docs/results.md, "Template scores against a null"): the session fixture (default start, answer tilt 4;
     # 200 steps), prompts seed 1: mean row 0.985 against 0.860, per example 0.897 against 0.794, p = 1/2001.
     # The 0.962 / 0.846 is the first release's start (tilt 2) after the 400-step default fine-tune.
     _, end = reference_scores
