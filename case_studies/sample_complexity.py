@@ -95,6 +95,8 @@ def main(argv=None) -> int:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--executor", choices=sweep.EXECUTORS, default="local")
     p.add_argument("--ray-address", default=None)
+    p.add_argument("--cached-only", action="store_true",
+                   help="run nothing: summarise the runs already in --out (a sweep still running or stopped)")
     p.add_argument("--out", default="case_studies/results/sample_complexity")
     args = p.parse_args(argv)
     try:
@@ -103,9 +105,12 @@ def main(argv=None) -> int:
         p.error(str(e))
     out = out_dir(p, args.out)
     chains = chain_configs(args)
-    runs = run_search(chains, out / "results.jsonl", rule, executor=args.executor, workers=args.workers,
-                      ray_address=args.ray_address)
-    lines = [chain_summary(chains[name], runs[name], rule) for name in chains]
+    runs = run_search(chains, out / "results.jsonl", rule, cached_only=args.cached_only, executor=args.executor,
+                      workers=args.workers, ray_address=args.ray_address)
+    lines = [chain_summary(chains[name], runs[name], rule) for name in chains if runs[name]]
+    if not lines:
+        print(f"sample_complexity.py: no finished runs in {out} to summarise", file=sys.stderr)
+        return 1
     summary = summarize(lines)
     write_json(out / "summary.json", dict(args=vars(args), rule=rule.to_dict(), runs=lines, **summary))
     save_figure(plot(lines, summary["fits"]), out / "sample_complexity.png")
@@ -113,7 +118,8 @@ def main(argv=None) -> int:
         print(f"attention {attention}:")
         for row in rows:
             print(f"  N={row['n_triplets']:>7}: n* median {row['n_star_median']} 90% {row['n_star_ci90']}  "
-                  f"reached {row['reached']}/{row['seeds']}  at floor {row['at_floor']}  "
+                  f"reached {row['reached']}/{row['seeds']} (resolved {row['resolved']}, non-monotone "
+                  f"{row['non_monotone']})  at floor {row['at_floor']}  "
                   f"start acc <= {row['start_accuracy_max']:.3f}  {row['seconds']:.0f} s")
         f = summary["fits"][attention]
         if f["power"]:

@@ -120,7 +120,7 @@ def next_sizes(runs: dict[int, dict], rule: SearchRule = SearchRule(),
 
 
 def run_search(chains: dict[str, "RunConfig"], out_path, rule: SearchRule = SearchRule(),  # noqa: F821
-               log=print, **sweep_options) -> dict[str, dict[int, dict]]:
+               log=print, cached_only: bool = False, **sweep_options) -> dict[str, dict[int, dict]]:
     """Search n* for every chain, one batch of runs per round, through the resumable sweep.
 
     Args:
@@ -129,20 +129,33 @@ def run_search(chains: dict[str, "RunConfig"], out_path, rule: SearchRule = Sear
             finished runs are read back, so the rounds replay instantly up to where it stopped).
         rule: criteria and grid.
         log: called with one line per round.
+        cached_only: run nothing; replay the rounds while every run they ask for is already in
+            ``out_path`` (a partial search, to summarise a sweep that is still running or was stopped).
         **sweep_options: passed to :func:`icr_interp.sweep.run_sweep` (executor, workers, ray_address...).
 
     Returns:
         chain name -> {training-set size -> that run's record}.
     """
-    from icr_interp.sweep import run_sweep
+    from pathlib import Path
+
+    from icr_interp.sweep import load_results, run_sweep
 
     runs: dict[str, dict[int, dict]] = {name: {} for name in chains}
+    cache = {r["key"]: r for r in load_results(out_path)} if cached_only and Path(out_path).exists() else {}
     for round_ in range(1, 10**4):
         todo = [(name, n) for name in chains for n in next_sizes(runs[name], rule)]
         if not todo:
             return runs
-        log(f"round {round_}: {len(todo)} runs for {len({name for name, _ in todo})} unresolved chains")
         configs = [chains[name].with_overrides(**{"train.n_samples": n}) for name, n in todo]
+        if cached_only:
+            found = [(job, cache[c.key]) for job, c in zip(todo, configs) if c.key in cache]
+            for (name, n), record in found:
+                runs[name][n] = record
+            if len(found) < len(todo):
+                log(f"round {round_}: {len(todo) - len(found)} runs not done yet; summarising the partial search")
+                return runs
+            continue
+        log(f"round {round_}: {len(todo)} runs for {len({name for name, _ in todo})} unresolved chains")
         for (name, n), record in zip(todo, run_sweep(configs, out_path, **sweep_options)):
             runs[name][n] = record
     raise RuntimeError("the n* search did not terminate")  # unreachable: each round adds a run
@@ -154,6 +167,7 @@ def chain_summary(config: "RunConfig", runs: dict[int, dict], rule: SearchRule =
     any_run = next(iter(runs.values()))
     k = config.knowledge
     return dict(n_triplets=k.n_subjects * k.n_relations, seed=config.seed, attention=config.model.attention,
+                resolved=acc["resolved"], resolved_loss=loss["resolved"],
                 n_subjects=k.n_subjects, n_relations=k.n_relations, d_model=any_run.get("d_model_used"),
                 start_accuracy=any_run["start_accuracy"], start_loss=any_run["start_loss"],
                 n_star=acc["n_star"], at_floor=acc["at_floor"], non_monotone=acc["non_monotone"],
@@ -185,6 +199,8 @@ def summarize(lines: list[dict], n_boot: int = 2000) -> dict:
             group = [line for line in mine if line["n_triplets"] == size]
             stars = [line["n_star"] for line in group if line["n_star"] is not None]
             rows.append(dict(n_triplets=size, seeds=len(group), reached=len(stars),
+                             resolved=sum(line["resolved"] for line in group),
+                             non_monotone=sum(line["non_monotone"] for line in group),
                              at_floor=sum(line["at_floor"] for line in group),
                              n_star_median=float(np.median(stars)) if stars else None,
                              n_star_ci90=[float(v) for v in np.percentile(stars, [5, 95])] if stars else None,

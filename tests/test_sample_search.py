@@ -115,3 +115,29 @@ def test_summary_lines_and_per_n():
     s = summarize(lines, n_boot=20)
     assert [row["n_star_median"] for row in s["per_n"]["full"]] == [3.0, 9.0]
     assert s["fits"]["full"]["power"]["gamma"] == pytest.approx(math.log(3) / math.log(10))
+
+
+def fake_run(config) -> dict:
+    """A stand-in for a fine-tuning run: accuracy reaches the target from 6 prompts on (top level: picklable)."""
+    n = config.train.n_samples
+    return dict(accuracy=0.99 if n >= 6 else 0.5, loss=0.1 if n >= 6 else 2.0, start_loss=3.0, start_accuracy=0.4,
+                seconds=0.0)
+
+
+def test_run_search_through_the_sweep_resumes_and_summarises_partial_results(tmp_path):
+    from icr_interp.config import RunConfig
+    from icr_interp.sample_search import run_search
+
+    rule = SearchRule(n_max=64, tolerance=0.0)
+    chains = {f"seed {s}": RunConfig.from_preset("tiny", seed=s) for s in (0, 1)}
+    out = tmp_path / "results.jsonl"
+    opts = dict(workers=0, progress=False, run_fn=fake_run, log=lambda line: None)
+    runs = run_search(chains, out, rule, **opts)
+    assert all(n_star(r, "accuracy", rule)["n_star"] == 6 for r in runs.values())
+    lines = out.read_text().splitlines()
+    assert len(lines) == sum(len(r) for r in runs.values())  # one record per run, none twice
+    assert run_search(chains, out, rule, cached_only=True, **opts) == runs  # the replay runs nothing
+    out.write_text("\n".join(lines[: len(lines) // 2]) + "\n")  # a sweep stopped half-way
+    partial = run_search(chains, out, rule, cached_only=True, **opts)
+    assert 0 < sum(len(r) for r in partial.values()) < len(lines)
+    assert out.read_text().splitlines() == lines[: len(lines) // 2]  # cached_only writes nothing
