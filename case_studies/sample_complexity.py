@@ -52,7 +52,7 @@ def chain_configs(args) -> dict[str, RunConfig]:
     return chains
 
 
-def plot(lines: list[dict], fits: dict):
+def plot(lines: list[dict], fits: dict, n_max: int):
     attentions = sorted({line["attention"] for line in lines})
     fig, axes = _figure(5 * len(attentions), 4, ncols=len(attentions))
     for ax, attention in zip(np.atleast_1d(axes).flat, attentions):
@@ -60,6 +60,10 @@ def plot(lines: list[dict], fits: dict):
         hit = [(line["n_triplets"], line["n_star"]) for line in mine if line["n_star"] is not None]
         if hit:
             ax.scatter(*zip(*hit), color="k", alpha=0.5, zorder=3, label="n* per seed")
+        miss = [line["n_triplets"] for line in mine if line["n_star"] is None]
+        if miss:
+            ax.scatter(miss, [n_max] * len(miss), color="r", marker="x", zorder=3,
+                       label=f"not reached by n = {n_max} (not fitted)")
         sizes = sorted({line["n_triplets"] for line in mine})
         grid = np.logspace(np.log10(sizes[0]), np.log10(sizes[-1]))
         for kind, style, exp in (("power", "--", "gamma"), ("polylog", "-", "c")):
@@ -113,7 +117,7 @@ def main(argv=None) -> int:
         return 1
     summary = summarize(lines)
     write_json(out / "summary.json", dict(args=vars(args), rule=rule.to_dict(), runs=lines, **summary))
-    save_figure(plot(lines, summary["fits"]), out / "sample_complexity.png")
+    save_figure(plot(lines, summary["fits"], rule.n_max), out / "sample_complexity.png")
     for attention, rows in summary["per_n"].items():
         print(f"attention {attention}:")
         for row in rows:
