@@ -98,21 +98,27 @@ def parse(p: Parser, argv) -> tuple:
     return args, shapes
 
 
-def main(argv=None) -> int:
-    p = parser("heads.py", __doc__, layers=1, heads=2, out="case_studies/results/heads")
-    args, shapes = parse(p, argv)
+def each_run(p: Parser, args, shapes):
+    """Set the threads and the models folder, then yield (seed, row, model, task) for every shape and seed."""
     import torch
 
     torch.set_num_threads(args.threads)
-    out = out_dir(p, args.out)
     models = out_dir(p, args.models)
     train = dict(steps=args.steps, n_samples=args.n_samples)
-    rows = []
     for s, r, k in shapes:
         for sd in args.seeds:
-            rows.append(measure(s, r, k, sd, args.layers, args.heads, models, args.reuse, train, args.n_eval,
-                                args.n_template)[0])
-            print(report(rows[-1]), flush=True)
+            yield (sd, *measure(s, r, k, sd, args.layers, args.heads, models, args.reuse, train, args.n_eval,
+                                args.n_template))
+
+
+def main(argv=None) -> int:
+    p = parser("heads.py", __doc__, layers=1, heads=2, out="case_studies/results/heads")
+    args, shapes = parse(p, argv)
+    out = out_dir(p, args.out)
+    rows = []
+    for _, row, _, _ in each_run(p, args, shapes):
+        rows.append(row)
+        print(report(row), flush=True)
     write_json(out / "heads.json", dict(args=vars(args), rows=rows))
     print(f"wrote {out / 'heads.json'}")
     return 0

@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import out_dir, positive, write_json  # noqa: E402
-from heads import measure, parse, parser, report  # noqa: E402
+from heads import each_run, parse, parser, report  # noqa: E402
 
 from icr_interp.layer_roles import format_jobs, job_locations  # noqa: E402
 
@@ -26,21 +26,13 @@ def main(argv=None) -> int:
     p = parser("layers.py", __doc__, layers=2, heads=1, out="case_studies/results/layers")
     p.add_argument("--n-patch", type=positive, default=256, help="prompts of each corruption's patching")
     args, shapes = parse(p, argv)
-    import torch
-
-    torch.set_num_threads(args.threads)
     out = out_dir(p, args.out)
-    models = out_dir(p, args.models)
-    train = dict(steps=args.steps, n_samples=args.n_samples)
     rows = []
-    for s, r, k in shapes:
-        for sd in args.seeds:
-            row, model, task = measure(s, r, k, sd, args.layers, args.heads, models, args.reuse, train, args.n_eval,
-                                       args.n_template)
-            row["jobs"] = job_locations(model, task, task.sample(args.n_patch, seed=sd + 2), seed=sd)
-            rows.append(row)
-            print(report(row), flush=True)
-            print(format_jobs(row["jobs"]), f"reliable: {row['jobs']['reliable']}", flush=True)
+    for sd, row, model, task in each_run(p, args, shapes):
+        row["jobs"] = job_locations(model, task, task.sample(args.n_patch, seed=sd + 2), seed=sd)
+        rows.append(row)
+        print(report(row), flush=True)
+        print(format_jobs(row["jobs"]), f"reliable: {row['jobs']['reliable']}", flush=True)
     write_json(out / "layers.json", dict(args=vars(args), rows=rows))
     print(f"wrote {out / 'layers.json'}")
     return 0
