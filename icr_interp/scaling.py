@@ -17,7 +17,9 @@ Fits, by least squares in log space over the (N, n*) points:
 * polylog   ``n* = a (log N)^c``:      log n* = log a + c log log N.
 
 The better fit has the smaller residual; ``gamma`` near 0 means no detectable
-polynomial growth over the range.
+polynomial growth over the range.  :func:`bootstrap_fits` adds 90% intervals on
+both exponents.  The resolved n* search (doubling grid + bisection, instead of a
+fixed grid) is :mod:`icr_interp.sample_search`.
 """
 
 import math
@@ -90,17 +92,6 @@ def sample_complexity(results: list[dict], target: float = 0.95, criterion: str 
                          n_star=None if first is None else runs[first]["n_samples"],
                          non_monotone=first is not None and not all(hits[first:])))
     return rows
-
-
-def fit_both(rows: list[dict]) -> dict:
-    """Power-law and polylog fits to the n* rows that reached the target."""
-    points = [(r["n_triplets"], r["n_star"]) for r in rows if r["n_star"] is not None]
-    if len({n for n, _ in points}) < 2:
-        return dict(power=None, polylog=None, better=None, n_points=len(points))
-    n, s = zip(*points)
-    power, polylog = fit(n, s, "power"), fit(n, s, "polylog")
-    better = "polylog" if polylog.rmse < power.rmse else "power"
-    return dict(power=power.to_dict(), polylog=polylog.to_dict(), better=better, n_points=len(points))
 
 
 def bootstrap_fits(points: list[tuple[int, float]], n_boot: int = 2000, seed: int = 0) -> dict:
