@@ -1,8 +1,11 @@
 """Peak memory of the analyses at N = 10^6: evaluate and score_templates in bounded memory (issue 11).
 
 Builds the 15,625 x 64 (10^6 facts) model with the memory ``auto`` picks (sparse),
-then runs ``evaluate`` on 1,024 prompts and ``score_templates`` on 256, printing
-each one's time and the process's peak RSS as a fraction of the 6 GB bound.
+then runs ``evaluate`` on 1,024 prompts, ``score_templates`` on 256 and role
+patching (``patch_by_role``, default hooks: resid_pre, z, attn_out, mlp_out and the
+memory's stage hooks, every role) under the relation swap and the query swap on
+256 prompts, printing each one's time and the process's peak RSS as a fraction
+of the 6 GB bound.
 
     .venv/bin/python benchmarks/bench_analyses_memory.py --threads 2
 """
@@ -24,6 +27,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2, help="torch threads (set explicitly)")
     p.add_argument("--subjects", type=int, default=15_625)
     p.add_argument("--relations", type=int, default=64)
+    p.add_argument("--patch-prompts", type=int, default=256, help="prompts per role-patching run (0: skip)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     import icr_interp as ii
@@ -39,6 +43,12 @@ def main() -> None:
     _, seconds = timed(ii.score_templates, model, task.sample(256, seed=1))
     print(f"score_templates(256 prompts): {seconds:.1f} s, "
           f"peak RSS {peak_gb():.2f} GB = {peak_gb() / BOUND_GB:.2f} x the {BOUND_GB:g} GB bound")
+    for kind in ("relation", "query") if args.patch_prompts else ():
+        pairs = task.corrupt_pairs(task.sample(args.patch_prompts, seed=2), kind, seed=3)
+        res, seconds = timed(ii.patching.patch_by_role, model, pairs.clean, pairs.corrupted)
+        print(f"patch_by_role({kind} swap, {len(pairs.clean)} prompts, {len(res.components)} x {len(res.roles)} cells): "
+              f"{seconds:.1f} s, reliable {res.reliable}, peak RSS {peak_gb():.2f} GB = "
+              f"{peak_gb() / BOUND_GB:.2f} x the {BOUND_GB:g} GB bound")
 
 
 if __name__ == "__main__":

@@ -37,6 +37,19 @@ def seed(text: str) -> int:
     return value
 
 
+def learning_rate(text: str) -> float | None:
+    """``--lr``: a positive number, or ``auto`` (None: finetune's per-parametrisation default)."""
+    if text == "auto":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number or 'auto', got {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0 or 'auto', got {text!r}")
+    return value
+
+
 def out_dir(parser: argparse.ArgumentParser, path: str) -> Path:
     """Create the output folder (exit 2 with one line if that is impossible)."""
     out = Path(path)

@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import Parser, out_dir, positive, save_figure, seed, write_json  # noqa: E402
+from _common import Parser, learning_rate, out_dir, positive, save_figure, seed, write_json  # noqa: E402
 
 import numpy as np  # noqa: E402
 
@@ -48,7 +48,7 @@ def chain_configs(args) -> dict[str, RunConfig]:
                 chains[f"N={s * r} seed={sd} {attention}"] = RunConfig.from_preset("paper", seed=sd, **{
                     "knowledge.n_subjects": s, "knowledge.n_relations": r, "knowledge.n_answers": s,
                     "task.n_pairs": args.k, "model.attention": attention, "model.d_model": d,
-                    "train.steps": args.steps, "eval.n_prompts": args.n_eval, "eval.n_template": 0})
+                    "train.steps": args.steps, "train.lr": args.lr, "eval.n_prompts": args.n_eval, "eval.n_template": 0})
     return chains
 
 
@@ -91,6 +91,9 @@ def main(argv=None) -> int:
     p.add_argument("--large-from", type=positive, default=1_000_000)
     p.add_argument("--k", type=positive, default=4)
     p.add_argument("--steps", type=positive, default=100)
+    p.add_argument("--lr", type=learning_rate, default=0.003,
+                   help="one learning rate for both parametrisations, or 'auto': each parametrisation's own recipe "
+                        "(train.DEFAULT_LR: 0.003 constant full, 0.1 cosine positional)")
     p.add_argument("--d-large", type=positive, default=1024)
     p.add_argument("--n-eval", type=positive, default=512)
     p.add_argument("--target", type=float, default=0.95)
@@ -107,8 +110,11 @@ def main(argv=None) -> int:
         rule = SearchRule(target=args.target, loss_fraction=args.loss_fraction, n_max=args.n_max)
     except ValueError as e:
         p.error(str(e))
+    try:
+        chains = chain_configs(args)  # validates --lr and the sizes through RunConfig
+    except ValueError as e:
+        p.error(str(e))
     out = out_dir(p, args.out)
-    chains = chain_configs(args)
     runs = run_search(chains, out / "results.jsonl", rule, cached_only=args.cached_only, executor=args.executor,
                       workers=args.workers, ray_address=args.ray_address)
     lines = [chain_summary(chains[name], runs[name], rule) for name in chains if runs[name]]

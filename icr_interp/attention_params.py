@@ -36,6 +36,18 @@ from torch.nn.utils import parametrize
 
 _PARAMETRISED = re.compile(r"parametrizations\.(\w+)\.original$")
 
+# Fine-tuning's default recipe per parametrisation (``TrainConfig.lr`` / ``.schedule`` left at None).
+# Adam moves every trained number by about ``lr`` per step.  Full W_Q/W_K numbers act through
+# d_model-wide dot products, so a constant 0.003 already moves scores fast (larger steps overshoot).
+# Positional entries are attention logits themselves: the answer-tilted start puts 4 logits on the
+# answer slots (2 + 2 in the query and key factors), and training first reaches a plateau where the
+# row is near-uniform over all 2k context tokens (accuracy ~1, loss ~0.8-1.0) before it suppresses a
+# pair (loss ~0.05).  0.003 never leaves the start's answer-heavy row in 400 steps, 0.03 stops on the
+# plateau on half the shapes measured, 0.1 leaves it on all of them; a cosine decay to 0 then lets the
+# row settle instead of jittering around the pattern (docs/results.md, "Positional attention").
+DEFAULT_LR = {"full": 0.003, "positional": 0.1}
+DEFAULT_SCHEDULE = {"full": "constant", "positional": "cosine"}
+
 
 class PositionalQK(nn.Module):
     """``A [head n_ctx n_ctx] -> W [head d_model d_head]``: reads positions, writes the first n_ctx head dims."""

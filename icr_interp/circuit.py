@@ -35,7 +35,7 @@ component           hook                                   positions
 ``pattern``         ``blocks.L.attn.hook_pattern``         row s_q, sources s_i and a_i
 ``attn_out``        ``blocks.L.hook_attn_out``             s_q
 ``stage_I``         ``blocks.L.mlp.hook_relation``         s_q
-``stage_II``        ``blocks.L.mlp.hook_post``             s_q
+``stage_II``        ``blocks.L.hook_mlp_out``              s_q
 ==================  =====================================  ==========
 
 Components whose hook the model lacks (a memory without stages, an
@@ -97,6 +97,8 @@ def circuit_components(model: TLModel) -> list[Component]:
     """The summary's components for ``model`` (last layer; hooks the model lacks are skipped)."""
     last = resolve_layer(model.cfg.n_layers)
     attn, mlp = f"blocks.{last}.attn", f"blocks.{last}.mlp"
+    stage_ii = [] if model.cfg.attn_only else [  # TransformerLens keeps hook_mlp_out on attention-only blocks
+        Component("stage_II", "memory stage II (lookup neurons' output)", f"blocks.{last}.hook_mlp_out", "query")]
     rows = [
         Component("subjects", "attention's copy of the context subjects", f"{attn}.hook_v", "subjects"),
         Component("answers", "attention's copy of the context answers", f"{attn}.hook_v", "answers"),
@@ -104,9 +106,7 @@ def circuit_components(model: TLModel) -> list[Component]:
         Component("query", "the query token (residual stream)", "blocks.0.hook_resid_pre", "query"),
         Component("pattern", "where the query attends (pattern row to the pairs)", f"{attn}.hook_pattern", "context"),
         Component("attn_out", "attention output at the query", f"blocks.{last}.hook_attn_out", "query"),
-        Component("stage_I", "memory stage I (inferred relation)", f"{mlp}.hook_relation", "query"),
-        Component("stage_II", "memory stage II (lookup neurons)", f"{mlp}.hook_post", "query"),
-    ]
+        Component("stage_I", "memory stage I (inferred relation)", f"{mlp}.hook_relation", "query")] + stage_ii
     return [c for c in rows if c.hook in model.hook_dict]
 
 

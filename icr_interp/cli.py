@@ -72,7 +72,8 @@ def _presets_help() -> str:
     """The presets, one per line, with their default fine-tuning budget."""
     lines = []
     for p in PRESETS.values():
-        budget = f"n-samples {p.train.n_samples}, steps {p.train.steps}, lr {p.train.lr:g}"
+        lr = "by attention (0.003 full, 0.03 positional)" if p.train.lr is None else f"{p.train.lr:g}"
+        budget = f"n-samples {p.train.n_samples}, steps {p.train.steps}, lr {lr}"
         lines.append(f"  {p.name:<11} {DESCRIPTIONS[p.name]}\n  {'':<11} (fine-tune: {budget})")
     return "presets:\n" + "\n".join(lines)
 
@@ -253,7 +254,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 def train_and_save(config: RunConfig, out: Path, device: str = "cpu", force: bool = False) -> RunResult:
     """Run ``config`` (:func:`icr_interp.run`), print what it measured, save the checkpoint at ``out``."""
     result = run(config, device, progress=True, log=print)  # the bar shows only on a terminal
-    before, after, train = result.before, result.after, result.config.train
+    before, after, train = result.before, result.after, result.model.icr_train  # lr resolved
     print(f"fine-tuned on {train.n_samples} prompts for {train.steps} steps (lr {train.lr:g})")
     print(f"held-out accuracy ({after['n_prompts']} prompts): before {before['accuracy']:.3f}, "
           f"after {after['accuracy']:.3f}  (loss {before['loss']:.3f} -> {after['loss']:.3f})")

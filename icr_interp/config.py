@@ -25,6 +25,9 @@ from icr_interp.train import TrainConfig
 
 MAPPINGS = ("balanced", "random")
 MAX_FACTS = 10**7  # the largest knowledge base a run may build (memory is ~O(facts))
+# Fields added after sweeps were cached: left out of ``RunConfig.key`` while None (their default), so
+# the keys of configs written before them, and the cached results under those keys, stay valid.
+KEY_NEUTRAL = (("train", "schedule"),)
 MAX_PROMPTS = 10**6  # the largest training / evaluation set a run may draw
 
 
@@ -166,7 +169,11 @@ class RunConfig:
     @property
     def key(self) -> str:
         """A short stable digest of the whole config (a sweep's run identifier)."""
-        text = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        data = self.to_dict()
+        for section, name in KEY_NEUTRAL:  # fields added after results were cached: out of the key at None
+            if data[section][name] is None:
+                del data[section][name]
+        text = json.dumps(data, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def summary(self) -> str:

@@ -89,6 +89,7 @@ def job_hooks(model: TLModel) -> tuple[list[str], list[str]]:
         patterns.append(f"blocks.{layer}.attn.hook_pattern")
     last = model.cfg.n_layers - 1
     acts += [n for n in (f"blocks.{last}.mlp.{h}" for h in MEMORY_HOOKS) if n in model.hook_dict]
+    acts += [] if model.cfg.attn_only else [f"blocks.{last}.hook_mlp_out"]  # stage II's output (core.MEMORY_HOOKS)
     return acts, patterns
 
 

@@ -129,8 +129,9 @@ def run_search(chains: dict[str, "RunConfig"], out_path, rule: SearchRule = Sear
             finished runs are read back, so the rounds replay instantly up to where it stopped).
         rule: criteria and grid.
         log: called with one line per round.
-        cached_only: run nothing; replay the rounds while every run they ask for is already in
+        cached_only: run nothing; replay each chain's rounds while every run they ask for is already in
             ``out_path`` (a partial search, to summarise a sweep that is still running or was stopped).
+            A chain whose next round is missing stops there; the others go on.
         **sweep_options: passed to :func:`icr_interp.sweep.run_sweep` (executor, workers, ray_address...).
 
     Returns:
@@ -142,18 +143,21 @@ def run_search(chains: dict[str, "RunConfig"], out_path, rule: SearchRule = Sear
 
     runs: dict[str, dict[int, dict]] = {name: {} for name in chains}
     cache = {r["key"]: r for r in load_results(out_path)} if cached_only and Path(out_path).exists() else {}
+    stalled: set[str] = set()  # cached_only: chains whose next round is not in the cache
     for round_ in range(1, 10**4):
-        todo = [(name, n) for name in chains for n in next_sizes(runs[name], rule)]
+        todo = [(name, n) for name in chains if name not in stalled for n in next_sizes(runs[name], rule)]
         if not todo:
+            if stalled:
+                log(f"{len(stalled)} of {len(chains)} chains stopped at a round not done yet; "
+                    "summarising the partial search")
             return runs
         configs = [chains[name].with_overrides(**{"train.n_samples": n}) for name, n in todo]
         if cached_only:
-            found = [(job, cache[c.key]) for job, c in zip(todo, configs) if c.key in cache]
-            for (name, n), record in found:
-                runs[name][n] = record
-            if len(found) < len(todo):
-                log(f"round {round_}: {len(todo) - len(found)} runs not done yet; summarising the partial search")
-                return runs
+            missing = {name for (name, _), c in zip(todo, configs) if c.key not in cache}
+            stalled |= missing
+            for (name, n), c in zip(todo, configs):
+                if name not in missing:  # a round is taken whole or not at all, as the search would run it
+                    runs[name][n] = cache[c.key]
             continue
         log(f"round {round_}: {len(todo)} runs for {len({name for name, _ in todo})} unresolved chains")
         for (name, n), record in zip(todo, run_sweep(configs, out_path, **sweep_options)):

@@ -24,7 +24,7 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from icr_interp.attention_params import logical_name
+from icr_interp.attention_params import DEFAULT_LR, DEFAULT_SCHEDULE, logical_name
 from icr_interp.ceiling import ceiling
 from icr_interp.compat import TLModel
 from icr_interp.forward import query_logits, query_path_applies
@@ -33,8 +33,9 @@ from icr_interp.seeds import SALTS, derive_seed
 from icr_interp.task import Batch, ICRecallTask
 
 DEFAULT_TRAINABLE = TRAINABLE  # attention query/key (model.py): what the paper fine-tunes, also for foreign models
+SCHEDULES = ("constant", "cosine")
 EVAL_SALT = SALTS["eval"]  # the first release's name for the held-out stream's salt
-__all__ = ["TrainConfig", "History", "finetune", "evaluate", "batch_logits", "query_logits", "trainable_names",
+__all__ = ["TrainConfig", "History", "finetune", "default_lr", "default_recipe", "evaluate", "batch_logits", "query_logits", "trainable_names",
            "trainable_parameters", "EVAL_SALT"]
 
 
@@ -45,19 +46,25 @@ class TrainConfig:
     n_samples: int = 4096  # size of the fixed training set (the sample complexity)
     steps: int = 400  # optimiser steps
     batch_size: int = 64  # prompts per step (capped at n_samples)
-    lr: float = 0.003  # Adam learning rate (larger steps move a d_model x d_model W_QK too far)
+    lr: float | None = None  # Adam learning rate; None: the model's attention parametrisation's (DEFAULT_LR)
+    schedule: str | None = None  # "constant" | "cosine" (lr decays to 0 over the steps); None: DEFAULT_SCHEDULE
     weight_decay: float = 0.0  # AdamW weight decay on W_Q / W_K
     seed: int = 0  # seeds the training set and the minibatch order
     fast: bool = True  # use the query-only forward when the model has one layer
 
     def validate(self) -> None:
         """One-line ValueError for a field out of range."""
+        if self.schedule is not None and self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES} (or None: the parametrisation's), "
+                             f"got {self.schedule!r}")
         for name, low in (("n_samples", 1), ("steps", 0), ("batch_size", 1)):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
         for name in ("lr", "weight_decay"):
             value = getattr(self, name)
+            if name == "lr" and value is None:  # resolved by finetune from the model (default_recipe)
+                continue
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
 
@@ -72,6 +79,19 @@ class History:
 
     def to_dict(self) -> dict:
         return dict(step=self.step, loss=self.loss, accuracy=self.accuracy)
+
+
+def default_recipe(model: TLModel) -> dict:
+    """What ``TrainConfig(lr=None, schedule=None)`` resolves to: the model's attention parametrisation's
+    (``attention_params.DEFAULT_LR`` / ``DEFAULT_SCHEDULE``: full 0.003 constant, positional 0.1 cosine);
+    "full" for a model not built here."""
+    attention = getattr(getattr(model, "icr_config", None), "attention", "full")
+    return dict(lr=DEFAULT_LR[attention], schedule=DEFAULT_SCHEDULE[attention])
+
+
+def default_lr(model: TLModel) -> float:
+    """The learning rate ``TrainConfig(lr=None)`` resolves to (:func:`default_recipe`)."""
+    return default_recipe(model)["lr"]
 
 
 def trainable_names(model: TLModel, trainable: Sequence[str] | None = None) -> list[str]:
@@ -120,6 +140,8 @@ def finetune(model: TLModel, task: ICRecallTask, n_samples: int | None = None, s
     cfg = config or TrainConfig()
     cfg = replace(cfg, **{k: v for k, v in dict(n_samples=n_samples, steps=steps, seed=seed, **overrides).items()
                           if v is not None})
+    recipe = default_recipe(model)  # lr / schedule left at None: the parametrisation's; model.icr_train records them
+    cfg = replace(cfg, **{k: v for k, v in recipe.items() if getattr(cfg, k) is None})
     cfg.validate()
     if not getattr(model, "memory_fitted", True):
         raise ValueError("the pretrained memory has not been fitted: call icr_interp.pretrain_memory(model, task) "
@@ -134,6 +156,7 @@ def finetune(model: TLModel, task: ICRecallTask, n_samples: int | None = None, s
     params = [p for n, p in model.named_parameters() if n in names]
     # foreach: one kernel per operation over all parameters instead of a Python loop with temporaries
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
+    decay = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, cfg.steps)) if cfg.schedule == "cosine" else None
     history = History()
     fast = cfg.fast and query_path_applies(model)
     try:
@@ -147,6 +170,8 @@ def finetune(model: TLModel, task: ICRecallTask, n_samples: int | None = None, s
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            if decay is not None:
+                decay.step()
             history.step.append(step)
             history.loss.append(loss.item())
             history.accuracy.append((logits.argmax(-1) == mb.answers).float().mean().item())

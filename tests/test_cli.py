@@ -34,7 +34,7 @@ def test_preset_values():
     assert kb_args(pre) == kb_args(paper) and pre.model.memory == "pretrained"
     assert (tiny.knowledge.n_subjects, tiny.knowledge.n_relations, tiny.knowledge.n_answers,
             tiny.task.n_pairs) == (16, 4, 16, 2)
-    assert (paper.train.n_samples, paper.train.steps, paper.train.lr) == (2048, 200, 0.003)
+    assert (paper.train.n_samples, paper.train.steps, paper.train.lr) == (2048, 200, None)  # lr: by attention
     assert all(DESCRIPTIONS[p] and "\n" not in DESCRIPTIONS[p] for p in PRESETS)
 
 

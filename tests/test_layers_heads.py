@@ -126,7 +126,7 @@ def test_heads_and_layers_case_studies_run_and_reuse(tmp_path):
     assert {"pairwise", "pairwise_null"} <= set(row["combined"][0]) and 0 <= row["start_accuracy"] <= 1
     layers = _run_case_study("layers.py", tmp_path, "--n-patch", "32")["rows"][0]
     assert layers["n_layers"] == 2 and set(layers["jobs"]) >= {"relation", "lookup", "components"}
-    stage_ii = layers["jobs"]["components"].index("blocks.1.mlp.hook_post @query")
+    stage_ii = layers["jobs"]["components"].index("blocks.1.hook_mlp_out @query")
     assert layers["jobs"]["lookup"][stage_ii] == pytest.approx(1.0, abs=1e-4)  # all of the lookup runs through it
     again = _run_case_study("heads.py", tmp_path, "--reuse")["rows"][0]
     assert again["reused"] and again["accuracy"] == row["accuracy"]

@@ -201,7 +201,8 @@ def test_patch_by_role_uses_each_examples_positions(ic_crosstalk):
 def test_role_patching_fast_equals_general(ic_crosstalk):
     model, clean, corrupted = ic_crosstalk
     hooks = P.default_role_hooks(model) + ["blocks.0.attn.hook_pattern"]
-    assert "blocks.0.mlp.hook_relation" in hooks and "blocks.0.mlp.hook_post" in hooks
+    assert "blocks.0.mlp.hook_relation" in hooks and "blocks.0.hook_mlp_out" in hooks
+    assert not {"blocks.0.mlp.hook_post", "blocks.0.mlp.hook_rel_post"} & set(hooks)  # N-wide: only when asked
     fast = P.patch_by_role(model, clean, corrupted, hooks=hooks)
     general = P.patch_by_role(model, clean, corrupted, hooks=hooks, fast=False)
     assert fast.components == general.components and len(fast.components) == len(hooks) + 2  # 2 heads x 2
@@ -256,9 +257,22 @@ def reference():
     finetune(model, task, steps=200, progress=False)
     clean = task.sample(64, seed=1)
     runs = {kind: (clean, task.corrupt(clean, kind, seed=2)) for kind in ("relation", "query")}
-    hooks = P.default_role_hooks(model) + ["blocks.0.attn.hook_pattern"]
+    # the N-wide neuron hooks are not default hooks (patching.core.MEMORY_HOOKS); asked for here
+    hooks = P.default_role_hooks(model) + ["blocks.0.mlp.hook_rel_post", "blocks.0.mlp.hook_post",
+                                           "blocks.0.attn.hook_pattern"]
     exact = {kind: P.patch_by_role(model, c, x, hooks=hooks) for kind, (c, x) in runs.items()}
     return model, runs, hooks, exact
+
+
+def test_neuron_hooks_patched_whole_equal_their_outputs(reference):
+    """Why the defaults patch hook_relation and hook_mlp_out instead of the N-wide neuron hooks:
+    every stage's output is a read-out of its neurons, so patching all of them is the same patch."""
+    _, _, _, exact = reference
+    for r in exact.values():
+        for neurons, output in (("blocks.0.mlp.hook_rel_post", "blocks.0.mlp.hook_relation"),
+                                ("blocks.0.mlp.hook_post", "blocks.0.hook_mlp_out")):
+            i, j = r.components.index(neurons), r.components.index(output)
+            assert torch.allclose(r.values[i], r.values[j], atol=1e-4, rtol=0), (neurons, output)
 
 
 def test_the_reference_results_are_reliable(reference):

@@ -141,3 +141,18 @@ def test_run_search_through_the_sweep_resumes_and_summarises_partial_results(tmp
     partial = run_search(chains, out, rule, cached_only=True, **opts)
     assert 0 < sum(len(r) for r in partial.values()) < len(lines)
     assert out.read_text().splitlines() == lines[: len(lines) // 2]  # cached_only writes nothing
+
+
+def test_cached_only_replays_each_chain_as_far_as_its_own_runs_go(tmp_path):
+    """A chain with no runs (e.g. seeds not started yet) does not stop the replay of the finished ones."""
+    from icr_interp.config import RunConfig
+    from icr_interp.sample_search import run_search
+
+    rule = SearchRule(n_max=64, tolerance=0.0)
+    out = tmp_path / "results.jsonl"
+    opts = dict(workers=0, progress=False, run_fn=fake_run, log=lambda line: None)
+    done = run_search({"seed 0": RunConfig.from_preset("tiny", seed=0)}, out, rule, **opts)
+    chains = {f"seed {s}": RunConfig.from_preset("tiny", seed=s) for s in (0, 1)}
+    replay = run_search(chains, out, rule, cached_only=True, **opts)
+    assert replay["seed 0"] == done["seed 0"] and n_star(replay["seed 0"], "accuracy", rule)["n_star"] == 6
+    assert replay["seed 1"] == {}  # nothing of it was run

@@ -83,3 +83,66 @@ def test_positional_attention_learns_and_round_trips(tmp_path):
     tokens = task.sample(16, seed=0).tokens
     assert torch.equal(ck.model(tokens), model(tokens))
     assert torch.equal(ck.model.blocks[0].attn.W_Q, model.blocks[0].attn.W_Q)
+
+
+def test_positional_attention_with_finetune_defaults_is_pairwise_per_example():
+    """finetune's default recipe follows the parametrisation (positional: lr 0.1, cosine decay): pairwise per example.
+
+    40 x 5, k = 3, seed 11 (docs/results.md, "Positional attention"): accuracy 0.732 -> 0.999,
+    per-example pairwise 0.987 against a null of 0.827.
+    """
+    task = ii.ICRecallTask(ii.KnowledgeBase.random(40, 5, 40, answer_overlap=1.0, seed=11), n_pairs=3)
+    model = ii.build_model(task, attention="positional", seed=11)
+    ii.finetune(model, task, progress=False)
+    assert (model.icr_train.lr, model.icr_train.schedule) == (0.1, "cosine")
+    assert ii.evaluate(model, task, n_prompts=1024, seed=111)["accuracy"] >= 0.98
+    scores = ii.score_templates(model, task.sample(256, seed=211)).to_dict()
+    assert scores["best"] == "pairwise" and scores["pairwise"] >= 0.95
+    assert scores["pairwise"] - scores["pairwise_null"] >= 0.1 and scores["p_value"] <= 0.01
+
+
+def test_default_recipe_follows_the_parametrisation():
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    from icr_interp.train import default_lr, default_recipe
+
+    task = _task()
+    assert default_recipe(ii.build_model(task)) == dict(lr=0.003, schedule="constant")
+    assert default_recipe(ii.build_model(task, attention="positional")) == dict(lr=0.1, schedule="cosine")
+    stock = HookedTransformer(HookedTransformerConfig(n_layers=1, d_model=16, n_ctx=8, d_head=4, d_vocab=20,
+                                                      act_fn="relu"))
+    assert default_lr(stock) == 0.003  # a model not built here: the full parametrisation's
+    model = ii.build_model(task)
+    ii.finetune(model, task, n_samples=8, steps=1, progress=False)
+    assert (model.icr_train.lr, model.icr_train.schedule) == (0.003, "constant")
+    ii.finetune(model, task, n_samples=8, steps=1, lr=0.05, progress=False)
+    assert model.icr_train.lr == 0.05
+
+
+def test_cosine_schedule_changes_training_and_bad_schedules_are_refused():
+    import pytest
+
+    task = _task()
+    ends = []
+    for schedule in ("constant", "cosine"):
+        model = ii.build_model(task, seed=1)
+        ii.finetune(model, task, n_samples=16, steps=4, lr=0.05, schedule=schedule, progress=False)
+        assert model.icr_train.schedule == schedule
+        ends.append(model.blocks[0].attn.W_Q.detach().clone())
+    assert not torch.equal(*ends)  # the decayed steps are smaller
+    with pytest.raises(ValueError, match="schedule must be one of"):
+        ii.finetune(ii.build_model(task), task, n_samples=8, steps=1, schedule="linear", progress=False)
+
+
+def test_fields_added_later_stay_out_of_the_key_at_their_default():
+    """Cached sweeps keep their keys: train.schedule is not in RunConfig.key while None."""
+    import dataclasses
+    import hashlib
+    import json
+
+    config = ii.RunConfig.from_preset("tiny", seed=3)
+    data = dataclasses.asdict(config)
+    del data["train"]["schedule"]
+    old = hashlib.sha256(json.dumps(data, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
+    assert config.key == old
+    assert config.with_overrides(**{"train.schedule": "cosine"}).key != old

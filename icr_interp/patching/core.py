@@ -15,7 +15,11 @@ Source = ActivationCache | dict  # source-run activations by hook name
 HEAD_HOOKS = ("hook_q", "hook_k", "hook_v", "hook_z", "hook_result", "hook_rot_q", "hook_rot_k",
               "hook_q_input", "hook_k_input", "hook_v_input", "hook_attn_in")
 PATTERN_HOOKS = ("hook_pattern", "hook_attn_scores")
-MEMORY_HOOKS = ("hook_relation", "hook_rel_post", "hook_post")  # memory stages patched by role
+# Memory stages patched by role: stage I's d_model-wide output (stage II's output is the block's
+# hook_mlp_out).  The N-wide neuron hooks (hook_rel_post, hook_post) patched whole are the same patch --
+# the stage's output is a linear read-out of them -- and caching them costs batch x pos x n_neurons
+# floats (10 GB for 256 prompts at 10^6 facts), so they are patched only when asked for.
+MEMORY_HOOKS = ("hook_relation",)
 DEFAULT_MAX_ROWS = 2048  # residual rows pushed through the MLP per chunk (bounds memory)
 DEFAULT_MAX_LOGITS_BYTES = 2**28  # assembled patched logits held at once
 INDEX_DIMS = {"pos": 1, "head": 2, "pattern": 3}  # dims after batch that a patch indexes
