@@ -26,7 +26,9 @@ from icr_interp.train import TrainConfig
 MAPPINGS = ("balanced", "random")
 MAX_FACTS = 10**7  # the largest knowledge base a run may build (memory is ~O(facts))
 # Fields added after sweeps were cached: left out of ``RunConfig.key`` while None (their default), so
-# the keys of configs written before them, and the cached results under those keys, stay valid.
+# the keys of configs written before them, and the cached results under those keys, stay valid.  This
+# holds only because None means what those configs ran: ``train.schedule`` None with a given lr is
+# constant (train.finetune), and every config before schedules existed gave its lr.
 KEY_NEUTRAL = (("train", "schedule"),)
 MAX_PROMPTS = 10**6  # the largest training / evaluation set a run may draw
 

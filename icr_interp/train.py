@@ -47,7 +47,8 @@ class TrainConfig:
     steps: int = 400  # optimiser steps
     batch_size: int = 64  # prompts per step (capped at n_samples)
     lr: float | None = None  # Adam learning rate; None: the model's attention parametrisation's (DEFAULT_LR)
-    schedule: str | None = None  # "constant" | "cosine" (lr decays to 0 over the steps); None: DEFAULT_SCHEDULE
+    # "constant" | "cosine" (lr decays to 0 over the steps); None: constant if lr is given, else DEFAULT_SCHEDULE
+    schedule: str | None = None
     weight_decay: float = 0.0  # AdamW weight decay on W_Q / W_K
     seed: int = 0  # seeds the training set and the minibatch order
     fast: bool = True  # use the query-only forward when the model has one layer
@@ -140,8 +141,10 @@ def finetune(model: TLModel, task: ICRecallTask, n_samples: int | None = None, s
     cfg = config or TrainConfig()
     cfg = replace(cfg, **{k: v for k, v in dict(n_samples=n_samples, steps=steps, seed=seed, **overrides).items()
                           if v is not None})
-    recipe = default_recipe(model)  # lr / schedule left at None: the parametrisation's; model.icr_train records them
-    cfg = replace(cfg, **{k: v for k, v in recipe.items() if getattr(cfg, k) is None})
+    # lr left at None: the parametrisation's recipe (lr and schedule); a given lr alone keeps a constant schedule,
+    # as every config written before schedules existed meant (so their cached runs stay valid: config.KEY_NEUTRAL)
+    recipe = default_recipe(model) if cfg.lr is None else dict(lr=cfg.lr, schedule="constant")
+    cfg = replace(cfg, lr=recipe["lr"], schedule=cfg.schedule or recipe["schedule"])
     cfg.validate()
     if not getattr(model, "memory_fitted", True):
         raise ValueError("the pretrained memory has not been fitted: call icr_interp.pretrain_memory(model, task) "

@@ -146,3 +146,14 @@ def test_fields_added_later_stay_out_of_the_key_at_their_default():
     old = hashlib.sha256(json.dumps(data, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
     assert config.key == old
     assert config.with_overrides(**{"train.schedule": "cosine"}).key != old
+
+
+def test_a_given_lr_keeps_a_constant_schedule_unless_one_is_named():
+    """None means what configs written before schedules existed ran (their cached sweep runs stay valid)."""
+    task = _task()
+    for kwargs, expected in ((dict(), (0.1, "cosine")), (dict(lr=0.003), (0.003, "constant")),
+                             (dict(schedule="constant"), (0.1, "constant")), (dict(lr=0.02, schedule="cosine"),
+                                                                               (0.02, "cosine"))):
+        model = ii.build_model(task, attention="positional")
+        ii.finetune(model, task, n_samples=8, steps=1, progress=False, **kwargs)
+        assert (model.icr_train.lr, model.icr_train.schedule) == expected, kwargs
