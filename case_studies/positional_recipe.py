@@ -12,6 +12,7 @@ default was chosen (10 shapes) and checked (8 more).
     python case_studies/positional_recipe.py --shapes 32x4x3x21 48x6x4x12 --lrs 0.03 0.1 auto
 """
 
+import argparse
 import sys
 import time
 from pathlib import Path
@@ -24,8 +25,6 @@ import icr_interp as ii  # noqa: E402
 
 def shape(text: str) -> tuple[int, int, int, int]:
     """``SxRxKxSEED`` -> four integers (S >= 2, R >= 1, k >= 1, seed >= 0)."""
-    import argparse
-
     parts = text.split("x")
     if len(parts) != 4 or not all(p.isdigit() for p in parts):
         raise argparse.ArgumentTypeError(f"a shape is SxRxKxSEED (e.g. 32x4x3x21), got {text!r}")

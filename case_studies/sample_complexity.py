@@ -93,7 +93,7 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=positive, default=100)
     p.add_argument("--lr", type=learning_rate, default=0.003,
                    help="one learning rate for both parametrisations, or 'auto': each parametrisation's own recipe "
-                        "(train.DEFAULT_LR: 0.003 constant full, 0.1 cosine positional)")
+                        "(attention_params.DEFAULT_LR: 0.003 constant full, 0.1 cosine positional)")
     p.add_argument("--d-large", type=positive, default=1024)
     p.add_argument("--n-eval", type=positive, default=512)
     p.add_argument("--target", type=float, default=0.95)

@@ -27,6 +27,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from icr_interp import fsio
+from icr_interp.attention_params import DEFAULT_LR, DEFAULT_SCHEDULE
 from icr_interp.checkpoint import CheckpointError, check_writable, save_checkpoint
 from icr_interp.config import RunConfig
 from icr_interp.pipeline import RunResult, run
@@ -72,7 +73,8 @@ def _presets_help() -> str:
     """The presets, one per line, with their default fine-tuning budget."""
     lines = []
     for p in PRESETS.values():
-        lr = "by attention (0.003 full, 0.03 positional)" if p.train.lr is None else f"{p.train.lr:g}"
+        lr = f"{p.train.lr:g}" if p.train.lr is not None else "by attention (" + ", ".join(
+            f"{a} {DEFAULT_LR[a]:g} {DEFAULT_SCHEDULE[a]}" for a in DEFAULT_LR) + ")"
         budget = f"n-samples {p.train.n_samples}, steps {p.train.steps}, lr {lr}"
         lines.append(f"  {p.name:<11} {DESCRIPTIONS[p.name]}\n  {'':<11} (fine-tune: {budget})")
     return "presets:\n" + "\n".join(lines)

@@ -28,7 +28,7 @@ _PAPER = RunConfig(
     knowledge=KnowledgeConfig(n_subjects=64, n_relations=8, n_answers=64, answer_overlap=1.0, mapping="balanced"),
     task=TaskConfig(n_pairs=4),
     model=ModelConfig(memory="constructed"),
-    train=TrainConfig(n_samples=2048, steps=200),  # lr: by attention (0.003 full, 0.03 positional)
+    train=TrainConfig(n_samples=2048, steps=200),  # lr, schedule: by attention (attention_params.DEFAULT_LR)
 )
 
 PRESETS: dict[str, RunConfig] = {

@@ -35,8 +35,8 @@ from icr_interp.task import Batch, ICRecallTask
 DEFAULT_TRAINABLE = TRAINABLE  # attention query/key (model.py): what the paper fine-tunes, also for foreign models
 SCHEDULES = ("constant", "cosine")
 EVAL_SALT = SALTS["eval"]  # the first release's name for the held-out stream's salt
-__all__ = ["TrainConfig", "History", "finetune", "default_lr", "default_recipe", "evaluate", "batch_logits", "query_logits", "trainable_names",
-           "trainable_parameters", "EVAL_SALT"]
+__all__ = ["TrainConfig", "History", "finetune", "default_recipe", "evaluate", "batch_logits", "query_logits",
+           "trainable_names", "trainable_parameters", "EVAL_SALT"]
 
 
 @dataclass
@@ -88,11 +88,6 @@ def default_recipe(model: TLModel) -> dict:
     "full" for a model not built here."""
     attention = getattr(getattr(model, "icr_config", None), "attention", "full")
     return dict(lr=DEFAULT_LR[attention], schedule=DEFAULT_SCHEDULE[attention])
-
-
-def default_lr(model: TLModel) -> float:
-    """The learning rate ``TrainConfig(lr=None)`` resolves to (:func:`default_recipe`)."""
-    return default_recipe(model)["lr"]
 
 
 def trainable_names(model: TLModel, trainable: Sequence[str] | None = None) -> list[str]:

@@ -104,14 +104,14 @@ def test_positional_attention_with_finetune_defaults_is_pairwise_per_example():
 def test_default_recipe_follows_the_parametrisation():
     from transformer_lens import HookedTransformer, HookedTransformerConfig
 
-    from icr_interp.train import default_lr, default_recipe
+    from icr_interp.train import default_recipe
 
     task = _task()
     assert default_recipe(ii.build_model(task)) == dict(lr=0.003, schedule="constant")
     assert default_recipe(ii.build_model(task, attention="positional")) == dict(lr=0.1, schedule="cosine")
     stock = HookedTransformer(HookedTransformerConfig(n_layers=1, d_model=16, n_ctx=8, d_head=4, d_vocab=20,
                                                       act_fn="relu"))
-    assert default_lr(stock) == 0.003  # a model not built here: the full parametrisation's
+    assert default_recipe(stock)["lr"] == 0.003  # a model not built here: the full parametrisation's
     model = ii.build_model(task)
     ii.finetune(model, task, n_samples=8, steps=1, progress=False)
     assert (model.icr_train.lr, model.icr_train.schedule) == (0.003, "constant")
