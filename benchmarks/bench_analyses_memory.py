@@ -46,9 +46,10 @@ def main() -> None:
     for kind in ("relation", "query") if args.patch_prompts else ():
         pairs = task.corrupt_pairs(task.sample(args.patch_prompts, seed=2), kind, seed=3)
         res, seconds = timed(ii.patching.patch_by_role, model, pairs.clean, pairs.corrupted)
-        print(f"patch_by_role({kind} swap, {len(pairs.clean)} prompts, {len(res.components)} x {len(res.roles)} cells): "
-              f"{seconds:.1f} s, reliable {res.reliable}, peak RSS {peak_gb():.2f} GB = "
-              f"{peak_gb() / BOUND_GB:.2f} x the {BOUND_GB:g} GB bound")
+        cells = f"{len(res.components)} x {len(res.roles)} cells"
+        print(f"patch_by_role({kind} swap, {len(pairs.clean)} prompts, {cells}): {seconds:.1f} s, "
+              f"reliable {res.reliable}, peak RSS {peak_gb():.2f} GB = {peak_gb() / BOUND_GB:.2f} x the "
+              f"{BOUND_GB:g} GB bound")
 
 
 if __name__ == "__main__":

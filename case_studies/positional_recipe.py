@@ -41,7 +41,8 @@ def measure(s: int, r: int, k: int, seed: int, lr: float | None, steps: int, n_s
     task = ii.ICRecallTask(ii.KnowledgeBase.random(s, r, s, answer_overlap=1.0, seed=seed), n_pairs=k)
     model = ii.build_model(task, attention="positional", seed=seed)
     before = ii.evaluate(model, task, n_prompts=n_eval, seed=seed + 100)
-    ii.finetune(model, task, n_samples=n_samples, steps=steps, progress=False, **({} if lr is None else {"lr": lr, "schedule": "constant"}))
+    # lr None: the parametrisation's recipe (0.1, cosine); a given lr runs constant (train.finetune)
+    ii.finetune(model, task, n_samples=n_samples, steps=steps, lr=lr, progress=False)
     after = ii.evaluate(model, task, n_prompts=n_eval, seed=seed + 100)
     scores = ii.score_templates(model, task.sample(n_template, seed=seed + 200)).to_dict()
     return dict(shape=f"{s}x{r}x{k}x{seed}", lr=model.icr_train.lr, schedule=model.icr_train.schedule,
@@ -53,7 +54,8 @@ def measure(s: int, r: int, k: int, seed: int, lr: float | None, steps: int, n_s
 def main(argv=None) -> int:
     p = Parser(prog="positional_recipe.py", description=__doc__.splitlines()[0])
     p.add_argument("--shapes", type=shape, nargs="+", required=True, help="SxRxKxSEED, e.g. 48x6x4x12")
-    p.add_argument("--lrs", type=learning_rate, nargs="+", default=[None], help="numbers (a constant lr) or 'auto' (the recipe: 0.1, cosine)")
+    p.add_argument("--lrs", type=learning_rate, nargs="+", default=[None],
+                   help="numbers (a constant lr) or 'auto' (the recipe: 0.1, cosine)")
     p.add_argument("--steps", type=positive, default=400)
     p.add_argument("--n-samples", type=positive, default=4096)
     p.add_argument("--n-eval", type=positive, default=1024)

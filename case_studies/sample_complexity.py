@@ -48,7 +48,8 @@ def chain_configs(args) -> dict[str, RunConfig]:
                 chains[f"N={s * r} seed={sd} {attention}"] = RunConfig.from_preset("paper", seed=sd, **{
                     "knowledge.n_subjects": s, "knowledge.n_relations": r, "knowledge.n_answers": s,
                     "task.n_pairs": args.k, "model.attention": attention, "model.d_model": d,
-                    "train.steps": args.steps, "train.lr": args.lr, "eval.n_prompts": args.n_eval, "eval.n_template": 0})
+                    "train.steps": args.steps, "train.lr": args.lr, "eval.n_prompts": args.n_eval,
+                    "eval.n_template": 0})
     return chains
 
 

@@ -92,7 +92,8 @@ def test_round_trip_reproduces_logits_exactly(trained, saved):
     assert torch.equal(ck.task.kb.table, task.kb.table)
     assert ck.task.config() == task.config() and ck.kb.subjects == task.kb.subjects
     assert ck.model.icr_config == model.icr_config
-    assert ck.model.icr_train == model.icr_train == TrainConfig(n_samples=64, steps=8, seed=1, lr=0.01, schedule="constant")
+    expected = TrainConfig(n_samples=64, steps=8, seed=1, lr=0.01, schedule="constant")
+    assert ck.model.icr_train == model.icr_train == expected
     assert ck.metrics == {"accuracy": 0.75, "note": "unit test"}
     # Loaded weights differ from a fresh build: the fine-tuned W_Q really came from the file.
     _, _, fresh = build_from_preset("tiny", seed=1)
