@@ -46,6 +46,7 @@ from transformer_lens.hook_points import HookPoint
 
 from icr_interp.basis import ResidualBasis
 from icr_interp.knowledge import KnowledgeBase
+from icr_interp.mixed_memory import cancel_direct_path, crosstalk_free, query_readout  # noqa: F401 (re-export)
 from icr_interp.vocab import Vocabulary
 
 CONSTRUCTIONS = ("pair", "answer", "mixed")
@@ -59,10 +60,14 @@ class MemoryScales:
     pair_threshold: float = 1.3  # stage-I threshold of a pair neuron, in attended-token weights
     lookup_threshold: float = 1.5  # stage-II threshold: 1 (query subject) + 0.5 relation
     logit_gain: float = 10.0  # answer logit per unit of stage-II activation
-    # Stage-II threshold of the mixed construction: 1 (query subject) + 0.25 relation.  Its relation
-    # vector is normalised (every coefficient <= 1), so other subjects' neurons (which need > 1.25)
-    # never fire, and a relation with a quarter of the strongest one's votes stays silent.
-    mixed_lookup_threshold: float = 1.25
+    # Mixed construction (docs/theory.md §2b, "The start as a flat optimum").  Stage-II threshold 1 (query
+    # subject) + 0.5 relation: the relation vector is normalised (coefficients <= 1), so a relation with under
+    # half the strongest one's votes stays silent -- a partly disambiguated context (ratio ~0.3) cannot reach the
+    # summed logit of an answer two relations share -- and other subjects' neurons need a 0.5 crosstalk read.
+    mixed_lookup_threshold: float = 1.5
+    mixed_vote_gain: float = 2.0  # stage-I gain factor: the vote mass reaches 1 at half the uniform evidence
+    mixed_logit_gain: float = 15.0  # top stage-II activation is 1 - 0.5, so the top logit stays 7.5 (10 x 0.75)
+    mixed_crosstalk_free: bool = True  # on a random basis, reads attention cannot disturb (mixed_memory.py)
 
 
 def vote_scale(coef: Float[Tensor, "... relation"]) -> Float[Tensor, "... 1"]:
@@ -167,10 +172,10 @@ def memory_table(construction: str, kb: KnowledgeBase, vocab: Vocabulary, n_pair
         key_a=key_a, key_b=key_b, votes=votes, threshold=threshold,
         # Uniform attention over the context (weight 1 per token) gives a relation
         # vector of norm 1 (k pairs, each firing 2 - pair_threshold).
-        gain=1.0 / (n_pairs * (2.0 - scales.pair_threshold)),
+        gain=(scales.mixed_vote_gain if mixed else 1.0) / (n_pairs * (2.0 - scales.pair_threshold)),
         subject=vocab.subject_token(facts[:, 0]), relation_id=facts[:, 1], answer=vocab.answer_token(facts[:, 2]),
         lookup_threshold=scales.mixed_lookup_threshold if mixed else scales.lookup_threshold,
-        logit_gain=scales.logit_gain, normalise=mixed,
+        logit_gain=scales.mixed_logit_gain if mixed else scales.logit_gain, normalise=mixed,
     )
 
 
@@ -221,6 +226,9 @@ def construct_memory(construction: str, kb: KnowledgeBase, vocab: Vocabulary, ba
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
     table = memory_table(construction, kb, vocab, n_pairs, scales)
+    subjects = vocab.subject_token(torch.arange(kb.n_subjects))
+    fix = crosstalk_free(basis, subjects) if table.normalise and scales.mixed_crosstalk_free else None
+    basis = fix[0] if fix else basis  # mixed on a random basis: crosstalk-free reads (mixed_memory.py)
     if impl == "sparse":
         from icr_interp.sparse_memory import SparseMemory  # it builds on FactoredMemory below
 
@@ -240,7 +248,7 @@ def construct_memory(construction: str, kb: KnowledgeBase, vocab: Vocabulary, ba
             memory.b_in.fill_(-table.lookup_threshold)
             memory.W_out.copy_(table.logit_gain * basis.output[table.answer])
     memory.scales = asdict(scales)
-    return memory
+    return cancel_direct_path(memory, fix[1]) if fix else memory
 
 
 def _keys(directions: Tensor, key_a: Tensor, key_b: Tensor) -> Tensor:
@@ -372,27 +380,3 @@ def pick_construction(kb: KnowledgeBase) -> str:
     private = _private_answers(kb)[torch.unique(kb.triplets()[:, 2])]
     return "answer" if bool(private.all()) else "pair" if not bool(private.any()) else "mixed"
 
-
-
-@torch.no_grad()
-def query_readout(model, batch) -> dict:
-    """Where the memory stands at the query: the numbers behind a collapse to the BOS sink.
-
-    Returns mean attention mass on BOS / subjects / answers, the true and the largest wrong relation
-    coefficient of the relation vector, how many stage-I and stage-II neurons fire, loss and accuracy
-    (``batch``: a :class:`~icr_interp.task.Batch` of the model's task; one-layer models).
-    """
-    cache, rows = {}, torch.arange(len(batch), device=batch.tokens.device)
-    grab = lambda name: lambda t, hook: cache.__setitem__(name, t[rows, ..., batch.layout.query_pos, :])  # noqa: E731
-    names = ["attn.hook_pattern", "mlp.hook_rel_post", "mlp.hook_relation", "mlp.hook_post"]
-    logits = model.run_with_hooks(batch.tokens, fwd_hooks=[(f"blocks.0.{n}", grab(n)) for n in names])
-    pattern, lay = cache["attn.hook_pattern"][:, 0], batch.layout  # [batch pos]: head 0, the query row
-    rho = cache["mlp.hook_relation"] @ model.basis.relation.T  # [batch relation]
-    true = rho[rows, batch.relations]
-    logits = logits[rows, lay.query_pos]
-    return dict(bos=float(pattern[rows, lay.bos_pos].mean()), subjects=float(pattern.gather(1, lay.subject_pos).sum(1).mean()),
-                answers=float(pattern.gather(1, lay.answer_pos).sum(1).mean()), rel_true=float(true.mean()),
-                rel_wrong=float(rho.scatter(1, batch.relations[:, None], float("-inf")).amax(1).mean()),
-                stage1_firing=float((cache["mlp.hook_rel_post"] > 0).sum(-1).float().mean()),
-                stage2_firing=float((cache["mlp.hook_post"] > 0).sum(-1).float().mean()),
-                loss=float(F.cross_entropy(logits, batch.answers)), accuracy=float((logits.argmax(-1) == batch.answers).float().mean()))

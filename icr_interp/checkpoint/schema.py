@@ -192,6 +192,10 @@ def rebuild_task(config: dict):
         raise CheckpointError(f"{CONFIG}: invalid task config ({one_line(e)})") from None
 
 
+# The mixed memory's scales before τ 0.5, the doubled vote and the crosstalk-free reads (docs/theory.md §2b).
+LEGACY_MIXED_SCALES = dict(mixed_vote_gain=1.0, mixed_logit_gain=10.0, mixed_crosstalk_free=False)
+
+
 def rebuild_model(task, config: dict, device):
     """The model of ``config`` with freshly built weights (a pretrained memory is not refitted)."""
     from icr_interp.model import ModelConfig, model_from_config
@@ -204,6 +208,9 @@ def rebuild_model(task, config: dict, device):
         # Written by the first release, which saved "auto" unresolved: apply its rule, so the
         # dense (parameters) or factored (buffers) layout matches the saved tensors.
         cfg.memory_impl = "factored" if task.kb.n_triplets * cfg.d_model > 2**24 else "dense"
+    if cfg.construction == "mixed" and "mixed_vote_gain" not in cfg.scales:
+        # Written before the mixed start became a flat optimum (2026-12): rebuild that memory's function.
+        cfg.scales = {**cfg.scales, **LEGACY_MIXED_SCALES}
     try:
         return model_from_config(task, cfg, device=device)
     except Exception as e:  # noqa: BLE001 -- any failure to build is the config's fault here
