@@ -12,7 +12,6 @@ patched (relation / query swaps, ``circuit_summary``).  docs/results.md ("Real f
 import itertools
 import sys
 import warnings
-from importlib import resources
 from pathlib import Path
 
 import torch
@@ -23,7 +22,6 @@ from _common import Parser, out_dir, positive, save_figure, seed, setup_threads,
 from icr_interp import RunConfig, attention, ceiling, circuit, pipeline, probing, run  # noqa: E402
 from icr_interp import seeds, templates, train, viz  # noqa: E402
 
-BUILTIN = str(resources.files("icr_interp") / "data" / "countries.csv")  # KnowledgeBase.builtin("countries")
 ROLES = ("subjects", "answers", "bos", "query")  # where the query row's mass goes
 SCORES = ("pairwise", "pairwise_null", "p_value", "balance", "pair_mass", "best")
 
@@ -123,7 +121,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     setup_threads(args.threads)
     out = out_dir(p, args.out)
-    options = {"knowledge.csv": args.csv or BUILTIN, "eval.n_prompts": args.n_eval, "eval.n_template": args.n_template,
+    base_kb = {"knowledge.csv": args.csv} if args.csv else {"knowledge.builtin": "countries"}
+    options = {**base_kb, "eval.n_prompts": args.n_eval, "eval.n_template": args.n_template,
                "train.steps": args.steps, "train.n_samples": args.n_samples, "model.init_tilt": args.init_tilt}
     try:
         base = RunConfig(name="real_facts").with_overrides(**{k: v for k, v in options.items() if v is not None})

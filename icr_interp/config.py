@@ -29,13 +29,13 @@ MAX_FACTS = 10**7  # the largest knowledge base a run may build (memory is ~O(fa
 # the keys of configs written before them, and the cached results under those keys, stay valid.  This
 # holds only because None means what those configs ran: ``train.schedule`` None with a given lr is
 # constant (train.finetune), and every config before schedules existed gave its lr.
-KEY_NEUTRAL = (("train", "schedule"),)
+KEY_NEUTRAL = (("train", "schedule"), ("knowledge", "builtin"))
 MAX_PROMPTS = 10**6  # the largest training / evaluation set a run may draw
 
 
 @dataclass(frozen=True)
 class KnowledgeConfig:
-    """Which knowledge base to build (:meth:`KnowledgeBase.random`, or a CSV of facts)."""
+    """Which knowledge base to build (:meth:`KnowledgeBase.random`, a CSV of facts, or a built-in base)."""
 
     n_subjects: int = 64  # subjects of the random base
     n_relations: int = 8  # relations of the random base
@@ -43,9 +43,17 @@ class KnowledgeConfig:
     answer_overlap: float = 1.0  # 1.0: one answer set shared by all relations; 0.0: disjoint sets (control)
     mapping: str = "balanced"  # balanced: every answer equally often (bijective when n_answers == n_subjects)
     csv: str = ""  # path of a subject,relation,answer CSV; when set, the random fields are ignored
+    builtin: str | None = None  # a base shipped with the package (KnowledgeBase.builtin_names()), instead of a CSV
 
     def validate(self) -> None:
-        if not self.csv:
+        if self.builtin is not None:
+            from icr_interp.knowledge import KnowledgeBase
+
+            if self.csv:
+                raise ValueError("knowledge.csv and knowledge.builtin are both set; choose one")
+            if self.builtin not in (names := KnowledgeBase.builtin_names()):
+                raise ValueError(f"knowledge.builtin must be one of {', '.join(names)}, got {self.builtin!r}")
+        elif not self.csv:
             _check_int(self, ("n_subjects", "n_relations", "n_answers"), low=1)
             if self.n_subjects * self.n_relations > MAX_FACTS:
                 raise ValueError(f"knowledge base of {self.n_subjects} x {self.n_relations} facts exceeds "
@@ -59,6 +67,8 @@ class KnowledgeConfig:
         """The knowledge base (``seed`` seeds a random one)."""
         from icr_interp.knowledge import KnowledgeBase
 
+        if self.builtin is not None:
+            return KnowledgeBase.builtin(self.builtin)
         if self.csv:
             return KnowledgeBase.from_csv(self.csv)
         return KnowledgeBase.random(self.n_subjects, self.n_relations, self.n_answers,

@@ -191,9 +191,10 @@ class ICRecallTask:
 
         ``kind="relation"``: same subjects, answers from another relation, drawn
         uniformly among the relations that know all the prompt's subjects (query
-        included).  ``kind="query"``: same context, another query subject, drawn
-        uniformly among the subjects its relation knows that are not in the
-        prompt.  A prompt without such an alternative is an error here;
+        included) and change both the prompt and the target.  ``kind="query"``:
+        same context, another query subject, drawn uniformly among the subjects
+        its relation knows that are not in the prompt and have another answer.
+        A swap that left the prompt or the target as it was would measure nothing.  A prompt without such an alternative is an error here;
         :meth:`corrupt_pairs` drops those prompts instead.
         """
         _check_kind(kind)
@@ -204,8 +205,8 @@ class ICRecallTask:
             return batch
         options = self._alternatives(b, kind)  # [batch relation] or [batch subject]
         if not options.any(1).all():
-            need = ("a second relation that knows the prompt's subjects" if kind == "relation" else
-                    "a spare subject under the prompt's relation")
+            need = ("a second relation that knows the prompt's subjects and changes its answers" if kind == "relation"
+                    else "a spare subject with another answer under the prompt's relation")
             raise ValueError(f"{kind} corruption needs {need}; {int((~options.any(1)).sum())} of {len(b)} prompts "
                              f"have none (task.corrupt_pairs drops them)")
         new = torch.stack([_draw(options[i], gen) for i in range(len(b))])
@@ -228,8 +229,9 @@ class ICRecallTask:
         n_dropped = int((~keep).sum())
         if len(batch) and n_dropped == len(batch):
             raise ValueError(f"no prompt of {len(batch)} has a {kind} corruption: "
-                             + ("no second relation knows all the subjects of any prompt" if kind == "relation"
-                                else "no prompt's relation knows a subject outside the prompt"))
+                             + ("no second relation knows all the subjects of any prompt and changes its answers"
+                                if kind == "relation" else
+                                "no prompt's relation knows a subject outside the prompt with another answer"))
         if n_dropped:
             warnings.warn(f"{n_dropped} of {len(batch)} prompts have no {kind} corruption and are dropped "
                           f"(clean and corrupted)", UserWarning, stacklevel=2)
@@ -243,10 +245,15 @@ class ICRecallTask:
         used = torch.cat([b.subjects, b.query[:, None]], dim=1)  # [batch pair+1]
         if kind == "relation":
             ok = (table[:, used] >= 0).all(-1).T.clone()  # [batch relation]: knows every subject of the prompt
-            ok[rows, b.relations] = False
+            # A swap must change the prompt (some context answer) and the target: capital <-> largest city
+            # over cities that are both would patch a prompt onto itself.
+            shown = table[b.relations[:, None], b.subjects]  # [batch pair]
+            ok &= (table[:, b.subjects] != shown[None]).any(-1).T
+            ok &= table[:, b.query].T != table[b.relations, b.query][:, None]
         else:
             ok = (table[b.relations] >= 0).clone()  # [batch subject]: known under the prompt's relation
             ok[rows[:, None], used] = False
+            ok &= table[b.relations] != table[b.relations, b.query][:, None]  # another target (Germany for France: Europe)
         return ok
 
     # ------------------------------------------------------ factual recall

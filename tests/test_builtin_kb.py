@@ -104,3 +104,17 @@ def test_the_csv_is_package_data():
     config = tomllib.loads((REPO / "pyproject.toml").read_text())
     assert "data/*.csv" in config["tool"]["setuptools"]["package-data"]["icr_interp"]
     assert (REPO / "icr_interp" / "data" / "countries.csv").is_file()
+
+
+def test_run_config_selects_a_builtin_base_and_keeps_old_keys():
+    from icr_interp import RunConfig
+
+    cfg = RunConfig().with_overrides(**{"knowledge.builtin": "countries"})
+    kb = cfg.knowledge.build(seed=0)
+    assert (kb.n_subjects, kb.n_relations, kb.n_triplets) == (148, 6, 797) and kb.spec["name"] == "countries"
+    assert RunConfig.from_dict(cfg.to_dict()) == cfg and cfg.key != RunConfig().key
+    assert RunConfig().key == "c7a62df1dcc776f9"  # unset (None) it stays out of the key: cached sweeps still match
+    for bad, msg in (({"knowledge.builtin": "atlas"}, "must be one of countries, got 'atlas'"),
+                     ({"knowledge.builtin": "countries", "knowledge.csv": "f.csv"}, "both set")):
+        with pytest.raises(ValueError, match=msg):
+            RunConfig().with_overrides(**bad)

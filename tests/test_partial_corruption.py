@@ -60,7 +60,7 @@ def test_relation_swap_drops_exactly_the_prompts_without_one(partial):
     sets = known_sets(task.kb)
     used = torch.cat([corrupted.subjects, corrupted.query[:, None]], 1).tolist()
     assert all(set(u) <= sets[r] for u, r in zip(used, corrupted.relations.tolist()))
-    with pytest.raises(ValueError, match=f"second relation that knows the prompt's subjects; {n_expected} of 200"):
+    with pytest.raises(ValueError, match=f"second relation that knows the prompt's subjects and changes its answers; {n_expected} of 200"):
         task.corrupt(batch, "relation", seed=3)  # the strict form still refuses
 
 
@@ -183,4 +183,24 @@ def test_patching_probe_query_swap_without_any_relation_swap(tmp_path, capsys):
     code, _, stderr = run_patching(ckpt, "--corruption", "relation", "--n-prompts", 16, "--out", tmp_path / "r",
                                    capsys=capsys)
     assert code == 1 and stderr == ("patching.py: error: no prompt of 16 has a relation corruption: no second "
-                                    "relation knows all the subjects of any prompt\n")
+                                    "relation knows all the subjects of any prompt and changes its answers\n")
+
+
+def test_swaps_never_leave_the_prompt_or_the_target_unchanged():
+    """On the country base capital and largest city agree for 108 countries and continents are shared by many:
+    a relation swap must change some context answer and the target, a query swap the target."""
+    task = ICRecallTask(KnowledgeBase.builtin("countries"), n_pairs=3)
+    batch = task.sample(512, seed=0)
+    table = task.kb.table
+    for kind in ("relation", "query"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            clean, corrupted, n_dropped = task.corrupt_pairs(batch, kind, seed=1)
+        assert len(clean) + n_dropped == 512 and len(clean) > 400
+        assert (clean.answers != corrupted.answers).all()  # the target moves
+        assert (clean.tokens != corrupted.tokens).any(1).all()  # the prompt moves
+    # Without the rule: the same-relation-answer swaps the old draw allowed on these prompts.
+    shown = table[batch.relations[:, None], batch.subjects]
+    same = ((table[:, batch.subjects] == shown[None]).all(-1) & (table[:, batch.subjects] >= 0).all(-1)).T
+    same[torch.arange(512), batch.relations] = False
+    assert int(same.any(1).sum()) > 20  # e.g. capital <-> largest city over cities that are both
