@@ -20,8 +20,8 @@ from _common import Parser, out_dir, positive, save_figure, seed, write_json  # 
 from icr_interp import sweep  # noqa: E402
 from icr_interp.viz import _figure  # noqa: E402
 
-COLUMNS = ("answer_overlap", "seed", "construction", "accuracy", "pairwise", "balance", "pair_mass", "best",
-           "mean_row_pairwise", "mean_row_best")
+COLUMNS = ("answer_overlap", "seed", "construction", "start_accuracy", "accuracy", "ceiling", "pairwise",
+           "pairwise_null", "balance", "pair_mass", "bos", "start_best", "best", "mean_row_pairwise", "mean_row_best")
 
 
 def main(argv=None) -> int:
@@ -48,15 +48,19 @@ def main(argv=None) -> int:
     for s in args.seeds:
         sel = [r for r in rows if r["seed"] == s]
         axes[0, 0].plot([r["answer_overlap"] for r in sel], [r["balance"] for r in sel], "o-", label=f"seed {s}")
-        axes[0, 1].plot([r["answer_overlap"] for r in sel], [r["accuracy"] for r in sel], "o-", label=f"seed {s}")
+        line, = axes[0, 1].plot([r["answer_overlap"] for r in sel], [r["accuracy"] for r in sel], "o-")
+        axes[0, 1].plot([r["answer_overlap"] for r in sel], [r["start_accuracy"] for r in sel], "o--",
+                        color=line.get_color(), mfc="none", alpha=0.6)
     axes[0, 0].set(xlabel="answer overlap", ylabel="within-pair balance (1 = pairwise, 0 = one member)")
-    axes[0, 1].set(xlabel="answer overlap", ylabel="held-out accuracy")
+    axes[0, 1].set(xlabel="answer overlap", ylabel="accuracy (dashed: start)")
     axes[0, 0].legend()
     save_figure(fig, out / "answer_overlap.png")
-    print(f"{'overlap':>7} {'seed':>4} {'memory':>7} {'acc':>6} {'balance':>7} {'best':>9} {'mean-row best':>13}")
+    print(f"{'overlap':>7} {'seed':>4} {'memory':>7} {'start':>6} {'acc':>6} {'ceil':>6} {'pairw':>6} {'null':>6} "
+          f"{'balance':>7} {'best (start)':>20} {'mean-row best':>13}")
     for r in rows:
-        print(f"{r['answer_overlap']:7.2f} {r['seed']:4d} {r['construction']:>7} {r['accuracy']:6.3f} "
-              f"{r['balance']:7.3f} {r['best']:>9} {r['mean_row_best']:>13}")
+        print(f"{r['answer_overlap']:7.2f} {r['seed']:4d} {r['construction']:>7} {r['start_accuracy']:6.3f} "
+              f"{r['accuracy']:6.3f} {r['ceiling']:6.3f} {r['pairwise']:6.3f} {r['pairwise_null']:6.3f} "
+              f"{r['balance']:7.3f} {r['best'] + ' (' + r['start_best'] + ')':>20} {r['mean_row_best']:>13}")
     return 0
 
 
