@@ -90,7 +90,8 @@ def run(config: RunConfig, device: str | torch.device = "cpu", *, callback: Call
     history = finetune(model, task, config=config.train, callback=callback, progress=progress)
     after = measure(model, task, config)
     metrics = dict(accuracy=after["accuracy"], loss=after["loss"], start_accuracy=before["accuracy"],
-                   start_loss=before["loss"], ceiling=after["ceiling"], n_triplets=task.kb.n_triplets, construction=cfg.construction,
+                   start_loss=before["loss"], ceiling=after["ceiling"], n_triplets=task.kb.n_triplets,
+                   construction=cfg.construction,
                    d_model_used=cfg.d_model, train_loss=history.loss[-1] if history.loss else None,
                    train_accuracy=history.accuracy[-1] if history.accuracy else None,
                    query_attention=after["query_attention"])

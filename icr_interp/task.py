@@ -194,7 +194,8 @@ class ICRecallTask:
         included) and change both the prompt and the target.  ``kind="query"``:
         same context, another query subject, drawn uniformly among the subjects
         its relation knows that are not in the prompt and have another answer.
-        A swap that left the prompt or the target as it was would measure nothing.  A prompt without such an alternative is an error here;
+        A swap that left the prompt or the target as it was would measure nothing.
+        A prompt without such an alternative is an error here;
         :meth:`corrupt_pairs` drops those prompts instead.
         """
         _check_kind(kind)
@@ -253,7 +254,7 @@ class ICRecallTask:
         else:
             ok = (table[b.relations] >= 0).clone()  # [batch subject]: known under the prompt's relation
             ok[rows[:, None], used] = False
-            ok &= table[b.relations] != table[b.relations, b.query][:, None]  # another target (Germany for France: Europe)
+            ok &= table[b.relations] != table[b.relations, b.query][:, None]  # another target (not Germany for France)
         return ok
 
     # ------------------------------------------------------ factual recall
