@@ -135,17 +135,18 @@ def test_cosine_schedule_changes_training_and_bad_schedules_are_refused():
 
 
 def test_fields_added_later_stay_out_of_the_key_at_their_default():
-    """Cached sweeps keep their keys: train.schedule is not in RunConfig.key while None."""
+    """Cached sweeps keep their keys: train.schedule and knowledge.builtin are not in RunConfig.key while None."""
     import dataclasses
     import hashlib
     import json
 
     config = ii.RunConfig.from_preset("tiny", seed=3)
     data = dataclasses.asdict(config)
-    del data["train"]["schedule"]
+    del data["train"]["schedule"], data["knowledge"]["builtin"]
     old = hashlib.sha256(json.dumps(data, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
     assert config.key == old
     assert config.with_overrides(**{"train.schedule": "cosine"}).key != old
+    assert config.with_overrides(**{"knowledge.builtin": "countries"}).key != old
 
 
 def test_a_given_lr_keeps_a_constant_schedule_unless_one_is_named():
