@@ -73,7 +73,7 @@ def make_task(n_triplets: int, relations: int, n_pairs: int, seed: int):
 def build(task, impl: str, d_model: int, seed: int):
     """``build_model(memory_impl=impl)``; where build_model does not know ``impl`` yet, attach it by hand."""
     from icr_interp import build_model
-    from icr_interp.memory import MemoryScales, construct_memory
+    from icr_interp.model.memory.associative import MemoryScales, construct_memory
 
     try:
         return build_model(task, d_model=d_model, seed=seed, memory_impl=impl)
@@ -108,7 +108,7 @@ def memory_step(memory, x: torch.Tensor, grad_out: torch.Tensor):
 
 
 def train_step(model, batch):
-    from icr_interp.train import TrainConfig, batch_logits, trainable_names
+    from icr_interp.training.trainer import TrainConfig, batch_logits, trainable_names
 
     names = set(trainable_names(model))
     for name, p in model.named_parameters():
@@ -143,7 +143,7 @@ def run_config(job: dict) -> dict:
                step=times["step"], memory=times["memory"], flops=counter.get_total_flops(),
                peak=peak_flops / times["peak"].best / 1e9)
     if job.get("eval_prompts"):
-        from icr_interp.train import evaluate
+        from icr_interp.training.trainer import evaluate
 
         rss_before = peak_rss_gb()
         result, out["eval_time"] = timed(evaluate, model, task, n_prompts=job["eval_prompts"], seed=job["seed"])
@@ -166,7 +166,7 @@ def crossover(threads: int, d_models=(256, 1024), subjects=(16, 64, 256, 1024), 
             task = make_task(n * 8, 8, 4, 0)
             model = build(task, "factored", d_model, 0)
             cfg = model.icr_config
-            from icr_interp.memory import MemoryScales, construct_memory
+            from icr_interp.model.memory.associative import MemoryScales, construct_memory
 
             x = query_inputs(model, task.sample(64, seed=1))
             g = torch.randn(x.shape, generator=torch.Generator().manual_seed(1))

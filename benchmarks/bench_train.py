@@ -40,8 +40,8 @@ import torch.nn.functional as F  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from icr_interp import ICRecallTask, KnowledgeBase, build_model  # noqa: E402
-from icr_interp.memory import MemoryScales, construct_memory  # noqa: E402
-from icr_interp.train import TrainConfig, batch_logits, trainable_names  # noqa: E402
+from icr_interp.model.memory.associative import MemoryScales, construct_memory  # noqa: E402
+from icr_interp.training.trainer import TrainConfig, batch_logits, trainable_names  # noqa: E402
 from timing import measure  # noqa: E402
 
 REFERENCE_KB = (64, 8, 64)  # subjects, relations, answers of the paper-sized reference

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from icr_interp import fsio
+from icr_interp.storage import fsio
 
 
 class Parser(argparse.ArgumentParser):

@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import Parser, out_dir, positive, save_figure, seed, write_json  # noqa: E402
 
 from icr_interp import sweep  # noqa: E402
-from icr_interp.scaling import sample_complexity  # noqa: E402
+from icr_interp.experiments.fits import sample_complexity  # noqa: E402
 from icr_interp.viz import _figure  # noqa: E402
 
 

@@ -15,7 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import Parser, out_dir, positive, setup_threads, write_json  # noqa: E402
 
 from icr_interp import run  # noqa: E402
-from icr_interp.config import EvalConfig, KnowledgeConfig, RunConfig, TaskConfig  # noqa: E402
+from icr_interp.pipeline.config import EvalConfig, KnowledgeConfig, RunConfig, TaskConfig  # noqa: E402
 
 CASES = [(32, 4, 2, 1), (128, 16, 6, 2), (32, 16, 6, 3), (128, 4, 2, 4), (64, 8, 3, 5), (96, 12, 5, 6), (32, 4, 6, 7)]
 

@@ -2,7 +2,7 @@
 
     python case_studies/emergence.py --preset paper --seed 0 --out case_studies/results/emergence
 
-The preset's run (icr_interp.pipeline: build, fine-tune), with the attention of
+The preset's run (icr_interp.pipeline.runner: build, fine-tune), with the attention of
 a fixed set of held-out prompts scored every --every steps.  Writes
 emergence.json / emergence.csv (template scores and accuracy over steps, and
 the run's held-out accuracy -- the number ``icr_interp.run`` reports for the
@@ -19,11 +19,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import Parser, out_dir, positive, save_figure, seed, setup_threads, write_json  # noqa: E402
 
-from icr_interp import finetune, fsio, viz  # noqa: E402
-from icr_interp.config import RunConfig  # noqa: E402
-from icr_interp.dynamics import TemplateTracker  # noqa: E402
-from icr_interp.pipeline import build, measure  # noqa: E402
-from icr_interp.presets import PRESETS  # noqa: E402
+from icr_interp import finetune, viz  # noqa: E402
+
+from icr_interp.storage import fsio
+from icr_interp.pipeline.config import RunConfig  # noqa: E402
+from icr_interp.analysis.dynamics import TemplateTracker  # noqa: E402
+from icr_interp.pipeline.runner import build, measure  # noqa: E402
+from icr_interp.pipeline.presets import PRESETS  # noqa: E402
 from icr_interp.seeds import derive_seed  # noqa: E402
 
 

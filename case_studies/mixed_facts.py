@@ -8,7 +8,7 @@ overlap (``KnowledgeBase.random(64, 8, 64, answer_overlap=...)``), one run per
 memory: every ``--every`` steps of default fine-tuning, the attention mass on
 BOS / subjects / answers at the query, the true and strongest wrong relation
 coefficient, how many stage-I / stage-II neurons fire, the loss
-(``icr_interp.mixed_memory.query_readout``); held-out accuracy and the ceiling at
+(``icr_interp.model.memory.reads.query_readout``); held-out accuracy and the ceiling at
 start and end (``evaluate``).  docs/results.md ("Mixed knowledge bases").
 """
 
@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import Parser, out_dir, positive, seed, setup_threads, write_json  # noqa: E402
 
 from icr_interp import ICRecallTask, KnowledgeBase, build_model, evaluate, finetune  # noqa: E402
-from icr_interp.mixed_memory import query_readout  # noqa: E402
+from icr_interp.model.memory.reads import query_readout  # noqa: E402
 
 FIELDS = ("bos", "subjects", "answers", "rel_true", "rel_wrong", "stage1_firing", "stage2_firing", "loss", "accuracy")
 

@@ -3,7 +3,7 @@
     python case_studies/pretrained_memory.py --seed 0 --out case_studies/results/pretrained_memory
 
 The paper preset twice -- memory="constructed" (pair construction) and
-memory="pretrained" (fitted on factual-recall exercises, icr_interp.pretrain)
+memory="pretrained" (fitted on factual-recall exercises, icr_interp.model.memory.pretrained)
 -- on the same knowledge base, fine-tuned with the same settings and start,
 tracking accuracy and template scores over steps on the same held-out
 prompts.  Writes pretrained_memory.json and a side-by-side figure.
@@ -17,9 +17,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import Parser, out_dir, positive, save_figure, seed, setup_threads, write_json  # noqa: E402
 
 from icr_interp import finetune, viz  # noqa: E402
-from icr_interp.config import RunConfig  # noqa: E402
-from icr_interp.dynamics import TemplateTracker  # noqa: E402
-from icr_interp.pipeline import build, measure  # noqa: E402
+from icr_interp.pipeline.config import RunConfig  # noqa: E402
+from icr_interp.analysis.dynamics import TemplateTracker  # noqa: E402
+from icr_interp.pipeline.runner import build, measure  # noqa: E402
 from icr_interp.seeds import derive_seed  # noqa: E402
 from icr_interp.viz import _figure  # noqa: E402
 

@@ -19,8 +19,20 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import Parser, out_dir, positive, save_figure, seed, setup_threads, write_json  # noqa: E402
 
-from icr_interp import RunConfig, attention, ceiling, circuit, pipeline, probing, run  # noqa: E402
-from icr_interp import seeds, templates, train, viz  # noqa: E402
+from icr_interp import RunConfig, run  # noqa: E402
+
+from icr_interp.analysis import attention
+
+from icr_interp.task import ceiling
+
+from icr_interp.analysis import circuit
+
+from icr_interp.pipeline import pipeline
+
+from icr_interp.experiments import checkpoint_analysis as probing
+from icr_interp import seeds, viz  # noqa: E402
+from icr_interp.analysis import templates
+from icr_interp.training import trainer as train
 
 ROLES = ("subjects", "answers", "bos", "query")  # where the query row's mass goes
 SCORES = ("pairwise", "pairwise_null", "p_value", "balance", "pair_mass", "best")

@@ -6,7 +6,7 @@
 One chain per (N, seed, attention parametrisation): the paper preset (shared answers,
 bijective relations, k = 4, the default answer-tilted start) fine-tuned on training sets
 of n prompts, n searched on a doubling grid from 1 and refined by bisection
-(icr_interp.sample_search), for the accuracy and the loss criterion.  Runs go through
+(icr_interp.experiments.n_star), for the accuracy and the loss criterion.  Runs go through
 the resumable sweep (results.jsonl: kill it and run the same command again to resume;
 --executor ray --ray-address ADDR runs the same rounds on a cluster).  Writes
 summary.json (runs, per-N n*, power and polylog fits with bootstrap 90% intervals)
@@ -26,11 +26,11 @@ from _common import Parser, learning_rate, out_dir, positive, save_figure, seed,
 import numpy as np  # noqa: E402
 
 from icr_interp import sweep  # noqa: E402
-from icr_interp.basis import n_directions_needed  # noqa: E402
-from icr_interp.config import RunConfig  # noqa: E402
-from icr_interp.model import ATTENTIONS  # noqa: E402
-from icr_interp.sample_search import SearchRule, chain_summary, run_search, summarize  # noqa: E402
-from icr_interp.scaling import Fit  # noqa: E402
+from icr_interp.model.basis import n_directions_needed  # noqa: E402
+from icr_interp.pipeline.config import RunConfig  # noqa: E402
+from icr_interp.model.builder import ATTENTIONS  # noqa: E402
+from icr_interp.experiments.n_star import SearchRule, chain_summary, run_search, summarize  # noqa: E402
+from icr_interp.experiments.fits import Fit  # noqa: E402
 from icr_interp.viz import _figure  # noqa: E402
 
 

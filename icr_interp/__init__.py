@@ -1,25 +1,50 @@
-"""icr_interp: mechanistic interpretability of in-context factual recall."""
+"""icr_interp: mechanistic interpretability of in-context factual recall.
 
+The package is layered after its data flow (each subpackage's ``__init__`` states its job)::
+
+    task/         knowledge bases, vocabulary, prompts and their per-example layouts, roles, the Bayes ceiling
+    tl/           the TransformerLens 3.x / 4.x switch and the 4.x mirror of HookedTransformer
+    model/        the builder, residual basis, attention parametrisations, query-only forward, hook table,
+                  memory/ (the associative-memory MLPs, one module per implementation, and their registry)
+    training/     fine-tuning and evaluation
+    analysis/     attention rows, template scores and their null, patching, ablation, circuit summary
+    pipeline/     RunConfig, presets, the one pipeline
+    storage/      atomic writes and locks, checkpoints
+    viz/          circuitsvis views, figures, tables, HTML reports
+    experiments/  sweeps, the n* search and fits, analyses of checkpoints
+
+Importing the package is cheap: the names below load their modules on first use (PEP 562), so
+``import icr_interp`` pulls in neither torch's model code nor TransformerLens, matplotlib, circuitsvis or Ray.
+"""
+
+import importlib
 import warnings
+
+from icr_interp import _moved
+from icr_interp.version import __version__
 
 # TransformerLens 3.x marks HookedTransformer as deprecated in favour of
 # TransformerBridge, which wraps Hugging Face models; our models are built from
 # a config with a custom memory MLP, which only HookedTransformer supports.
 # This is the one place the warning is silenced.
 warnings.filterwarnings("ignore", message="HookedTransformer is deprecated", category=DeprecationWarning)
+_moved.install()
 
-__version__ = "0.1.0"
-
-from icr_interp import ablation, circuit, patching, viz  # noqa: E402
-from icr_interp.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint  # noqa: E402
-from icr_interp.config import EvalConfig, KnowledgeConfig, RunConfig, TaskConfig  # noqa: E402
-from icr_interp.knowledge import KnowledgeBase  # noqa: E402
-from icr_interp.model import ICRModel, ModelConfig, build_model  # noqa: E402
-from icr_interp.pipeline import RunResult, run  # noqa: E402
-from icr_interp.pretrain import pretrain_memory  # noqa: E402
-from icr_interp.task import Batch, ICRecallTask, Layout  # noqa: E402
-from icr_interp.templates import TemplateScores, score_templates  # noqa: E402
-from icr_interp.train import TrainConfig, evaluate, finetune  # noqa: E402
+# public name -> the module that defines it
+_EXPORTS = {
+    "KnowledgeBase": "task.knowledge", "ICRecallTask": "task.prompts", "Batch": "task.prompts",
+    "Layout": "task.prompts",
+    "ModelConfig": "model.builder", "ICRModel": "model.builder", "build_model": "model.builder",
+    "pretrain_memory": "model.memory.pretrained",
+    "TrainConfig": "training.trainer", "finetune": "training.trainer", "evaluate": "training.trainer",
+    "RunConfig": "pipeline.config", "KnowledgeConfig": "pipeline.config", "TaskConfig": "pipeline.config",
+    "EvalConfig": "pipeline.config", "run": "pipeline.runner", "RunResult": "pipeline.runner",
+    "save_checkpoint": "storage.checkpoint", "load_checkpoint": "storage.checkpoint",
+    "Checkpoint": "storage.checkpoint", "CheckpointError": "storage.checkpoint",
+    "score_templates": "analysis.templates", "TemplateScores": "analysis.templates",
+}
+_SUBPACKAGES = {"task", "tl", "model", "training", "analysis", "pipeline", "storage", "viz", "experiments", "cli",
+                "seeds", "version"}
 
 __all__ = [
     "KnowledgeBase", "ICRecallTask", "Batch", "Layout", "ModelConfig", "ICRModel", "build_model", "pretrain_memory",
@@ -27,3 +52,21 @@ __all__ = [
     "RunResult", "save_checkpoint", "load_checkpoint", "Checkpoint", "CheckpointError", "score_templates",
     "TemplateScores", "patching", "ablation", "circuit", "viz", "__version__",
 ]
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    elif name in _moved.KEPT or name in _moved.MOVED:
+        value = _moved.resolve(name)
+    elif name in _SUBPACKAGES:
+        value = importlib.import_module(f"{__name__}.{name}")
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    if name not in _moved.MOVED or name in _moved.KEPT:
+        globals()[name] = value  # cache; moved names stay uncached so that each spelling warns once
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__) | _SUBPACKAGES)

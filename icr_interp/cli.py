@@ -26,14 +26,14 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from icr_interp import fsio
-from icr_interp.attention_params import DEFAULT_LR, DEFAULT_SCHEDULE
-from icr_interp.checkpoint import CheckpointError, check_writable, save_checkpoint
-from icr_interp.config import RunConfig
-from icr_interp.pipeline import RunResult, run
-from icr_interp.presets import DESCRIPTIONS, PRESETS, get_preset
+from icr_interp.storage import fsio
+from icr_interp.model.attention_params import DEFAULT_LR, DEFAULT_SCHEDULE
+from icr_interp.storage.checkpoint import CheckpointError, check_writable, save_checkpoint
+from icr_interp.pipeline.config import RunConfig
+from icr_interp.pipeline.runner import RunResult, run
+from icr_interp.pipeline.presets import DESCRIPTIONS, PRESETS, get_preset
 from icr_interp.seeds import MAX_SEED
-from icr_interp.task import ICRecallTask, Layout
+from icr_interp.task.prompts import ICRecallTask, Layout
 
 PROG = "icr-interp"
 
@@ -141,7 +141,7 @@ def _add_sweep_parser(sub) -> None:
 
 def sweep_grid(args: argparse.Namespace) -> list[RunConfig]:
     """The RunConfigs of ``icr-interp sweep``'s arguments (ValueError, one line, for a bad value)."""
-    from icr_interp.sweep import expand_grid
+    from icr_interp.experiments.sweep import expand_grid
 
     axes = dict(n_pairs=args.k, seeds=args.seeds, n_samples=args.n_samples, memory=args.memory,
                 answer_overlap=args.overlap, steps=args.steps)

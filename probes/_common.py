@@ -11,7 +11,7 @@ Conventions (the same as the ``icr-interp`` command):
 * no traceback either way.
 
 Everything else -- checkpoint discovery, output preflight, the analyses,
-the report -- is :mod:`icr_interp.probing`.
+the report -- is :mod:`icr_interp.experiments.checkpoint_analysis`.
 """
 
 import argparse
@@ -93,7 +93,7 @@ def check_common(args, prefix: str, single: str | None = None) -> None:
 
     ``single``: the program name if it takes exactly one checkpoint (a series is refused).
     """
-    from icr_interp import probing
+    from icr_interp.experiments import checkpoint_analysis as probing
 
     try:
         args.kind = probing.checkpoint_kind(args.checkpoint)

@@ -5,7 +5,7 @@ Usage::
     python probes/ablate.py CHECKPOINT [--method mean|zero|resample] [--n-prompts N] [--seed S]
                             [--out DIR] [--force] [--device cpu|cuda]
 
-Samples N prompts and runs icr_interp.ablation.standard_ablations on them: the
+Samples N prompts and runs icr_interp.analysis.ablation.standard_ablations on them: the
 values at subject / answer / query positions, the query row restricted to
 subjects, answers or both, each head, and the memory's relation vector.
 Prints the table and writes DIR/ablation.json.
@@ -16,7 +16,7 @@ import sys
 import _common as C
 
 PROG = "ablate.py"
-METHODS = ("mean", "zero", "resample")  # icr_interp.ablation.METHODS
+METHODS = ("mean", "zero", "resample")  # icr_interp.analysis.ablation.METHODS
 
 
 def build_parser() -> C.ProbeParser:
@@ -31,8 +31,10 @@ def check(args) -> None:
 
 
 def run(args) -> int:
-    from icr_interp import ablation, load_checkpoint, probing
-    from icr_interp.fsio import write_json
+    from icr_interp import load_checkpoint
+    from icr_interp.analysis import ablation
+    from icr_interp.experiments import checkpoint_analysis as probing
+    from icr_interp.storage.fsio import write_json
 
     ck = load_checkpoint(args.checkpoint, device=args.device)
     batch, _ = probing.probe_prompts(ck.task, args.n_prompts, args.seed, args.device)

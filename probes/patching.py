@@ -8,8 +8,8 @@ Usage::
 
 For one checkpoint: samples N prompts, corrupts them (relation swap and/or
 query swap), patches clean into corrupted by hook x role and the query's
-attention row by source role (icr_interp.patching), prints the tables and the
-circuit summary (icr_interp.circuit), and writes DIR/patching.json,
+attention row by source role (icr_interp.analysis.patching), prints the tables and the
+circuit summary (icr_interp.analysis.circuit), and writes DIR/patching.json,
 DIR/patching.png (one heatmap per corruption), DIR/circuit.json and
 DIR/report.html: a self-contained page (opens offline) with the model's
 held-out accuracy on M fresh prompts, the circuitsvis attention view, the
@@ -27,7 +27,7 @@ import sys
 import _common as C
 
 PROG = "patching.py"
-KINDS = ("relation", "query", "both")  # icr_interp.probing.KINDS
+KINDS = ("relation", "query", "both")  # icr_interp.experiments.checkpoint_analysis.KINDS
 
 
 def build_parser() -> C.ProbeParser:
@@ -54,9 +54,10 @@ def run(args) -> int:
 
 
 def run_one(args) -> int:
-    from icr_interp import load_checkpoint, probing
-    from icr_interp.circuit import JOB_OF, circuit_summary
-    from icr_interp.fsio import write_bytes, write_json, write_text
+    from icr_interp import load_checkpoint
+    from icr_interp.experiments import checkpoint_analysis as probing
+    from icr_interp.analysis.circuit import JOB_OF, circuit_summary
+    from icr_interp.storage.fsio import write_bytes, write_json, write_text
 
     ck = load_checkpoint(args.checkpoint, device=args.device)
     batch, corruption_seed = probing.probe_prompts(ck.task, args.n_prompts, args.seed, args.device)
@@ -84,9 +85,9 @@ def run_one(args) -> int:
 
 
 def run_series(args) -> int:
-    from icr_interp import probing
-    from icr_interp.circuit import JOB_OF
-    from icr_interp.fsio import write_bytes, write_json, write_text
+    from icr_interp.experiments import checkpoint_analysis as probing
+    from icr_interp.analysis.circuit import JOB_OF
+    from icr_interp.storage.fsio import write_bytes, write_json, write_text
     from icr_interp.seeds import derive_seed
     from icr_interp.viz import figures
 

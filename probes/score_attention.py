@@ -6,7 +6,7 @@ Usage::
                                      [--html] [--device cpu|cuda]
 
 Samples N prompts, scores every head's query attention row against the
-templates (icr_interp.templates: pairwise, answers, subjects, uniform, sink;
+templates (icr_interp.analysis.templates: pairwise, answers, subjects, uniform, sink;
 per example and for the mean row), prints the table and writes
 DIR/scores.json and DIR/attention.png (per head: the mean query row by role and
 the rows of the first prompts).  With --html, also DIR/report.html: a
@@ -32,8 +32,9 @@ def check(args) -> None:
 
 
 def run(args) -> int:
-    from icr_interp import load_checkpoint, probing, score_templates, viz
-    from icr_interp.fsio import write_bytes, write_json
+    from icr_interp import load_checkpoint, score_templates, viz
+    from icr_interp.experiments import checkpoint_analysis as probing
+    from icr_interp.storage.fsio import write_bytes, write_json
 
     ck = load_checkpoint(args.checkpoint, device=args.device)
     batch, _ = probing.probe_prompts(ck.task, args.n_prompts, args.seed, args.device)

@@ -33,8 +33,8 @@ jaxtyping.install_import_hook("icr_interp", SHAPE_CHECKER)
 # threads contending with other processes.
 torch.set_num_threads(1)
 
-from icr_interp.knowledge import KnowledgeBase  # noqa: E402  (after the hook, on purpose)
-from icr_interp.task import ICRecallTask  # noqa: E402
+from icr_interp.task.knowledge import KnowledgeBase  # noqa: E402  (after the hook, on purpose)
+from icr_interp.task.prompts import ICRecallTask  # noqa: E402
 
 N_SUBJECTS, N_RELATIONS, N_ANSWERS, N_PAIRS = 16, 4, 16, 2
 
@@ -66,7 +66,7 @@ def disjoint_task(disjoint_kb) -> ICRecallTask:
 def reference_checkpoint(tmp_path_factory) -> Path:
     """The reference model fine-tuned as in the paper (200 steps), saved once per session for the analysis tests."""
     from icr_interp import build_model, save_checkpoint
-    from icr_interp.train import finetune
+    from icr_interp.training.trainer import finetune
 
     path = tmp_path_factory.getbasetemp() / "reference-checkpoint"
     task = ICRecallTask(KnowledgeBase.random(64, 8, 64, 1.0, seed=0), n_pairs=4)

@@ -1,4 +1,4 @@
-"""Ablations (icr_interp.ablation) on the fine-tuned reference model: what the model cannot do without."""
+"""Ablations (icr_interp.analysis.ablation) on the fine-tuned reference model: what the model cannot do without."""
 
 import json
 import math
@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from icr_interp.compat import HookedTransformer, HookedTransformerConfig
+from icr_interp.tl.compat import HookedTransformer, HookedTransformerConfig
 
 from icr_interp import ICRecallTask, KnowledgeBase, build_model, load_checkpoint, save_checkpoint
-from icr_interp import ablation as A
-from icr_interp.train import finetune
+from icr_interp.analysis import ablation as A
+from icr_interp.training.trainer import finetune
 
 N_PROMPTS = 256
 
@@ -137,7 +137,7 @@ def test_singular_roles_still_work_with_a_deprecation_warning(reference):
     n_pos, rows = small.tokens.shape[1], torch.arange(64)
     expected = torch.zeros(64, n_pos, dtype=torch.bool)
     expected[rows, small.layout.subject_pos[:, 0]] = expected[rows, small.layout.answer_pos[:, 0]] = True
-    assert torch.equal(A.role_mask(small, "pair_1", n_pos), expected)  # every role of icr_interp.roles works
+    assert torch.equal(A.role_mask(small, "pair_1", n_pos), expected)  # every role of icr_interp.task.roles works
 
 
 def test_the_default_layer_is_the_last(shared_task):

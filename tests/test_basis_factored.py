@@ -4,9 +4,9 @@ import pytest
 import torch
 
 import icr_interp
-from icr_interp.basis import ResidualBasis
-from icr_interp.knowledge import KnowledgeBase
-from icr_interp.task import ICRecallTask
+from icr_interp.model.basis import ResidualBasis
+from icr_interp.task.knowledge import KnowledgeBase
+from icr_interp.task.prompts import ICRecallTask
 
 
 def test_random_basis_keeps_small_groups_exact_and_copies_tokens_exactly():

@@ -1,9 +1,9 @@
-"""The Bayes-optimal ceiling that evaluate reports (icr_interp.ceiling)."""
+"""The Bayes-optimal ceiling that evaluate reports (icr_interp.task.ceiling)."""
 
 import torch
 
 import icr_interp as ii
-from icr_interp.ceiling import ceiling
+from icr_interp.task.ceiling import ceiling
 
 
 def test_ambiguous_context_halves_the_ceiling():

@@ -11,13 +11,13 @@ import safetensors.torch
 import torch
 
 import icr_interp
-from icr_interp import fsio
-from icr_interp.checkpoint import FORMAT, CheckpointError, check_writable, load_checkpoint, save_checkpoint
-from icr_interp.knowledge import KnowledgeBase
-from icr_interp.presets import build_from_preset, get_preset
-from icr_interp.task import ICRecallTask
-from icr_interp.checkpoint import files as checkpoint_files
-from icr_interp.train import TrainConfig, finetune, query_logits
+from icr_interp.storage import fsio
+from icr_interp.storage.checkpoint import FORMAT, CheckpointError, check_writable, load_checkpoint, save_checkpoint
+from icr_interp.task.knowledge import KnowledgeBase
+from icr_interp.pipeline.presets import build_from_preset, get_preset
+from icr_interp.task.prompts import ICRecallTask
+from icr_interp.storage.checkpoint import files as checkpoint_files
+from icr_interp.training.trainer import TrainConfig, finetune, query_logits
 
 
 def _trained(seed: int, steps: int = 8):
@@ -100,7 +100,7 @@ def test_round_trip_reproduces_logits_exactly(trained, saved):
     assert not torch.equal(fresh.blocks[0].attn.W_Q, ck.model.blocks[0].attn.W_Q)
     assert torch.equal(fresh.blocks[0].mlp.W_in, ck.model.blocks[0].mlp.W_in)
     # Fine-tuning the loaded model trains attention QK only, as for a freshly built one.
-    from icr_interp.train import trainable_names
+    from icr_interp.training.trainer import trainable_names
 
     assert set(trainable_names(ck.model)) == {"blocks.0.attn.W_Q", "blocks.0.attn.W_K", "blocks.0.attn.b_Q",
                                               "blocks.0.attn.b_K"}
@@ -139,7 +139,7 @@ def test_model_without_training_config_round_trips(tmp_path):
 
 
 def test_pretrained_memory_round_trips_without_refitting(tmp_path, monkeypatch):
-    pretrain = pytest.importorskip("icr_interp.pretrain")
+    pretrain = pytest.importorskip("icr_interp.model.memory.pretrained")
     kb = KnowledgeBase.random(16, 4, 16, seed=0)
     task = ICRecallTask(kb, n_pairs=2)
     model = icr_interp.build_model(task, memory="pretrained", pretrain=dict(steps=3))

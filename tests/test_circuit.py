@@ -6,13 +6,15 @@ import warnings
 from pathlib import Path
 
 import pytest
-from icr_interp.compat import HookedTransformer, HookedTransformerConfig
+from icr_interp.tl.compat import HookedTransformer, HookedTransformerConfig
 
-from icr_interp import ICRecallTask, KnowledgeBase, ablation, build_model, load_checkpoint, save_checkpoint
-from icr_interp import patching as P
-from icr_interp.circuit import (CircuitRow, CircuitSeries, CircuitSummary, Component, circuit_components,
+from icr_interp import ICRecallTask, KnowledgeBase, build_model, load_checkpoint, save_checkpoint
+
+from icr_interp.analysis import ablation
+from icr_interp.analysis import patching as P
+from icr_interp.analysis.circuit import (CircuitRow, CircuitSeries, CircuitSummary, Component, circuit_components,
                                 circuit_summary)
-from icr_interp.train import finetune
+from icr_interp.training.trainer import finetune
 
 N_PROMPTS = 128
 
@@ -64,7 +66,7 @@ def test_ablation_columns(reference):
         assert s[comp, "accuracy_drop"] == pytest.approx(s.base_accuracy - s[comp, "ablated_accuracy"])
     assert s["stage_I", "accuracy_drop"] > 0.5
     assert s["pattern", "accuracy_drop"] < 0.05  # the mean row is as good as each prompt's own
-    # The value columns are icr_interp.ablation's own ablations.
+    # The value columns are icr_interp.analysis.ablation's own ablations.
     for comp, role in (("subjects", "subjects"), ("answers", "answers")):
         assert s[comp, "ablated_accuracy"] == ablation.ablate_role_values(model, batch, role, "mean").accuracy
     assert s["stage_I", "ablated_accuracy"] == ablation.ablate_hook(model, batch, "blocks.0.mlp.hook_relation",

@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from icr_interp import cli
-from icr_interp.checkpoint import load_checkpoint
+from icr_interp.storage.checkpoint import load_checkpoint
 from icr_interp.cli import main, pair_balance, position_labels
-from icr_interp.knowledge import KnowledgeBase
-from icr_interp.presets import DESCRIPTIONS, PRESETS, build_from_preset, get_preset
-from icr_interp.train import evaluate
+from icr_interp.task.knowledge import KnowledgeBase
+from icr_interp.pipeline.presets import DESCRIPTIONS, PRESETS, build_from_preset, get_preset
+from icr_interp.training.trainer import evaluate
 
 
 # ------------------------------------------------------------------ presets
@@ -199,8 +199,8 @@ def test_reproduce_prints_labelled_attention_and_saves(tmp_path, capsys, monkeyp
 # ------------------------------------------------------------------ one config, one number, from every entry point
 def test_run_train_and_sweep_report_the_same_held_out_accuracy(tmp_path, capsys):
     from icr_interp import run
-    from icr_interp.config import RunConfig
-    from icr_interp.sweep import load_results
+    from icr_interp.pipeline.config import RunConfig
+    from icr_interp.experiments.sweep import load_results
 
     seed = 11
     direct = run(RunConfig.from_preset("tiny", seed=seed)).metrics["accuracy"]

@@ -1,4 +1,4 @@
-"""The TransformerLens line switch (icr_interp.compat) and the 4.x mirror of HookedTransformer.
+"""The TransformerLens line switch (icr_interp.tl.compat) and the 4.x mirror of HookedTransformer.
 
 Runs on either line.  On 3.x the mirror is built beside TransformerLens's own
 ``HookedTransformer`` and must match it exactly: hook names and order,
@@ -23,9 +23,10 @@ from safetensors.torch import load_file
 from test_model import GOLDEN_HOOKS
 
 import icr_interp
-from icr_interp import ICRecallTask, KnowledgeBase, build_model, compat, load_checkpoint
-from icr_interp.tl_config import MirrorConfig
-from icr_interp.tl_mirror import MirrorTransformer
+from icr_interp import ICRecallTask, KnowledgeBase, build_model, load_checkpoint
+from icr_interp.tl import compat
+from icr_interp.tl.config import MirrorConfig
+from icr_interp.tl.mirror import MirrorTransformer
 
 ROOT = Path(__file__).resolve().parents[1]
 STOCK = dict(n_layers=2, d_model=32, n_heads=2, d_head=16, d_mlp=64, d_vocab=50, n_ctx=8, act_fn="gelu",
@@ -215,8 +216,9 @@ OTHER_LINE_SCRIPT = """
 import json, sys, torch
 torch.set_num_threads(1)
 from safetensors.torch import save_file
-from icr_interp import ICRecallTask, KnowledgeBase, build_model, compat, save_checkpoint
-from icr_interp.train import finetune
+from icr_interp import ICRecallTask, KnowledgeBase, build_model, save_checkpoint
+from icr_interp.tl import compat
+from icr_interp.training.trainer import finetune
 out = sys.argv[1]
 task = ICRecallTask(KnowledgeBase.random(16, 4, 16, 1.0, seed=0), n_pairs=2)
 model = build_model(task, n_heads=2)

@@ -20,12 +20,12 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from icr_interp import fsio
-from icr_interp.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from icr_interp.knowledge import KnowledgeBase
-from icr_interp.presets import build_from_preset
-from icr_interp.sweep import ResultsError, load_results
-from icr_interp.train import finetune
+from icr_interp.storage import fsio
+from icr_interp.storage.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from icr_interp.task.knowledge import KnowledgeBase
+from icr_interp.pipeline.presets import build_from_preset
+from icr_interp.experiments.sweep import ResultsError, load_results
+from icr_interp.training.trainer import finetune
 
 SETTINGS = dict(max_examples=12, deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
@@ -139,7 +139,7 @@ def test_stale_temporaries_are_cleaned_but_foreign_lookalikes_kept(models, prist
 @pytest.mark.parametrize("damage, fragment", [
     (lambda c: c["model"].update(scales=json.loads("[" * 5000 + "]" * 5000)), "nested"),
     (lambda c: c["model"].update(seed="__BIG__"), "integer of 5000 digits"),
-    (lambda c: c.update(library_version="99.0.0"), "written by icr_interp 99.0.0, newer than this library (0.1.0)"),
+    (lambda c: c.update(library_version="99.0.0"), "written by icr_interp 99.0.0, newer than this library (0.2.0)"),
     (lambda c: c["train"].update(lr="0.01"), "invalid train config ("),  # beartype or validate() words it
     (lambda c: c["task"].update(n_pairs=2.5), "invalid task config ("),
 ])
@@ -161,7 +161,7 @@ def test_nan_weights_raise_checkpoint_error(pristine, tmp_path):
     tensors = safetensors.torch.load_file(str(ck / "model.safetensors"))
     tensors["blocks.0.attn.W_Q"][0, 0, 0] = float("nan")
     safetensors.torch.save_file(tensors, str(ck / "model.safetensors"))
-    from icr_interp.checkpoint.files import sha256
+    from icr_interp.storage.checkpoint.files import sha256
 
     edit_config(ck, lambda c: c.update(weights_sha256=sha256(ck / "model.safetensors")))
     assert "non-finite values (NaN or inf) in blocks.0.attn.W_Q" in one_line_checkpoint_error(ck)
@@ -271,7 +271,7 @@ def test_random_results_files_load_or_fail_with_one_line(tmp_path, lines, ending
 @given(lines=LINES)
 def test_cli_sweep_on_random_results_files_exits_cleanly(tmp_path, lines, capsys, monkeypatch):
     """icr-interp sweep on a damaged results file: exit 0, or 1 / 2 with one line (runs faked: no training)."""
-    import icr_interp.pipeline
+    import icr_interp.pipeline.runner
     from icr_interp.cli import main
 
     class Fake:
@@ -281,7 +281,7 @@ def test_cli_sweep_on_random_results_files_exits_cleanly(tmp_path, lines, capsys
         def record(self):
             return dict(key=self.config.key, config=self.config.to_dict(), accuracy=0.5)
 
-    monkeypatch.setattr(icr_interp.pipeline, "run", Fake)
+    monkeypatch.setattr(icr_interp.pipeline.runner, "run", Fake)
     path = tmp_path / f"r{uuid.uuid4().hex}.jsonl"
     path.write_text("\n".join(lines) + "\n")
     code = main(["sweep", "--preset", "tiny", "--seeds", "0", "--workers", "0", "--out", str(path)])
@@ -295,8 +295,8 @@ def test_cli_sweep_on_random_results_files_exits_cleanly(tmp_path, lines, capsys
 def test_bad_token_ids_are_one_line_value_errors_at_the_analysis_entry_points(models, bad_id):
     from dataclasses import replace
 
-    from icr_interp import patching
-    from icr_interp.templates import score_templates
+    from icr_interp.analysis import patching
+    from icr_interp.analysis.templates import score_templates
 
     task, a, _ = models
     clean = task.sample(4, seed=0)
@@ -312,7 +312,7 @@ def test_bad_token_ids_are_one_line_value_errors_at_the_analysis_entry_points(mo
 
 
 def test_evaluate_of_zero_prompts_and_an_infinite_learning_rate_are_refused(models):
-    from icr_interp.train import evaluate
+    from icr_interp.training.trainer import evaluate
 
     task, a, _ = models
     with pytest.raises(ValueError, match="n_prompts must be a positive integer, got 0"):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from icr_interp import fsio
+from icr_interp.storage import fsio
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from icr_interp.knowledge import KnowledgeBase
+from icr_interp.task.knowledge import KnowledgeBase
 
 
 def shared_answers(kb: KnowledgeBase) -> set[int]:

@@ -16,9 +16,9 @@ import pytest
 import torch
 
 import icr_interp
-from icr_interp.knowledge import KnowledgeBase
-from icr_interp.memory import AssociativeMemory, MemoryScales, construct_memory, pick_construction
-from icr_interp.task import ICRecallTask
+from icr_interp.task.knowledge import KnowledgeBase
+from icr_interp.model.memory.associative import AssociativeMemory, MemoryScales, construct_memory, pick_construction
+from icr_interp.task.prompts import ICRecallTask
 
 GAIN = MemoryScales().logit_gain
 # Stage II of a perfectly inferred relation fires 1 (subject) + 1 (relation) - 1.5 = 0.5.
@@ -281,7 +281,7 @@ def test_fast_and_full_training_losses_and_gradients_agree(impl):
 
     import torch.nn.functional as F
 
-    from icr_interp.train import batch_logits
+    from icr_interp.training.trainer import batch_logits
 
     task = ICRecallTask(KnowledgeBase.random(64, 8, 64, 1.0, seed=0), n_pairs=4)
     model = icr_interp.build_model(task, memory_impl="dense")

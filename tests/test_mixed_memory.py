@@ -16,9 +16,9 @@ import torch
 import torch.nn.functional as F
 
 import icr_interp
-from icr_interp.knowledge import KnowledgeBase
-from icr_interp.memory import MemoryScales, construct_memory, pick_construction
-from icr_interp.task import ICRecallTask
+from icr_interp.task.knowledge import KnowledgeBase
+from icr_interp.model.memory.associative import MemoryScales, construct_memory, pick_construction
+from icr_interp.task.prompts import ICRecallTask
 
 SCALES = MemoryScales()
 # A context whose every pair votes for r alone: rho = relation[r] (mass capped at 1), and the
@@ -65,7 +65,7 @@ def ideal_input(model, task, query, relation, context):
 
 
 def posterior_mass(task, query, relation, context) -> torch.Tensor:
-    """[n vocab] Bayes posterior mass of each answer given the shown pairs and the query (icr_interp.ceiling)."""
+    """[n vocab] Bayes posterior mass of each answer given the shown pairs and the query (icr_interp.task.ceiling)."""
     table, k = task.kb.table, context.shape[1]
     shown = table[relation[:, None], context]
     consistent = (table[:, context] == shown[None]).all(-1) & (table[:, query] >= 0)  # [relation n]

@@ -5,9 +5,9 @@ import torch
 from jaxtyping import TypeCheckError
 
 import icr_interp
-from icr_interp.memory import AssociativeMemory
-from icr_interp.task import Layout
-from icr_interp.train import query_logits
+from icr_interp.model.memory.associative import AssociativeMemory
+from icr_interp.task.prompts import Layout
+from icr_interp.training.trainer import query_logits
 
 GOLDEN_HOOKS = [
     "hook_embed",
@@ -66,7 +66,7 @@ def test_golden_hook_names(shared_task):
 
 
 def test_only_attention_qk_trains(shared_task):
-    from icr_interp.train import trainable_names
+    from icr_interp.training.trainer import trainable_names
 
     model = icr_interp.build_model(shared_task)
     assert sorted(trainable_names(model)) == ["blocks.0.attn.W_K", "blocks.0.attn.W_Q", "blocks.0.attn.b_K",
@@ -146,7 +146,7 @@ def test_variants_build_and_run(shared_task, n_heads, n_layers):
     last = n_layers - 1
     assert f"blocks.{last}.mlp.hook_relation" in model.hook_dict
     assert len([n for n in model.hook_dict if n.endswith("hook_relation")]) == 1
-    from icr_interp.train import trainable_names
+    from icr_interp.training.trainer import trainable_names
 
     trainable = trainable_names(model)
     assert {n.split(".")[-1] for n in trainable} == {"W_Q", "W_K", "b_Q", "b_K"}
@@ -184,6 +184,6 @@ def test_config_round_trips(shared_task):
     model = icr_interp.build_model(shared_task, init_tilt=1.5, seed=2)
     cfg = model.icr_config.to_dict()
     assert cfg["construction"] == "pair" and cfg["d_model"] == 128 and cfg["init_tilt"] == 1.5 and cfg["seed"] == 2
-    again = icr_interp.model.model_from_config(shared_task, icr_interp.ModelConfig(**cfg))
+    again = icr_interp.model.builder.model_from_config(shared_task, icr_interp.ModelConfig(**cfg))
     for (n, p), (_, q) in zip(model.named_parameters(), again.named_parameters()):
         assert torch.equal(p, q), n

@@ -5,15 +5,18 @@ import os
 
 import pytest
 import torch
-from icr_interp.compat import HookedTransformer, HookedTransformerConfig
+from icr_interp.tl.compat import HookedTransformer, HookedTransformerConfig
 
 os.environ.setdefault("TQDM_DISABLE", "1")  # transformer_lens.patching's per-cell progress bars
 import transformer_lens.patching as tl_patching  # noqa: E402
 
-from icr_interp import Batch, ICRecallTask, KnowledgeBase, Layout, ablation, build_model, forward  # noqa: E402
-from icr_interp import patching as P  # noqa: E402
-from icr_interp import reliability, stats  # noqa: E402
-from icr_interp.train import finetune  # noqa: E402
+from icr_interp import Batch, ICRecallTask, KnowledgeBase, Layout, build_model, forward  # noqa: E402
+
+from icr_interp.analysis import ablation
+from icr_interp.analysis import patching as P  # noqa: E402
+from icr_interp import stats  # noqa: E402
+from icr_interp.analysis import reliability
+from icr_interp.training.trainer import finetune  # noqa: E402
 
 # Untrained fixtures are at chance: their role patching warns that it is unreliable (asserted where it matters).
 pytestmark = pytest.mark.filterwarnings("ignore:normalised patching values:RuntimeWarning",
@@ -364,10 +367,10 @@ PUBLIC = ("fast_path_applies", "role_masks", "pearson", "LogitDiff", "logit_diff
 def test_every_first_release_name_is_still_exported():
     import importlib
 
-    module = importlib.import_module("icr_interp.patching")
+    module = importlib.import_module("icr_interp.analysis.patching")
     assert set(PUBLIC) <= set(module.__all__)
     for name in PUBLIC:
-        exec(f"from icr_interp.patching import {name}", {})
+        exec(f"from icr_interp.analysis.patching import {name}", {})
     assert P.fast_path_applies is forward.query_path_applies  # one check of when the one-layer path applies
     assert P.pearson is stats.pearson
     assert P.pearson(torch.tensor([1.0, 2.0, 3.0, float("nan")]), torch.tensor([2.0, 4.0, 7.0, 1.0])) == \

@@ -13,9 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from icr_interp import ICRecallTask, KnowledgeBase, build_model, load_checkpoint, probing, save_checkpoint
+from icr_interp import ICRecallTask, KnowledgeBase, build_model, load_checkpoint, save_checkpoint
+
+from icr_interp.experiments import checkpoint_analysis as probing
 from icr_interp.seeds import derive_seed
-from icr_interp.train import evaluate
+from icr_interp.training.trainer import evaluate
 from _browser import REMOTE, offline_chromium, open_offline
 
 REPO = Path(__file__).resolve().parents[1]

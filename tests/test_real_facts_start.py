@@ -10,7 +10,7 @@ largest city rewarded ambiguous contexts (docs/theory.md §2b, "The start as a f
 import torch
 
 import icr_interp as ii
-from icr_interp.mixed_memory import crosstalk_free
+from icr_interp.model.memory.reads import crosstalk_free
 
 HAND = "case_studies/data/hand_countries.csv"
 

@@ -5,8 +5,8 @@ import math
 import numpy as np
 import pytest
 
-from icr_interp.sample_search import SearchRule, chain_summary, n_star, next_sizes, summarize
-from icr_interp.scaling import bootstrap_fits
+from icr_interp.experiments.n_star import SearchRule, chain_summary, n_star, next_sizes, summarize
+from icr_interp.experiments.fits import bootstrap_fits
 
 
 def simulate(record, rule=SearchRule(), criteria=("accuracy", "loss")):
@@ -104,7 +104,7 @@ def test_constant_n_star_is_a_tie_with_zero_exponents():
 
 
 def test_summary_lines_and_per_n():
-    from icr_interp.config import RunConfig
+    from icr_interp.pipeline.config import RunConfig
 
     rule = SearchRule(tolerance=0.0)
     lines = []
@@ -125,8 +125,8 @@ def fake_run(config) -> dict:
 
 
 def test_run_search_through_the_sweep_resumes_and_summarises_partial_results(tmp_path):
-    from icr_interp.config import RunConfig
-    from icr_interp.sample_search import run_search
+    from icr_interp.pipeline.config import RunConfig
+    from icr_interp.experiments.n_star import run_search
 
     rule = SearchRule(n_max=64, tolerance=0.0)
     chains = {f"seed {s}": RunConfig.from_preset("tiny", seed=s) for s in (0, 1)}
@@ -145,8 +145,8 @@ def test_run_search_through_the_sweep_resumes_and_summarises_partial_results(tmp
 
 def test_cached_only_replays_each_chain_as_far_as_its_own_runs_go(tmp_path):
     """A chain with no runs (e.g. seeds not started yet) does not stop the replay of the finished ones."""
-    from icr_interp.config import RunConfig
-    from icr_interp.sample_search import run_search
+    from icr_interp.pipeline.config import RunConfig
+    from icr_interp.experiments.n_star import run_search
 
     rule = SearchRule(n_max=64, tolerance=0.0)
     out = tmp_path / "results.jsonl"

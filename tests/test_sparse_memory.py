@@ -11,11 +11,11 @@ import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import icr_interp
-from icr_interp.forward import query_logits
-from icr_interp.knowledge import KnowledgeBase
-from icr_interp.memory import DENSE_MAX_WEIGHTS, MemoryScales, choose_impl, construct_memory
-from icr_interp.sparse_memory import SparseMemory
-from icr_interp.task import ICRecallTask
+from icr_interp.model.forward import query_logits
+from icr_interp.task.knowledge import KnowledgeBase
+from icr_interp.model.memory.associative import DENSE_MAX_WEIGHTS, MemoryScales, choose_impl, construct_memory
+from icr_interp.model.memory.sparse import SparseMemory
+from icr_interp.task.prompts import ICRecallTask
 
 N_WIDE = ("hook_rel_pre", "hook_rel_post", "hook_pre", "hook_post")
 HOOKS = ("hook_rel_pre", "hook_rel_post", "hook_relation", "hook_pre", "hook_post")

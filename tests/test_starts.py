@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 import icr_interp as ii
-from icr_interp.train import trainable_names
+from icr_interp.training.trainer import trainable_names
 
 
 def _task(S=32, R=4, k=3, seed=2):
@@ -104,7 +104,7 @@ def test_positional_attention_with_finetune_defaults_is_pairwise_per_example():
 def test_default_recipe_follows_the_parametrisation():
     from transformer_lens import HookedTransformer, HookedTransformerConfig
 
-    from icr_interp.train import default_recipe
+    from icr_interp.training.trainer import default_recipe
 
     task = _task()
     assert default_recipe(ii.build_model(task)) == dict(lr=0.003, schedule="constant")

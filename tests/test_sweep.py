@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from icr_interp import fsio
-from icr_interp.config import RunConfig
-from icr_interp.sweep import (TIMING_FIELDS, ResultsError, RunSpec, SweepError, axes_of, expand_grid, flat,
+from icr_interp.storage import fsio
+from icr_interp.pipeline.config import RunConfig
+from icr_interp.experiments.sweep import (TIMING_FIELDS, ResultsError, RunSpec, SweepError, axes_of, expand_grid, flat,
                               load_results, run_one, run_sweep, to_csv)
 
 MARKER_ENV = "ICR_SWEEP_TEST_DIR"
@@ -110,7 +110,7 @@ def test_local_sweep_writes_one_line_per_run(local_sweep, tmp_path):
         assert r["n_triplets"] == 64 and r["construction"] == "pair" and flat(r)["steps"] == 20
         assert RunConfig.from_dict(r["config"]).key == r["key"]
         assert abs(sum(r["query_attention"]) - 1.0) < 1e-5
-        if importlib.util.find_spec("icr_interp.templates") is not None:
+        if importlib.util.find_spec("icr_interp.analysis.templates") is not None:
             names = ("pairwise", "balance", "pair_mass")
             assert all(0.0 <= r[n] <= 1.0 and 0.0 <= r[f"mean_row_{n}"] <= 1.0 for n in names)
             assert r["best"] in ("pairwise", "answers", "subjects", "uniform", "sink")
@@ -166,7 +166,7 @@ def test_resume_after_sigkill_mid_sweep(tmp_path, monkeypatch):
     specs, out = _fake_specs(6), tmp_path / "r.jsonl"
     env = dict(os.environ, ICR_SWEEP_TEST_SLEEP="0.3")
     script = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
-              "import test_sweep as t\nfrom icr_interp.sweep import run_sweep\n"
+              "import test_sweep as t\nfrom icr_interp.experiments.sweep import run_sweep\n"
               f"run_sweep(t._fake_specs(6), {str(out)!r}, workers=0, progress=False, run_fn=t.fake_run)\n")
     proc = subprocess.Popen([sys.executable, "-c", script], env=env, start_new_session=True)
     try:
@@ -267,7 +267,7 @@ def test_workers_die_with_a_killed_sweep(tmp_path, monkeypatch):
     monkeypatch.setenv(MARKER_ENV, str(tmp_path))
     env = dict(os.environ, ICR_SWEEP_TEST_SLEEP="60")
     script = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
-              "import test_sweep as t\nfrom icr_interp.sweep import run_sweep\n"
+              "import test_sweep as t\nfrom icr_interp.experiments.sweep import run_sweep\n"
               f"run_sweep(t._fake_specs(2), {str(tmp_path / 'r.jsonl')!r}, workers=2, progress=False, "
               "run_fn=t.fake_run)\n")
     proc = subprocess.Popen([sys.executable, "-c", script], env=env)

@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from icr_interp.knowledge import KnowledgeBase
-from icr_interp.task import ROLE_NAMES, ICRecallTask
-from icr_interp.vocab import BOS, Vocabulary
+from icr_interp.task.knowledge import KnowledgeBase
+from icr_interp.task.prompts import ROLE_NAMES, ICRecallTask
+from icr_interp.task.vocab import BOS, Vocabulary
 
 B = 64  # prompts per sampled batch
 

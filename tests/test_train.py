@@ -5,8 +5,8 @@ import torch
 import torch.nn.functional as F
 
 import icr_interp
-import icr_interp.train as train
-from icr_interp.train import TrainConfig, evaluate, finetune, query_logits
+import icr_interp.training.trainer as train
+from icr_interp.training.trainer import TrainConfig, evaluate, finetune, query_logits
 
 TRAINABLE = ("blocks.0.attn.W_Q", "blocks.0.attn.W_K", "blocks.0.attn.b_Q", "blocks.0.attn.b_K")
 
@@ -189,11 +189,11 @@ def test_evaluate_is_deterministic_and_counts(shared_task):
     b = evaluate(model, shared_task, n_prompts=300, batch_size=128)
     assert a == b and a["n_prompts"] == 300
     # Same prompts as one sampling call with the same generator: accuracy by hand.
-    from icr_interp.train import EVAL_SALT
+    from icr_interp.training.trainer import EVAL_SALT
 
     gen = torch.Generator().manual_seed(0 ^ EVAL_SALT)
     batches = [shared_task.sample(n, generator=gen) for n in (128, 128, 44)]
-    from icr_interp.forward import query_logits
+    from icr_interp.model.forward import query_logits
 
     with torch.no_grad():  # the query-only forward, as evaluate runs it (near-ties make argmax rounding-sensitive)
         correct = sum(int((query_logits(model, bt.tokens, bt.layout.query_pos).argmax(-1) == bt.answers).sum())

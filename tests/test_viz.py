@@ -18,7 +18,7 @@ from jaxtyping import jaxtyped
 from PIL import Image
 
 from icr_interp import ICRecallTask, KnowledgeBase, build_model, viz
-from icr_interp.task import Layout
+from icr_interp.task.prompts import Layout
 from _browser import REMOTE, offline_chromium, open_offline
 
 
@@ -187,7 +187,7 @@ def png_images(page: str) -> list[Image.Image]:
 
 @pytest.fixture(scope="module")
 def scores(model, batch):
-    templates = pytest.importorskip("icr_interp.templates")
+    templates = pytest.importorskip("icr_interp.analysis.templates")
     return templates.score_templates(model, batch).to_dict()
 
 
@@ -264,8 +264,8 @@ def test_report_renders_template_scores_as_a_table(tmp_path, task, model, batch,
 
 
 def test_full_report_computes_scores_and_patching(tmp_path, task, model, batch):
-    templates = pytest.importorskip("icr_interp.templates")
-    patching = pytest.importorskip("icr_interp.patching")
+    templates = pytest.importorskip("icr_interp.analysis.templates")
+    patching = pytest.importorskip("icr_interp.analysis.patching")
     path = viz.full_report(tmp_path / "full.html", model, task, batch, seed=1)
     page = path.read_text(encoding="utf-8")
     corrupted = task.corrupt(batch, "relation", seed=1)
@@ -356,7 +356,7 @@ def test_plot_patching_is_a_diverging_heatmap_centred_at_zero():
 
 
 def test_plot_training_curves_one_panel_per_series():
-    from icr_interp.train import History
+    from icr_interp.training.trainer import History
 
     hist = History(step=[0, 1, 2, 3], loss=[2.0, 1.5, 1.0, 0.5], accuracy=[0.1, 0.4, 0.7, 1.0])
     fig = viz.plot_training_curves(hist)
@@ -413,7 +413,7 @@ def test_the_default_layer_is_the_last(task, batch):
 
 
 def test_slot_roles_use_the_roles_vocabulary(batch):
-    from icr_interp import roles
+    from icr_interp.task import roles
 
     names = viz.slot_roles(batch)
     assert names == ["bos", "subject_1", "answer_1", "subject_2", "answer_2", "query"]
@@ -431,8 +431,8 @@ def test_report_module_renders_only(tmp_path):
     tree = ast.parse(inspect.getsource(report))
     imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)} | {
         a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
-    assert not imported & {"icr_interp.templates", "icr_interp.patching", "icr_interp.train", "icr_interp.circuit",
-                           "icr_interp.attention"}
+    assert not imported & {"icr_interp.analysis.templates", "icr_interp.analysis.patching", "icr_interp.training.trainer", "icr_interp.analysis.circuit",
+                           "icr_interp.analysis.attention"}
     evaluation = {"accuracy": 0.96875, "loss": 0.125, "n_prompts": 64}
     path = report.write_report(tmp_path / "r.html", "given numbers", [report.accuracy_section(evaluation, seed=3)])
     page = path.read_text(encoding="utf-8")

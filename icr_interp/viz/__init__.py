@@ -17,7 +17,7 @@ One job per module:
   :func:`save_report` / :func:`full_report`, which compute and then render.
 
 Every analysis reads the last layer unless told otherwise
-(:func:`icr_interp.attention.resolve_layer`).
+(:func:`icr_interp.analysis.attention.resolve_layer`).
 """
 
 from icr_interp.viz import offline, views  # noqa: I001  (order: report imports these)

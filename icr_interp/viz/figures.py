@@ -110,7 +110,7 @@ def plot_role_patching(by_role, pattern_by_role, kind: str, n_prompts: int) -> F
     """One heatmap of a corruption's role patching: hook rows, then query-row pattern rows, x roles.
 
     Args:
-        by_role, pattern_by_role: :class:`~icr_interp.patching.RolePatchResult` (same roles).
+        by_role, pattern_by_role: :class:`~icr_interp.analysis.patching.RolePatchResult` (same roles).
         kind: the corruption (``"relation"`` or ``"query"``), for the title.
         n_prompts: prompts the effects are averaged over, for the title.
     """
@@ -126,7 +126,7 @@ def plot_training_curves(history, keys: list[str] | None = None, step_key: str =
 
     Args:
         history: a dict of equal-length lists (or an object with ``to_dict()``,
-            e.g. :class:`icr_interp.train.History`).
+            e.g. :class:`icr_interp.training.trainer.History`).
         keys: which series (default: every numeric list but ``step_key``).
         step_key: the x axis (default ``"step"``; indices if absent).
     """
@@ -166,7 +166,7 @@ def plot_circuit_series(series, columns: tuple[str, ...] = ("relation", "lookup"
     """Every circuit component against the training step, one panel per column.
 
     Args:
-        series: a :class:`~icr_interp.circuit.CircuitSeries`.
+        series: a :class:`~icr_interp.analysis.circuit.CircuitSeries`.
         columns: which columns of the circuit summaries (patching effects, ablation).
         n_prompts: prompts each checkpoint was measured on, for the titles.
     """

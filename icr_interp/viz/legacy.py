@@ -4,19 +4,19 @@
 template scores and patching results as given); :func:`full_report` also
 computes the scores and the role patching.  Both hand precomputed numbers to
 :mod:`icr_interp.viz.report`, which only renders.  For a checkpoint, prefer
-``icr_interp.probing.patching_report`` (accuracy, scores table, patching,
+``icr_interp.experiments.checkpoint_analysis.patching_report`` (accuracy, scores table, patching,
 circuit summary) or ``probes/patching.py CHECKPOINT --out DIR``.
 """
 
 import os
 from pathlib import Path
 
-from icr_interp.attention import query_row, resolve_layer
-from icr_interp.compat import TLModel
-from icr_interp.task import Batch, ICRecallTask
+from icr_interp.analysis.attention import query_row, resolve_layer
+from icr_interp.tl.compat import TLModel
+from icr_interp.task.prompts import Batch, ICRecallTask
 from icr_interp.viz import report
 from icr_interp.viz.views import _vocab, layer_pattern, gather_slots, pattern_view, role_labels, slot_labels
-from icr_interp.vocab import Vocabulary
+from icr_interp.task.vocab import Vocabulary
 
 
 def save_report(path: str | os.PathLike, model: TLModel, batch: Batch, *, scores=None, patching=None,
@@ -33,7 +33,7 @@ def save_report(path: str | os.PathLike, model: TLModel, batch: Batch, *, scores
         path: the HTML file; written atomically.
         model: any HookedTransformer.
         batch: prompts with their layout.
-        scores: template scores (:class:`~icr_interp.templates.TemplateScores`, its dict, or any dict).
+        scores: template scores (:class:`~icr_interp.analysis.templates.TemplateScores`, its dict, or any dict).
         patching: patching results (a dict or object with ``to_dict()``; see
             :func:`~icr_interp.viz.patching_panels`).
         vocab: a task or vocabulary for token strings (``None``: token ids).
@@ -91,12 +91,13 @@ def full_report(path: str | os.PathLike, model: TLModel, task: ICRecallTask, bat
                 corruptions: tuple[str, ...] = ("relation", "query"), seed: int = 0, **options) -> Path:
     """Compute template scores and role patching for ``batch``, then :func:`save_report` them.
 
-    Scores come from :func:`icr_interp.templates.score_templates`; for every
-    corruption kind, :func:`icr_interp.patching.patch_by_role` (hook x role)
-    and :func:`~icr_interp.patching.patch_pattern_by_role` (query-row pattern x
+    Scores come from :func:`icr_interp.analysis.templates.score_templates`; for every
+    corruption kind, :func:`icr_interp.analysis.patching.patch_by_role` (hook x role)
+    and :func:`~icr_interp.analysis.patching.patch_pattern_by_role` (query-row pattern x
     source role) on ``task.corrupt(batch, kind, seed)``.
     """
-    from icr_interp import patching, templates  # analyses sit upstream of views; import only when used
+    from icr_interp import templates  # analyses sit upstream of views; import only when used
+    from icr_interp.analysis import patching
 
     scores = templates.score_templates(model, batch)
     results = {}

@@ -2,14 +2,14 @@
 
 This module renders; it never runs a model or an analysis.  Whoever builds a
 report computes the numbers first (held-out accuracy with
-:func:`icr_interp.train.evaluate`, template scores, patching, a circuit
+:func:`icr_interp.training.trainer.evaluate`, template scores, patching, a circuit
 summary, attention patterns) and passes them to the section builders below,
 each of which returns an HTML fragment; :func:`render_report` joins them into
 one document with circuitsvis's bundled script inlined once and every figure
 as a base64 PNG, and :func:`write_report` writes it atomically
-(:mod:`icr_interp.fsio`).  Every caption says how many prompts it shows.
+(:mod:`icr_interp.storage.fsio`).  Every caption says how many prompts it shows.
 
-``icr_interp.probing.patching_report`` is the one caller that computes
+``icr_interp.experiments.checkpoint_analysis.patching_report`` is the one caller that computes
 everything a checkpoint's report needs.
 """
 
@@ -21,7 +21,7 @@ from jaxtyping import Float
 from matplotlib.figure import Figure
 from torch import Tensor
 
-from icr_interp.fsio import write_text
+from icr_interp.storage.fsio import write_text
 from icr_interp.viz import figures, tables
 from icr_interp.viz.offline import document, fragment
 from icr_interp.viz.views import AttentionView
@@ -57,7 +57,7 @@ def summary_section(info: dict, heading: str = "Model and prompts") -> str:
 
 
 def accuracy_section(evaluation: dict, seed: int | None = None, stored: float | None = None) -> str:
-    """The model's held-out accuracy and loss, as :func:`icr_interp.train.evaluate` returned them.
+    """The model's held-out accuracy and loss, as :func:`icr_interp.training.trainer.evaluate` returned them.
 
     Args:
         evaluation: ``{"accuracy", "loss", "n_prompts", ...}``.

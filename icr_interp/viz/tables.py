@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-from icr_interp.fsio import plain
+from icr_interp.storage.fsio import plain
 
 SCORE_COLUMNS = (("pairwise", "pairwise"), ("balance", "balance"), ("pair_mass", "pair mass"), ("best", "best"))
 
@@ -72,7 +72,7 @@ def scores_table(scores, caption: str | None = None) -> str:
     """Template scores of every head as one table: per example, TV to each template, mean row.
 
     Args:
-        scores: a :class:`~icr_interp.templates.TemplateScores` or its ``to_dict()``.
+        scores: a :class:`~icr_interp.analysis.templates.TemplateScores` or its ``to_dict()``.
         caption: the table caption (say how many prompts were scored).
 
     The head that matters (the scores' headline) is marked with ``*`` and bold.
@@ -102,7 +102,7 @@ def _score_cell(v) -> str:
 
 
 def circuit_table(summary, caption: str | None = None) -> str:
-    """A :class:`~icr_interp.circuit.CircuitSummary` (or its ``to_dict()``) as a table, verdict below."""
+    """A :class:`~icr_interp.analysis.circuit.CircuitSummary` (or its ``to_dict()``) as a table, verdict below."""
     d = plain(summary)
     head = ("<tr><th>component</th><th>what it is</th><th>relation inference (relation swap)</th>"
             "<th>answer lookup (query swap)</th><th>accuracy when ablated</th></tr>")

@@ -1,11 +1,11 @@
 """circuitsvis attention views of IC-recall prompts, tokens labelled by role, rendering offline.
 
-A view is built from one example of a :class:`~icr_interp.task.Batch`: its
-attention pattern at one layer (by default the last, :func:`icr_interp.attention.resolve_layer`)
+A view is built from one example of a :class:`~icr_interp.task.prompts.Batch`: its
+attention pattern at one layer (by default the last, :func:`icr_interp.analysis.attention.resolve_layer`)
 and its token strings prefixed by their role (:func:`role_labels`): ``s2:s13``
 is the second context subject, token ``s13``; ``a2:a40`` its answer;
 ``query:s3`` the query subject.  Positions come from each example's own layout
-through :mod:`icr_interp.roles`, so examples with different layouts line up by
+through :mod:`icr_interp.task.roles`, so examples with different layouts line up by
 role, not by position.
 
 **Colour scale.**  circuitsvis colours a cell by ``value / max_value`` (clipped
@@ -29,12 +29,12 @@ from circuitsvis.utils.render import RenderedHTML
 from jaxtyping import Float
 from torch import Tensor
 
-from icr_interp import roles
-from icr_interp.attention import pattern_name, query_row, query_rows, resolve_layer
-from icr_interp.compat import TLModel
-from icr_interp.task import Batch, ICRecallTask
-from icr_interp.tokens import check_model_tokens
-from icr_interp.vocab import Vocabulary
+from icr_interp.task import roles
+from icr_interp.analysis.attention import pattern_name, query_row, query_rows, resolve_layer
+from icr_interp.tl.compat import TLModel
+from icr_interp.task.prompts import Batch, ICRecallTask
+from icr_interp.task.tokens import check_model_tokens
+from icr_interp.task.vocab import Vocabulary
 
 VIEW_KINDS = ("heads", "patterns", "query")  # attention_heads | attention_patterns | query-row tokens
 SCALES = ("query", "full")  # colour scale: the query row's max | circuitsvis's default (1.0)
@@ -48,7 +48,7 @@ def _vocab(task_or_vocab: ICRecallTask | Vocabulary | None) -> Vocabulary | None
 
 
 def slot_roles(batch: Batch) -> list[str]:
-    """The role (:mod:`icr_interp.roles` spelling) of every slot :func:`query_attention` returns.
+    """The role (:mod:`icr_interp.task.roles` spelling) of every slot :func:`query_attention` returns.
 
     ``bos`` (when every prompt has one), ``subject_1``, ``answer_1``, ..., ``query``.
     """

@@ -1,0 +1,102 @@
+"""The alias table: where each name of the flat package (0.1) lives now, and the one place old names resolve.
+
+Release 0.2 moved the flat modules into layered subpackages (``task``, ``model``, ``training``, ``analysis``,
+``run``, ``storage``, ``experiments``, ``tl``, ``viz``). Old import paths keep working through
+:class:`MovedFinder`, a PEP 451 finder on ``sys.meta_path``: importing ``icr_interp.templates`` returns the module
+object of ``icr_interp.analysis.templates`` (one module, two names, so monkeypatching either patches both) and
+warns once per old name with a :class:`DeprecationWarning` that names the new path. Submodules of moved packages
+(``icr_interp.patching.core``) follow their package. The library itself imports none of the old names; the test
+suite proves it by turning these warnings into errors outside the alias tests.
+"""
+
+import importlib
+import importlib.abc
+import importlib.util
+import sys
+import warnings
+
+PACKAGE = "icr_interp"
+
+# old module (relative to the package) -> new module. Old packages carry their submodules with them.
+MOVED: dict[str, str] = {
+    "compat": "tl.compat", "tl_config": "tl.config", "tl_components": "tl.components", "tl_mirror": "tl.mirror",
+    "knowledge": "task.knowledge", "vocab": "task.vocab", "tokens": "task.tokens", "roles": "task.roles",
+    "ceiling": "task.ceiling",
+    "basis": "model.basis", "attention_params": "model.attention_params", "forward": "model.forward",
+    "memory": "model.memory", "sparse_memory": "model.memory.sparse", "mixed_memory": "model.memory.reads",
+    "pretrain": "model.memory.pretrained",
+    "train": "training.trainer",
+    "attention": "analysis.attention", "templates": "analysis.templates", "pairing_null": "analysis.pairing_null",
+    "combined_rows": "analysis.combined_rows", "reliability": "analysis.reliability", "stats": "analysis.stats",
+    "ablation": "analysis.ablation", "circuit": "analysis.circuit", "layer_roles": "analysis.job_split",
+    "dynamics": "analysis.dynamics", "patching": "analysis.patching",
+    "config": "pipeline.config", "presets": "pipeline.presets",
+    "fsio": "storage.fsio", "checkpoint": "storage.checkpoint",
+    "sweep": "experiments.sweep", "sample_search": "experiments.n_star", "scaling": "experiments.fits",
+    "probing": "experiments.checkpoint_analysis",
+}
+
+# Module names that stay public at the top level without a warning (``ii.patching`` is the documented spelling).
+KEPT = {"patching": "analysis.patching", "ablation": "analysis.ablation", "circuit": "analysis.circuit",
+        "viz": "viz"}
+
+_warned: set[str] = set()
+
+
+def new_name(old: str) -> str | None:
+    """The current dotted name of ``old`` (a full dotted module name), or None if it did not move."""
+    rel = old[len(PACKAGE) + 1:] if old.startswith(PACKAGE + ".") else None
+    if rel is None:
+        return None
+    head, _, tail = rel.partition(".")
+    if head not in MOVED:
+        return None
+    return f"{PACKAGE}.{MOVED[head]}" + (f".{tail}" if tail else "")
+
+
+def warn_moved(old: str, new: str, stacklevel: int = 3) -> None:
+    """Warn once per old name that it moved."""
+    if old in _warned:
+        return
+    _warned.add(old)
+    warnings.warn(f"{old} moved to {new} in icr_interp 0.2; import it from there", DeprecationWarning,
+                  stacklevel=stacklevel)
+
+
+def resolve(old_attr: str):
+    """The module an old top-level attribute (``icr_interp.templates``) names now, warning once."""
+    if old_attr in KEPT:
+        return importlib.import_module(f"{PACKAGE}.{KEPT[old_attr]}")
+    new = f"{PACKAGE}.{MOVED[old_attr]}"
+    warn_moved(f"{PACKAGE}.{old_attr}", new, stacklevel=4)
+    return importlib.import_module(new)
+
+
+class _AliasLoader(importlib.abc.Loader):
+    def __init__(self, new: str):
+        self.new = new
+
+    def create_module(self, spec):
+        return importlib.import_module(self.new)
+
+    def exec_module(self, module):
+        pass  # the module is already executed under its new name
+
+
+class MovedFinder(importlib.abc.MetaPathFinder):
+    """Resolve an old module name to the module under its new name (see the module docstring)."""
+
+    def find_spec(self, fullname, path=None, target=None):
+        new = new_name(fullname)
+        if new is None:
+            return None
+        head = fullname[len(PACKAGE) + 1:].partition(".")[0]
+        if head not in KEPT:
+            warn_moved(fullname, new, stacklevel=6)
+        return importlib.util.spec_from_loader(fullname, _AliasLoader(new))
+
+
+def install() -> None:
+    """Put the finder on ``sys.meta_path`` once (idempotent)."""
+    if not any(isinstance(finder, MovedFinder) for finder in sys.meta_path):
+        sys.meta_path.insert(0, MovedFinder())  # before the path finder, which would load a second copy

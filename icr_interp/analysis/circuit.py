@@ -1,0 +1,403 @@
+"""Circuit summary: how much of each job runs through each component.
+
+IC-recall asks the model for two jobs.  *Relation inference* reads the
+context pairs and decides which relation produced them; *answer lookup*
+combines that relation with the query subject and recalls the answer from the
+memory.  Two corruptions move one job each (:meth:`ICRecallTask.corrupt`):
+
+* the **relation swap** keeps every subject and replaces the answers by those
+  of another relation -- only relation inference has to change;
+* the **query swap** keeps the context and replaces the query subject -- only
+  the lookup has to change.
+
+For each component (a hook at the positions of one prompt role) the summary
+patches the clean activation into the corrupted run (*denoising*, see
+:mod:`icr_interp.analysis.patching`) and reports the normalised logit difference at the
+query: 0 = the corrupted run, 1 = the clean run.  A component scoring ~1 for
+one corruption carries that job's whole effect; ~0 means the job's
+information does not pass through it.  Next to it, the component is
+mean-ablated on the clean prompts (as in :mod:`icr_interp.analysis.ablation`) and the
+accuracy drop is reported: patching says where a job's *difference* lives,
+ablation says what the model *needs*.  (A relation swap keeps the subjects, so
+patching the subjects' values moves nothing, yet ablating them can still
+destroy recall: the memory needs both members of each pair.)
+
+The components, all in the last layer (the one whose MLP is the memory) except
+the query token:
+
+==================  =====================================  ==========
+component           hook                                   positions
+==================  =====================================  ==========
+``subjects``        ``blocks.L.attn.hook_v`` (all heads)   s_i
+``answers``         ``blocks.L.attn.hook_v`` (all heads)   a_i
+``context``         ``blocks.L.attn.hook_v`` (all heads)   s_i and a_i
+``query``           ``blocks.0.hook_resid_pre``            s_q
+``pattern``         ``blocks.L.attn.hook_pattern``         row s_q, sources s_i and a_i
+``attn_out``        ``blocks.L.hook_attn_out``             s_q
+``stage_I``         ``blocks.L.mlp.hook_relation``         s_q
+``stage_II``        ``blocks.L.hook_mlp_out``              s_q
+==================  =====================================  ==========
+
+Components whose hook the model lacks (a memory without stages, an
+attention-only model) are skipped.  Every example's positions come from its
+own ``batch.layout`` (roles from :mod:`icr_interp.task.roles`).
+
+A summary names a circuit only when it can (:mod:`icr_interp.analysis.reliability`):
+if the model is at chance on the clean prompts, the verdict says so and names
+nothing; if a corruption's clean - corrupted gap is within
+:data:`~icr_interp.analysis.reliability.Z` standard errors of zero over the prompts,
+that job's shares are declared undefined.  ``summary.reliable`` and
+``summary.reason`` say which; normalised shares outside
+:data:`~icr_interp.analysis.reliability.NORMALISED_RANGE` are listed in
+``summary.warnings``.
+
+Example::
+
+    summary = circuit_summary(model, task, task.sample(256, seed=0))
+    print(summary)                     # the table and the verdict
+    summary["context", "relation"]     # share of relation inference carried by the pairs' values
+"""
+
+import csv
+import io
+import math
+import warnings
+from dataclasses import dataclass, field
+
+import torch
+from jaxtyping import Bool
+from torch import Tensor
+
+from icr_interp.analysis import ablation
+
+from icr_interp.analysis import reliability
+
+from icr_interp.task import roles
+from icr_interp.analysis.ablation import AblationResult
+from icr_interp.analysis.attention import resolve_layer
+from icr_interp.tl.compat import TLModel
+from icr_interp.analysis.patching import LogitDiff, Patch, base_run, patch_activations
+from icr_interp.task.prompts import Batch, ICRecallTask
+
+JOBS = ("relation", "lookup")  # summary columns: relation inference, answer lookup
+CORRUPTION_OF = {"relation": "relation", "lookup": "query"}  # job -> corruption kind that moves it
+JOB_OF = {kind: job for job, kind in CORRUPTION_OF.items()}  # corruption kind -> the job it moves
+CARRIES = 0.5  # a component "carries" a job when its normalised patching effect is at least this
+CONTEXT_GROUP = ("subjects", "answers", "context")  # reported together in the verdict
+Z = reliability.Z  # the one reliability threshold (standard errors), defined in icr_interp.analysis.reliability
+
+
+@dataclass(frozen=True)
+class Component:
+    """A row of the summary: one hook at the positions of one prompt role."""
+
+    key: str  # short stable name (``summary[key, column]``)
+    label: str  # what it is, for tables and the verdict
+    hook: str  # full hook name
+    role: str  # role whose positions are patched / ablated (an icr_interp.task.roles name)
+
+
+def circuit_components(model: TLModel) -> list[Component]:
+    """The summary's components for ``model`` (last layer; hooks the model lacks are skipped)."""
+    last = resolve_layer(model.cfg.n_layers)
+    attn, mlp = f"blocks.{last}.attn", f"blocks.{last}.mlp"
+    stage_ii = [] if model.cfg.attn_only else [  # TransformerLens keeps hook_mlp_out on attention-only blocks
+        Component("stage_II", "memory stage II (lookup neurons' output)", f"blocks.{last}.hook_mlp_out", "query")]
+    rows = [
+        Component("subjects", "attention's copy of the context subjects", f"{attn}.hook_v", "subjects"),
+        Component("answers", "attention's copy of the context answers", f"{attn}.hook_v", "answers"),
+        Component("context", "attention's copy of both members of the pairs", f"{attn}.hook_v", "context"),
+        Component("query", "the query token (residual stream)", "blocks.0.hook_resid_pre", "query"),
+        Component("pattern", "where the query attends (pattern row to the pairs)", f"{attn}.hook_pattern", "context"),
+        Component("attn_out", "attention output at the query", f"blocks.{last}.hook_attn_out", "query"),
+        Component("stage_I", "memory stage I (inferred relation)", f"{mlp}.hook_relation", "query")] + stage_ii
+    return [c for c in rows if c.hook in model.hook_dict]
+
+
+# ------------------------------------------------------------------ results
+@dataclass
+class CircuitRow:
+    """One component's share of each job and its ablation."""
+
+    component: Component
+    relation: float  # normalised denoising effect under the relation swap (0 corrupted, 1 clean)
+    lookup: float  # normalised denoising effect under the query swap
+    ablated_accuracy: float  # accuracy with the component ablated (clean prompts)
+    accuracy_drop: float  # base accuracy - ablated accuracy
+
+    def to_dict(self) -> dict:
+        c = self.component
+        return dict(component=c.key, label=c.label, hook=c.hook, role=c.role, relation=self.relation,
+                    lookup=self.lookup, ablated_accuracy=self.ablated_accuracy, accuracy_drop=self.accuracy_drop)
+
+
+@dataclass
+class CircuitSummary:
+    """Fraction of relation inference and of answer lookup carried by each component."""
+
+    rows: list[CircuitRow]  # one per component, in circuit_components order
+    base_accuracy: float  # accuracy on the clean prompts
+    baselines: dict  # job -> {"clean"/"corrupted": raw logit diffs, "n_prompts"/"n_dropped": prompts patched/left out}
+    ablation_method: str  # zero | mean | resample
+    n_prompts: int  # prompts the numbers average over
+    seed: int  # seed of the corruptions
+    extra: dict = field(default_factory=dict)  # caller's notes (checkpoint, step, ...), kept in to_dict
+    chance: float = math.nan  # chance accuracy 1 / n_answers (nan: unknown, no chance check)
+    jobs: tuple[str, ...] = JOBS  # jobs measured (an unmeasured job's shares are nan)
+
+    def __getitem__(self, key: tuple[str, str]) -> float:
+        """``summary[component, column]``, column one of relation, lookup, ablated_accuracy, accuracy_drop."""
+        component, column = key
+        for row in self.rows:
+            if row.component.key == component:
+                return float(getattr(row, column))
+        raise KeyError(f"no component {component!r}; have {[r.component.key for r in self.rows]}")
+
+    @property
+    def components(self) -> list[str]:
+        return [r.component.key for r in self.rows]
+
+    @property
+    def verdict(self) -> str:
+        """One sentence, computed from the numbers: which components carry each job (or why none is named)."""
+        return verdict(self)
+
+    @property
+    def at_chance(self) -> str:
+        """Why the model is at chance on the clean prompts ("" if it is not, or chance is unknown)."""
+        return reliability.chance_reason(self.base_accuracy, self.chance, self.n_prompts)
+
+    @property
+    def reliable(self) -> bool:
+        """Whether every share is defined: the model is above chance and both corruptions move the output."""
+        return not self.reason
+
+    @property
+    def reason(self) -> str:
+        """Why the summary is unreliable ("" when it is reliable)."""
+        jobs = [f"{_JOB_NAMES[j]}: {self.baselines[j].get('reason') or 'the gap is within its noise'}"
+                for j in JOBS if not self.baselines.get(j, {}).get("reliable", True)]
+        return "; ".join([r for r in (self.at_chance,) if r] + jobs)
+
+    @property
+    def warnings(self) -> list[str]:
+        """Normalised shares outside :data:`~icr_interp.analysis.reliability.NORMALISED_RANGE`, one line each."""
+        values = torch.tensor([[getattr(r, job) for job in JOBS] for r in self.rows]).reshape(-1, len(JOBS))
+        return reliability.out_of_range(values, [f"{r.component.key} {job}" for r in self.rows for job in JOBS])
+
+    def to_dict(self) -> dict:
+        return dict(columns=["relation", "lookup", "ablated_accuracy", "accuracy_drop"],
+                    rows=[r.to_dict() for r in self.rows], base_accuracy=self.base_accuracy,
+                    baselines=self.baselines, ablation_method=self.ablation_method, n_prompts=self.n_prompts,
+                    seed=self.seed, carries_threshold=CARRIES, chance=self.chance, reliability_z=Z,
+                    reliable=self.reliable, reason=self.reason, warnings=self.warnings, verdict=self.verdict,
+                    jobs=list(self.jobs), **self.extra)
+
+    def __str__(self) -> str:
+        width = max([len(r.component.label) for r in self.rows] + [9])
+        lines = [f"circuit summary ({self.n_prompts} prompts): denoising patching, normalised "
+                 f"0 = corrupted, 1 = clean; {self.ablation_method}-ablation on clean prompts "
+                 f"(base accuracy {self.base_accuracy:.3f})",
+                 f"{'component':<{width}}  {'relation':>8}  {'lookup':>8}  {'abl. acc':>8}  {'Δacc':>7}"]
+        for r in self.rows:
+            lines.append(f"{r.component.label:<{width}}  {r.relation:8.3f}  {r.lookup:8.3f}  "
+                         f"{r.ablated_accuracy:8.3f}  {-r.accuracy_drop:+7.3f}")
+        lines += [f"warning: {w}" for w in self.warnings]
+        lines.append(f"verdict: {self.verdict}")
+        return "\n".join(lines)
+
+    __repr__ = __str__
+
+
+# ------------------------------------------------------------------ compute
+def circuit_summary(model: TLModel, task: ICRecallTask, batch: Batch, seed: int = 0, *,
+                    ablation_method: str = "mean", jobs: tuple[str, ...] = JOBS, **extra) -> CircuitSummary:
+    """Patch and ablate every component for each job (see the module docstring).
+
+    Args:
+        model: an IC-recall model (any number of layers and heads).
+        task: its task (makes the corruptions).
+        batch: the clean prompts.
+        seed: seeds the relation and query swaps.
+        ablation_method: ``"mean"``, ``"zero"`` or ``"resample"`` (:data:`icr_interp.analysis.ablation.METHODS`).
+        jobs: jobs to measure, each on the prompts that have its corruption (``task.corrupt_pairs``).
+        **extra: JSON-able notes stored in the summary (e.g. ``checkpoint=``, ``step=``).
+
+    Returns:
+        A :class:`CircuitSummary`; ``print`` it for the table and verdict.
+    """
+    if ablation_method not in ablation.METHODS:
+        raise ValueError(f"ablation method must be one of {ablation.METHODS}, got {ablation_method!r}")
+    batch = ablation.check_batch(model, batch).to(model.cfg.device)
+    if not jobs or not set(jobs) <= set(JOBS):
+        raise ValueError(f"jobs must be a non-empty subset of {JOBS}, got {jobs!r}")
+    jobs, components = tuple(j for j in JOBS if j in jobs), circuit_components(model)  # jobs in summary order
+    effects, baselines = {job: torch.full((len(components),), math.nan) for job in JOBS}, {}
+    for job in jobs:
+        clean, corrupted, n_dropped = task.corrupt_pairs(batch, CORRUPTION_OF[job], seed=seed)
+        effects[job], baselines[job] = _denoise(model, clean, corrupted, components)
+        baselines[job].update(n_prompts=len(clean), n_dropped=n_dropped)
+    ablations = [ablate_component(model, batch, c, ablation_method) for c in components]
+    rows = [CircuitRow(c, float(effects["relation"][i]), float(effects["lookup"][i]), a.accuracy, a.accuracy_drop)
+            for i, (c, a) in enumerate(zip(components, ablations))]
+    base = ablations[0].base_accuracy if ablations else float("nan")
+    summary = CircuitSummary(rows, base, baselines, ablation_method, len(batch), seed, dict(extra),
+                             chance=1.0 / task.kb.n_answers, jobs=jobs)
+    if not summary.reliable:
+        warnings.warn(f"circuit summary is unreliable: {summary.reason}", RuntimeWarning, stacklevel=2)
+    if summary.warnings:
+        warnings.warn(f"{len(summary.warnings)} normalised shares outside {reliability.NORMALISED_RANGE}: "
+                      f"{summary.warnings[0]}", RuntimeWarning, stacklevel=2)
+    return summary
+
+
+def _patch(component: Component, masks: dict[str, Tensor], query: Bool[Tensor, "batch pos"]) -> Patch:
+    """The denoising patch of a component: all heads; pattern rows patch the query's row."""
+    mask = masks[component.role]
+    if component.hook.endswith("hook_pattern"):
+        return Patch(component.hook, query, src=mask)
+    return Patch(component.hook, mask)
+
+
+def _denoise(model: TLModel, clean: Batch, corrupted: Batch,
+             components: list[Component]) -> tuple[Tensor, dict]:
+    """Normalised effect of patching each component clean -> corrupted, and the raw baselines."""
+    hooks = sorted({c.hook for c in components})
+    clean_run, corrupted_run = base_run(model, clean.tokens, hooks), base_run(model, corrupted.tokens, hooks)
+    metric = LogitDiff(clean.answers, corrupted.answers, clean.layout.query_pos)
+    metric = metric.calibrated(clean_run.logits, corrupted_run.logits)
+    n_pos = clean.tokens.shape[1]
+    masks = roles.masks(corrupted.layout, n_pos, sorted({c.role for c in components} | {"query"}))
+    patches = [_patch(c, masks, masks["query"]) for c in components]
+    values = patch_activations(model, corrupted.tokens, clean_run.cache, patches, metric, base_run=corrupted_run)
+    clean_value, corrupted_value = metric.clean_value, metric.corrupted_value
+    # Normalising by a gap that is within its noise turns noise into large shares: flag it (the verdict says so).
+    trust = reliability.assess(metric.per_example(clean_run.logits), metric.per_example(corrupted_run.logits),
+                               clean_value, corrupted_value)
+    return values.detach().cpu(), dict(clean=clean_value, corrupted=corrupted_value, reliable=trust.reliable,
+                                       reason=trust.reason, gap=trust.gap, gap_se=trust.gap_se)
+
+
+def ablate_component(model: TLModel, batch: Batch, component: Component,
+                     method: str = "mean") -> AblationResult:
+    """Ablate a component's entries (its hook at its role's positions, all heads) on ``batch``.
+
+    The stand-in value is :mod:`icr_interp.analysis.ablation`'s (batch mean per position,
+    zero, or the batch rolled by one); for the ``pattern`` component the query's
+    attention row to the role's positions is replaced.
+    """
+    n_pos = batch.tokens.shape[1]
+    masks = roles.masks(batch.layout, n_pos, [component.role, "query"])
+    mask, query = masks[component.role], masks["query"]
+
+    def hook(act: Tensor, hook) -> Tensor:
+        if component.hook.endswith("hook_pattern"):  # [batch head dest src]
+            where = query[:, None, :, None] & mask[:, None, None, :]
+        else:  # [batch pos ...]
+            where = mask[(...,) + (None,) * (act.ndim - 2)]
+        return torch.where(where, ablation.replacement(act, method), act)
+
+    return ablation.run_ablation(model, batch, f"{component.label}", method, [(component.hook, hook)])
+
+
+# ------------------------------------------------------------------ verdict
+def _job_phrase(summary: CircuitSummary, job: str) -> str:
+    """Which components carry ``job`` (effect >= CARRIES), the context group reported as one."""
+    by_key = {r.component.key: r for r in summary.rows}
+    if job not in summary.jobs:
+        return f"{_JOB_NAMES[job]} not measured (no {CORRUPTION_OF[job]} swap)"
+    if not summary.baselines.get(job, {}).get("reliable", True):
+        b = summary.baselines[job]
+        spread = f" +- {b['gap_se']:.2g} s.e." if math.isfinite(b.get("gap_se", math.nan)) else ""
+        return (f"unreliable for {_JOB_NAMES[job]}: the {CORRUPTION_OF[job]} swap barely moves the output "
+                f"(logit diff clean {b['clean']:.3g}, corrupted {b['corrupted']:.3g}{spread}), "
+                f"so no component is named")
+    carriers = [r for r in summary.rows if getattr(r, job) >= CARRIES]
+    parts, group_done = [], False
+    for r in carriers:
+        key = r.component.key
+        if key in CONTEXT_GROUP:
+            if group_done:
+                continue
+            group_done = True
+            inner = ", ".join(f"{'both' if k == 'context' else k} {getattr(by_key[k], job):.2f}"
+                              for k in CONTEXT_GROUP if k in by_key)
+            drops = ", ".join(f"{k} {by_key[k].accuracy_drop:.2f}" for k in ("subjects", "answers") if k in by_key)
+            need = f"; {summary.ablation_method}-ablated accuracy drop: {drops}" if drops else ""
+            parts.append(f"attention to the context pairs (patched: {inner}{need})")
+        else:
+            parts.append(f"{_SHORT[key]} ({getattr(r, job):.2f})")
+    if not parts:
+        return f"no single component carries {_JOB_NAMES[job]} (none >= {CARRIES})"
+    return f"{_JOB_NAMES[job]} runs through " + _join(parts)
+
+
+def verdict(summary: CircuitSummary) -> str:
+    """The summary in one line: the carriers of each job, then what they share; or why it names none."""
+    if summary.at_chance:
+        return f"unreliable: {summary.at_chance}, so no circuit is named"
+    phrases = [_job_phrase(summary, job) for job in JOBS]
+    reliable = all(summary.baselines.get(job, {}).get("reliable", True) for job in JOBS)
+    shared = [r.component.key for r in summary.rows if reliable and min(r.relation, r.lookup) >= CARRIES]
+    tail = f"; both jobs pass through {_join([_SHORT[k] for k in shared])}" if shared else ""
+    return "; ".join(phrases) + tail
+
+
+_JOB_NAMES = {"relation": "relation inference", "lookup": "answer lookup"}
+_SHORT = {"subjects": "the subjects' values", "answers": "the answers' values", "context": "the pairs' values",
+          "query": "the query token", "pattern": "the query's attention pattern",
+          "attn_out": "the attention output at the query", "stage_I": "memory stage I",
+          "stage_II": "memory stage II"}
+
+
+def _join(parts: list[str]) -> str:
+    return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+
+
+# ------------------------------------------------------------------ series
+@dataclass
+class CircuitSeries:
+    """Circuit summaries of several checkpoints of one run, ordered by training step."""
+
+    names: list[str]  # checkpoint names
+    steps: list[int | None]  # training step of each (None: unknown)
+    summaries: list[CircuitSummary]  # one per checkpoint
+
+    def __post_init__(self):
+        if not (len(self.names) == len(self.steps) == len(self.summaries)):
+            raise ValueError("names, steps and summaries must have the same length")
+
+    @property
+    def components(self) -> list[str]:
+        """Components present in every summary, in summary order."""
+        if not self.summaries:
+            return []
+        common = set.intersection(*(set(s.components) for s in self.summaries))
+        return [c for c in self.summaries[0].components if c in common]
+
+    def x(self) -> list[float]:
+        """The x axis: steps when every checkpoint has one, else checkpoint indices."""
+        if all(s is not None for s in self.steps):
+            return [float(s) for s in self.steps]
+        return [float(i) for i in range(len(self.names))]
+
+    def values(self, component: str, column: str) -> list[float]:
+        return [s[component, column] for s in self.summaries]
+
+    def to_dict(self, columns: tuple[str, ...] = ("relation", "lookup", "accuracy_drop")) -> dict:
+        series = {f"{c}:{col}": self.values(c, col) for c in self.components for col in columns}
+        return dict(names=list(self.names), steps=list(self.steps), components=self.components,
+                    columns=list(columns), base_accuracy=[s.base_accuracy for s in self.summaries],
+                    series=series, verdicts=[s.verdict for s in self.summaries],
+                    summaries=[s.to_dict() for s in self.summaries])
+
+    def to_csv(self, columns: tuple[str, ...] = ("relation", "lookup", "accuracy_drop")) -> str:
+        """One row per checkpoint: name, step, base accuracy, then ``component:column`` values."""
+        keys = [(c, col) for c in self.components for col in columns]
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(["name", "step", "base_accuracy", *(f"{c}:{col}" for c, col in keys)])
+        for name, step, s in zip(self.names, self.steps, self.summaries):
+            writer.writerow([name, "" if step is None else step, f"{s.base_accuracy:.6g}",
+                             *(f"{s[c, col]:.6g}" for c, col in keys)])
+        return buf.getvalue()

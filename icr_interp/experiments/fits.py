@@ -1,0 +1,137 @@
+"""Sample complexity: the fewest fine-tuning samples that reach a target, and scaling fits.
+
+For each knowledge-base size N (stored triplets) and seed, a grid of training
+set sizes n is fine-tuned; ``n*`` is the smallest n on the grid whose held-out
+result meets the target (the grid is searched in order, so a run that misses
+after one that hit is reported in ``non_monotone``).  Two targets:
+
+* ``accuracy``: held-out accuracy >= ``target`` (the paper's criterion);
+* ``pattern``: held-out accuracy >= ``target`` x the best accuracy any n reached
+  at that N *and* mean-row pairwise score >= ``pattern_target`` -- the pairwise
+  pattern has emerged and accuracy is at its plateau (meaningful when the
+  plateau is below ``target`` or the start is already accurate).
+
+Fits, by least squares in log space over the (N, n*) points:
+
+* power law ``n* = a N^gamma``:        log n* = log a + gamma log N;
+* polylog   ``n* = a (log N)^c``:      log n* = log a + c log log N.
+
+The better fit has the smaller residual; ``gamma`` near 0 means no detectable
+polynomial growth over the range.  :func:`bootstrap_fits` adds 90% intervals on
+both exponents.  The resolved n* search (doubling grid + bisection, instead of a
+fixed grid) is :mod:`icr_interp.experiments.n_star`.
+"""
+
+import math
+from collections import defaultdict
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class Fit:
+    """A scaling law fitted in log space."""
+
+    kind: str  # "power" or "polylog"
+    a: float  # prefactor
+    exponent: float  # gamma (power) or c (polylog)
+    rmse: float  # residual RMS of log n*
+
+    def predict(self, n_triplets: np.ndarray) -> np.ndarray:
+        x = np.asarray(n_triplets, dtype=float)
+        return self.a * (x**self.exponent if self.kind == "power" else np.log(x) ** self.exponent)
+
+    def to_dict(self) -> dict:
+        return dict(kind=self.kind, a=self.a, exponent=self.exponent, rmse=self.rmse)
+
+
+def fit(n_triplets, n_star, kind: str) -> Fit:
+    """Least-squares fit of ``kind`` ("power" or "polylog") to points (N, n*)."""
+    x = np.log(np.asarray(n_triplets, dtype=float))
+    if kind == "polylog":
+        x = np.log(x)
+    elif kind != "power":
+        raise ValueError(f"kind must be 'power' or 'polylog', got {kind!r}")
+    y = np.log(np.asarray(n_star, dtype=float))
+    if len(set(x.tolist())) < 2:
+        raise ValueError("a fit needs points at two or more sizes")
+    slope, intercept = np.polyfit(x, y, 1)
+    rmse = float(np.sqrt(np.mean((intercept + slope * x - y) ** 2)))
+    return Fit(kind, float(math.exp(intercept)), float(slope), rmse)
+
+
+def _meets(run: dict, target: float, criterion: str, plateau: float, pattern_target: float) -> bool:
+    if criterion == "accuracy":
+        return run["accuracy"] >= target
+    return run["accuracy"] >= target * plateau and run.get("mean_row_pairwise", 0.0) >= pattern_target
+
+
+def sample_complexity(results: list[dict], target: float = 0.95, criterion: str = "accuracy",
+                      pattern_target: float = 0.9) -> list[dict]:
+    """n* per (N, seed) from sweep records (n_triplets, accuracy, ...; seed and n_samples from their config).
+
+    Returns one dict per (N, seed): ``n_triplets``, ``seed``, ``n_star`` (None
+    if no n on the grid met the target), ``plateau`` (best accuracy at that N
+    and seed), ``non_monotone``.
+    """
+    if criterion not in ("accuracy", "pattern"):
+        raise ValueError(f"criterion must be 'accuracy' or 'pattern', got {criterion!r}")
+    from icr_interp.experiments.sweep.store import flat  # the axes (seed, n_samples) live in a record's config
+
+    groups = defaultdict(list)
+    for run in map(flat, results):
+        groups[(run["n_triplets"], run["seed"])].append(run)
+    rows = []
+    for (n_triplets, seed), runs in sorted(groups.items()):
+        runs.sort(key=lambda r: r["n_samples"])
+        plateau = max(r["accuracy"] for r in runs)
+        hits = [_meets(r, target, criterion, plateau, pattern_target) for r in runs]
+        first = next((i for i, hit in enumerate(hits) if hit), None)
+        rows.append(dict(n_triplets=n_triplets, seed=seed, criterion=criterion, plateau=plateau,
+                         n_star=None if first is None else runs[first]["n_samples"],
+                         non_monotone=first is not None and not all(hits[first:])))
+    return rows
+
+
+def bootstrap_fits(points: list[tuple[int, float]], n_boot: int = 2000, seed: int = 0) -> dict:
+    """Power-law and polylog fits to (N, n*) points, with bootstrap 90% intervals on gamma and c.
+
+    The bootstrap resamples the points *within each N* (the seeds of a size are
+    exchangeable; the sizes are the design), refits both laws, and takes the
+    5th and 95th percentiles of the exponents.  ``better`` is the law with the
+    smaller residual on the data (``"tie"`` when they are equal, e.g. when every
+    n* is the same), and ``polylog_better_fraction`` how often polylog wins
+    over the resamples.
+
+    Returns:
+        ``power`` (``gamma``, ``gamma_ci90``, ``a``, ``rmse``), ``polylog`` (``c``,
+        ``c_ci90``, ``a``, ``rmse``), ``better``, ``polylog_better_fraction``,
+        ``n_points``; power and polylog are None with fewer than two sizes.
+    """
+    groups = defaultdict(list)
+    for n, s in points:
+        groups[n].append(s)
+    out = dict(power=None, polylog=None, better=None, polylog_better_fraction=None, n_points=len(points))
+    if len(groups) < 2:
+        return out
+    n, s = zip(*points)
+    power, polylog = fit(n, s, "power"), fit(n, s, "polylog")
+    rng = np.random.default_rng(seed)
+    exps, wins = {"power": [], "polylog": []}, 0
+    for _ in range(n_boot):
+        xs, ys = [], []
+        for size, stars in groups.items():
+            xs += [size] * len(stars)
+            ys += list(rng.choice(stars, size=len(stars), replace=True))
+        fits = {kind: fit(xs, ys, kind) for kind in exps}
+        for kind, f in fits.items():
+            exps[kind].append(f.exponent)
+        wins += fits["polylog"].rmse < fits["power"].rmse
+    ci = {kind: [float(v) for v in np.percentile(values, [5, 95])] for kind, values in exps.items()}
+    gap = power.rmse - polylog.rmse
+    out.update(power=dict(gamma=power.exponent, gamma_ci90=ci["power"], a=power.a, rmse=power.rmse),
+               polylog=dict(c=polylog.exponent, c_ci90=ci["polylog"], a=polylog.a, rmse=polylog.rmse),
+               better="tie" if abs(gap) < 1e-9 else ("polylog" if gap > 0 else "power"),
+               polylog_better_fraction=wins / n_boot)
+    return out

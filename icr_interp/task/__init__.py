@@ -1,0 +1,8 @@
+"""The task layer: knowledge bases of (subject, relation, answer) facts, their token vocabulary, IC-recall
+prompts with per-example layouts and corruptions, prompt roles, and the Bayes ceiling of a set of prompts.
+Nothing here knows about models.
+"""
+
+from icr_interp.task.prompts import (  # noqa: F401
+    CORRUPTIONS, Layout, ROLE_NAMES, Batch, ICRecallTask, CorruptedPairs,
+)

@@ -1,0 +1,314 @@
+"""In-context factual recall (IC-recall) prompts and their corruptions.
+
+A prompt is ``[BOS, s_1, a_1, ..., s_k, a_k, s_q]``: k context pairs produced by a
+hidden relation r (``a_i = a*(s_i, r)``), then a query subject; the target is
+``a*(s_q, r)``.  Subjects in a prompt are distinct.  Every batch carries its
+*layout* -- the position of each s_i, a_i, the query and BOS for every example
+-- so analyses never guess positions.
+
+A prompt's relation is drawn uniformly over the relations that know at least
+k + 1 subjects (:attr:`ICRecallTask.relation_weights`), then k + 1 distinct
+subjects uniformly among those the relation knows.
+
+Corruptions separate the two jobs the model does:
+
+* ``"relation"``: same subjects (context and query), answers from another
+  relation, uniformly among those that know all k + 1 subjects -- changes what
+  relation inference must conclude;
+* ``"query"``: same context, another query subject, uniformly among the
+  subjects the relation knows outside the prompt -- changes only the lookup.
+
+On a partial knowledge base some prompts have no relation swap (no second
+relation knows all their subjects).  :meth:`ICRecallTask.corrupt_pairs` is the
+one place analyses get their clean/corrupted pairs: it drops such prompts from
+both batches and reports how many (a ValueError only if none is left).
+
+Factual-recall prompts ``[BOS, s, <r>]`` (explicit relation token, target
+``a*(s, r)``) come from the same knowledge base.
+"""
+
+import warnings
+from dataclasses import dataclass, fields, replace
+from typing import NamedTuple
+
+import torch
+from jaxtyping import Bool, Int
+from torch import Tensor
+
+from icr_interp.task.knowledge import KnowledgeBase
+from icr_interp.task.vocab import Vocabulary
+
+CORRUPTIONS = ("relation", "query")
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Per-example positions of each role in a prompt (-1: role absent)."""
+
+    subject_pos: Int[Tensor, "batch pair"]  # position of s_i
+    answer_pos: Int[Tensor, "batch pair"]  # position of a_i
+    query_pos: Int[Tensor, " batch"]  # position of s_q
+    bos_pos: Int[Tensor, " batch"]  # position of BOS, -1 without one
+
+    def to(self, device) -> "Layout":
+        return Layout(*(getattr(self, f.name).to(device) for f in fields(self)))
+
+    def role_of_positions(self, n_pos: int) -> Int[Tensor, "batch pos"]:
+        """Role id at every position: 0 other, 1 subject, 2 answer, 3 query, 4 BOS."""
+        roles = torch.zeros(self.query_pos.shape[0], n_pos, dtype=torch.long, device=self.query_pos.device)
+        roles.scatter_(1, self.subject_pos, 1)
+        roles.scatter_(1, self.answer_pos, 2)
+        roles.scatter_(1, self.query_pos[:, None], 3)
+        has_bos = self.bos_pos >= 0
+        roles[has_bos, self.bos_pos[has_bos]] = 4
+        return roles
+
+
+ROLE_NAMES = ("other", "subject", "answer", "query", "bos")
+
+
+@dataclass(frozen=True)
+class Batch:
+    """A batch of IC-recall prompts with targets and layout."""
+
+    tokens: Int[Tensor, "batch pos"]  # prompt token ids
+    answers: Int[Tensor, " batch"]  # target token id a*(s_q, r)
+    relations: Int[Tensor, " batch"]  # hidden relation id
+    subjects: Int[Tensor, "batch pair"]  # context subject ids s_i (knowledge-base ids)
+    query: Int[Tensor, " batch"]  # query subject id s_q
+    layout: Layout  # where each role sits
+
+    def __len__(self) -> int:
+        return self.tokens.shape[0]
+
+    def to(self, device) -> "Batch":
+        moved = {f.name: getattr(self, f.name).to(device) for f in fields(self) if f.name != "layout"}
+        return Batch(**moved, layout=self.layout.to(device))
+
+    def __getitem__(self, idx) -> "Batch":
+        """Sub-batch by index, slice or mask (an integer index keeps a batch of one)."""
+        if isinstance(idx, int):
+            idx = slice(idx, idx + 1 if idx != -1 else None)
+        sub = {f.name: getattr(self, f.name)[idx] for f in fields(self) if f.name != "layout"}
+        lay = Layout(*(getattr(self.layout, f.name)[idx] for f in fields(Layout)))
+        return Batch(**sub, layout=lay)
+
+
+class ICRecallTask:
+    """IC-recall prompts over a knowledge base.
+
+    Args:
+        kb: the knowledge base.
+        n_pairs: number k of context pairs (>= 1).
+        bos: whether prompts start with a BOS token (an attention sink).
+    """
+
+    def __init__(self, kb: KnowledgeBase, n_pairs: int = 4, bos: bool = True):
+        if not isinstance(n_pairs, int) or isinstance(n_pairs, bool) or n_pairs < 1:
+            raise ValueError(f"n_pairs must be an integer >= 1, got {n_pairs!r}")
+        if not isinstance(bos, bool):
+            raise ValueError(f"bos must be True or False, got {bos!r}")
+        self.kb, self.n_pairs, self.bos = kb, n_pairs, bos
+        self.vocab = Vocabulary.from_kb(kb)
+        known = kb.table >= 0  # [relation subject]
+        self._usable = torch.nonzero(known.sum(1) >= n_pairs + 1).flatten()
+        if len(self._usable) == 0:
+            raise ValueError(f"no relation has the {n_pairs + 1} subjects a prompt with k={n_pairs} needs")
+        n_facts = known.sum(1)
+        sparse = [kb.relations[r] for r in range(kb.n_relations) if 0 < int(n_facts[r]) < n_pairs + 1]
+        if sparse:
+            shown = ", ".join(sparse[:5]) + (f" and {len(sparse) - 5} more" if len(sparse) > 5 else "")
+            warnings.warn(f"{len(sparse)} relation(s) know fewer than the {n_pairs + 1} subjects a prompt with "
+                          f"k={n_pairs} needs and are never sampled: {shown}", UserWarning, stacklevel=2)
+
+    @property
+    def relation_weights(self) -> Tensor:
+        """How prompts draw their relation: uniformly over the relations that can fill k + 1 distinct subjects.
+
+        ``[relation]`` probabilities (0 for a relation too sparse for k pairs).
+        """
+        weights = torch.zeros(self.kb.n_relations)
+        weights[self._usable] = 1.0 / len(self._usable)
+        return weights
+
+    # ------------------------------------------------------------ geometry
+    @property
+    def n_ctx(self) -> int:
+        """Prompt length."""
+        return 2 * self.n_pairs + 1 + int(self.bos)
+
+    def config(self) -> dict:
+        return dict(n_pairs=self.n_pairs, bos=self.bos)
+
+    def layout(self, batch_size: int) -> Layout:
+        """Layout of the fixed prompt format, repeated for every example."""
+        off = int(self.bos)
+        pairs = torch.arange(self.n_pairs)
+        rep = lambda t: t.expand(batch_size, *t.shape).clone()  # noqa: E731
+        return Layout(
+            subject_pos=rep(off + 2 * pairs),
+            answer_pos=rep(off + 2 * pairs + 1),
+            query_pos=torch.full((batch_size,), self.n_ctx - 1),
+            bos_pos=torch.full((batch_size,), 0 if self.bos else -1),
+        )
+
+    # ------------------------------------------------------------- sample
+    def sample(self, batch_size: int, seed: int | None = None, *, generator: torch.Generator | None = None,
+               device: str | torch.device = "cpu") -> Batch:
+        """Sample prompts: a usable relation, k + 1 distinct subjects with facts under it (0: an empty batch)."""
+        _check_count(batch_size)
+        gen = _generator(seed, generator)
+        relations = self._usable[torch.randint(len(self._usable), (batch_size,), generator=gen)]
+        subjects = torch.stack([self._distinct_subjects(int(r), gen) for r in relations]) if batch_size else \
+            torch.zeros(0, self.n_pairs + 1, dtype=torch.long)
+        return self._build(relations, subjects[:, :-1], subjects[:, -1]).to(device)
+
+    def _distinct_subjects(self, relation: int, gen: torch.Generator) -> Tensor:
+        pool = torch.nonzero(self.kb.table[relation] >= 0).flatten()
+        return pool[torch.randperm(len(pool), generator=gen)[: self.n_pairs + 1]]
+
+    def _build(self, relations: Tensor, subjects: Tensor, query: Tensor) -> Batch:
+        """Assemble tokens, targets and layout from relation and subject ids."""
+        v, table = self.vocab, self.kb.table
+        ctx_answers = table[relations[:, None], subjects]  # [batch pair]
+        target = table[relations, query]
+        if (ctx_answers < 0).any() or (target < 0).any():
+            raise ValueError("prompt uses a fact the knowledge base does not have")
+        pairs = torch.stack([v.subject_token(subjects), v.answer_token(ctx_answers)], dim=-1).flatten(1)
+        parts = [torch.full((len(relations), 1), v.bos)] if self.bos else []
+        tokens = torch.cat([*parts, pairs, v.subject_token(query)[:, None]], dim=1)
+        return Batch(tokens=tokens, answers=v.answer_token(target), relations=relations.clone(),
+                     subjects=subjects.clone(), query=query.clone(), layout=self.layout(len(relations)))
+
+    # ------------------------------------------------------------ corrupt
+    def corruptible(self, batch: Batch, kind: str) -> Bool[Tensor, " batch"]:
+        """Which prompts of ``batch`` have a corruption of ``kind`` (see :meth:`corrupt`)."""
+        return self._alternatives(batch.to("cpu"), _check_kind(kind)).any(1).to(batch.tokens.device)
+
+    def corrupt(self, batch: Batch, kind: str, seed: int | None = None, *,
+                generator: torch.Generator | None = None) -> Batch:
+        """The corrupted counterpart of ``batch`` (same layout, same device).
+
+        ``kind="relation"``: same subjects, answers from another relation, drawn
+        uniformly among the relations that know all the prompt's subjects (query
+        included) and change both the prompt and the target.  ``kind="query"``:
+        same context, another query subject, drawn uniformly among the subjects
+        its relation knows that are not in the prompt and have another answer.
+        A swap that left the prompt or the target as it was would measure nothing.
+        A prompt without such an alternative is an error here;
+        :meth:`corrupt_pairs` drops those prompts instead.
+        """
+        _check_kind(kind)
+        gen = _generator(seed, generator)
+        device = batch.tokens.device
+        b = batch.to("cpu")
+        if len(b) == 0:
+            return batch
+        options = self._alternatives(b, kind)  # [batch relation] or [batch subject]
+        if not options.any(1).all():
+            need = ("a second relation that knows the prompt's subjects and changes its answers" if kind == "relation"
+                    else "a spare subject with another answer under the prompt's relation")
+            raise ValueError(f"{kind} corruption needs {need}; {int((~options.any(1)).sum())} of {len(b)} prompts "
+                             f"have none (task.corrupt_pairs drops them)")
+        new = torch.stack([_draw(options[i], gen) for i in range(len(b))])
+        out = self._build(new, b.subjects, b.query) if kind == "relation" else \
+            self._build(b.relations, b.subjects, new)
+        return replace(out, layout=b.layout).to(device)
+
+    def corrupt_pairs(self, batch: Batch, kind: str, seed: int | None = None, *,
+                      generator: torch.Generator | None = None) -> "CorruptedPairs":
+        """Clean and corrupted batches, restricted to the prompts that have a corruption of ``kind``.
+
+        Prompts without one (:meth:`corruptible`; on a partial knowledge base a
+        relation swap needs a second relation knowing every subject of the
+        prompt) are dropped from both batches, with a warning giving their
+        number; if no prompt has one, a one-line ValueError.  On a batch where
+        every prompt has one, ``corrupted`` equals ``corrupt(batch, kind, seed)``.
+        """
+        gen = _generator(seed, generator)
+        keep = self.corruptible(batch, kind)
+        n_dropped = int((~keep).sum())
+        if len(batch) and n_dropped == len(batch):
+            raise ValueError(f"no prompt of {len(batch)} has a {kind} corruption: "
+                             + ("no second relation knows all the subjects of any prompt and changes its answers"
+                                if kind == "relation" else
+                                "no prompt's relation knows a subject outside the prompt with another answer"))
+        if n_dropped:
+            warnings.warn(f"{n_dropped} of {len(batch)} prompts have no {kind} corruption and are dropped "
+                          f"(clean and corrupted)", UserWarning, stacklevel=2)
+            batch = batch[keep]
+        return CorruptedPairs(batch, self.corrupt(batch, kind, generator=gen), n_dropped)
+
+    def _alternatives(self, b: Batch, kind: str) -> Bool[Tensor, "batch option"]:
+        """Per prompt, the relations (relation swap) or query subjects (query swap) it may be corrupted to."""
+        table = self.kb.table
+        rows = torch.arange(len(b))
+        used = torch.cat([b.subjects, b.query[:, None]], dim=1)  # [batch pair+1]
+        if kind == "relation":
+            ok = (table[:, used] >= 0).all(-1).T.clone()  # [batch relation]: knows every subject of the prompt
+            # A swap must change the prompt (some context answer) and the target: capital <-> largest city
+            # over cities that are both would patch a prompt onto itself.
+            shown = table[b.relations[:, None], b.subjects]  # [batch pair]
+            ok &= (table[:, b.subjects] != shown[None]).any(-1).T
+            ok &= table[:, b.query].T != table[b.relations, b.query][:, None]
+        else:
+            ok = (table[b.relations] >= 0).clone()  # [batch subject]: known under the prompt's relation
+            ok[rows[:, None], used] = False
+            ok &= table[b.relations] != table[b.relations, b.query][:, None]  # another target (not Germany for France)
+        return ok
+
+    # ------------------------------------------------------ factual recall
+    def sample_facts(self, batch_size: int, seed: int | None = None, *,
+                     generator: torch.Generator | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """Factual-recall examples with an explicit relation: (subject, relation, answer-token) ids.
+
+        As prompts these read ``[BOS, s, <r>] -> a*(s, r)``; the pretrained
+        memory is fitted on them (see :mod:`icr_interp.model.memory.pretrained`).
+        """
+        _check_count(batch_size)
+        gen = _generator(seed, generator)
+        facts = self.kb.triplets()
+        rows = facts[torch.randint(len(facts), (batch_size,), generator=gen)]
+        return rows[:, 0], rows[:, 1], self.vocab.answer_token(rows[:, 2])
+
+    def fact_prompts(self, subjects: Tensor, relations: Tensor) -> Int[Tensor, "batch 3"]:
+        """Token form ``[BOS, s, <r>]`` of factual-recall examples."""
+        v = self.vocab
+        return torch.stack([torch.full_like(subjects, v.bos), v.subject_token(subjects), v.relation_token(relations)], 1)
+
+    def to_str(self, tokens: Tensor) -> list | str:
+        return self.vocab.to_str(tokens)
+
+
+def _generator(seed: int | None, generator: torch.Generator | None) -> torch.Generator:
+    """An explicit generator: the one given, or a fresh one seeded with ``seed``."""
+    if generator is not None:
+        return generator
+    if seed is None:
+        raise ValueError("pass a seed or a torch.Generator: sampling is always explicit")
+    return torch.Generator().manual_seed(seed)
+
+
+class CorruptedPairs(NamedTuple):
+    """Matched clean and corrupted batches (:meth:`ICRecallTask.corrupt_pairs`)."""
+
+    clean: Batch  # the clean prompts that have a corruption
+    corrupted: Batch  # their corrupted counterparts, same order and layout
+    n_dropped: int  # clean prompts left out for want of a corruption
+
+
+def _check_kind(kind: str) -> str:
+    if kind not in CORRUPTIONS:
+        raise ValueError(f"corruption kind must be one of {CORRUPTIONS}, got {kind!r}")
+    return kind
+
+
+def _draw(options: Tensor, gen: torch.Generator) -> Tensor:
+    """One index where ``options`` is True, uniformly."""
+    choices = torch.nonzero(options).flatten()
+    return choices[torch.randint(len(choices), (), generator=gen)]
+
+
+def _check_count(batch_size) -> None:
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 0:
+        raise ValueError(f"batch_size must be an integer >= 0, got {batch_size!r}")

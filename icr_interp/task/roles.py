@@ -1,0 +1,91 @@
+"""Prompt roles: the one vocabulary for "which positions of a prompt" every analysis uses.
+
+An IC-recall prompt ``[BOS, s_1, a_1, ..., s_k, a_k, s_q]`` has these roles
+(one spelling, accepted by every function that takes a role):
+
+=============  ===============================================
+``subjects``   every context subject s_i
+``answers``    every context answer a_i
+``context``    every context pair (subjects and answers)
+``pair_i``     the i-th pair (s_i, a_i), 1-based
+``subject_i``  the i-th subject s_i
+``answer_i``   the i-th answer a_i
+``query``      the query subject s_q
+``bos``        the BOS token (absent from prompts without one)
+``all``        every position
+=============  ===============================================
+
+Positions always come from each example's own :class:`~icr_interp.task.prompts.Layout`,
+never from one position shared by the whole batch.  The singular ``subject``
+and ``answer`` of the first release are still read, as ``subjects`` and
+``answers``, with a deprecation warning.
+"""
+
+import warnings
+from typing import Sequence
+
+import torch
+from jaxtyping import Bool
+from torch import Tensor
+
+GROUPS = ("subjects", "answers", "context", "query", "bos", "all")  # roles without an index
+INDEXED = ("pair", "subject", "answer")  # roles written ``<name>_<i>``, i = 1..k
+_ALIASES = {"subject": "subjects", "answer": "answers"}  # first-release spellings
+
+
+def canonical(name: str) -> str:
+    """The one spelling of a role name (ValueError listing the valid ones otherwise)."""
+    if not isinstance(name, str):
+        raise ValueError(f"a role name must be a string, got {name!r}")
+    if name in _ALIASES:
+        warnings.warn(f"role {name!r} is spelled {_ALIASES[name]!r}", DeprecationWarning, stacklevel=3)
+        return _ALIASES[name]
+    base, sep, index = name.partition("_")
+    if name in GROUPS or (sep and base in INDEXED and index.isdigit() and int(index) >= 1):
+        return name
+    raise ValueError(f"unknown role {name!r}; roles are {', '.join(GROUPS)} and "
+                     f"{', '.join(f'{r}_<i>' for r in INDEXED)}")
+
+
+def default_roles(layout) -> list[str]:
+    """subjects, answers, context, every pair, query, and BOS when the prompts have one."""
+    k = layout.subject_pos.shape[1]
+    has_bos = bool((layout.bos_pos >= 0).any())
+    return ["subjects", "answers", "context", *(f"pair_{i + 1}" for i in range(k)), "query",
+            *(["bos"] if has_bos else [])]
+
+
+def positions(layout, name: str) -> list[Tensor]:
+    """The position tensors (``[batch n]`` each, -1 = absent) that make up role ``name``.
+
+    ``"all"`` has no position tensor: it is every position (see :func:`mask`).
+    """
+    name = canonical(name)
+    base, _, index = name.partition("_")
+    if index:
+        i = int(index) - 1
+        k = layout.subject_pos.shape[1]
+        if i >= k:
+            raise ValueError(f"role {name!r} is out of range for k={k} pairs")
+        pick = slice(i, i + 1)
+        return {"subject": [layout.subject_pos[:, pick]], "answer": [layout.answer_pos[:, pick]],
+                "pair": [layout.subject_pos[:, pick], layout.answer_pos[:, pick]]}[base]
+    return {"subjects": [layout.subject_pos], "answers": [layout.answer_pos],
+            "context": [layout.subject_pos, layout.answer_pos], "query": [layout.query_pos[:, None]],
+            "bos": [layout.bos_pos[:, None]], "all": []}[name]
+
+
+def mask(layout, name: str, n_pos: int) -> Bool[Tensor, "batch pos"]:
+    """Per-example boolean mask of the positions of role ``name`` in prompts of ``n_pos`` tokens."""
+    out = torch.zeros(layout.query_pos.shape[0], n_pos, dtype=torch.bool, device=layout.query_pos.device)
+    if canonical(name) == "all":
+        return ~out
+    for pos in positions(layout, name):
+        out.scatter_(1, pos.clamp(min=0), pos >= 0)
+    return out
+
+
+def masks(layout, n_pos: int, names: Sequence[str] | None = None) -> dict[str, Bool[Tensor, "batch pos"]]:
+    """Masks of several roles, keyed by their canonical names (default: :func:`default_roles`)."""
+    names = default_roles(layout) if names is None else [canonical(n) for n in names]
+    return {name: mask(layout, name, n_pos) for name in names}

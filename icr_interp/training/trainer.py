@@ -1,0 +1,217 @@
+"""Fine-tuning the attention of an IC-recall model, and evaluating it.
+
+What trains is decided here, not by the model builder: for an icr_interp
+model, the parameters its config marks trainable (``ModelConfig.trainable``:
+attention's ``W_Q``, ``W_K``, ``b_Q``, ``b_K``); for any other
+``HookedTransformer``, the same attention query/key weights by default; a
+user may pass ``trainable=`` (last components of parameter names) to choose.
+Everything else is frozen for the run (``requires_grad`` is restored after).
+The training set is exactly ``n_samples`` prompts drawn once, so
+``n_samples`` is the *sample complexity* the experiments measure.
+
+The loss reads only the query position, so a one-layer model uses the exact
+query-only forward of :mod:`icr_interp.model.forward` (the memory runs at the query
+row only); other models take the full forward.
+"""
+
+import math
+from dataclasses import dataclass, field, replace
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from icr_interp.model.attention_params import DEFAULT_LR, DEFAULT_SCHEDULE, logical_name
+from icr_interp.task.ceiling import ceiling
+from icr_interp.tl.compat import TLModel
+from icr_interp.model.forward import query_logits, query_path_applies
+from icr_interp.model.builder import TRAINABLE
+from icr_interp.seeds import SALTS, derive_seed
+from icr_interp.task.prompts import Batch, ICRecallTask
+
+DEFAULT_TRAINABLE = TRAINABLE  # attention query/key (model.py): what the paper fine-tunes, also for foreign models
+SCHEDULES = ("constant", "cosine")
+EVAL_SALT = SALTS["eval"]  # the first release's name for the held-out stream's salt
+__all__ = ["TrainConfig", "History", "finetune", "default_recipe", "evaluate", "batch_logits", "query_logits",
+           "trainable_names", "trainable_parameters", "EVAL_SALT"]
+
+
+@dataclass
+class TrainConfig:
+    """Fine-tuning hyper-parameters (saved in checkpoints)."""
+
+    n_samples: int = 4096  # size of the fixed training set (the sample complexity)
+    steps: int = 400  # optimiser steps
+    batch_size: int = 64  # prompts per step (capped at n_samples)
+    lr: float | None = None  # Adam learning rate; None: the model's attention parametrisation's (DEFAULT_LR)
+    # "constant" | "cosine" (lr decays to 0 over the steps); None: constant if lr is given, else DEFAULT_SCHEDULE
+    schedule: str | None = None
+    weight_decay: float = 0.0  # AdamW weight decay on W_Q / W_K
+    seed: int = 0  # seeds the training set and the minibatch order
+    fast: bool = True  # use the query-only forward when the model has one layer
+
+    def validate(self) -> None:
+        """One-line ValueError for a field out of range."""
+        if self.schedule is not None and self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES} (or None: the parametrisation's), "
+                             f"got {self.schedule!r}")
+        for name, low in (("n_samples", 1), ("steps", 0), ("batch_size", 1)):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+        for name in ("lr", "weight_decay"):
+            value = getattr(self, name)
+            if name == "lr" and value is None:  # resolved by finetune from the model (default_recipe)
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+
+
+@dataclass
+class History:
+    """Per-step training record."""
+
+    step: list[int] = field(default_factory=list)
+    loss: list[float] = field(default_factory=list)
+    accuracy: list[float] = field(default_factory=list)  # minibatch accuracy
+
+    def to_dict(self) -> dict:
+        return dict(step=self.step, loss=self.loss, accuracy=self.accuracy)
+
+
+def default_recipe(model: TLModel) -> dict:
+    """What ``TrainConfig(lr=None, schedule=None)`` resolves to: the model's attention parametrisation's
+    (``attention_params.DEFAULT_LR`` / ``DEFAULT_SCHEDULE``: full 0.003 constant, positional 0.1 cosine);
+    "full" for a model not built here."""
+    attention = getattr(getattr(model, "icr_config", None), "attention", "full")
+    return dict(lr=DEFAULT_LR[attention], schedule=DEFAULT_SCHEDULE[attention])
+
+
+def trainable_names(model: TLModel, trainable: Sequence[str] | None = None) -> list[str]:
+    """Names of the parameters fine-tuning trains (see module docstring)."""
+    if trainable is None:
+        icr_config = getattr(model, "icr_config", None)  # any model: ours carry their own choice
+        trainable = icr_config.trainable if icr_config is not None else DEFAULT_TRAINABLE
+    names = [n for n, _ in model.named_parameters() if logical_name(n).split(".")[-1] in set(trainable)]
+    if not names:
+        raise ValueError(f"no parameter of the model is named like {sorted(trainable)}: nothing would train")
+    return names
+
+
+def trainable_parameters(model: TLModel, trainable: Sequence[str] | None = None) -> list[torch.nn.Parameter]:
+    params = dict(model.named_parameters())
+    return [params[n] for n in trainable_names(model, trainable)]
+
+
+def batch_logits(model: TLModel, batch: Batch, fast: bool = True) -> Float[Tensor, "batch vocab"]:
+    """Logits at the query of every example (the query-only forward, or the full one)."""
+    qpos = batch.layout.query_pos
+    if fast:
+        return query_logits(model, batch.tokens, qpos)
+    return model(batch.tokens)[torch.arange(len(batch), device=qpos.device), qpos]
+
+
+def finetune(model: TLModel, task: ICRecallTask, n_samples: int | None = None, steps: int | None = None,
+             seed: int | None = None, *, config: TrainConfig | None = None, callback: Callable | None = None,
+             progress: bool = True, trainable: Sequence[str] | None = None, **overrides) -> History:
+    """Fine-tune attention on a fixed training set of ``n_samples`` prompts.
+
+    Args:
+        model: an IC-recall model (``build_model``) or any ``HookedTransformer``; updated in place.
+        task: the task to draw the training set from.
+        n_samples, steps, seed: override the :class:`TrainConfig` defaults.
+        config: a full config (other overrides are applied on top).
+        callback: called as ``callback(step, model, history)`` after every step
+            (e.g. to score the attention pattern over training).
+        progress: show a progress bar.
+        trainable: last components of the parameter names to train (default: see module docstring).
+        **overrides: any other :class:`TrainConfig` field.
+
+    Returns:
+        The per-step :class:`History`; an icr_interp model keeps the config as ``model.icr_train``.
+    """
+    cfg = config or TrainConfig()
+    cfg = replace(cfg, **{k: v for k, v in dict(n_samples=n_samples, steps=steps, seed=seed, **overrides).items()
+                          if v is not None})
+    # lr left at None: the parametrisation's recipe (lr and schedule); a given lr alone keeps a constant schedule,
+    # as every config written before schedules existed meant (so their cached runs stay valid: config.KEY_NEUTRAL)
+    recipe = default_recipe(model) if cfg.lr is None else dict(lr=cfg.lr, schedule="constant")
+    cfg = replace(cfg, lr=recipe["lr"], schedule=cfg.schedule or recipe["schedule"])
+    cfg.validate()
+    if not getattr(model, "memory_fitted", True):
+        raise ValueError("the pretrained memory has not been fitted: call icr_interp.pretrain_memory(model, task) "
+                         "before fine-tuning")
+    device = model.cfg.device
+    data = task.sample(cfg.n_samples, seed=cfg.seed, device=device)
+    gen = torch.Generator().manual_seed(cfg.seed + 7919)
+    names = set(trainable_names(model, trainable))
+    before = {n: p.requires_grad for n, p in model.named_parameters()}
+    for n, p in model.named_parameters():
+        p.requires_grad_(n in names)  # freezing belongs to training
+    params = [p for n, p in model.named_parameters() if n in names]
+    # foreach: one kernel per operation over all parameters instead of a Python loop with temporaries
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
+    decay = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, cfg.steps)) if cfg.schedule == "cosine" else None
+    history = History()
+    fast = cfg.fast and query_path_applies(model)
+    try:
+        for step in tqdm(range(cfg.steps), desc="fine-tune", disable=None if progress else True, leave=False):
+            idx = torch.randperm(cfg.n_samples, generator=gen)[: cfg.batch_size].to(device)
+            mb = data[idx]
+            logits = batch_logits(model, mb, fast=fast)
+            loss = F.cross_entropy(logits, mb.answers)
+            if not torch.isfinite(loss):
+                raise ValueError(f"fine-tuning diverged at step {step} (loss {loss.item()}); lower the learning rate")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if decay is not None:
+                decay.step()
+            history.step.append(step)
+            history.loss.append(loss.item())
+            history.accuracy.append((logits.argmax(-1) == mb.answers).float().mean().item())
+            if callback is not None:
+                callback(step, model, history)
+    finally:
+        for n, p in model.named_parameters():
+            p.requires_grad_(before[n])
+    if hasattr(model, "icr_train"):
+        model.icr_train = cfg
+    return history
+
+
+@torch.no_grad()
+def evaluate(model: TLModel, task: ICRecallTask, n_prompts: int = 1024, seed: int = 0,
+             batch_size: int = 256) -> dict:
+    """Held-out accuracy, loss and mean query attention row on fresh prompts.
+
+    Prompts come from ``manual_seed(derive_seed(seed, "eval"))``, a stream
+    disjoint from the training sets ``finetune`` draws (they may still repeat a
+    training prompt by chance when the task has few distinct prompts).  Only
+    the query row is computed where the model allows it (see :mod:`icr_interp.model.forward`).
+
+    Returns:
+        ``{"accuracy", "loss", "n_prompts", "query_attention", "ceiling"}`` where
+        ``query_attention`` is the first head of the last layer's query row
+        averaged over prompts (a list over positions) and ``ceiling`` the
+        Bayes-optimal accuracy on the same prompts (:mod:`icr_interp.task.ceiling`).
+    """
+    if not isinstance(n_prompts, int) or n_prompts < 1:
+        raise ValueError(f"n_prompts must be a positive integer, got {n_prompts!r}")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    device = model.cfg.device
+    gen = torch.Generator().manual_seed(derive_seed(seed, "eval"))
+    correct, loss_sum, rows, best = 0, 0.0, [], 0.0
+    for start in range(0, n_prompts, batch_size):
+        batch = task.sample(min(batch_size, n_prompts - start), generator=gen, device=device)
+        logits, pattern = query_logits(model, batch.tokens, batch.layout.query_pos, return_pattern=True)
+        correct += int((logits.argmax(-1) == batch.answers).sum())
+        loss_sum += float(F.cross_entropy(logits, batch.answers, reduction="sum"))
+        rows.append(pattern[:, 0])
+        best += float(ceiling(task, batch).sum())
+    return dict(accuracy=correct / n_prompts, loss=loss_sum / n_prompts, n_prompts=n_prompts,
+                query_attention=torch.cat(rows).mean(0).tolist(), ceiling=best / n_prompts)
