@@ -43,25 +43,90 @@ CORRUPTIONS = ("relation", "query")
 
 @dataclass(frozen=True)
 class Layout:
-    """Per-example positions of each role in a prompt (-1: role absent)."""
+    """Per-example token spans of each role in a prompt, and where the answer is predicted.
 
-    subject_pos: Int[Tensor, "batch pair"]  # position of s_i
-    answer_pos: Int[Tensor, "batch pair"]  # position of a_i
-    query_pos: Int[Tensor, " batch"]  # position of s_q
+    A role occupies a *span* of tokens (a multi-token name in a text prompt); the
+    ``*_pos`` fields hold each span's **last** token (what the first release
+    called the role's position, so code reading one position per role keeps
+    working) and the ``*_start`` fields its first.  Attention to a role is the
+    mass summed over its span (:meth:`span_masks`).  ``pred_pos`` is the
+    position whose logits predict the answer: the query itself in the toy
+    prompts, the last token (the separator after the query subject) in text
+    prompts.  Text batches are right-padded: positions after ``pred_pos`` are
+    padding, which a causal model never reads at or before ``pred_pos``.
+
+    The optional fields default to one-token spans (start = end) and
+    ``pred_pos = query_pos``, so ``Layout(subject_pos, answer_pos, query_pos,
+    bos_pos)`` is the toy layout of the first release.  -1: role absent.
+    """
+
+    subject_pos: Int[Tensor, "batch pair"]  # last token of s_i
+    answer_pos: Int[Tensor, "batch pair"]  # last token of a_i
+    query_pos: Int[Tensor, " batch"]  # last token of s_q
     bos_pos: Int[Tensor, " batch"]  # position of BOS, -1 without one
+    subject_start: Int[Tensor, "batch pair"] | None = None  # first token of s_i (None: subject_pos)
+    answer_start: Int[Tensor, "batch pair"] | None = None  # first token of a_i (None: answer_pos)
+    query_start: Int[Tensor, " batch"] | None = None  # first token of s_q (None: query_pos)
+    pred_pos: Int[Tensor, " batch"] | None = None  # whose logits predict the answer (None: query_pos)
+
+    def __post_init__(self) -> None:
+        for name, end in (("subject_start", "subject_pos"), ("answer_start", "answer_pos"),
+                          ("query_start", "query_pos"), ("pred_pos", "query_pos")):
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, getattr(self, end).clone())
 
     def to(self, device) -> "Layout":
-        return Layout(*(getattr(self, f.name).to(device) for f in fields(self)))
+        return Layout(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
+
+    def __getitem__(self, idx) -> "Layout":
+        """The layout of a sub-batch (index tensor, slice or mask over examples)."""
+        return Layout(**{f.name: getattr(self, f.name)[idx] for f in fields(self)})
+
+    @property
+    def n_examples(self) -> int:
+        return self.query_pos.shape[0]
+
+    @property
+    def one_token_spans(self) -> bool:
+        """Whether every role is one token (the toy prompts)."""
+        return bool((self.subject_start == self.subject_pos).all() and (self.answer_start == self.answer_pos).all()
+                    and (self.query_start == self.query_pos).all())
+
+    def span_masks(self, n_pos: int) -> "SpanMasks":
+        """Boolean ``[batch, pair, pos]`` masks of each subject and answer span, ``[batch, pos]`` of the others."""
+        pos = torch.arange(n_pos, device=self.query_pos.device)
+        within = lambda start, end: (pos >= start[..., None]) & (pos <= end[..., None]) & (end[..., None] >= 0)  # noqa: E731
+        bos = (pos == self.bos_pos[:, None]) & (self.bos_pos[:, None] >= 0)
+        return SpanMasks(subject=within(self.subject_start, self.subject_pos),
+                         answer=within(self.answer_start, self.answer_pos),
+                         query=within(self.query_start, self.query_pos), bos=bos,
+                         prediction=pos == self.pred_pos[:, None], padding=pos > self.pred_pos[:, None])
 
     def role_of_positions(self, n_pos: int) -> Int[Tensor, "batch pos"]:
-        """Role id at every position: 0 other, 1 subject, 2 answer, 3 query, 4 BOS."""
-        roles = torch.zeros(self.query_pos.shape[0], n_pos, dtype=torch.long, device=self.query_pos.device)
-        roles.scatter_(1, self.subject_pos, 1)
-        roles.scatter_(1, self.answer_pos, 2)
-        roles.scatter_(1, self.query_pos[:, None], 3)
-        has_bos = self.bos_pos >= 0
-        roles[has_bos, self.bos_pos[has_bos]] = 4
+        """Role id at every position: 0 other (separators, padding), 1 subject, 2 answer, 3 query, 4 BOS."""
+        m = self.span_masks(n_pos)
+        roles = torch.zeros(self.n_examples, n_pos, dtype=torch.long, device=self.query_pos.device)
+        roles[m.subject.any(1)] = 1
+        roles[m.answer.any(1)] = 2
+        roles[m.query] = 3
+        roles[m.bos] = 4
         return roles
+
+
+class SpanMasks(NamedTuple):
+    """Boolean masks of a layout's spans (:meth:`Layout.span_masks`)."""
+
+    subject: Bool[Tensor, "batch pair pos"]  # span of s_i
+    answer: Bool[Tensor, "batch pair pos"]  # span of a_i
+    query: Bool[Tensor, "batch pos"]  # span of s_q
+    bos: Bool[Tensor, "batch pos"]  # BOS (all False without one)
+    prediction: Bool[Tensor, "batch pos"]  # the prediction position
+    padding: Bool[Tensor, "batch pos"]  # right padding after the prediction position
+
+    @property
+    def separators(self) -> Bool[Tensor, "batch pos"]:
+        """Every real position outside the roles (template text such as ``": "`` and newlines)."""
+        return ~(self.subject.any(1) | self.answer.any(1) | self.query | self.bos | self.padding)
 
 
 ROLE_NAMES = ("other", "subject", "answer", "query", "bos")
@@ -77,21 +142,23 @@ class Batch:
     subjects: Int[Tensor, "batch pair"]  # context subject ids s_i (knowledge-base ids)
     query: Int[Tensor, " batch"]  # query subject id s_q
     layout: Layout  # where each role sits
+    # answer ids the context shows (knowledge-base ids); None: a*(s_i, r), as every toy prompt (a shuffled
+    # text prompt, the function-vector null, shows other answers)
+    context_answers: Int[Tensor, "batch pair"] | None = None
 
     def __len__(self) -> int:
         return self.tokens.shape[0]
 
     def to(self, device) -> "Batch":
-        moved = {f.name: getattr(self, f.name).to(device) for f in fields(self) if f.name != "layout"}
+        moved = {f.name: _move(getattr(self, f.name), device) for f in fields(self) if f.name != "layout"}
         return Batch(**moved, layout=self.layout.to(device))
 
     def __getitem__(self, idx) -> "Batch":
         """Sub-batch by index, slice or mask (an integer index keeps a batch of one)."""
         if isinstance(idx, int):
             idx = slice(idx, idx + 1 if idx != -1 else None)
-        sub = {f.name: getattr(self, f.name)[idx] for f in fields(self) if f.name != "layout"}
-        lay = Layout(*(getattr(self.layout, f.name)[idx] for f in fields(Layout)))
-        return Batch(**sub, layout=lay)
+        sub = {f.name: _index(getattr(self, f.name), idx) for f in fields(self) if f.name != "layout"}
+        return Batch(**sub, layout=self.layout[idx])
 
 
 class ICRecallTask:
@@ -278,6 +345,14 @@ class ICRecallTask:
 
     def to_str(self, tokens: Tensor) -> list | str:
         return self.vocab.to_str(tokens)
+
+
+def _move(value, device):
+    return None if value is None else value.to(device)
+
+
+def _index(value, idx):
+    return None if value is None else value[idx]
 
 
 def _generator(seed: int | None, generator: torch.Generator | None) -> torch.Generator:

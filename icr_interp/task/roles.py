@@ -12,11 +12,16 @@ An IC-recall prompt ``[BOS, s_1, a_1, ..., s_k, a_k, s_q]`` has these roles
 ``answer_i``   the i-th answer a_i
 ``query``      the query subject s_q
 ``bos``        the BOS token (absent from prompts without one)
+``prediction`` the position whose logits predict the answer (the query in toy prompts)
+``separators`` template text outside every other role (``": "``, newlines; none in toy prompts)
 ``all``        every position
 =============  ===============================================
 
 Positions always come from each example's own :class:`~icr_interp.task.prompts.Layout`,
-never from one position shared by the whole batch.  The singular ``subject``
+never from one position shared by the whole batch.  A role is a set of token
+*spans* (a multi-token name in a text prompt): :func:`mask` covers every token
+of them, so attention to a role is the mass summed over its spans, and
+:func:`positions` gives each span's last token.  The singular ``subject``
 and ``answer`` of the first release are still read, as ``subjects`` and
 ``answers``, with a deprecation warning.
 """
@@ -28,7 +33,7 @@ import torch
 from jaxtyping import Bool
 from torch import Tensor
 
-GROUPS = ("subjects", "answers", "context", "query", "bos", "all")  # roles without an index
+GROUPS = ("subjects", "answers", "context", "query", "bos", "prediction", "separators", "all")  # no index
 INDEXED = ("pair", "subject", "answer")  # roles written ``<name>_<i>``, i = 1..k
 _ALIASES = {"subject": "subjects", "answer": "answers"}  # first-release spellings
 
@@ -48,11 +53,13 @@ def canonical(name: str) -> str:
 
 
 def default_roles(layout) -> list[str]:
-    """subjects, answers, context, every pair, query, and BOS when the prompts have one."""
+    """subjects, answers, context, every pair, query, BOS when the prompts have one, and -- where the
+    prediction position is not the query's (text prompts) -- the prediction position and the separators."""
     k = layout.subject_pos.shape[1]
     has_bos = bool((layout.bos_pos >= 0).any())
+    text = bool((layout.pred_pos != layout.query_pos).any())
     return ["subjects", "answers", "context", *(f"pair_{i + 1}" for i in range(k)), "query",
-            *(["bos"] if has_bos else [])]
+            *(["bos"] if has_bos else []), *(["prediction", "separators"] if text else [])]
 
 
 def positions(layout, name: str) -> list[Tensor]:
@@ -70,19 +77,29 @@ def positions(layout, name: str) -> list[Tensor]:
         pick = slice(i, i + 1)
         return {"subject": [layout.subject_pos[:, pick]], "answer": [layout.answer_pos[:, pick]],
                 "pair": [layout.subject_pos[:, pick], layout.answer_pos[:, pick]]}[base]
+    if name == "separators":
+        raise ValueError("role 'separators' has no position per span; use mask()")
     return {"subjects": [layout.subject_pos], "answers": [layout.answer_pos],
             "context": [layout.subject_pos, layout.answer_pos], "query": [layout.query_pos[:, None]],
-            "bos": [layout.bos_pos[:, None]], "all": []}[name]
+            "bos": [layout.bos_pos[:, None]], "prediction": [layout.pred_pos[:, None]], "all": []}[name]
 
 
 def mask(layout, name: str, n_pos: int) -> Bool[Tensor, "batch pos"]:
-    """Per-example boolean mask of the positions of role ``name`` in prompts of ``n_pos`` tokens."""
-    out = torch.zeros(layout.query_pos.shape[0], n_pos, dtype=torch.bool, device=layout.query_pos.device)
-    if canonical(name) == "all":
-        return ~out
-    for pos in positions(layout, name):
-        out.scatter_(1, pos.clamp(min=0), pos >= 0)
-    return out
+    """Per-example boolean mask of every token of role ``name``'s spans in prompts of ``n_pos`` tokens."""
+    name = canonical(name)
+    if name == "all":
+        return torch.ones(layout.query_pos.shape[0], n_pos, dtype=torch.bool, device=layout.query_pos.device)
+    m = layout.span_masks(n_pos)
+    base, _, index = name.partition("_")
+    if index:
+        i = int(index) - 1
+        k = layout.subject_pos.shape[1]
+        if i >= k:
+            raise ValueError(f"role {name!r} is out of range for k={k} pairs")
+        return {"subject": m.subject[:, i], "answer": m.answer[:, i], "pair": m.subject[:, i] | m.answer[:, i]}[base]
+    return {"subjects": lambda: m.subject.any(1), "answers": lambda: m.answer.any(1),
+            "context": lambda: m.subject.any(1) | m.answer.any(1), "query": lambda: m.query, "bos": lambda: m.bos,
+            "prediction": lambda: m.prediction, "separators": lambda: m.separators}[name]()
 
 
 def masks(layout, n_pos: int, names: Sequence[str] | None = None) -> dict[str, Bool[Tensor, "batch pos"]]:
