@@ -73,7 +73,7 @@ def make_task(n_triplets: int, relations: int, n_pairs: int, seed: int):
 def build(task, impl: str, d_model: int, seed: int):
     """``build_model(memory_impl=impl)``; where build_model does not know ``impl`` yet, attach it by hand."""
     from icr_interp import build_model
-    from icr_interp.model.memory.associative import MemoryScales, construct_memory
+    from icr_interp.model.memory import MemoryScales, construct_memory
 
     try:
         return build_model(task, d_model=d_model, seed=seed, memory_impl=impl)
@@ -81,7 +81,7 @@ def build(task, impl: str, d_model: int, seed: int):
         model = build_model(task, d_model=d_model, seed=seed, memory_impl="factored")
         cfg = model.icr_config
         model.blocks[-1].mlp = None  # free the factored buffers before building the sparse ones
-        model.blocks[-1].mlp = construct_memory(cfg.construction, task.kb, task.vocab, model.icr_basis, task.n_pairs,
+        model.blocks[-1].mlp = construct_memory(cfg.construction, task.kb, task.vocab, model.basis, task.n_pairs,
                                                 MemoryScales(**cfg.scales), impl=impl)
         model.setup()
         return model
@@ -166,11 +166,11 @@ def crossover(threads: int, d_models=(256, 1024), subjects=(16, 64, 256, 1024), 
             task = make_task(n * 8, 8, 4, 0)
             model = build(task, "factored", d_model, 0)
             cfg = model.icr_config
-            from icr_interp.model.memory.associative import MemoryScales, construct_memory
+            from icr_interp.model.memory import MemoryScales, construct_memory
 
             x = query_inputs(model, task.sample(64, seed=1))
             g = torch.randn(x.shape, generator=torch.Generator().manual_seed(1))
-            mems = {impl: construct_memory(cfg.construction, task.kb, task.vocab, model.icr_basis, task.n_pairs,
+            mems = {impl: construct_memory(cfg.construction, task.kb, task.vocab, model.basis, task.n_pairs,
                                            MemoryScales(**cfg.scales), impl=impl).requires_grad_(False)
                     for impl in IMPLS}
             t = measure({impl: memory_step(m, x, g) for impl, m in mems.items()}, repeats, warmup=3)

@@ -40,6 +40,16 @@ MOVED: dict[str, str] = {
 KEPT = {"patching": "analysis.patching", "ablation": "analysis.ablation", "circuit": "analysis.circuit",
         "viz": "viz"}
 
+# Renamed attributes: owner (a module's dotted name, or a class name) -> {old name: new dotted name}. A module
+# owner resolves them in its ``__getattr__`` through :func:`module_attr`; a class through :func:`moved_attr`.
+MOVED_ATTRS: dict[str, dict[str, str]] = {
+    "ICRModel": {"icr_basis": "basis"},
+    f"{PACKAGE}.analysis.patching": {"fast_path_applies": f"{PACKAGE}.model.forward.query_path_applies",
+                                     "pearson": f"{PACKAGE}.analysis.stats.pearson"},
+    f"{PACKAGE}.training.trainer": {"EVAL_SALT": f"{PACKAGE}.seeds.EVAL_SALT"},
+    f"{PACKAGE}.training": {"EVAL_SALT": f"{PACKAGE}.seeds.EVAL_SALT"},
+}
+
 _warned: set[str] = set()
 
 
@@ -70,6 +80,23 @@ def resolve(old_attr: str):
     new = f"{PACKAGE}.{MOVED[old_attr]}"
     warn_moved(f"{PACKAGE}.{old_attr}", new, stacklevel=4)
     return importlib.import_module(new)
+
+
+def moved_attr(owner: str, name: str) -> str:
+    """The new name of ``owner``'s renamed attribute ``name``, warning once."""
+    new = MOVED_ATTRS[owner][name]
+    warn_moved(f"{owner}.{name}", new, stacklevel=4)
+    return new.rpartition(".")[2]
+
+
+def module_attr(module: str, name: str):
+    """For a module's ``__getattr__``: the object a renamed attribute names now (warning once)."""
+    if name not in MOVED_ATTRS.get(module, {}):
+        raise AttributeError(f"module {module!r} has no attribute {name!r}")
+    new = MOVED_ATTRS[module][name]
+    warn_moved(f"{module}.{name}", new, stacklevel=4)
+    where, _, attr = new.rpartition(".")
+    return getattr(importlib.import_module(where), attr)
 
 
 class _AliasLoader(importlib.abc.Loader):

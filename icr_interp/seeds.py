@@ -2,7 +2,8 @@
 
 One run seed drives everything.  Streams that must be independent get their
 own purpose, and :func:`derive_seed` is the one function that turns (seed,
-purpose) into a generator seed, so no module invents its own offset.
+purpose) into a generator seed, so no module invents its own offset (the first release's two offset streams are
+named in :data:`OFFSETS` and drawn through :func:`offset_seed`).
 
 The knowledge base, the model (basis, attention start), the pretrained
 memory's fit and the training set use the run seed itself (``KnowledgeBase.random
@@ -25,6 +26,24 @@ SALTS = {  # purpose -> XOR salt (0: the run seed itself)
     "analysis": 0xA5A5_0000_0000,  # prompts of the probes and case-study analyses
     "corrupt": 0xC022_0000_0000,  # corrupted counterparts of analysis prompts
 }
+
+
+EVAL_SALT = SALTS["eval"]  # the held-out stream's salt, by its first name
+
+# Streams of the first release drawn with a fixed *offset* instead of a salt. Changing them would change every
+# pinned number (tests/test_reference_pinned.py), so they keep their values and get names here.
+OFFSETS = {  # purpose -> added to the run seed
+    "attention_start": 1,  # the random part of the attention start (build_model)
+    "minibatch_order": 7919,  # the order fine-tuning visits a fixed training set (finetune)
+    "second_head": 1,  # the second head's start in the heads case study
+}
+
+
+def offset_seed(seed: int, purpose: str) -> int:
+    """The generator seed of an offset stream ``purpose`` (:data:`OFFSETS`) in the run seeded ``seed``."""
+    if purpose not in OFFSETS:
+        raise ValueError(f"unknown offset purpose {purpose!r}; purposes are {', '.join(OFFSETS)}")
+    return check_seed(seed) + OFFSETS[purpose]
 
 
 def derive_seed(seed: int, purpose: str) -> int:

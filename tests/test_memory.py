@@ -17,7 +17,7 @@ import torch
 
 import icr_interp
 from icr_interp.task.knowledge import KnowledgeBase
-from icr_interp.model.memory.associative import AssociativeMemory, MemoryScales, construct_memory, pick_construction
+from icr_interp.model.memory import AssociativeMemory, MemoryScales, construct_memory, pick_construction
 from icr_interp.task.prompts import ICRecallTask
 
 GAIN = MemoryScales().logit_gain
@@ -37,7 +37,7 @@ def all_contexts(kb: KnowledgeBase, k: int) -> tuple[torch.Tensor, torch.Tensor,
 
 def ideal_inputs(model, task, query, relation, context) -> torch.Tensor:
     """[n 1 d_model] memory inputs under uniform attention over the context."""
-    basis, v = model.icr_basis, task.vocab
+    basis, v = model.basis, task.vocab
     answers = task.kb.table[relation[:, None], context]
     x = (basis.token[v.subject_token(query)]
          + basis.context[v.subject_token(context)].sum(1)
@@ -72,7 +72,7 @@ def test_memory_recalls_every_fact_from_its_ideal_input(kb_name, memory, request
     kb = request.getfixturevalue(kb_name)
     task = ICRecallTask(kb, n_pairs=2)
     model = icr_interp.build_model(task, memory=memory)
-    assert model.icr_config.construction == memory and model.icr_basis.exact
+    assert model.icr_config.construction == memory and model.basis.exact
     query, relation, context = all_contexts(kb, 2)
     clean = ~confounded(kb, relation, context)
     logits = memory_logits(model, ideal_inputs(model, task, query, relation, context))
@@ -96,7 +96,7 @@ def test_memory_recalls_every_fact_from_its_ideal_input(kb_name, memory, request
 def test_lookup_stage_alone_stores_the_whole_table(shared_task):
     """Stage II reads token[s] + relation[r]; with no context stage I stays silent."""
     model = icr_interp.build_model(shared_task)
-    basis, v, kb = model.icr_basis, shared_task.vocab, shared_task.kb
+    basis, v, kb = model.basis, shared_task.vocab, shared_task.kb
     s, r, a = kb.triplets().T
     logits = memory_logits(model, (basis.token[v.subject_token(s)] + basis.relation[r])[:, None])
     assert int((logits.argmax(-1) == v.answer_token(a)).sum()) == 64
@@ -167,7 +167,7 @@ def test_uniform_context_attention_gives_the_ideal_input(shared_task):
     with model.hooks(fwd_hooks=[("blocks.0.attn.hook_pattern", set_query_row)]):
         _, cache = model.run_with_cache(batch.tokens, names_filter="blocks.0.hook_resid_mid")
     x = ideal_inputs(model, shared_task, batch.query, batch.relations, batch.subjects)[:, 0]
-    expected = x + model.icr_basis.pos[q]
+    expected = x + model.basis.pos[q]
     assert torch.allclose(cache["blocks.0.hook_resid_mid"][:, q], expected, atol=1e-5)
     assert len(model.blocks[0].attn.hook_pattern.fwd_hooks) == 0  # no hook left behind
 
@@ -201,7 +201,7 @@ def test_patching_the_relation_hook_changes_the_answer(shared_task):
     q = shared_task.n_ctx - 1
 
     def write_relation(rel, hook):
-        rel[:, q] = model.icr_basis.relation[other]
+        rel[:, q] = model.basis.relation[other]
         return rel
 
     logits = model.run_with_hooks(batch.tokens, fwd_hooks=[("blocks.0.mlp.hook_relation", write_relation)])[:, q]
@@ -229,7 +229,7 @@ def test_constructed_memory_weights(disjoint_task):
     assert mem.d_mlp == disjoint_task.kb.n_triplets == 64
     assert torch.allclose(mem.b_in, torch.full((64,), -MemoryScales().lookup_threshold))
     with pytest.raises(ValueError, match="construction must be one of"):
-        construct_memory("triple", disjoint_task.kb, disjoint_task.vocab, model.icr_basis, 2)
+        construct_memory("triple", disjoint_task.kb, disjoint_task.vocab, model.basis, 2)
 
 
 # ------------------------------------- checks moved out of benchmarks/bench_train.py
@@ -247,7 +247,7 @@ def test_memory_implementations_agree_at_the_query(impl):
     task = ICRecallTask(KnowledgeBase.random(96, 8, 96, 1.0, seed=0), n_pairs=4)
     model = icr_interp.build_model(task, d_model=128, memory_impl="dense")  # random basis: crosstalk
     cfg = model.icr_config
-    other = construct_memory(cfg.construction, task.kb, task.vocab, model.icr_basis, task.n_pairs,
+    other = construct_memory(cfg.construction, task.kb, task.vocab, model.basis, task.n_pairs,
                              MemoryScales(**cfg.scales), impl=impl)
     batch = task.sample(64, seed=1)
     _, cache = model.run_with_cache(batch.tokens, names_filter="blocks.0.hook_resid_mid")
@@ -288,7 +288,7 @@ def test_fast_and_full_training_losses_and_gradients_agree(impl):
     if impl == "sparse":
         cfg = model.icr_config
         model = copy.deepcopy(model)
-        model.blocks[-1].mlp = construct_memory(cfg.construction, task.kb, task.vocab, model.icr_basis, task.n_pairs,
+        model.blocks[-1].mlp = construct_memory(cfg.construction, task.kb, task.vocab, model.basis, task.n_pairs,
                                                 MemoryScales(**cfg.scales), impl="sparse")
         model.setup()
     batch = task.sample(64, seed=1)

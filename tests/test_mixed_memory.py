@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 import icr_interp
 from icr_interp.task.knowledge import KnowledgeBase
-from icr_interp.model.memory.associative import MemoryScales, construct_memory, pick_construction
+from icr_interp.model.memory import MemoryScales, construct_memory, pick_construction
 from icr_interp.task.prompts import ICRecallTask
 
 SCALES = MemoryScales()

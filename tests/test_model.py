@@ -5,7 +5,7 @@ import torch
 from jaxtyping import TypeCheckError
 
 import icr_interp
-from icr_interp.model.memory.associative import AssociativeMemory
+from icr_interp.model.memory import AssociativeMemory
 from icr_interp.task.prompts import Layout
 from icr_interp.training.trainer import query_logits
 
@@ -83,7 +83,7 @@ def test_only_attention_qk_trains(shared_task):
 
 def test_embeddings_are_the_basis(shared_task):
     model = icr_interp.build_model(shared_task)
-    basis = model.icr_basis
+    basis = model.basis
     assert basis.exact and model.cfg.d_model == basis.d_model == 128  # 3 * 37 + 6 + 4 = 121 -> 128
     assert torch.equal(model.W_E, basis.token)
     assert torch.equal(model.W_pos, basis.pos)
@@ -95,7 +95,7 @@ def test_embeddings_are_the_basis(shared_task):
 
 def test_ov_copies_into_context_directions(shared_task):
     model = icr_interp.build_model(shared_task)
-    basis, attn = model.icr_basis, model.blocks[0].attn
+    basis, attn = model.basis, model.blocks[0].attn
     ov = basis.token @ attn.W_V[0] @ attn.W_O[0]
     # Scaled by 2k = 4 so uniform attention over the 4 context tokens gives each weight 1.
     assert torch.allclose(ov, 4 * basis.context, atol=1e-5)
@@ -174,7 +174,7 @@ def test_build_model_rejects_bad_arguments(shared_task):
 
 def test_small_d_model_uses_random_unit_basis(shared_task):
     model = icr_interp.build_model(shared_task, d_model=64)
-    assert not model.icr_basis.exact and model.cfg.d_model == 64
+    assert not model.basis.exact and model.cfg.d_model == 64
     assert torch.allclose(model.W_E.norm(dim=1), torch.ones(37), atol=1e-5)
     logits = model(shared_task.sample(4, seed=0).tokens)
     assert logits.shape == (4, 6, 37) and torch.isfinite(logits).all()

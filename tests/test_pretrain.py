@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import icr_interp as ii
-from icr_interp.model.memory.associative import AssociativeMemory
+from icr_interp.model.memory import AssociativeMemory
 
 
 def test_pretrained_memory_learns_and_rewards_the_pairwise_pattern():

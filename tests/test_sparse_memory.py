@@ -13,7 +13,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import icr_interp
 from icr_interp.model.forward import query_logits
 from icr_interp.task.knowledge import KnowledgeBase
-from icr_interp.model.memory.associative import DENSE_MAX_WEIGHTS, MemoryScales, choose_impl, construct_memory
+from icr_interp.model.memory import DENSE_MAX_WEIGHTS, MemoryScales, choose_impl, construct_memory
 from icr_interp.model.memory.sparse import SparseMemory
 from icr_interp.task.prompts import ICRecallTask
 
@@ -35,7 +35,7 @@ def make(overlap: float, d_model: int | None, n_subjects: int = 24, n_relations:
 
 def memory_of(model, task, impl: str):
     cfg = model.icr_config
-    return construct_memory(cfg.construction, task.kb, task.vocab, model.icr_basis, task.n_pairs,
+    return construct_memory(cfg.construction, task.kb, task.vocab, model.basis, task.n_pairs,
                             MemoryScales(**cfg.scales), impl=impl)
 
 
@@ -55,7 +55,7 @@ CASES = [(1.0, None), (0.0, None), (1.0, 96), (0.0, 96)]  # pair / answer constr
 @pytest.mark.parametrize("overlap,d_model", CASES)
 def test_sparse_memory_equals_dense_and_factored(overlap, d_model):
     task, model = make(overlap, d_model)
-    basis = model.icr_basis
+    basis = model.basis
     if d_model:  # random basis: real crosstalk between token and context reads
         assert not basis.exact and float((basis.token @ basis.context.T).fill_diagonal_(0).abs().max()) > 0.1
     mems = {impl: memory_of(model, task, impl) for impl in ("dense", "factored", "sparse")}
@@ -200,7 +200,7 @@ def test_choose_impl_and_construct_memory_spellings():
         choose_impl("fast", 10, 10)
     task, model = make(1.0, None)
     cfg = model.icr_config
-    args = (cfg.construction, task.kb, task.vocab, model.icr_basis, task.n_pairs)
+    args = (cfg.construction, task.kb, task.vocab, model.basis, task.n_pairs)
     assert type(construct_memory(*args, factored=True)).__name__ == "FactoredMemory"  # the old keyword
     assert isinstance(construct_memory(*args, impl="sparse"), SparseMemory)
     with pytest.raises(ValueError, match="impl must be one of"):

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from jaxtyping import Bool, Float
 from torch import Tensor
 
+from icr_interp.model import hooks as H
 from icr_interp.task import roles
 from icr_interp.analysis.attention import pattern_name, query_row, resolve_layer
 from icr_interp.tl.compat import TLModel
@@ -114,7 +115,7 @@ def ablate_role_values(model: TLModel, batch: Batch, role: str, method: str = "m
         return torch.where(mask.to(v.device), replacement(v, method), v)
 
     return run_ablation(model, batch, f"values at {_label(role)} positions", method,
-                        [(f"blocks.{layer}.attn.hook_v", hook)])
+                        [(H.hook(layer, "v"), hook)])
 
 
 def ablate_head(model: TLModel, batch: Batch, layer: int, head: int, method: str = "mean") -> AblationResult:
@@ -126,12 +127,12 @@ def ablate_head(model: TLModel, batch: Batch, layer: int, head: int, method: str
         z[:, :, head] = replacement(z[:, :, head], method)
         return z
 
-    return run_ablation(model, batch, f"head L{layer}H{head}", method, [(f"blocks.{layer}.attn.hook_z", hook)])
+    return run_ablation(model, batch, f"head L{layer}H{head}", method, [(H.hook(layer, "z"), hook)])
 
 
 def ablate_hook(model: TLModel, batch: Batch, hook_name: str, method: str = "mean",
                 index: Tensor | slice | None = None) -> AblationResult:
-    """Ablate a whole activation (e.g. ``blocks.0.mlp.hook_relation``) or the last-axis ``index`` of it.
+    """Ablate a whole activation (e.g. ``hook(layer, "relation")``, :mod:`icr_interp.model.hooks`) or the last-axis ``index`` of it.
 
     With ``index`` a set of neurons of ``hook_post`` / ``hook_rel_post`` is ablated.
     """
@@ -182,7 +183,7 @@ def standard_ablations(model: TLModel, batch: Batch, method: str = "mean",
     results += [restrict_pattern(model, batch, keep, layer)
                 for keep in (("subjects",), ("answers",), ("subjects", "answers"))]
     results += [ablate_head(model, batch, layer, h, method) for h in range(model.cfg.n_heads)]
-    mlp = f"blocks.{layer}.mlp.hook_relation"
+    mlp = H.hook(layer, "relation")
     if mlp in model.hook_dict:
         results.append(ablate_hook(model, batch, mlp, method))
     return results

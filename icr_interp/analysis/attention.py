@@ -13,6 +13,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from icr_interp.model import hooks as H
 from icr_interp.tl.compat import TLModel
 from icr_interp.task.prompts import Batch
 
@@ -29,7 +30,7 @@ def resolve_layer(n_layers: int, layer: int | None = None) -> int:
 
 def pattern_name(layer: int) -> str:
     """TransformerLens's name of a layer's attention pattern hook."""
-    return f"blocks.{layer}.attn.hook_pattern"
+    return H.hook(layer, "pattern")
 
 
 def query_row(pattern: Float[Tensor, "batch head dest src"],

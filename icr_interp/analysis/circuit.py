@@ -31,7 +31,7 @@ component           hook                                   positions
 ``subjects``        ``blocks.L.attn.hook_v`` (all heads)   s_i
 ``answers``         ``blocks.L.attn.hook_v`` (all heads)   a_i
 ``context``         ``blocks.L.attn.hook_v`` (all heads)   s_i and a_i
-``query``           ``blocks.0.hook_resid_pre``            s_q
+``query``           ``blocks.L0.hook_resid_pre`` (first)  s_q
 ``pattern``         ``blocks.L.attn.hook_pattern``         row s_q, sources s_i and a_i
 ``attn_out``        ``blocks.L.hook_attn_out``             s_q
 ``stage_I``         ``blocks.L.mlp.hook_relation``         s_q
@@ -68,6 +68,7 @@ import torch
 from jaxtyping import Bool
 from torch import Tensor
 
+from icr_interp.model import hooks as H
 from icr_interp.analysis import ablation
 
 from icr_interp.analysis import reliability
@@ -76,7 +77,8 @@ from icr_interp.task import roles
 from icr_interp.analysis.ablation import AblationResult
 from icr_interp.analysis.attention import resolve_layer
 from icr_interp.tl.compat import TLModel
-from icr_interp.analysis.patching import LogitDiff, Patch, base_run, patch_activations
+from icr_interp.analysis.patching import LogitDiff, patch_activations
+from icr_interp.analysis.patching.by_role import role_patch, setup
 from icr_interp.task.prompts import Batch, ICRecallTask
 
 JOBS = ("relation", "lookup")  # summary columns: relation inference, answer lookup
@@ -100,17 +102,16 @@ class Component:
 def circuit_components(model: TLModel) -> list[Component]:
     """The summary's components for ``model`` (last layer; hooks the model lacks are skipped)."""
     last = resolve_layer(model.cfg.n_layers)
-    attn, mlp = f"blocks.{last}.attn", f"blocks.{last}.mlp"
     stage_ii = [] if model.cfg.attn_only else [  # TransformerLens keeps hook_mlp_out on attention-only blocks
-        Component("stage_II", "memory stage II (lookup neurons' output)", f"blocks.{last}.hook_mlp_out", "query")]
+        Component("stage_II", "memory stage II (lookup neurons' output)", H.hook(last, "mlp_out"), "query")]
     rows = [
-        Component("subjects", "attention's copy of the context subjects", f"{attn}.hook_v", "subjects"),
-        Component("answers", "attention's copy of the context answers", f"{attn}.hook_v", "answers"),
-        Component("context", "attention's copy of both members of the pairs", f"{attn}.hook_v", "context"),
-        Component("query", "the query token (residual stream)", "blocks.0.hook_resid_pre", "query"),
-        Component("pattern", "where the query attends (pattern row to the pairs)", f"{attn}.hook_pattern", "context"),
-        Component("attn_out", "attention output at the query", f"blocks.{last}.hook_attn_out", "query"),
-        Component("stage_I", "memory stage I (inferred relation)", f"{mlp}.hook_relation", "query")] + stage_ii
+        Component("subjects", "attention's copy of the context subjects", H.hook(last, "v"), "subjects"),
+        Component("answers", "attention's copy of the context answers", H.hook(last, "v"), "answers"),
+        Component("context", "attention's copy of both members of the pairs", H.hook(last, "v"), "context"),
+        Component("query", "the query token (residual stream)", H.hook(0, "resid_pre"), "query"),
+        Component("pattern", "where the query attends (pattern row to the pairs)", H.hook(last, "pattern"), "context"),
+        Component("attn_out", "attention output at the query", H.hook(last, "attn_out"), "query"),
+        Component("stage_I", "memory stage I (inferred relation)", H.hook(last, "relation"), "query")] + stage_ii
     return [c for c in rows if c.hook in model.hook_dict]
 
 
@@ -251,31 +252,22 @@ def circuit_summary(model: TLModel, task: ICRecallTask, batch: Batch, seed: int 
     return summary
 
 
-def _patch(component: Component, masks: dict[str, Tensor], query: Bool[Tensor, "batch pos"]) -> Patch:
-    """The denoising patch of a component: all heads; pattern rows patch the query's row."""
-    mask = masks[component.role]
-    if component.hook.endswith("hook_pattern"):
-        return Patch(component.hook, query, src=mask)
-    return Patch(component.hook, mask)
-
-
 def _denoise(model: TLModel, clean: Batch, corrupted: Batch,
              components: list[Component]) -> tuple[Tensor, dict]:
-    """Normalised effect of patching each component clean -> corrupted, and the raw baselines."""
-    hooks = sorted({c.hook for c in components})
-    clean_run, corrupted_run = base_run(model, clean.tokens, hooks), base_run(model, corrupted.tokens, hooks)
+    """Normalised effect of patching each component clean -> corrupted, and the raw baselines.
+
+    The runs, metric and reliability come from role patching's :func:`~icr_interp.analysis.patching.by_role.setup`
+    and each component's patch from its :func:`~icr_interp.analysis.patching.by_role.role_patch` (all heads).
+    """
     metric = LogitDiff(clean.answers, corrupted.answers, clean.layout.query_pos)
-    metric = metric.calibrated(clean_run.logits, corrupted_run.logits)
-    n_pos = clean.tokens.shape[1]
-    masks = roles.masks(corrupted.layout, n_pos, sorted({c.role for c in components} | {"query"}))
-    patches = [_patch(c, masks, masks["query"]) for c in components]
-    values = patch_activations(model, corrupted.tokens, clean_run.cache, patches, metric, base_run=corrupted_run)
-    clean_value, corrupted_value = metric.clean_value, metric.corrupted_value
-    # Normalising by a gap that is within its noise turns noise into large shares: flag it (the verdict says so).
-    trust = reliability.assess(metric.per_example(clean_run.logits), metric.per_example(corrupted_run.logits),
-                               clean_value, corrupted_value)
-    return values.detach().cpu(), dict(clean=clean_value, corrupted=corrupted_value, reliable=trust.reliable,
-                                       reason=trust.reason, gap=trust.gap, gap_se=trust.gap_se)
+    s = setup(model, clean, corrupted, metric, sorted({c.hook for c in components}), noising=False)
+    masks = roles.masks(s.base.layout, s.base.tokens.shape[1], sorted({c.role for c in components} | {"query"}))
+    patches = [role_patch(c.hook, None, masks[c.role], masks["query"]) for c in components]
+    raw = patch_activations(model, s.base.tokens, s.source_cache, patches, s.metric, base_run=s.run)
+    gap = s.m_clean - s.m_corr
+    values = (raw - s.m_corr) / (gap if gap != 0 else math.nan)
+    return values.detach().cpu(), dict(clean=s.m_clean, corrupted=s.m_corr, reliable=s.trust.reliable,
+                                       reason=s.trust.reason, gap=s.trust.gap, gap_se=s.trust.gap_se)
 
 
 def ablate_component(model: TLModel, batch: Batch, component: Component,
@@ -291,7 +283,7 @@ def ablate_component(model: TLModel, batch: Batch, component: Component,
     mask, query = masks[component.role], masks["query"]
 
     def hook(act: Tensor, hook) -> Tensor:
-        if component.hook.endswith("hook_pattern"):  # [batch head dest src]
+        if H.site_of(component.hook) == "pattern":  # [batch head dest src]
             where = query[:, None, :, None] & mask[:, None, None, :]
         else:  # [batch pos ...]
             where = mask[(...,) + (None,) * (act.ndim - 2)]

@@ -25,9 +25,9 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from icr_interp.model import hooks as H
 from icr_interp.tl.compat import TLModel
 from icr_interp.analysis.patching import patch_by_role
-from icr_interp.analysis.patching.core import MEMORY_HOOKS
 from icr_interp.task.prompts import Batch, ICRecallTask
 from icr_interp.analysis.templates import RoleMass, query_rows, score_templates
 
@@ -83,14 +83,7 @@ def head_split(model: TLModel, batch: Batch) -> HeadSplit:
 
 def job_hooks(model: TLModel) -> tuple[list[str], list[str]]:
     """Activation hooks patched at the query, and pattern hooks patched on the context, of every layer."""
-    acts, patterns = ["blocks.0.hook_resid_pre"], []  # the query token itself (both jobs' input)
-    for layer in range(model.cfg.n_layers):
-        acts += [f"blocks.{layer}.attn.hook_z", f"blocks.{layer}.hook_attn_out"]
-        patterns.append(f"blocks.{layer}.attn.hook_pattern")
-    last = model.cfg.n_layers - 1
-    acts += [n for n in (f"blocks.{last}.mlp.{h}" for h in MEMORY_HOOKS) if n in model.hook_dict]
-    acts += [] if model.cfg.attn_only else [f"blocks.{last}.hook_mlp_out"]  # stage II's output (core.MEMORY_HOOKS)
-    return acts, patterns
+    return H.job_hooks(model)
 
 
 def job_locations(model: TLModel, task: ICRecallTask, batch: Batch, seed: int = 0) -> dict:

@@ -17,7 +17,7 @@ transformer in the residual geometry of :mod:`icr_interp.model.basis`:
 * attention QK: small random ``W_Q``/``W_K`` plus an *answer tilt* (a positional
   bias of ``init_tilt`` logits toward answer slots), so fine-tuning starts from
   an answer-heavy pattern that is not pairwise (docs/theory.md, section 4);
-* ``blocks[-1].mlp``: the associative memory (:mod:`icr_interp.model.memory.associative`),
+* ``blocks[-1].mlp``: the associative memory (:mod:`icr_interp.model.memory`),
   attached before ``model.setup()`` so its hook points are registered.
 
 An :class:`ICRModel` *is* a ``HookedTransformer`` on TransformerLens 3.x
@@ -39,10 +39,13 @@ from dataclasses import asdict, dataclass, field, fields, replace
 import einops
 import torch
 
+from icr_interp._moved import MOVED_ATTRS, moved_attr
+from icr_interp.seeds import offset_seed
+from icr_interp.task.tokens import check_token_ids
 from icr_interp.model.attention_params import positional_qk
 from icr_interp.model.basis import ResidualBasis, default_d_model
 from icr_interp.tl.compat import HookedTransformer, HookedTransformerConfig, ModelBase
-from icr_interp.model.memory.associative import IMPLS, MEMORIES, MemoryScales, choose_impl, construct_memory, pick_construction
+from icr_interp.model.memory import MEMORIES, MemoryScales, check_impl, choose_impl, construct_memory, pick_construction
 from icr_interp.task.prompts import ICRecallTask
 
 TRAINABLE = ("W_Q", "W_K", "b_Q", "b_K")  # what fine-tuning trains by default: attention's query/key
@@ -86,8 +89,7 @@ class ModelConfig:
                 raise ValueError(f"{name} must be an integer in [1, 64], got {value!r}")
         if not isinstance(self.d_model, int) or not 0 <= self.d_model <= 2**15:
             raise ValueError(f"d_model must be 0 (default) or a positive integer <= 32768, got {self.d_model!r}")
-        if self.memory_impl not in ("auto", *IMPLS):
-            raise ValueError(f"memory_impl must be auto, {', '.join(IMPLS)}, got {self.memory_impl!r}")
+        check_impl(self.memory_impl, auto=True)
         if self.attention not in ATTENTIONS:
             raise ValueError(f"attention must be one of {ATTENTIONS}, got {self.attention!r}")
         if self.start not in STARTS:
@@ -116,9 +118,18 @@ class ICRModel(ModelBase):
         """The residual-stream directions the weights are written in (on the model's device)."""
         return ResidualBasis(**{f.name: getattr(self, f"basis_{f.name}") for f in fields(ResidualBasis)})
 
-    @property
-    def icr_basis(self) -> ResidualBasis:  # the first release's name
-        return self.basis
+    def forward(self, input, *args, **kwargs):
+        """TransformerLens's forward, after checking token ids: an id outside the vocabulary (``-1`` would
+        silently read the last embedding row) is a one-line ValueError. ``run_with_cache`` and
+        ``run_with_hooks`` come through here too."""
+        if isinstance(input, torch.Tensor) and not input.is_floating_point():
+            check_token_ids(input, self.cfg.d_vocab)
+        return super().forward(input, *args, **kwargs)
+
+    def __getattr__(self, name: str):
+        if name in MOVED_ATTRS["ICRModel"]:  # the first release's names (icr_interp._moved)
+            return getattr(self, moved_attr("ICRModel", name))
+        return super().__getattr__(name)
 
 
 def _basis_tensors(basis: ResidualBasis) -> dict[str, torch.Tensor]:
@@ -207,7 +218,7 @@ def start_slots(task: ICRecallTask, start: str) -> torch.Tensor:
 
 def _write_attention(model: HookedTransformer, basis: ResidualBasis, task: ICRecallTask, cfg: ModelConfig) -> None:
     """OV copies tokens into context directions; QK starts small, random and tilted toward the start's slots."""
-    gen = torch.Generator().manual_seed(cfg.seed + 1)
+    gen = torch.Generator().manual_seed(offset_seed(cfg.seed, "attention_start"))
     # [d_model d_model]: token[t] -> 2k context[t] / (heads x layers): the memory reads the mean of all query rows
     ov = 2 * task.n_pairs * basis.copy / (cfg.n_heads * cfg.n_layers)
     tilt_logits = cfg.init_tilt * math.sqrt(cfg.d_model)  # TL divides scores by sqrt(d_head)

@@ -17,6 +17,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from icr_interp.model import hooks as H
 from icr_interp.tl.compat import TLModel, apply_softcap
 
 _ATTN_HOOKS = ("hook_q", "hook_k", "hook_v", "hook_z", "hook_attn_scores", "hook_pattern", "hook_result")
@@ -107,7 +108,7 @@ def query_logits(model: TLModel, tokens: Int[Tensor, "batch pos"], query_pos: In
     query_pos = query_pos.to(tokens.device)
     if not query_path_applies(model):
         cache = {}
-        name = f"blocks.{model.cfg.n_layers - 1}.attn.hook_pattern"
+        name = H.hook(model.cfg.n_layers - 1, "pattern")
         with model.hooks(fwd_hooks=[(name, lambda act, hook: cache.__setitem__("p", act))] if return_pattern else []):
             logits = model(tokens)[rows, query_pos]
         return (logits, cache["p"][rows, :, query_pos]) if return_pattern else logits
@@ -116,7 +117,7 @@ def query_logits(model: TLModel, tokens: Int[Tensor, "batch pos"], query_pos: In
         pattern, attn_out = query_attention(model, resid, query_pos)
     else:
         cache = {}
-        with model.hooks(fwd_hooks=[("blocks.0.attn.hook_pattern", lambda act, hook: cache.__setitem__("p", act))]):
+        with model.hooks(fwd_hooks=[(H.hook(0, "pattern"), lambda act, hook: cache.__setitem__("p", act))]):
             attn_out = model.blocks[0].attn(query_input=resid, key_input=resid, value_input=resid)[rows, query_pos]
         pattern = cache["p"][rows, :, query_pos]
     logits = row_logits(model, resid[rows, query_pos] + attn_out)

@@ -24,6 +24,8 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from icr_interp._moved import module_attr
+from icr_interp.seeds import offset_seed
 from icr_interp.model.attention_params import DEFAULT_LR, DEFAULT_SCHEDULE, logical_name
 from icr_interp.task.ceiling import ceiling
 from icr_interp.tl.compat import TLModel
@@ -34,9 +36,8 @@ from icr_interp.task.prompts import Batch, ICRecallTask
 
 DEFAULT_TRAINABLE = TRAINABLE  # attention query/key (model.py): what the paper fine-tunes, also for foreign models
 SCHEDULES = ("constant", "cosine")
-EVAL_SALT = SALTS["eval"]  # the first release's name for the held-out stream's salt
 __all__ = ["TrainConfig", "History", "finetune", "default_recipe", "evaluate", "batch_logits", "query_logits",
-           "trainable_names", "trainable_parameters", "EVAL_SALT"]
+           "trainable_names", "trainable_parameters"]
 
 
 @dataclass
@@ -146,7 +147,7 @@ def finetune(model: TLModel, task: ICRecallTask, n_samples: int | None = None, s
                          "before fine-tuning")
     device = model.cfg.device
     data = task.sample(cfg.n_samples, seed=cfg.seed, device=device)
-    gen = torch.Generator().manual_seed(cfg.seed + 7919)
+    gen = torch.Generator().manual_seed(offset_seed(cfg.seed, "minibatch_order"))
     names = set(trainable_names(model, trainable))
     before = {n: p.requires_grad for n, p in model.named_parameters()}
     for n, p in model.named_parameters():
@@ -215,3 +216,7 @@ def evaluate(model: TLModel, task: ICRecallTask, n_prompts: int = 1024, seed: in
         best += float(ceiling(task, batch).sum())
     return dict(accuracy=correct / n_prompts, loss=loss_sum / n_prompts, n_prompts=n_prompts,
                 query_attention=torch.cat(rows).mean(0).tolist(), ceiling=best / n_prompts)
+
+
+def __getattr__(name: str):
+    return module_attr(__name__, name)  # the first release's names (icr_interp._moved)

@@ -63,7 +63,7 @@ Example::
     clean, corrupted, n_dropped = task.corrupt_pairs(task.sample(64, seed=0), "relation", seed=1)
     result = patching.patch_by_role(model, clean, corrupted)  # prompts without a relation swap dropped
     print(result)                                  # hook x role grid; UNRELIABLE line if it is
-    result["blocks.0.hook_resid_pre", "answers"]   # 0 = corrupted, 1 = clean
+    result[hook(0, "resid_pre"), "answers"]   # 0 = corrupted, 1 = clean
 """
 
 from icr_interp.analysis.patching.attribution import attribution_patch
@@ -75,14 +75,17 @@ from icr_interp.analysis.patching.dropins import (get_act_patch_attn_head_out_by
                                          get_act_patch_attn_head_pattern_dest_src_pos, get_act_patch_attn_out,
                                          get_act_patch_mlp_out, get_act_patch_resid_pre)
 from icr_interp.analysis.patching.engine import BaseRun, base_run, patch_activations
-from icr_interp.analysis.patching.fast import fast_path_applies
 from icr_interp.analysis.patching.metrics import LogitDiff, Metric, logit_diff_metric
-from icr_interp.analysis.stats import pearson  # not patching: kept here because the first release exported it from here
+from icr_interp._moved import module_attr
 
 __all__ = [
     "LogitDiff", "Metric", "logit_diff_metric", "Patch", "Source", "BaseRun", "base_run", "patch_activations",
-    "fast_path_applies", "get_act_patch_resid_pre", "get_act_patch_attn_out", "get_act_patch_mlp_out",
+    "get_act_patch_resid_pre", "get_act_patch_attn_out", "get_act_patch_mlp_out",
     "get_act_patch_attn_head_out_by_pos", "get_act_patch_attn_head_pattern_dest_src_pos", "RolePatchResult",
-    "patch_by_role", "patch_pattern_by_role", "default_role_hooks", "role_masks", "attribution_patch", "pearson",
+    "patch_by_role", "patch_pattern_by_role", "default_role_hooks", "role_masks", "attribution_patch",
     "HEAD_HOOKS", "PATTERN_HOOKS", "MEMORY_HOOKS", "DEFAULT_MAX_ROWS", "DEFAULT_MAX_LOGITS_BYTES",
 ]
+
+
+def __getattr__(name: str):
+    return module_attr(__name__, name)  # the first release's names (icr_interp._moved)

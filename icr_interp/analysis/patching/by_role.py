@@ -19,11 +19,12 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
+from icr_interp.model import hooks as H
 from icr_interp.analysis import reliability
 
 from icr_interp.task import roles as R
 from icr_interp.tl.compat import TLModel
-from icr_interp.analysis.patching.core import MEMORY_HOOKS, Patch, kind
+from icr_interp.analysis.patching.core import Patch, kind
 from icr_interp.analysis.patching.engine import BaseRun, base_run, patch_activations
 from icr_interp.analysis.patching.metrics import LogitDiff, Metric
 from icr_interp.task.prompts import Batch, Layout
@@ -37,12 +38,7 @@ def role_masks(layout: Layout, n_pos: int, roles: Sequence[str] | None = None) -
 
 def default_role_hooks(model: TLModel) -> list[str]:
     """resid_pre, per-head z, attn_out and mlp_out of every layer, plus the memory's stage hooks if present."""
-    hooks = []
-    for layer in range(model.cfg.n_layers):
-        hooks += [f"blocks.{layer}.hook_resid_pre", f"blocks.{layer}.attn.hook_z", f"blocks.{layer}.hook_attn_out"]
-        hooks += [] if model.cfg.attn_only else [f"blocks.{layer}.hook_mlp_out"]
-    last = model.cfg.n_layers - 1
-    return hooks + [n for n in (f"blocks.{last}.mlp.{h}" for h in MEMORY_HOOKS) if n in model.hook_dict]
+    return H.component_hooks(model)
 
 
 def components(model: TLModel, hooks: Sequence[str]) -> list[tuple[str, str, int | None]]:
@@ -220,5 +216,5 @@ def patch_pattern_by_role(model: TLModel, clean: Batch, corrupted: Batch, metric
     Rows are ``blocks.L.attn.hook_pattern:h<i>``, columns source roles; see :func:`patch_by_role`.
     """
     layers = range(model.cfg.n_layers) if layers is None else layers
-    hooks = [f"blocks.{layer}.attn.hook_pattern" for layer in layers]
+    hooks = [H.hook(layer, "pattern") for layer in layers]
     return patch_by_role(model, clean, corrupted, metric, hooks, roles, noising=noising, **options)

@@ -7,6 +7,7 @@ import torch
 from jaxtyping import Bool
 from torch import Tensor
 
+from icr_interp.model import hooks as H
 from icr_interp.tl.compat import ActivationCache, TLModel
 
 Source = ActivationCache | dict  # source-run activations by hook name
@@ -15,11 +16,8 @@ Source = ActivationCache | dict  # source-run activations by hook name
 HEAD_HOOKS = ("hook_q", "hook_k", "hook_v", "hook_z", "hook_result", "hook_rot_q", "hook_rot_k",
               "hook_q_input", "hook_k_input", "hook_v_input", "hook_attn_in")
 PATTERN_HOOKS = ("hook_pattern", "hook_attn_scores")
-# Memory stages patched by role: stage I's d_model-wide output (stage II's output is the block's
-# hook_mlp_out).  The N-wide neuron hooks (hook_rel_post, hook_post) patched whole are the same patch --
-# the stage's output is a linear read-out of them -- and caching them costs batch x pos x n_neurons
-# floats (10 GB for 256 prompts at 10^6 facts), so they are patched only when asked for.
-MEMORY_HOOKS = ("hook_relation",)
+# Memory stages patched by role (why only stage I's output: icr_interp.model.hooks).
+MEMORY_HOOKS = tuple(H.SITES[site].rpartition(".")[2] for site in H.MEMORY_SITES)
 DEFAULT_MAX_ROWS = 2048  # residual rows pushed through the MLP per chunk (bounds memory)
 DEFAULT_MAX_LOGITS_BYTES = 2**28  # assembled patched logits held at once
 INDEX_DIMS = {"pos": 1, "head": 2, "pattern": 3}  # dims after batch that a patch indexes
@@ -35,7 +33,7 @@ class Patch:
     destinations and ``src`` as sources.  A batch dimension of 1 broadcasts.
     """
 
-    hook: str  # full hook name, e.g. "blocks.0.hook_resid_pre"
+    hook: str  # full hook name, e.g. hooks.hook(0, "resid_pre")
     positions: Bool[Tensor, "batch pos"]  # patched (destination) positions per example
     head: int | None = None  # head index (None: all heads)
     src: Bool[Tensor, "batch pos"] | None = None  # source positions, patterns only (None: all)

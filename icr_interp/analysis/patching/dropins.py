@@ -11,6 +11,7 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from icr_interp.model import hooks as H
 from icr_interp.tl.compat import TLModel
 from icr_interp.analysis.patching.core import Patch, Source
 from icr_interp.analysis.patching.engine import patch_activations
@@ -32,7 +33,7 @@ def _layer_pos(act: str, model: TLModel, corrupted_tokens: Tensor, clean_cache: 
                metric: Metric, **options) -> Float[Tensor, "layer pos"]:
     check_model_tokens(model, corrupted_tokens, "corrupted_tokens")
     n_pos, dev = corrupted_tokens.shape[-1], corrupted_tokens.device
-    patches = [Patch(f"blocks.{layer}.{act}", _onehot(n_pos, pos, dev))
+    patches = [Patch(H.hook(layer, act), _onehot(n_pos, pos, dev))
                for layer in range(model.cfg.n_layers) for pos in range(n_pos)]
     return _grid(model, corrupted_tokens, clean_cache, metric, patches, (model.cfg.n_layers, n_pos), **options)
 
@@ -44,19 +45,19 @@ def get_act_patch_resid_pre(model: TLModel, corrupted_tokens: Int[Tensor, "batch
     Same arguments and values as ``transformer_lens.patching.get_act_patch_resid_pre``;
     ``**options`` go to :func:`patch_activations` (``fast``, ``max_rows``, ...).
     """
-    return _layer_pos("hook_resid_pre", model, corrupted_tokens, clean_cache, patching_metric, **options)
+    return _layer_pos("resid_pre", model, corrupted_tokens, clean_cache, patching_metric, **options)
 
 
 def get_act_patch_attn_out(model: TLModel, corrupted_tokens: Int[Tensor, "batch pos"],
                            clean_cache: Source, patching_metric: Metric, **options) -> Float[Tensor, "layer pos"]:
     """Patch each attention layer's output, by position: ``[n_layers, pos]`` (as ``transformer_lens``)."""
-    return _layer_pos("hook_attn_out", model, corrupted_tokens, clean_cache, patching_metric, **options)
+    return _layer_pos("attn_out", model, corrupted_tokens, clean_cache, patching_metric, **options)
 
 
 def get_act_patch_mlp_out(model: TLModel, corrupted_tokens: Int[Tensor, "batch pos"],
                           clean_cache: Source, patching_metric: Metric, **options) -> Float[Tensor, "layer pos"]:
     """Patch each MLP layer's output, by position: ``[n_layers, pos]`` (as ``transformer_lens``)."""
-    return _layer_pos("hook_mlp_out", model, corrupted_tokens, clean_cache, patching_metric, **options)
+    return _layer_pos("mlp_out", model, corrupted_tokens, clean_cache, patching_metric, **options)
 
 
 def get_act_patch_attn_head_out_by_pos(model: TLModel, corrupted_tokens: Int[Tensor, "batch pos"],
@@ -65,7 +66,7 @@ def get_act_patch_attn_head_out_by_pos(model: TLModel, corrupted_tokens: Int[Ten
     """Patch each head's output ``z``, by position: ``[n_layers, pos, n_heads]`` (as ``transformer_lens``)."""
     check_model_tokens(model, corrupted_tokens, "corrupted_tokens")
     n_pos, dev, c = corrupted_tokens.shape[-1], corrupted_tokens.device, model.cfg
-    patches = [Patch(f"blocks.{layer}.attn.hook_z", _onehot(n_pos, pos, dev), head=h)
+    patches = [Patch(H.hook(layer, "z"), _onehot(n_pos, pos, dev), head=h)
                for layer in range(c.n_layers) for pos in range(n_pos) for h in range(c.n_heads)]
     return _grid(model, corrupted_tokens, clean_cache, patching_metric, patches, (c.n_layers, n_pos, c.n_heads),
                  **options)
@@ -77,7 +78,7 @@ def get_act_patch_attn_head_pattern_dest_src_pos(model: TLModel, corrupted_token
     """Patch each (destination, source) attention-pattern entry of each head: ``[n_layers, n_heads, pos, pos]``."""
     check_model_tokens(model, corrupted_tokens, "corrupted_tokens")
     n_pos, dev, c = corrupted_tokens.shape[-1], corrupted_tokens.device, model.cfg
-    patches = [Patch(f"blocks.{layer}.attn.hook_pattern", _onehot(n_pos, d, dev), head=h, src=_onehot(n_pos, s, dev))
+    patches = [Patch(H.hook(layer, "pattern"), _onehot(n_pos, d, dev), head=h, src=_onehot(n_pos, s, dev))
                for layer in range(c.n_layers) for h in range(c.n_heads) for d in range(n_pos) for s in range(n_pos)]
     return _grid(model, corrupted_tokens, clean_cache, patching_metric, patches, (c.n_layers, c.n_heads, n_pos, n_pos),
                  **options)

@@ -17,6 +17,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from icr_interp.model.forward import query_path_applies
 from icr_interp.tl.compat import TLModel
 from icr_interp.analysis.patching import fast as F
 from icr_interp.analysis.patching.core import (DEFAULT_MAX_LOGITS_BYTES, DEFAULT_MAX_ROWS, Patch, Run, Source, chunks,
@@ -42,7 +43,7 @@ def base_run(model: TLModel, tokens: Int[Tensor, "batch pos"], hooks: Sequence[s
     to share one base forward pass between several patching calls.
     """
     tokens = check_model_tokens(model, tokens).to(model.cfg.device)
-    names = None if hooks is None else F.base_hooks(model, hooks, F.fast_path_applies(model))
+    names = None if hooks is None else F.base_hooks(model, hooks, query_path_applies(model))
     logits, cache = model.run_with_cache(tokens, names_filter=None if names is None else (lambda n: n in names))
     return BaseRun(tokens, logits, dict(cache.cache_dict))
 
@@ -72,7 +73,7 @@ def patch_activations(model: TLModel, tokens: Int[Tensor, "batch pos"], source_c
         source_cache: activations of the source run (clean for denoising) for every patched hook.
         patches: what to patch, one metric value each.
         metric: callable from the full patched logits ``[batch pos vocab]`` to a scalar (or tensor).
-        fast: use the one-layer recomputation shortcut (default: whenever :func:`fast_path_applies`).
+        fast: use the one-layer recomputation shortcut (default: whenever :func:`icr_interp.model.forward.query_path_applies`).
         max_rows: rows per recomputation chunk (memory bound).
         max_logits_bytes: bytes of assembled patched logits held at once.
         base_run: the base run of ``tokens`` from :func:`base_run` (default: run it here).
@@ -80,7 +81,7 @@ def patch_activations(model: TLModel, tokens: Int[Tensor, "batch pos"], source_c
     Returns:
         ``[patch, *metric_shape]``: exactly what one hooked forward per patch would give.
     """
-    fast = F.fast_path_applies(model) if fast is None else fast and F.fast_path_applies(model)
+    fast = query_path_applies(model) if fast is None else fast and query_path_applies(model)
     tokens = check_model_tokens(model, tokens).to(model.cfg.device)
     unknown = sorted({p.hook for p in patches} - set(model.hook_dict))
     if unknown:

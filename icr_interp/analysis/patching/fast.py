@@ -7,7 +7,7 @@ position j changes only position j's residual, so only that row is pushed
 through the MLP and the unembedding (:func:`icr_interp.model.forward.row_logits`);
 a ``resid_pre`` patch at j changes keys and values, so positions >= j (all of
 them, for bidirectional attention) are recomputed.  Hooks inside the MLP
-(``blocks.0.mlp.hook_*``) stay patchable: the MLP runs under ``model.hooks``.
+(the memory's ``mlp.hook_*``) stay patchable: the MLP runs under ``model.hooks``.
 
 Each ``recompute_*`` yields ``(sample index, position, logits row)`` triples
 for the stacked samples ``rows`` (the example each sample patches).
@@ -21,37 +21,37 @@ import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor
 
+from icr_interp.model import hooks as H
 from icr_interp.tl.compat import TLModel
 from icr_interp.model.forward import query_path_applies, row_logits, unembed
 from icr_interp.analysis.patching.core import Run, chunks, patched_positions, where_hook
 
-fast_path_applies = query_path_applies  # the name of the first release; one check, defined in icr_interp.model.forward
 
 
 def fast_class(hook: str, model: TLModel) -> str | None:
     """Which part of the one-layer forward a hook sits in (None: use the general path)."""
-    if not hook.startswith("blocks.0."):
+    layer_site = H.split(hook)
+    if layer_site is None or layer_site[0] != 0:
         return None
-    rest = hook[len("blocks.0."):]
-    if rest in ("hook_resid_pre", "attn.hook_q", "attn.hook_k", "attn.hook_v", "attn.hook_attn_scores"):
+    site = layer_site[1]
+    if site in ("resid_pre", "q", "k", "v", "attn_scores"):
         return "attn_in"
-    if rest in ("attn.hook_z", "attn.hook_pattern", "attn.hook_result", "hook_attn_out"):
+    if site in ("z", "pattern", "result", "attn_out"):
         return "attn_out"
     if model.cfg.attn_only:
         return None
-    if rest == "hook_resid_mid" or rest.startswith("mlp."):
+    if site == "resid_mid" or H.SITES[site].startswith("mlp."):
         return "mlp"
-    return "post" if rest in ("hook_mlp_out", "hook_resid_post") else None
+    return "post" if site in ("mlp_out", "resid_post") else None
 
 
 def base_hooks(model: TLModel, hooks: Sequence[str], fast: bool) -> set[str]:
     """Hooks the engine reads from the base run: the patched ones, plus the one-layer path's inputs."""
     names = set(hooks)
     if fast:
-        names |= {"blocks.0.hook_resid_pre", "blocks.0.attn.hook_v", "blocks.0.attn.hook_z",
-                  "blocks.0.attn.hook_pattern"}
-        names |= set() if model.cfg.attn_only else {"blocks.0.hook_resid_mid"}
-        names |= {"blocks.0.attn.hook_result"} if model.cfg.use_attn_result else set()
+        names |= {H.hook(0, site) for site in ("resid_pre", "v", "z", "pattern")}
+        names |= set() if model.cfg.attn_only else {H.hook(0, "resid_mid")}
+        names |= {H.hook(0, "result")} if model.cfg.use_attn_result else set()
     return names
 
 
@@ -77,7 +77,7 @@ def recompute_attn_in(run: Run, hook: str, entry: Tensor, rows: Tensor) -> Itera
     if run.model.cfg.attention_dir != "causal":
         later = torch.ones_like(later)  # bidirectional: every position sees the patch
     for sl in chunks(len(rows), run.max_rows // n_pos):
-        x = run.base["blocks.0.hook_resid_pre"][rows[sl]]
+        x = run.base[H.hook(0, "resid_pre")][rows[sl]]
         fwd = [] if hook.endswith("hook_resid_pre") else [(hook, where_hook(entry[sl], run.src(hook)[rows[sl]]))]
         if not fwd:
             x = torch.where(entry[sl][..., None], run.src(hook)[rows[sl]], x)
@@ -94,24 +94,24 @@ def recompute_attn_out(run: Run, hook: str, entry: Tensor, rows: Tensor) -> Iter
         s, p = s_all[sl], p_all[sl]
         b = rows[s]
         out = attn_out_rows(run, hook, entry, s, b, p)
-        yield s, p, mlp_logits(run, run.base["blocks.0.hook_resid_pre"][b, p] + out)
+        yield s, p, mlp_logits(run, run.base[H.hook(0, "resid_pre")][b, p] + out)
 
 
 def attn_out_rows(run: Run, hook: str, entry: Tensor, s: Tensor, b: Tensor,
                   p: Tensor) -> Float[Tensor, "row d_model"]:
     """Attention output at (example b, position p) with the patch of sample s applied."""
-    attn, leaf = run.model.blocks[0].attn, hook.split(".")[-1]
-    if leaf == "hook_attn_out":
+    attn, leaf = run.model.blocks[0].attn, H.site_of(hook)
+    if leaf == "attn_out":
         return run.src(hook)[b, p]
-    if leaf == "hook_pattern":
+    if leaf == "pattern":
         em = entry[s, :, p, :]  # [row head src]
         pattern = torch.where(em, run.src(hook)[b, :, p, :], run.base[hook][b, :, p, :])
-        v = run.base["blocks.0.attn.hook_v"][b]  # [row src head d_head]
+        v = run.base[H.hook(0, "v")][b]  # [row src head d_head]
         z = einops.einsum(pattern.to(v.dtype), v, "r h s, r s h e -> r h e")
     else:  # hook_z or hook_result: per-head rows
         hm = entry[s, p][..., None]  # [row head 1]
         z = torch.where(hm, run.src(hook)[b, p], run.base[hook][b, p])
-        if leaf == "hook_result":
+        if leaf == "result":
             return einops.reduce(z, "r h d -> r d", "sum") + attn.b_O
     if run.model.cfg.use_attn_result:
         per_head = einops.einsum(z, attn.W_O, "r h e, h e d -> r h d")  # as TransformerLens: per head, then summed
@@ -126,10 +126,10 @@ def recompute_mlp(run: Run, hook: str, entry: Tensor, rows: Tensor) -> Iterator:
     for sl in chunks(len(s_all), run.max_rows):
         s, p = s_all[sl], p_all[sl]
         b = rows[s]
-        if hook.endswith("hook_resid_mid"):
+        if H.site_of(hook) == "resid_mid":
             yield s, p, mlp_logits(run, run.src(hook)[b, p])
         else:
-            yield s, p, mlp_logits(run, run.base["blocks.0.hook_resid_mid"][b, p], hook, run.src(hook)[b, p])
+            yield s, p, mlp_logits(run, run.base[H.hook(0, "resid_mid")][b, p], hook, run.src(hook)[b, p])
 
 
 def recompute_post(run: Run, hook: str, entry: Tensor, rows: Tensor) -> Iterator:
@@ -137,8 +137,8 @@ def recompute_post(run: Run, hook: str, entry: Tensor, rows: Tensor) -> Iterator
     s, p = entry.nonzero(as_tuple=True)
     b = rows[s]
     post = run.src(hook)[b, p]
-    if hook.endswith("hook_mlp_out"):
-        post = run.base["blocks.0.hook_resid_mid"][b, p] + post
+    if H.site_of(hook) == "mlp_out":
+        post = run.base[H.hook(0, "resid_mid")][b, p] + post
     yield s, p, unembed(run.model, post)
 
 

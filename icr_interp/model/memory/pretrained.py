@@ -1,6 +1,6 @@
 """A *pretrained* memory: the two-stage MLP learned from facts, not written down.
 
-The memory has the shape of the constructed ones (:mod:`icr_interp.model.memory.associative`),
+The memory has the shape of the constructed ones (:mod:`icr_interp.model.memory.table`),
 random initialisation, and ``width`` neurons per stage.  It is fitted by Adam
 on factual-recall exercises drawn from the knowledge base, each with the
 relation *explicit*, then frozen:
@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from icr_interp.model.basis import ResidualBasis
-from icr_interp.model.memory.associative import AssociativeMemory
+from icr_interp.model.memory.dense import AssociativeMemory
 from icr_interp.task.prompts import ICRecallTask
 
 DEFAULTS = dict(width=0, steps=1500, batch_size=256, lr=3e-3, seed=0, relation_gain=1.0)

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from dataclasses import replace
 from torch import Tensor, nn
 
+from icr_interp.model import hooks as H
 from icr_interp.model.basis import ResidualBasis
 
 
@@ -44,17 +45,6 @@ def crosstalk_free(basis: ResidualBasis, subject_tokens: Tensor) -> tuple[Residu
     return replace(basis, token=lookup.float(), context=dual.float()), (q @ q.T).float()
 
 
-def _cancel_direct_path(module: nn.Module, args, out: Tensor) -> Tensor:
-    return out - args[0] @ module.direct_path
-
-
-def cancel_direct_path(memory: nn.Module, projector: Tensor) -> nn.Module:
-    """Make ``memory(x)`` subtract ``x @ projector`` (the attention output's direct path), whatever its class."""
-    memory.register_buffer("direct_path", projector.clone(), persistent=False)
-    memory.register_forward_hook(_cancel_direct_path)
-    return memory
-
-
 @torch.no_grad()
 def query_readout(model, batch) -> dict:
     """Where the memory stands at the query: the numbers behind a collapse to the BOS sink.
@@ -65,15 +55,15 @@ def query_readout(model, batch) -> dict:
     """
     cache, rows = {}, torch.arange(len(batch), device=batch.tokens.device)
     grab = lambda name: lambda t, hook: cache.__setitem__(name, t[rows, ..., batch.layout.query_pos, :])  # noqa: E731
-    names = ["attn.hook_pattern", "mlp.hook_rel_post", "mlp.hook_relation", "mlp.hook_post"]
-    logits = model.run_with_hooks(batch.tokens, fwd_hooks=[(f"blocks.0.{n}", grab(n)) for n in names])
-    pattern, lay = cache["attn.hook_pattern"][:, 0], batch.layout  # [batch pos]: head 0, the query row
-    rho = cache["mlp.hook_relation"] @ model.basis.relation.T  # [batch relation]
+    names = ["pattern", "rel_post", "relation", "mlp_post"]
+    logits = model.run_with_hooks(batch.tokens, fwd_hooks=[(H.hook(0, n), grab(n)) for n in names])
+    pattern, lay = cache["pattern"][:, 0], batch.layout  # [batch pos]: head 0, the query row
+    rho = cache["relation"] @ model.basis.relation.T  # [batch relation]
     true = rho[rows, batch.relations]
     logits = logits[rows, lay.query_pos]
     return dict(bos=float(pattern[rows, lay.bos_pos].mean()), subjects=float(pattern.gather(1, lay.subject_pos).sum(1).mean()),
                 answers=float(pattern.gather(1, lay.answer_pos).sum(1).mean()), rel_true=float(true.mean()),
                 rel_wrong=float(rho.scatter(1, batch.relations[:, None], float("-inf")).amax(1).mean()),
-                stage1_firing=float((cache["mlp.hook_rel_post"] > 0).sum(-1).float().mean()),
-                stage2_firing=float((cache["mlp.hook_post"] > 0).sum(-1).float().mean()),
+                stage1_firing=float((cache["rel_post"] > 0).sum(-1).float().mean()),
+                stage2_firing=float((cache["mlp_post"] > 0).sum(-1).float().mean()),
                 loss=float(F.cross_entropy(logits, batch.answers)), accuracy=float((logits.argmax(-1) == batch.answers).float().mean()))

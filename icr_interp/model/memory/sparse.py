@@ -1,6 +1,6 @@
 """An exact sparse evaluation of the constructed memories: compute only the neurons that can fire.
 
-Both stages of a constructed memory (:mod:`icr_interp.model.memory.associative`) are thresholded
+Both stages of a constructed memory (:mod:`icr_interp.model.memory.table`) are thresholded
 sums of two *reads* of the input, each an exact number per row:
 
 * stage I, neuron n with keys (a, b):  ``pre = c[a] + c[b] - theta[n]``  with
@@ -28,7 +28,7 @@ Hooks sized to what is read: the N-wide hook points (``hook_rel_pre``,
 ``hook_rel_post``, ``hook_pre``, ``hook_post``) are only materialised when a
 hook is registered on them (``run_with_hooks``, ``model.hooks``, or
 ``run_with_cache`` whose ``names_filter`` selects them).  Then that stage runs
-the :class:`~icr_interp.model.memory.associative.FactoredMemory` way, so the hook sees the dense
+the :class:`~icr_interp.model.memory.factored.FactoredMemory` way, so the hook sees the dense
 ``[batch pos n_neurons]`` values and an edit to them changes the output.  With
 no such hook (e.g. ``names_filter`` naming only ``hook_pattern``) no
 ``n_neurons x pos x batch`` tensor is ever built.  ``hook_relation`` is
@@ -42,7 +42,9 @@ from torch import Tensor
 from transformer_lens.hook_points import HookPoint
 
 from icr_interp.model.basis import ResidualBasis
-from icr_interp.model.memory.associative import FactoredMemory, MemoryTable
+from icr_interp.model.memory.factored import FactoredMemory
+from icr_interp.model.memory.registry import register
+from icr_interp.model.memory.table import MemoryTable
 
 ROW_CHUNK = 256  # rows per dense read: bounds the [rows vocab] temporaries of long full forwards
 # A chunk whose candidates exceed this fraction of all its (row, neuron) pairs runs the
@@ -89,7 +91,7 @@ def _ranges(start: Int[Tensor, " k"], count: Int[Tensor, " k"]) -> Int[Tensor, "
 class SparseMemory(FactoredMemory):
     """A constructed memory evaluated at the neurons that can fire (see module docstring).
 
-    Same buffers as :class:`~icr_interp.model.memory.associative.FactoredMemory` (so the same
+    Same buffers as :class:`~icr_interp.model.memory.factored.FactoredMemory` (so the same
     ``state_dict`` keys and shapes, the same checkpoints), the same dense
     weight views (``W_rel_in``, ``W_rel_out``, ``W_in``, ``W_out``), the same
     hook points and the same function.  The inverted indices are derived from
@@ -139,10 +141,6 @@ class SparseMemory(FactoredMemory):
         return 8 * gamma * self.dir_norm * rows.detach().norm(dim=-1)
 
     # ------------------------------------------------------------------ forward
-    def forward(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
-        relation = self.hook_relation(self.infer_relation(x))
-        return self.lookup(x + relation)
-
     def infer_relation(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
         """Stage I (sparse unless its N-wide hooks are hooked)."""
         if _hooked(self.hook_rel_pre, self.hook_rel_post):
@@ -219,3 +217,9 @@ class SparseMemory(FactoredMemory):
             per_answer = torch.zeros(len(rows), hi3 - lo3, dtype=rows.dtype, device=rows.device)
             out = per_answer.index_put((row, answer - lo3), pre, accumulate=True) @ self.output[lo3:hi3]
         return self.logit_gain * out
+
+
+@register("sparse")
+def build_sparse(table: MemoryTable, basis: ResidualBasis, construction: str) -> SparseMemory:
+    """A sparse memory holding ``table``'s neurons written in ``basis``."""
+    return SparseMemory(table, basis, construction)

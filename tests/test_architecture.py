@@ -1,0 +1,183 @@
+"""The package's architecture, checked from outside: layers, cycles, sizes, one table of hook names, aliases.
+
+Issue 18's acceptance checks as tests, so that a later change cannot flatten the package again without failing
+the suite: the import contract in pyproject.toml (import-linter's ``layers``), no import cycle between modules, no
+library module importing the package root, at most 12 modules at the top level, every module under 400 lines,
+hook names spelled only by ``icr_interp.model.hooks``, one one-line error formatter, and the first release's
+names resolving through one alias table with a DeprecationWarning.
+"""
+
+import ast
+import importlib
+import re
+import shutil
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+PKG = REPO / "icr_interp"
+MODULES = sorted(PKG.rglob("*.py"))
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(REPO).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def test_the_import_contract_holds():
+    """import-linter's layers contract (pyproject.toml [tool.importlinter]): experiments > viz : storage >
+    pipeline > analysis > training > model > task | tl."""
+    exe = shutil.which("lint-imports", path=str(Path(sys.executable).parent))
+    assert exe, "import-linter is a [dev] dependency (make setup installs it)"
+    done = subprocess.run([exe, "--no-cache"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    assert "1 kept, 0 broken" in done.stdout
+
+
+def test_the_contract_fails_on_an_upward_import(tmp_path):
+    """The contract can fail: a copy of the package in which the task layer imports the analysis layer breaks it."""
+    exe = shutil.which("lint-imports", path=str(Path(sys.executable).parent))
+    copy = tmp_path / "repo"
+    shutil.copytree(PKG, copy / "icr_interp", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(REPO / "pyproject.toml", copy / "pyproject.toml")
+    ceiling = copy / "icr_interp" / "task" / "ceiling.py"
+    ceiling.write_text(ceiling.read_text() + "\nfrom icr_interp.analysis import templates  # noqa\n")
+    done = subprocess.run([exe, "--no-cache"], cwd=copy, capture_output=True, text=True, timeout=120,
+                          env={"PYTHONPATH": str(copy), "PATH": "/usr/bin:/bin"})
+    assert done.returncode != 0 and "BROKEN" in done.stdout.upper()
+
+
+def _imports(path: Path) -> set[str]:
+    """Every icr_interp module a file imports (module level and inside functions)."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {a.name for a in node.names if a.name.startswith("icr_interp")}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("icr_interp"):
+            names.add(node.module)
+            names |= {f"{node.module}.{a.name}" for a in node.names}
+    return names
+
+
+def test_no_import_cycles():
+    modules = {_module_name(p): p for p in MODULES}
+    graph = {name: {m for m in _imports(path) if m in modules and m != name} for name, path in modules.items()}
+    # A package's __init__ re-exporting its own submodules is not a cycle of the layers; drop parent edges.
+    graph = {name: {m for m in deps if not name.startswith(m + ".") and not m.startswith(name + ".")}
+             for name, deps in graph.items()}
+    state, stack, cycles = {}, [], []
+
+    def visit(node):
+        state[node] = "open"
+        stack.append(node)
+        for nxt in graph[node]:
+            if state.get(nxt) == "open":
+                cycles.append(stack[stack.index(nxt):] + [nxt])
+            elif nxt not in state:
+                visit(nxt)
+        stack.pop()
+        state[node] = "done"
+
+    for node in graph:
+        if node not in state:
+            visit(node)
+    assert cycles == []
+
+
+def test_no_library_module_imports_the_package_root():
+    offenders = []
+    for path in MODULES:
+        if path == PKG / "__init__.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import) and any(a.name == "icr_interp" for a in node.names):
+                offenders.append(str(path))
+            if isinstance(node, ast.ImportFrom) and node.module == "icr_interp":
+                offenders.append(str(path))
+    assert offenders == []
+
+
+def test_sizes():
+    top = [p.name for p in PKG.glob("*.py")]
+    assert len(top) <= 12, top
+    long = {str(p.relative_to(REPO)): n for p in MODULES if (n := len(p.read_text().splitlines())) >= 400}
+    assert long == {}
+
+
+def test_hook_names_are_spelled_in_one_place():
+    offenders = [str(p.relative_to(REPO)) for p in MODULES
+                 if p.name != "hooks.py" and re.search(r"blocks\.0\.|f\"blocks\.\{|f'blocks\.\{", p.read_text())]
+    assert offenders == []
+
+
+def test_one_one_line_formatter():
+    defs = [str(p.relative_to(REPO)) for folder in ("icr_interp", "probes", "case_studies")
+            for p in (REPO / folder).rglob("*.py")
+            if re.search(r"^def _?one_line\w*\(", p.read_text(), re.M)]
+    assert defs == ["icr_interp/plumbing.py"]
+
+
+def test_hook_table():
+    from icr_interp.model import hooks as H
+
+    assert H.hook(0, "pattern") == "blocks.0.attn.hook_pattern"
+    assert H.hook(3, "relation") == "blocks.3.mlp.hook_relation"
+    assert H.split("blocks.12.attn.hook_z") == (12, "z") and H.split("hook_embed") is None
+    with pytest.raises(ValueError, match="unknown hook site"):
+        H.hook(0, "hook_pattern")
+
+
+def test_memory_registry():
+    from icr_interp.model import memory as M
+
+    assert M.impl_names() == ("dense", "factored", "sparse")
+    assert M.check_impl("auto", auto=True) == "auto"
+    with pytest.raises(ValueError, match="memory_impl must be one of"):
+        M.check_impl("auto")
+    with pytest.raises(ValueError, match="registered twice"):
+        M.register("dense")(lambda table, basis, construction: None)
+
+
+OLD_PATHS = {"icr_interp.templates": "icr_interp.analysis.templates", "icr_interp.knowledge": "icr_interp.task.knowledge",
+             "icr_interp.patching.core": "icr_interp.analysis.patching.core",
+             "icr_interp.checkpoint.schema": "icr_interp.storage.checkpoint.schema",
+             "icr_interp.sweep": "icr_interp.experiments.sweep", "icr_interp.train": "icr_interp.training.trainer",
+             "icr_interp.memory": "icr_interp.model.memory"}
+
+
+@pytest.mark.parametrize("old,new", sorted(OLD_PATHS.items()))
+def test_old_import_paths_resolve_to_the_same_module_with_a_warning(old, new):
+    import icr_interp._moved as moved
+
+    moved._warned.discard(old)
+    sys.modules.pop(old, None)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        module = importlib.import_module(old)
+    assert module is importlib.import_module(new)
+    if not old.startswith("icr_interp.patching"):  # ii.patching is a kept public name
+        assert any(issubclass(w.category, DeprecationWarning) and new in str(w.message) for w in caught)
+
+
+def test_kept_names_and_root_exports_do_not_warn():
+    import icr_interp as ii
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)
+        for name in ii.__all__:
+            assert getattr(ii, name) is not None
+        from icr_interp.task import Batch, ICRecallTask, Layout  # noqa: F401 (old path, same package name)
+        from icr_interp.model import ICRModel, build_model  # noqa: F401
+        from icr_interp.pipeline import run  # noqa: F401
+    assert callable(ii.run) and ii.patching.__name__ == "icr_interp.analysis.patching"
+
+
+def test_importing_the_package_is_light():
+    code = ("import sys, icr_interp; heavy = [m for m in ('torch', 'transformer_lens', 'matplotlib', 'circuitsvis', "
+            "'ray') if m in sys.modules]; print(heavy)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip() == "[]", done.stderr[-1000:]
