@@ -17,8 +17,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import Parser, out_dir, positive, save_figure, seed, write_json  # noqa: E402
 
-from icr_interp import sweep  # noqa: E402
-from icr_interp.viz import _figure  # noqa: E402
+from icr_interp.experiments import sweep  # noqa: E402
+from icr_interp.viz.figures import new_figure  # noqa: E402
 
 COLUMNS = ("answer_overlap", "seed", "construction", "start_accuracy", "accuracy", "ceiling", "pairwise",
            "pairwise_null", "balance", "pair_mass", "bos", "start_best", "best", "mean_row_pairwise", "mean_row_best")
@@ -44,7 +44,7 @@ def main(argv=None) -> int:
     rows = sorted(({k: r[k] for k in COLUMNS} for r in map(sweep.flat, results)),
                   key=lambda r: (r["answer_overlap"], r["seed"]))
     write_json(out / "summary.json", dict(args=vars(args), rows=rows))
-    fig, axes = _figure(8, 3.2, ncols=2)
+    fig, axes = new_figure(8, 3.2, ncols=2)
     for s in args.seeds:
         sel = [r for r in rows if r["seed"] == s]
         axes[0, 0].plot([r["answer_overlap"] for r in sel], [r["balance"] for r in sel], "o-", label=f"seed {s}")

@@ -15,9 +15,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import Parser, out_dir, positive, save_figure, seed, write_json  # noqa: E402
 
-from icr_interp import sweep  # noqa: E402
+from icr_interp.experiments import sweep  # noqa: E402
 from icr_interp.experiments.fits import sample_complexity  # noqa: E402
-from icr_interp.viz import _figure  # noqa: E402
+from icr_interp.viz.figures import new_figure  # noqa: E402
 
 
 def summarise(results: list[dict], target: float) -> list[dict]:
@@ -52,7 +52,7 @@ def main(argv=None) -> int:
     sweep.to_csv(results, out / "results.csv")
     rows = summarise(results, args.target)
     write_json(out / "summary.json", dict(args=vars(args), rows=rows))
-    fig, axes = _figure(11, 3.2, ncols=3)
+    fig, axes = new_figure(11, 3.2, ncols=3)
     ks = [r["k"] for r in rows]
     axes[0, 0].plot(ks, [r["accuracy"] for r in rows], "o-")
     axes[0, 0].set(xlabel="context pairs k", ylabel="held-out accuracy", title=f"n = {max(args.grid)} samples")

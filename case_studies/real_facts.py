@@ -27,7 +27,7 @@ from icr_interp.task import ceiling
 
 from icr_interp.analysis import circuit
 
-from icr_interp.pipeline import pipeline
+from icr_interp.pipeline import runner as pipeline
 
 from icr_interp.experiments import checkpoint_analysis as probing
 from icr_interp import seeds, viz  # noqa: E402
@@ -102,7 +102,7 @@ def run_one(cfg: RunConfig, groups: dict, n_patch: int) -> dict:
 def figure(runs: list[dict], path: Path) -> None:
     """Mean query-row mass by role (over seeds, first k), start vs end; one panel per start and relation group."""
     starts, k = sorted({r["start"] for r in runs}), runs[0]["k"]
-    fig, axes = viz._figure(7.5, 2.6 * len(starts), nrows=len(starts), ncols=2, sharey=True)
+    fig, axes = viz.new_figure(7.5, 2.6 * len(starts), nrows=len(starts), ncols=2, sharey=True)
     axes[0, 0].set_ylim(0, 1)
     colors = [viz.ROLE_COLORS[c] for c in ("s", "a", "<bos>", "query")]
     for i, start in enumerate(starts):

@@ -25,13 +25,13 @@ from _common import Parser, learning_rate, out_dir, positive, save_figure, seed,
 
 import numpy as np  # noqa: E402
 
-from icr_interp import sweep  # noqa: E402
+from icr_interp.experiments import sweep  # noqa: E402
 from icr_interp.model.basis import n_directions_needed  # noqa: E402
 from icr_interp.pipeline.config import RunConfig  # noqa: E402
 from icr_interp.model.builder import ATTENTIONS  # noqa: E402
 from icr_interp.experiments.n_star import SearchRule, chain_summary, run_search, summarize  # noqa: E402
 from icr_interp.experiments.fits import Fit  # noqa: E402
-from icr_interp.viz import _figure  # noqa: E402
+from icr_interp.viz.figures import new_figure  # noqa: E402
 
 
 def chain_configs(args) -> dict[str, RunConfig]:
@@ -55,7 +55,7 @@ def chain_configs(args) -> dict[str, RunConfig]:
 
 def plot(lines: list[dict], fits: dict, n_max: int):
     attentions = sorted({line["attention"] for line in lines})
-    fig, axes = _figure(5 * len(attentions), 4, ncols=len(attentions))
+    fig, axes = new_figure(5 * len(attentions), 4, ncols=len(attentions))
     for ax, attention in zip(np.atleast_1d(axes).flat, attentions):
         mine = [line for line in lines if line["attention"] == attention]
         hit = [(line["n_triplets"], line["n_star"]) for line in mine if line["n_star"] is not None]

@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import Parser, out_dir, positive, seed  # noqa: E402
 
 import icr_interp as ii  # noqa: E402
-from icr_interp import fsio  # noqa: E402
+from icr_interp.storage import fsio  # noqa: E402
 
 
 def shape(text: str) -> tuple[int, int, int]:

@@ -103,7 +103,7 @@ def test_a_task_and_a_model_are_made_from_it(countries):
 def test_the_csv_is_package_data():
     config = tomllib.loads((REPO / "pyproject.toml").read_text())
     assert "task/data/*.csv" in config["tool"]["setuptools"]["package-data"]["icr_interp"]
-    assert (REPO / "icr_interp" / "data" / "countries.csv").is_file()
+    assert (REPO / "icr_interp" / "task" / "data" / "countries.csv").is_file()
 
 
 def test_run_config_selects_a_builtin_base_and_keeps_old_keys():

@@ -14,7 +14,7 @@ from icr_interp import Batch, ICRecallTask, KnowledgeBase, Layout, build_model, 
 
 from icr_interp.analysis import ablation
 from icr_interp.analysis import patching as P  # noqa: E402
-from icr_interp import stats  # noqa: E402
+from icr_interp.analysis import stats  # noqa: E402
 from icr_interp.analysis import reliability
 from icr_interp.training.trainer import finetune  # noqa: E402
 
