@@ -50,7 +50,7 @@ except ImportError:
 
     TL_LINE = 4
 
-HookedTransformer = ModelBase  # the name model.py and the tests used before the switch; same class
+HookedTransformer = ModelBase  # TransformerLens 3.x's class on 3.x, the mirror on 4.x: one name on both lines
 
 
 def ensure_eval(model: nn.Module) -> nn.Module:

@@ -6,7 +6,8 @@ and types ``transformer_lens.patching`` to a structural protocol (``cfg``,
 ``run_with_cache``, ``run_with_hooks``, ``to_tokens``).  Its replacement for
 ``HookedTransformer``, ``TransformerBridge``, cannot host our memory without
 private calls, drops the memory from ``state_dict``, softmaxes before
-``hook_attn_scores`` and raises on ``use_attn_result`` (DESIGN.md).  So on 4.x
+``hook_attn_scores`` and raises on ``use_attn_result`` (measured on 4.3; docs/results.md,
+"TransformerLens 3.x and 4.x").  So on 4.x
 the project builds :class:`MirrorTransformer`: 3.9's ``HookedTransformer``
 rewritten for our configurations (:mod:`icr_interp.tl.components`), with
 
