@@ -21,7 +21,7 @@ from icr_interp.pipeline.config import RunConfig  # noqa: E402
 from icr_interp.analysis.dynamics import TemplateTracker  # noqa: E402
 from icr_interp.pipeline.runner import build, measure  # noqa: E402
 from icr_interp.seeds import derive_seed  # noqa: E402
-from icr_interp.viz import _figure  # noqa: E402
+from icr_interp.viz.figures import new_figure  # noqa: E402
 
 
 def config_for(memory: str, args) -> RunConfig:
@@ -70,7 +70,7 @@ def main(argv=None) -> int:
         p.error(str(e))
     runs = [track(c, args.every, args.n_prompts) for c in configs]
     write_json(out / "pretrained_memory.json", dict(args=vars(args), runs=runs))
-    fig, axes = _figure(12, 6.4, nrows=2, ncols=3)
+    fig, axes = new_figure(12, 6.4, nrows=2, ncols=3)
     for col, key in enumerate(("accuracy", "pairwise", "balance")):
         for r in runs:
             axes[0, col].plot(r["series"]["step"], r["series"][key], label=r["memory"])

@@ -65,10 +65,18 @@ seed_arg = int_arg("--seed", 0, SEED_LIMIT - 1)
 
 
 class OneLineParser(argparse.ArgumentParser):
-    """An ArgumentParser whose errors are one line on stderr and exit code 2."""
+    """An ArgumentParser whose errors are one line on stderr and exit code 2.
+
+    ``error_prog`` names the program in errors (default ``prog``); a command's subparsers pass the
+    command's name, so ``icr-interp train --seed x`` says ``icr-interp: error: ...``.
+    """
+
+    def __init__(self, *args, error_prog: str | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.error_prog = error_prog
 
     def error(self, message: str):
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {one_line(message)}\n")
+        self.exit(EXIT_USAGE, f"{self.error_prog or self.prog}: error: {one_line(message)}\n")
 
 
 def run_main(prog: str, body: Callable[[], int], failures: tuple[type[BaseException], ...] = (

@@ -15,22 +15,12 @@ the report -- is :mod:`icr_interp.experiments.checkpoint_analysis`.
 """
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Callable
 
+from icr_interp.plumbing import OneLineParser, UsageError, int_arg, one_line, run_main, seed_arg  # noqa: F401
+
 DEFAULT_N_PROMPTS = 128
-
-
-class UsageError(Exception):
-    """A bad argument, found after parsing; reported like argparse's errors (exit 2)."""
-
-
-class ProbeParser(argparse.ArgumentParser):
-    """ArgumentParser whose errors are one line on stderr and exit code 2."""
-
-    def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {one_line(message)}\n")
 
 
 def help_texts(doc: str) -> dict:
@@ -40,58 +30,29 @@ def help_texts(doc: str) -> dict:
                 formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
-def one_line(message) -> str:
-    return " ".join(str(message).split()) or "unknown error"
-
-
-def int_at_least(low: int, what: str) -> Callable[[str], int]:
-    """An argparse type accepting integers >= ``low``."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{what} must be an integer, got {text!r}") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"{what} must be >= {low}, got {value}")
-        return value
-
-    return parse
-
-
-def seed(text: str) -> int:
-    """An argparse type for seeds: :func:`icr_interp.seeds.check_seed` (an integer in [0, 2**63))."""
-    from icr_interp.seeds import check_seed
-
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--seed must be an integer, got {text!r}") from None
-    try:
-        return check_seed(value, "--seed")
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-
-
 def add_common_arguments(parser: argparse.ArgumentParser, what: str) -> None:
     """CHECKPOINT, --n-prompts, --seed, --out, --force, --device."""
     parser.add_argument("checkpoint", type=Path, metavar="CHECKPOINT",
                         help=f"checkpoint directory (config.json + model.safetensors){what}")
-    parser.add_argument("--n-prompts", type=int_at_least(1, "--n-prompts"), default=DEFAULT_N_PROMPTS, metavar="N",
+    parser.add_argument("--n-prompts", type=int_arg("--n-prompts", 1), default=DEFAULT_N_PROMPTS, metavar="N",
                         help=f"prompts to sample (default {DEFAULT_N_PROMPTS})")
-    parser.add_argument("--seed", type=seed, default=0, metavar="S",
+    parser.add_argument("--seed", type=seed_arg, default=0, metavar="S",
                         help="seeds the prompts (derive_seed(S, 'analysis')) and their corruptions "
                              "(derive_seed(S, 'corrupt')); default 0")
     parser.add_argument("--out", type=Path, metavar="DIR",
                         help="output directory (default: a new directory under runs/)")
-    parser.add_argument("--force", action="store_true", help="write into --out even if it is not empty")
+    parser.add_argument("--force", action="store_true",
+                        help="write into --out even if it is not empty (files of the same name are replaced, "
+                             "and listed)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where to run (default cpu)")
 
 
 def check_common(args, prefix: str, single: str | None = None) -> None:
-    """Checks every probe makes before any work; sets ``args.kind`` and ``args.out`` (checked writable).
+    """Checks every probe makes before any work; sets ``args.kind``, ``args.out`` (checked writable) and
+    ``args.existing`` (the names already in ``args.out``, so that what ``--force`` replaces can be listed).
 
-    ``single``: the program name if it takes exactly one checkpoint (a series is refused).
+    ``single``: the program name if it takes exactly one checkpoint (a series is refused).  A path the OS
+    refuses (no permission, a name too long, a NUL byte) is a bad argument too: one line, exit 2.
     """
     from icr_interp.experiments import checkpoint_analysis as probing
 
@@ -101,8 +62,11 @@ def check_common(args, prefix: str, single: str | None = None) -> None:
             raise UsageError(f"{args.checkpoint} is a directory of checkpoints; {single} takes one checkpoint")
         check_device(args.device)
         args.out = probing.output_dir(args.out, args.force, prefix, args.checkpoint)
+        args.existing = {p.name for p in args.out.iterdir()} if args.out.is_dir() else set()
     except probing.ProbeInputError as e:
         raise UsageError(str(e)) from None
+    except (OSError, ValueError) as e:  # UsageError included: it is a ValueError
+        raise UsageError(one_line(e)) from None
 
 
 def check_device(device: str) -> None:
@@ -113,25 +77,21 @@ def check_device(device: str) -> None:
             raise UsageError("--device cuda requested but CUDA is not available")
 
 
-def run_main(parser: argparse.ArgumentParser, check: Callable, run: Callable, argv: list[str] | None) -> int:
-    """Parse, check (``check(args)`` may raise UsageError), run; one-line errors and exit codes."""
-    try:
+def probe_main(parser: argparse.ArgumentParser, check: Callable, run: Callable, argv: list[str] | None) -> int:
+    """Parse, check (``check(args)`` may raise UsageError), run, with :func:`icr_interp.plumbing.run_main`'s
+    one-line errors and exit codes (2 bad argument, 1 failure, 130 Ctrl-C)."""
+
+    def body() -> int:
         args = parser.parse_args(argv)
         check(args)
-    except SystemExit as e:  # argparse: --help (0) or a bad argument (2)
-        return e.code if isinstance(e.code, int) else int(e.code is not None)
-    except UsageError as e:
-        print(f"{parser.prog}: error: {one_line(e)}", file=sys.stderr)
-        return 2
-    try:
         return run(args)
-    except (ValueError, OSError, KeyError, RuntimeError, ImportError) as e:  # CheckpointError is a ValueError
-        print(f"{parser.prog}: error: {one_line(e)}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(f"{parser.prog}: interrupted", file=sys.stderr)
-        return 130
+
+    return run_main(parser.prog, body)
 
 
-def report_files(paths: list[Path]) -> None:
+def report_files(paths: list[Path], args=None) -> None:
+    """Print what was written, and which of those files ``--force`` replaced."""
     print("wrote " + ", ".join(str(p) for p in paths))
+    replaced = sorted(Path(p).name for p in paths if Path(p).name in getattr(args, "existing", ()))
+    if replaced:
+        print(f"replaced (--force) in {args.out}: " + ", ".join(replaced))

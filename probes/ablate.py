@@ -19,8 +19,8 @@ PROG = "ablate.py"
 METHODS = ("mean", "zero", "resample")  # icr_interp.analysis.ablation.METHODS
 
 
-def build_parser() -> C.ProbeParser:
-    p = C.ProbeParser(prog=PROG, **C.help_texts(__doc__))
+def build_parser() -> C.OneLineParser:
+    p = C.OneLineParser(prog=PROG, **C.help_texts(__doc__))
     C.add_common_arguments(p, "")
     p.add_argument("--method", choices=METHODS, default="mean", help="how to remove a component (default mean)")
     return p
@@ -45,12 +45,12 @@ def run(args) -> int:
     data = dict(checkpoint=str(args.checkpoint), method=args.method, n_prompts=args.n_prompts, seed=args.seed,
                 base_accuracy=results[0].base_accuracy, base_loss=results[0].base_loss,
                 results=[r.to_dict() for r in results])
-    C.report_files([write_json(args.out / "ablation.json", probing.json_safe(data))])
+    C.report_files([write_json(args.out / "ablation.json", probing.json_safe(data))], args)
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    return C.run_main(build_parser(), check, run, argv)
+    return C.probe_main(build_parser(), check, run, argv)
 
 
 if __name__ == "__main__":

@@ -30,14 +30,14 @@ PROG = "patching.py"
 KINDS = ("relation", "query", "both")  # icr_interp.experiments.checkpoint_analysis.KINDS
 
 
-def build_parser() -> C.ProbeParser:
-    p = C.ProbeParser(prog=PROG, **C.help_texts(__doc__))
+def build_parser() -> C.OneLineParser:
+    p = C.OneLineParser(prog=PROG, **C.help_texts(__doc__))
     C.add_common_arguments(p, ", or a directory of checkpoints for a time series")
     p.add_argument("--corruption", choices=KINDS, default="both",
                    help="relation swap (moves relation inference), query swap (moves answer lookup), or both")
     p.add_argument("--method", choices=("exact", "attribution"), default="exact",
                    help="exact patching or attribution patching (first-order estimate); default exact")
-    p.add_argument("--eval-prompts", type=C.int_at_least(1, "--eval-prompts"), default=1024, metavar="M",
+    p.add_argument("--eval-prompts", type=C.int_arg("--eval-prompts", 1), default=1024, metavar="M",
                    help="held-out prompts for the report's accuracy (default 1024)")
     return p
 
@@ -80,7 +80,7 @@ def run_one(args) -> int:
         write_json(args.out / "circuit.json", probing.json_safe(summary.to_dict())),
         write_text(args.out / "report.html", page),
     ]
-    C.report_files(written)
+    C.report_files(written, args)
     return 0
 
 
@@ -103,12 +103,12 @@ def run_series(args) -> int:
         write_text(args.out / "patching_series.csv", series.to_csv(columns)),
         write_bytes(args.out / "patching_series.png", figures.figure_png(fig)),
     ]
-    C.report_files(written)
+    C.report_files(written, args)
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    return C.run_main(build_parser(), check, run, argv)
+    return C.probe_main(build_parser(), check, run, argv)
 
 
 if __name__ == "__main__":

@@ -20,8 +20,8 @@ import _common as C
 PROG = "score_attention.py"
 
 
-def build_parser() -> C.ProbeParser:
-    p = C.ProbeParser(prog=PROG, **C.help_texts(__doc__))
+def build_parser() -> C.OneLineParser:
+    p = C.OneLineParser(prog=PROG, **C.help_texts(__doc__))
     C.add_common_arguments(p, "")
     p.add_argument("--html", action="store_true", help="also write a self-contained HTML report (report.html)")
     return p
@@ -46,12 +46,12 @@ def run(args) -> int:
     if args.html:
         written.append(viz.save_report(args.out / "report.html", ck.model, batch, scores=scores, vocab=ck.task,
                                        title=f"IC-recall attention: {args.checkpoint.resolve().name}"))
-    C.report_files(written)
+    C.report_files(written, args)
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    return C.run_main(build_parser(), check, run, argv)
+    return C.probe_main(build_parser(), check, run, argv)
 
 
 if __name__ == "__main__":

@@ -2,8 +2,10 @@
 
 import json
 import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -11,7 +13,10 @@ import torch
 
 from icr_interp import cli
 from icr_interp.storage.checkpoint import load_checkpoint
-from icr_interp.cli import main, pair_balance, position_labels
+from icr_interp.analysis.templates import RoleMass
+from icr_interp.cli import main
+from icr_interp.viz.labels import position_labels
+from icr_interp.viz.query_table import pair_balance
 from icr_interp.task.knowledge import KnowledgeBase
 from icr_interp.pipeline.presets import DESCRIPTIONS, PRESETS, build_from_preset, get_preset
 from icr_interp.training.trainer import evaluate
@@ -63,11 +68,50 @@ def test_control_preset_has_disjoint_answers():
 
 
 # ------------------------------------------------------------------ report helpers
+def balances(rows, layout):
+    """Each pair's balance of query rows ``[n pos]`` on a one-example layout, ``[n pair]``."""
+    return pair_balance(RoleMass.of(rows[:, None, :], layout))[:, 0]
+
+
 def test_position_labels_and_pair_balance():
     _, task, _ = build_from_preset("tiny", seed=0)
-    assert position_labels(task) == ["BOS", "s1", "a1", "s2", "a2", "query"]
-    row = torch.tensor([0.1, 0.2, 0.2, 0.45, 0.05, 0.0])
-    assert torch.allclose(pair_balance(row, task.layout(1)), torch.tensor([1.0, 0.2]))
+    assert position_labels(task.layout(1), task.n_ctx) == ["<bos>", "s1", "a1", "s2", "a2", "query"]
+    row = torch.tensor([[0.1, 0.2, 0.2, 0.45, 0.05, 0.0]])
+    assert torch.allclose(balances(row, task.layout(1)), torch.tensor([[1.0, 0.2]]))
+
+
+def test_the_parser_spells_the_presets_as_the_library_does():
+    from icr_interp.model.builder import ATTENTIONS, MEMORIES
+
+    assert cli.PRESET_NAMES == tuple(PRESETS) and cli.presets_help() == cli.PRESETS_HELP
+    assert cli.MEMORIES == MEMORIES and cli.ATTENTIONS == ATTENTIONS
+    assert cli.builtin_names() == KnowledgeBase.builtin_names()
+
+
+HEAVY = ("torch", "transformer_lens", "matplotlib", "circuitsvis", "ray", "numpy")
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["train", "--help"], ["reproduce", "--help"], ["sweep", "--help"],
+                                  ["train", "--seed", "x", "--out", "o"], ["train", "--csv", "/nonexistent"]])
+def test_help_and_argument_errors_import_nothing_heavy(argv):
+    """Parsing comes first: --help and argparse's errors answer before torch and TransformerLens load."""
+    code = (f"import sys\nfrom icr_interp.cli import main\ncode = main({argv!r})\n"
+            f"print([m for m in {HEAVY!r} if m in sys.modules]); sys.exit(code)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == (0 if "--help" in argv else 2) and proc.stdout.splitlines()[-1] == "[]", proc
+    if "--help" not in argv:
+        assert len(proc.stderr.splitlines()) == 1 and proc.stderr.startswith("icr-interp: error: ")
+
+
+def test_ctrl_c_during_start_up_is_one_line_and_130(tmp_path):
+    """SIGINT while the library imports (seconds on a loaded machine): one line, exit 130, no traceback."""
+    proc = subprocess.Popen([sys.executable, "-m", "icr_interp.cli", "train", "--preset", "tiny", "--out",
+                             str(tmp_path / "o")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(0.4)  # parsed by now (~0.1 s); importing torch and TransformerLens takes seconds
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and err == "icr-interp: interrupted\n", (proc.returncode, err)
+    assert not (tmp_path / "o").exists()
 
 
 # ------------------------------------------------------------------ commands
@@ -114,7 +158,7 @@ def _bad_args(tmp_path: Path) -> list[tuple[list[str], str]]:
     out = str(tmp_path / "out")
     return [
         (["train", "--preset", "huge", "--out", out], "unknown preset 'huge'; choose one of: paper"),
-        (["train", "--preset", "tiny", "--seed", "-1", "--out", out], "argument --seed: seed must be in [0,"),
+        (["train", "--preset", "tiny", "--seed", "-1", "--out", out], "argument --seed: --seed must be >= 0, got -1"),
         (["train", "--preset", "tiny", "--seed", "one", "--out", out], "seed must be an integer, got 'one'"),
         (["train", "--preset", "tiny", "--n-samples", "0", "--out", out], "--n-samples must be >= 1, got 0"),
         (["train", "--preset", "tiny", "--steps", "-5", "--out", out], "--steps must be >= 0, got -5"),
@@ -124,12 +168,22 @@ def _bad_args(tmp_path: Path) -> list[tuple[list[str], str]]:
          "train.n_samples must be in [1, 1000000], got 100000000"),
         (["train", "--preset", "tiny", "--out", "/proc/icr-interp-test/ck"], "cannot create files in /proc"),
         (["sweep", "--preset", "tiny", "--n-samples", str(10**8), "--out", out + ".jsonl"], "train.n_samples"),
-        (["sweep", "--preset", "tiny", "--seeds", str(2**64 - 1), "--out", out + ".jsonl"], "seed must be in [0,"),
+        (["sweep", "--preset", "tiny", "--seeds", str(2**64 - 1), "--out", out + ".jsonl"], "seed must be <= "),
         (["sweep", "--preset", "tiny", "--out", str(tmp_path / "dir")], "exists and is not a file"),
         (["sweep", "--preset", "tiny", "--out", "/proc/icr-interp-test.jsonl"], "cannot create files in /proc"),
         (["train", "--preset", "tiny"], "the following arguments are required: --out"),
         (["train", "--preset", "tiny", "--out", out, "--device", "tpu"], "argument --device: invalid choice"),
-        (["reproduce", "--seed", "-3"], "seed must be in [0,"),
+        (["reproduce", "--seed", "-3"], "--seed must be >= 0"),
+        (["train", "--csv", str(tmp_path / "nope.csv"), "--out", out], "argument --csv: "),
+        (["train", "--csv", str(tmp_path / "file.txt"), "--out", out], "file.txt:1: header must name"),
+        (["train", "--csv", "a\0b", "--out", out], "argument --csv: "),  # the OS refuses a NUL byte
+        (["train", "--csv", "x" * 5000, "--out", out], "argument --csv: "),  # ... and a name too long
+        (["train", "--preset", "tiny", "--out", "a\0b"], "--out: "),
+        (["train", "--preset", "tiny", "--out", str(tmp_path / ("x" * 5000))], "--out: "),
+        (["train", "--csv", str(tmp_path / "file.txt"), "--builtin", "countries", "--out", out], "not allowed with"),
+        (["train", "--builtin", "atlantis", "--out", out], "argument --builtin: invalid choice"),
+        (["train", "--layers", "3", "--out", out], "--layers must be <= 2"),
+        (["train", "--k", "0", "--out", out], "--k must be >= 1"),
         (["reproduce", "--out", str(tmp_path / "file.txt")], "exists and is not a directory"),
         ([], "the following arguments are required: COMMAND"),
         (["frobnicate"], "invalid choice: 'frobnicate'"),
@@ -156,7 +210,7 @@ def test_runtime_error_exits_1_without_traceback(tmp_path, capsys, monkeypatch):
     def broken(*args, **kwargs):
         raise ValueError("knowledge base\ncannot be built")
 
-    monkeypatch.setattr(cli, "run", broken)
+    monkeypatch.setattr("icr_interp.pipeline.runner.run", broken)
     assert main(["train", "--preset", "tiny", "--out", str(tmp_path / "o")]) == 1
     assert capsys.readouterr().err == "icr-interp: error: knowledge base cannot be built\n"
 
@@ -177,7 +231,7 @@ def test_reproduce_prints_labelled_attention_and_saves(tmp_path, capsys, monkeyp
     assert ck.metrics["preset"] == "paper" and ck.model.icr_train.steps == 3
     assert f"checkpoint: {Path('runs') / 'paper-seed5'}" in out
     rows = re.findall(r"^\s+(\d+)\s+(\S+)\s+([\d.]+)\s+([\d.]+)$", out, flags=re.M)
-    labels = ["BOS"] + [f"{r}{i}" for i in range(1, 5) for r in "sa"] + ["query"]
+    labels = ["<bos>"] + [f"{r}{i}" for i in range(1, 5) for r in "sa"] + ["query"]
     assert [r[1] for r in rows[:10]] == labels and [int(r[0]) for r in rows[:10]] == list(range(10))
     table = torch.tensor([[float(r[2]), float(r[3])] for r in rows[:10]])  # [pos (before, after)]
     saved = torch.tensor([ck.metrics["before"]["query_attention"], ck.metrics["after"]["query_attention"]]).T
@@ -188,7 +242,7 @@ def test_reproduce_prints_labelled_attention_and_saves(tmp_path, capsys, monkeyp
     printed = torch.tensor([[float(x) for x in p[1:]] for p in pairs])  # [pair+1 4]
     lay = ck.task.layout(1)
     s, a = saved[lay.subject_pos[0]], saved[lay.answer_pos[0]]  # [pair 2]
-    balance = torch.stack([pair_balance(saved[:, j], lay) for j in range(2)]).T  # [pair 2]
+    balance = balances(saved.T, lay).T  # [pair 2]
     assert torch.allclose(printed[:4, [0, 2]], s + a, atol=5e-4)
     assert torch.allclose(printed[:4, [1, 3]], balance, atol=5e-4)
     assert torch.allclose(printed[4, [1, 3]], 2 * torch.minimum(s, a).sum(0) / (s + a).sum(0), atol=5e-4)
@@ -247,6 +301,24 @@ def test_files_beside_a_checkpoint_survive_a_retrain_with_force(tmp_path, capsys
 def test_sweep_on_a_results_file_with_a_null_line_is_one_line(tmp_path, capsys):
     out = tmp_path / "r.jsonl"
     out.write_text(json.dumps(dict(key="a", accuracy=0.5)) + "\nnull\n")
-    assert main(["sweep", "--preset", "tiny", "--workers", "0", "--out", str(out)]) == 1
+    assert main(["sweep", "--preset", "tiny", "--workers", "0", "--out", str(out)]) == 2  # found in preflight
     err = capsys.readouterr().err
     assert err == f"icr-interp: error: {out}:2: expected a JSON object (a run's record), got null\n"
+
+
+# ------------------------------------------------------------------ your own facts
+def test_train_on_a_csv_writes_a_checkpoint_of_those_facts(tmp_path, capsys):
+    rows = [f"el{i},{rel},{ans}" for i in range(12) for rel, ans in (("group", f"g{i % 4}"), ("period", f"p{i % 3}"))]
+    csv = tmp_path / "elements.csv"
+    csv.write_text("subject,relation,answer\n" + "\n".join(rows) + "\n")
+    out = tmp_path / "ck"
+    argv = ["train", "--csv", str(csv), "--k", "3", "--heads", "2", "--seed", "4", "--n-samples", "32", "--steps", "2",
+            "--out", str(out)]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith(f"elements: facts from {csv}") and f"checkpoint: {out}" in printed
+    ck = load_checkpoint(out)
+    assert ck.task.kb.subjects[:2] == ("el0", "el1") or list(ck.task.kb.subjects[:2]) == ["el0", "el1"]
+    assert ck.task.n_pairs == 3 and ck.model.cfg.n_heads == 2 and ck.metrics["seed"] == 4
+    assert ck.run_config.knowledge.csv == str(csv) and ck.run_config.name == "elements"
+    assert ck.run_config == cli.run_config(cli.build_parser().parse_args(argv))

@@ -1,6 +1,7 @@
 """The probe scripts run on a saved checkpoint: exit codes, files, numbers, one-line errors."""
 
 import base64
+import contextlib
 import csv
 import importlib.util
 import io
@@ -25,9 +26,29 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 SCRIPTS = ("patching.py", "ablate.py", "score_attention.py")
 
 
-def probe(script: str, *args, cwd: Path = REPO) -> subprocess.CompletedProcess:
+def probe_cli(script: str, *args, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    """The script run as a command (a new interpreter): for what only the real command line shows."""
     return subprocess.run([sys.executable, str(REPO / "probes" / script), *map(str, args)], cwd=cwd,
                           capture_output=True, text=True, timeout=600)
+
+
+def load_probe(script: str):
+    sys.path.insert(0, str(REPO / "probes"))
+    try:
+        spec = importlib.util.spec_from_file_location(f"probe_{script[:-3]}", REPO / "probes" / script)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(REPO / "probes"))
+    return module
+
+
+def probe(script: str, *args) -> subprocess.CompletedProcess:
+    """The script's ``main`` run in this process (no interpreter start-up), its output captured."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = load_probe(script).main([str(a) for a in args])
+    return subprocess.CompletedProcess([script, *map(str, args)], code, out.getvalue(), err.getvalue())
 
 
 def ok(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
@@ -50,13 +71,7 @@ def numbers(values) -> list[float]:
 
 def in_process(script: str, *args, capsys) -> tuple[int, str, str]:
     """Run a probe's ``main`` in this process (no interpreter start-up): exit code, stdout, stderr."""
-    sys.path.insert(0, str(REPO / "probes"))
-    try:
-        spec = importlib.util.spec_from_file_location(f"probe_{script[:-3]}", REPO / "probes" / script)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(REPO / "probes"))
+    module = load_probe(script)
     capsys.readouterr()
     code = module.main([str(a) for a in args])
     captured = capsys.readouterr()
@@ -70,6 +85,7 @@ def patched(reference_checkpoint, tmp_path_factory):
     out = tmp_path_factory.mktemp("patched") / "out"
     out.mkdir()
     (out / "old.txt").write_text("x")
+    (out / "patching.json").write_text("{}")  # replaced by --force, which says so
     result = ok(probe("patching.py", reference_checkpoint, "--n-prompts", 16, "--seed", 1, "--out", out, "--force",
                       "--eval-prompts", 256))
     return result, out
@@ -78,6 +94,7 @@ def patched(reference_checkpoint, tmp_path_factory):
 def test_patching_one_checkpoint(patched):
     result, out = patched
     assert "relation swap" in result.stdout and "verdict: relation inference runs through" in result.stdout
+    assert f"replaced (--force) in {out}: patching.json\n" in result.stdout  # old.txt stays, unlisted
     data = json.loads((out / "patching.json").read_text())
     assert {"checkpoint", "n_prompts", "seed", "method", "corruptions", "results"} <= set(data)
     assert data["n_prompts"] == 16 and data["method"] == "exact" and data["corruptions"] == ["relation", "query"]
@@ -122,8 +139,16 @@ def test_patching_writes_a_self_contained_report(patched, reference_checkpoint):
     table = re.search(r'<table class="scores">(.*?)</table>', page, re.DOTALL).group(1)
     assert "scored on 16 prompts" in table and "per_head" not in page
     row = re.findall(r"<td>([^<]*)</td>", table)
-    assert row[:6] == ["0*", "0", f"{scores['pairwise']:.3f}", f"{scores['balance']:.3f}",
+    p = scores["p_value"]
+    assert row[:8] == ["0*", "0", f"{scores['pairwise']:.3f}", f"{scores['pairwise_null']:.3f}",
+                       f"{p:.4f}" if p >= 1e-4 else f"{p:.1e}", f"{scores['balance']:.3f}",
                        f"{scores['pair_mass']:.3f}", scores["best"]]
+    # every score beside its null and p-value, and the rule that decided "best" under the table
+    assert "<th>null</th>" in table and "<th>p</th>" in table
+    assert re.search(r'<p class="rule">best = the template nearest in total variation.*pairwise - null &gt;= 0.05',
+                     page)
+    # a cell zero by construction is marked and explained, never "nan"
+    assert "zero by construction" in page and ">nan<" not in page
     # no network: nothing fetched, the bundle inline once, heatmaps inline
     assert not REMOTE.search(page) and "unpkg" not in page and not re.search(r"""src=["']?https?:""", page)
     assert page.count("var CircuitsVis=") == 1 and page.count("CircuitsVis.render(") == 2
@@ -253,11 +278,16 @@ CASES = {  # name -> (arguments, expected exit code, words in the message)
     "--out is the checkpoint": (lambda d: [d["ckpt"], "--out", d["ckpt"], "--force"], 2, "checkpoint directory"),
     "broken checkpoint": (lambda d: [d["root"] / "broken"], 1, "unknown checkpoint format"),
     # issue 8, item 9: seeds are checked to fit in 64 bits (it failed late with "Overflow when unpacking long long")
-    "--seed 2**64-1": (lambda d: [d["ckpt"], "--seed", str(2**64 - 1)], 2, "--seed must be an integer in [0, 2**63)"),
-    "--seed -1": (lambda d: [d["ckpt"], "--seed", "-1"], 2, "--seed must be an integer in [0, 2**63)"),
+    "--seed 2**64-1": (lambda d: [d["ckpt"], "--seed", str(2**64 - 1)], 2, "--seed must be <= 9223372036854775807"),
+    "--seed -1": (lambda d: [d["ckpt"], "--seed", "-1"], 2, "--seed must be >= 0"),
+    # issue 20, item 12: paths the OS refuses end in one line
+    "NUL in the checkpoint path": (lambda d: ["a\0b"], 2, "a"),
+    "checkpoint name too long": (lambda d: [d["root"] / ("x" * 5000)], 2, "checkpoint"),
+    "NUL in --out": (lambda d: [d["ckpt"], "--out", "o\0ut"], 2, "out"),
+    "--out name too long": (lambda d: [d["ckpt"], "--out", d["root"] / ("x" * 300)], 2, "out"),
     # issue 8, item 6: an unwritable --out is found before any work
     "--out under a file": (lambda d: [d["ckpt"], "--out", d["root"] / "plain.txt" / "sub"], 2, "is not a directory"),
-    "--out read-only": (lambda d: [d["ckpt"], "--out", "/proc/icr-probe-out"], 2, "cannot write in /proc"),
+    "--out read-only": (lambda d: [d["ckpt"], "--out", "/proc/icr-probe-out"], 2, "in /proc"),
 }
 
 
@@ -288,7 +318,7 @@ def test_bad_input_from_the_command_line(bad_inputs, case, tmp_path):
     args = make_args(bad_inputs)
     if "--out" not in args:
         args += ["--out", tmp_path / "out"]
-    result = probe("patching.py", *args)
+    result = probe_cli("patching.py", *args)
     assert result.returncode == code and result.stderr.count("\n") == 1 and words in result.stderr, result.stderr
     assert result.stdout == "" and not (tmp_path / "out").exists()
 

@@ -108,7 +108,7 @@ def test_query_attention_gathers_each_examples_own_positions(model, batch, patte
 def test_attention_view_shows_the_models_pattern_with_role_labels(task, model, batch, patterns):
     view = viz.attention_view(model, batch, example=3, vocab=task)
     assert isinstance(view, cv_render.RenderedHTML)
-    props = view_props(viz._fragment(view), "AttentionHeads")
+    props = view_props(viz.offline.fragment(view), "AttentionHeads")
     assert props["tokens"] == viz.role_labels(task, batch, 3)
     np.testing.assert_allclose(props["attention"], patterns[3].numpy(), rtol=1e-6)
     assert props["attentionHeadNames"] == ["L0H0", "L0H1"]
@@ -116,11 +116,11 @@ def test_attention_view_shows_the_models_pattern_with_role_labels(task, model, b
 
 def test_other_view_kinds_escape_tokens_they_insert_as_html(task, model, batch, patterns):
     labels = viz.role_labels(task, batch, 0)
-    props = view_props(viz._fragment(viz.attention_view(model, batch, vocab=task, kind="patterns")),
+    props = view_props(viz.offline.fragment(viz.attention_view(model, batch, vocab=task, kind="patterns")),
                        "AttentionPatterns")
     assert props["tokens"][0] == "&lt;bos&gt;" and props["tokens"][1:] == labels[1:]
     np.testing.assert_allclose(props["attention"], patterns[0].numpy(), rtol=1e-6)
-    props = view_props(viz._fragment(viz.attention_view(model, batch, vocab=task, kind="query")), "ColoredTokensMulti")
+    props = view_props(viz.offline.fragment(viz.attention_view(model, batch, vocab=task, kind="query")), "ColoredTokensMulti")
     np.testing.assert_allclose(props["values"], patterns[0, :, -1, :].T.numpy(), rtol=1e-6)
     assert props["labels"] == ["L0H0", "L0H1"]
 
@@ -151,7 +151,7 @@ def test_offline_html_inlines_the_bundle_once_and_loads_nothing(model, batch):
     page = viz.offline_html(views, title="two views")
     assert not REMOTE.search(page)
     assert "unpkg.com" not in page and "sourceMappingURL" not in page
-    bundle = viz._script_safe(viz._bundle())
+    bundle = viz.offline.script_safe(viz.offline.bundle())
     assert len(bundle) > 100_000 and page.count(bundle) == 1
     assert page.count("var CircuitsVis=") == 1
     outside = page.replace(bundle, "")
@@ -172,7 +172,7 @@ def test_offline_html_converts_circuitsvis_objects_and_cdn_strings(model, batch,
 
 def test_script_safe_keeps_the_script_element_closed():
     js = 'a="</script><script>alert(1)</script>";b="<!--"'
-    safe = viz._script_safe(js + "\n//# sourceMappingURL=x.js.map\n")
+    safe = viz.offline.script_safe(js + "\n//# sourceMappingURL=x.js.map\n")
     assert "</script" not in safe.lower() and "<!--" not in safe and "sourceMappingURL" not in safe
 
 
@@ -383,13 +383,13 @@ def test_figures_do_not_touch_pyplot():
 def test_heads_view_is_scaled_to_the_query_row(task, model, batch, patterns):
     """BOS's self-attention (1.0) no longer sets the scale: colours reach full strength at the query row's max."""
     q = int(batch.layout.query_pos[2])
-    props = view_props(viz._fragment(viz.attention_view(model, batch, example=2, vocab=task)), "AttentionHeads")
+    props = view_props(viz.offline.fragment(viz.attention_view(model, batch, example=2, vocab=task)), "AttentionHeads")
     top = float(patterns[2, :, q].max())
     assert props["maxValue"] == pytest.approx(top) and top < 0.9  # the BOS row's 1.0 would wash the row out
     np.testing.assert_allclose(props["attention"], patterns[2].numpy(), rtol=1e-6)  # nothing hidden by default
-    full = view_props(viz._fragment(viz.attention_view(model, batch, example=2, scale="full")), "AttentionHeads")
+    full = view_props(viz.offline.fragment(viz.attention_view(model, batch, example=2, scale="full")), "AttentionHeads")
     assert full.get("maxValue") is None  # circuitsvis's own 0..1
-    only = view_props(viz._fragment(viz.attention_view(model, batch, example=2, rows="query")), "AttentionHeads")
+    only = view_props(viz.offline.fragment(viz.attention_view(model, batch, example=2, rows="query")), "AttentionHeads")
     attention = np.asarray(only["attention"])
     np.testing.assert_allclose(attention[:, q], patterns[2, :, q].numpy(), rtol=1e-6)
     assert np.count_nonzero(np.delete(attention, q, axis=1)) == 0  # every other destination row blanked
@@ -407,7 +407,7 @@ def test_the_default_layer_is_the_last(task, batch):
     assert not torch.allclose(rows, first)
     q = batch.layout.query_pos
     torch.testing.assert_close(rows[:, :, -1], cache["blocks.1.attn.hook_pattern"][torch.arange(len(batch)), :, q, q])
-    props = view_props(viz._fragment(viz.attention_view(deep, batch)), "AttentionHeads")
+    props = view_props(viz.offline.fragment(viz.attention_view(deep, batch)), "AttentionHeads")
     assert props["attentionHeadNames"] == ["L1H0", "L1H1"]
     np.testing.assert_allclose(props["attention"], cache["blocks.1.attn.hook_pattern"][0].numpy(), atol=1e-6)
 

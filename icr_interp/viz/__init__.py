@@ -2,42 +2,63 @@
 
 One job per module:
 
-* :mod:`~icr_interp.viz.views` -- role labels (``s2:s13`` is the second
-  context subject, token ``s13``), query-row attention by role slot, and
+* :mod:`~icr_interp.viz.labels` -- role labels (``s2:s13`` is the second
+  context subject, token ``s13``), the one place positions get display names;
+* :mod:`~icr_interp.viz.views` -- query-row attention by role slot, and
   circuitsvis views (:func:`attention_view`) that render themselves in a
   notebook from circuitsvis's bundled script, coloured so the query row is
   readable;
+* :mod:`~icr_interp.viz.escape` -- one escaping function per output context
+  (HTML text, attribute, JSON inside ``<script>``);
 * :mod:`~icr_interp.viz.offline` -- self-contained HTML: the bundle inlined
   once, no network (:func:`offline_html`);
 * :mod:`~icr_interp.viz.figures` -- matplotlib figures, returned and never
   shown (``plot_*``, :func:`figure_png`);
 * :mod:`~icr_interp.viz.report` (with :mod:`~icr_interp.viz.tables`) -- an
   HTML report rendered from *precomputed* results; it runs no analysis.
-  :mod:`~icr_interp.viz.legacy` keeps the first release's one-call
-  :func:`save_report` / :func:`full_report`, which compute and then render.
+  :mod:`~icr_interp.viz.model_report` computes what a model's report needs on
+  a batch, then renders it (:func:`save_report`, :func:`full_report`);
+* :mod:`~icr_interp.viz.query_table` -- the text table of a query attention
+  row by role, before and after fine-tuning (``icr-interp reproduce``).
 
-Every analysis reads the last layer unless told otherwise
+Submodules load on first use (PEP 562): ``icr_interp.viz.labels`` does not pull in circuitsvis or
+matplotlib.  Every analysis reads the last layer unless told otherwise
 (:func:`icr_interp.analysis.attention.resolve_layer`).
 """
 
-from icr_interp.viz import offline, views  # noqa: I001  (order: report imports these)
-from icr_interp.viz import figures, tables
-from icr_interp.viz import report
-from icr_interp.viz import legacy
-from icr_interp.viz.figures import (ROLE_COLORS, _figure, figure_png, plot_circuit_series, plot_patching,
-                                    plot_query_attention, plot_role_patching, plot_training_curves, stack_pngs)
-from icr_interp.viz.legacy import batch_info, full_report, save_report
-from icr_interp.viz.offline import BUNDLE_PATH, bundle as _bundle, fragment as _fragment, offline_html
-from icr_interp.viz.offline import script_safe as _script_safe
-from icr_interp.viz.report import render_report, write_report
-from icr_interp.viz.tables import patching_panels, scores_table
-from icr_interp.viz.views import (VIEW_KINDS, AttentionView, attention_view, pattern_view, query_attention,
-                                  role_labels, short_label, slot_labels, slot_roles)
+import importlib
 
-__all__ = [
-    "VIEW_KINDS", "ROLE_COLORS", "BUNDLE_PATH", "AttentionView", "attention_view", "pattern_view", "offline_html",
-    "query_attention", "role_labels", "slot_labels", "slot_roles", "short_label", "plot_query_attention",
-    "plot_patching", "plot_role_patching", "plot_training_curves", "plot_circuit_series", "figure_png", "stack_pngs",
-    "patching_panels", "scores_table", "render_report", "write_report", "save_report", "full_report", "batch_info",
-    "figures", "offline", "report", "tables", "views", "legacy",
-]
+# public name -> the submodule that defines it
+_EXPORTS = {
+    "ROLE_COLORS": "figures", "new_figure": "figures", "figure_png": "figures", "plot_circuit_series": "figures",
+    "plot_patching": "figures", "plot_query_attention": "figures", "plot_role_patching": "figures",
+    "plot_training_curves": "figures", "stack_pngs": "figures",
+    "batch_info": "model_report", "full_report": "model_report", "save_report": "model_report",
+    "BUNDLE_PATH": "offline", "offline_html": "offline",
+    "render_report": "report", "write_report": "report",
+    "patching_panels": "tables", "scores_table": "tables",
+    "VIEW_KINDS": "views", "AttentionView": "views", "attention_view": "views", "pattern_view": "views",
+    "query_attention": "views",
+    "role_labels": "labels", "short_label": "labels", "slot_labels": "labels", "slot_roles": "labels",
+    "position_labels": "labels",
+    "attention_report": "query_table",
+}
+_SUBMODULES = ("escape", "figures", "labels", "model_report", "offline", "query_table", "report", "tables", "views",
+               "legacy")
+
+__all__ = [*_EXPORTS, *(m for m in _SUBMODULES if m != "legacy")]
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    elif name in _SUBMODULES:
+        value = importlib.import_module(f"{__name__}.{name}")
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

@@ -25,7 +25,7 @@ def _numpy(x) -> np.ndarray:
     return np.asarray(x, dtype=float)
 
 
-def _figure(width: float, height: float, **subplots) -> tuple[Figure, np.ndarray]:
+def new_figure(width: float, height: float, **subplots) -> tuple[Figure, np.ndarray]:
     """A figure on the Agg canvas (no pyplot, no display) and its axes, always as an array."""
     fig = Figure(figsize=(width, height), layout="constrained")
     FigureCanvasAgg(fig)
@@ -56,7 +56,7 @@ def plot_query_attention(rows: Float[Tensor | np.ndarray, "*examples slot"], lab
     data = _numpy(rows)
     if data.ndim not in (1, 2) or data.shape[-1] != len(labels):
         raise ValueError(f"rows must be [slot] or [examples slot] with {len(labels)} slots, got shape {data.shape}")
-    fig, axes = _figure(max(4.0, 0.45 * len(labels) + 1.5), 3.0 if data.ndim == 1 else 1.2 + 0.22 * len(data))
+    fig, axes = new_figure(max(4.0, 0.45 * len(labels) + 1.5), 3.0 if data.ndim == 1 else 1.2 + 0.22 * len(data))
     ax = axes[0, 0]
     if data.ndim == 1:
         ax.bar(range(len(labels)), data, color=[ROLE_COLORS[_role(s)] for s in labels])
@@ -88,7 +88,7 @@ def plot_patching(matrix: Float[Tensor | np.ndarray, "rows cols"], row_labels: l
     for name, labels, n in (("row_labels", row_labels, n_rows), ("col_labels", col_labels, n_cols)):
         if labels is not None and len(labels) != n:
             raise ValueError(f"{name} has {len(labels)} entries for {n} {name[:3]}s")
-    fig, axes = _figure(min(14.0, 2.5 + 0.55 * n_cols + 0.06 * max(map(len, row_labels or [""]))),
+    fig, axes = new_figure(min(14.0, 2.5 + 0.55 * n_cols + 0.06 * max(map(len, row_labels or [""]))),
                         min(12.0, 1.5 + 0.4 * n_rows))
     ax = axes[0, 0]
     finite = data[np.isfinite(data)]
@@ -136,7 +136,7 @@ def plot_training_curves(history, keys: list[str] | None = None, step_key: str =
     missing = [k for k in keys if k not in hist]
     if missing or not keys:
         raise KeyError(f"history has no series {missing or 'to plot'}; it has {sorted(hist)}")
-    fig, axes = _figure(6.0, 1.2 + 1.6 * len(keys), nrows=len(keys), sharex=True)
+    fig, axes = new_figure(6.0, 1.2 + 1.6 * len(keys), nrows=len(keys), sharex=True)
     for ax, key in zip(axes[:, 0], keys):
         y = _numpy(hist[key])
         x = _numpy(hist[step_key]) if step_key in hist else np.arange(len(y))
@@ -170,7 +170,7 @@ def plot_circuit_series(series, columns: tuple[str, ...] = ("relation", "lookup"
         columns: which columns of the circuit summaries (patching effects, ablation).
         n_prompts: prompts each checkpoint was measured on, for the titles.
     """
-    fig, axes = _figure(9.0, 0.8 + 2.4 * len(columns), nrows=len(columns), sharex=True)
+    fig, axes = new_figure(9.0, 0.8 + 2.4 * len(columns), nrows=len(columns), sharex=True)
     axes = axes[:, 0]
     x = series.x()
     labels = {r.component.key: r.component.label for s in series.summaries for r in s.rows}

@@ -1,4 +1,4 @@
-"""The first release's one-call reports, kept working: compute what is needed, then render it.
+"""One-call reports of a model on a batch: compute what is needed, then render it.
 
 :func:`save_report` reads the attention patterns of a batch (and takes
 template scores and patching results as given); :func:`full_report` also
@@ -15,7 +15,8 @@ from icr_interp.analysis.attention import query_row, resolve_layer
 from icr_interp.tl.compat import TLModel
 from icr_interp.task.prompts import Batch, ICRecallTask
 from icr_interp.viz import report
-from icr_interp.viz.views import _vocab, layer_pattern, gather_slots, pattern_view, role_labels, slot_labels
+from icr_interp.viz.labels import role_labels, slot_labels, vocab_of
+from icr_interp.viz.views import gather_slots, layer_pattern, pattern_view
 from icr_interp.task.vocab import Vocabulary
 
 
@@ -81,9 +82,14 @@ def batch_info(model: TLModel, batch: Batch, vocab, example: int) -> dict:
     icr = getattr(model, "icr_config", None)
     if icr is not None:
         info["memory"] = icr.construction or icr.memory
-    voc = _vocab(vocab)
-    target = voc.to_str(batch.answers[example].cpu()) if voc is not None else str(int(batch.answers[example]))
-    info[f"example {example}"] = f"{' '.join(role_labels(vocab, batch, example))} \u2192 {target}"
+    voc = vocab_of(vocab)
+    r, answer = int(batch.relations[example]), batch.answers[example].cpu()
+    target = voc.to_str(answer) if voc is not None else str(int(answer))
+    kb = getattr(vocab, "kb", None)
+    relation = kb.relations[r] if kb is not None else voc.names[voc.relation_token(r)] if voc is not None else f"{r}"
+    info[f"example {example}"] = " ".join(role_labels(vocab, batch, example))
+    info[f"example {example}: hidden relation"] = relation
+    info[f"example {example}: answer"] = target
     return info
 
 
@@ -96,8 +102,7 @@ def full_report(path: str | os.PathLike, model: TLModel, task: ICRecallTask, bat
     and :func:`~icr_interp.analysis.patching.patch_pattern_by_role` (query-row pattern x
     source role) on ``task.corrupt(batch, kind, seed)``.
     """
-    from icr_interp import templates  # analyses sit upstream of views; import only when used
-    from icr_interp.analysis import patching
+    from icr_interp.analysis import patching, templates  # analyses sit upstream of views; import when used
 
     scores = templates.score_templates(model, batch)
     results = {}

@@ -9,13 +9,14 @@ per document, made safe to sit inside ``<script>`` (:func:`script_safe`).
 A view that would still load a script from the network is refused.
 """
 
-import html
 import re
 from functools import lru_cache
 from pathlib import Path
 
 import circuitsvis
 from circuitsvis.utils.render import RenderedHTML
+
+from icr_interp.viz.escape import text
 
 BUNDLE_PATH = Path(circuitsvis.__file__).parent / "dist" / "cdn" / "iife.js"  # shipped with circuitsvis
 
@@ -38,6 +39,8 @@ tr.marked td { font-weight: bold; }
 figure { margin: 8px 0 16px 0; } figcaption { color: #555; font-size: 0.9em; }
 .headline { font-size: 1.15em; background: #f4f8ff; border: 1px solid #c8d8f0; padding: 8px 12px; }
 pre { font-size: 0.8em; background: #f8f8f8; padding: 6px; }
+.na { color: #888; font-style: italic; } td.construction { color: #888; background: #f6f6f6; }
+p.rule, p.note { font-size: 0.85em; color: #444; max-width: 1000px; }
 """
 
 
@@ -71,7 +74,7 @@ def fragment(view: RenderedHTML | str) -> str:
 def document(title: str, body: str, with_bundle: bool = True) -> str:
     """A complete HTML page: our CSS, circuitsvis's bundle (inlined once) and ``body``."""
     script = f"<script>{script_safe(bundle())}</script>" if with_bundle else ""
-    return (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n<title>{html.escape(title)}</title>\n'
+    return (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n<title>{text(title)}</title>\n'
             f"<style>{CSS}</style>\n{script}\n</head>\n<body>\n{body}\n</body>\n</html>\n")
 
 
@@ -85,4 +88,4 @@ def offline_html(view: RenderedHTML | str | list, title: str = "circuitsvis view
     """
     views = view if isinstance(view, list) else [view]
     body = "\n".join(f'<section class="view">{fragment(v)}</section>' for v in views)
-    return document(title, f"<h1>{html.escape(title)}</h1>\n{body}")
+    return document(title, f"<h1>{text(title)}</h1>\n{body}")

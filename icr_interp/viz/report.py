@@ -14,7 +14,6 @@ everything a checkpoint's report needs.
 """
 
 import base64
-import html
 from pathlib import Path
 
 from jaxtyping import Float
@@ -23,6 +22,7 @@ from torch import Tensor
 
 from icr_interp.storage.fsio import write_text
 from icr_interp.viz import figures, tables
+from icr_interp.viz.escape import attr, text
 from icr_interp.viz.offline import document, fragment
 from icr_interp.viz.views import AttentionView
 
@@ -30,7 +30,7 @@ from icr_interp.viz.views import AttentionView
 def img(fig: Figure, alt: str) -> str:
     """An ``<img>`` holding the figure's PNG as a data URI."""
     data = base64.b64encode(figures.figure_png(fig)).decode("ascii")
-    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+    return f'<img alt="{attr(alt)}" src="data:image/png;base64,{data}">'
 
 
 def _figure_block(fig: Figure, caption: str) -> str:
@@ -39,7 +39,7 @@ def _figure_block(fig: Figure, caption: str) -> str:
 
 def render_report(title: str, sections: list[str]) -> str:
     """The complete page: a title, then the given sections (HTML fragments from this module)."""
-    return document(title, f"<h1>{html.escape(title)}</h1>\n" + "\n".join(sections))
+    return document(title, f"<h1>{text(title)}</h1>\n" + "\n".join(sections))
 
 
 def write_report(path: str | Path, title: str, sections: list[str]) -> Path:
@@ -53,7 +53,7 @@ def write_report(path: str | Path, title: str, sections: list[str]) -> Path:
 # ------------------------------------------------------------------ sections
 def summary_section(info: dict, heading: str = "Model and prompts") -> str:
     """A key/value table (model sizes, prompts, the example shown, ...)."""
-    return f"<h2>{html.escape(heading)}</h2>\n" + tables.value_html(info)
+    return f"<h2>{text(heading)}</h2>\n" + tables.value_html(info)
 
 
 def accuracy_section(evaluation: dict, seed: int | None = None, stored: float | None = None) -> str:
@@ -75,9 +75,9 @@ def accuracy_section(evaluation: dict, seed: int | None = None, stored: float | 
 
 def attention_section(views: list[tuple[str, AttentionView]], intro: str = "") -> str:
     """circuitsvis views (rendered from the page's inlined bundle), each under its caption."""
-    parts = ["<h2>Attention</h2>"] + ([f"<p>{html.escape(intro)}</p>"] if intro else [])
+    parts = ["<h2>Attention</h2>"] + ([f"<p>{text(intro)}</p>"] if intro else [])
     for i, (caption, view) in enumerate(views):
-        parts.append(f'<section class="view" id="view-{i}"><h3>{html.escape(caption)}</h3>'
+        parts.append(f'<section class="view" id="view-{i}"><h3>{text(caption)}</h3>'
                      f"{fragment(view)}</section>")
     return "\n".join(parts)
 
@@ -107,7 +107,8 @@ def scores_section(scores, n_prompts: int | None = None) -> str:
     if isinstance(d, dict) and {"per_head", "templates", "layer", "head"} <= set(d):
         n = d.get("n_examples", n_prompts)
         caption = (f"scored on {n} prompts; * = the head that matters (layer {d['layer']}, head {d['head']}); "
-                   "pairwise = 1 - TV to the nearest pairwise template, balance = within-pair balance")
+                   "pairwise = 1 - TV to the nearest pairwise template; null = the same score with the pairs "
+                   "re-paired; p = the test that the pairing beats its null; balance = within-pair balance")
         body = tables.scores_table(d, caption)
     else:
         body = f'<div class="scores">{tables.value_html(d)}</div>'

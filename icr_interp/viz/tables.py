@@ -1,32 +1,43 @@
 """HTML tables of precomputed results: template scores, matrices, circuit summaries, plain values.
 
 Pure rendering: every function takes numbers someone else computed and
-returns an HTML string (escaped; no scripts).  :func:`patching_panels` splits a
+returns an HTML string (every string escaped by :mod:`icr_interp.viz.escape`; no scripts).  A value that
+was not measured (``None``, NaN) reads "not measured", never ``nan``.  :func:`patching_panels` splits a
 nested patching result into the 2-D arrays a report draws as heatmaps and
 the rest it shows as a table.
 """
 
-import html
 import json
 import math
 
 import numpy as np
 
 from icr_interp.storage.fsio import plain
+from icr_interp.viz.escape import text
 
-SCORE_COLUMNS = (("pairwise", "pairwise"), ("balance", "balance"), ("pair_mass", "pair mass"), ("best", "best"))
+NOT_MEASURED = "not measured"
+SCORE_COLUMNS = (("pairwise", "pairwise"), ("pairwise_null", "null"), ("p_value", "p"), ("balance", "balance"),
+                 ("pair_mass", "pair mass"), ("best", "best"))
+MEAN_COLUMNS = tuple(c for c in SCORE_COLUMNS if c[0] != "p_value")  # the mean row is one row: no test over examples
+
+
+def measured(v) -> bool:
+    """False for a value that was not measured: None or a NaN."""
+    return v is not None and not (isinstance(v, float) and math.isnan(v))
 
 
 def cell(v) -> str:
     """One value as table-cell text: 4 significant digits for floats, escaped strings."""
-    if isinstance(v, bool) or v is None:
-        return html.escape(str(v))
+    if not measured(v):
+        return f'<span class="na">{NOT_MEASURED}</span>'
+    if isinstance(v, bool):
+        return text(v)
     if isinstance(v, float):
         return f"{v:.4g}" if math.isfinite(v) else str(v)
     if isinstance(v, int):
         return str(v)
     if isinstance(v, str):
-        return html.escape(v)
+        return text(v)
     return value_html(v)
 
 
@@ -40,11 +51,11 @@ def value_html(v) -> str:
     if _scalar(v):
         return cell(v)
     if isinstance(v, dict):
-        rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{value_html(x)}</td></tr>" for k, x in v.items())
+        rows = "".join(f"<tr><th>{text(k)}</th><td>{value_html(x)}</td></tr>" for k, x in v.items())
         return f'<table class="kv">{rows}</table>'
     if isinstance(v, list) and v and all(isinstance(x, dict) for x in v):
         cols = list(dict.fromkeys(k for x in v for k in x))
-        head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
+        head = "".join(f"<th>{text(c)}</th>" for c in cols)
         body = "".join("<tr>" + "".join(f"<td>{cell(x.get(c, ''))}</td>" for c in cols) + "</tr>" for x in v)
         return f'<table class="grid"><tr>{head}</tr>{body}</table>'
     if isinstance(v, list) and all(_scalar(x) for x in v):
@@ -52,66 +63,107 @@ def value_html(v) -> str:
     if isinstance(v, list) and all(isinstance(r, list) and all(_scalar(x) for x in r) for r in v):
         body = "".join("<tr>" + "".join(f"<td>{cell(x)}</td>" for x in r) + "</tr>" for r in v)
         return f'<table class="grid">{body}</table>'
-    return f"<pre>{html.escape(json.dumps(v, indent=1, default=str))}</pre>"
+    return f"<pre>{text(json.dumps(v, indent=1, default=str))}</pre>"
 
 
 def _caption(caption: str | None) -> str:
-    return f"<caption>{html.escape(caption)}</caption>" if caption else ""
+    return f"<caption>{text(caption)}</caption>" if caption else ""
 
 
 def matrix_table(matrix, row_labels: list[str], col_labels: list[str], caption: str | None = None) -> str:
     """A labelled matrix, three decimals."""
     matrix = np.asarray(plain(matrix), dtype=float)
-    head = "<tr><th></th>" + "".join(f"<th>{html.escape(c)}</th>" for c in col_labels) + "</tr>"
-    body = "".join(f"<tr><th>{html.escape(r)}</th>" + "".join(f"<td>{x:.3f}</td>" for x in row) + "</tr>"
+    head = "<tr><th></th>" + "".join(f"<th>{text(c)}</th>" for c in col_labels) + "</tr>"
+    body = "".join(f"<tr><th>{text(r)}</th>" + "".join(f"<td>{x:.3f}</td>" for x in row) + "</tr>"
                    for r, row in zip(row_labels, matrix))
     return f'<table class="grid">{_caption(caption)}{head}{body}</table>'
 
 
+def score_rule(d: dict) -> str:
+    """The rule that decides a head's "best" template, in words, with the thresholds ``d`` was scored under."""
+    return (f"best = the template nearest in total variation (TV), except that \"pairwise\" must earn its name: "
+            f"the pairing beats its null (pairwise scores of the same rows re-paired) with p <= "
+            f"{d.get('null_alpha', 0.01):g} and by pairwise - null >= {d.get('null_min_effect', 0.05):g}, and the "
+            f"uniform template is more than {d.get('uniform_margin', 0.02):g} further away; otherwise the nearest "
+            "other template")
+
+
 def scores_table(scores, caption: str | None = None) -> str:
-    """Template scores of every head as one table: per example, TV to each template, mean row.
+    """Template scores of every head as one table: per example (score, null, p), TV to each template, mean row.
 
     Args:
         scores: a :class:`~icr_interp.analysis.templates.TemplateScores` or its ``to_dict()``.
         caption: the table caption (say how many prompts were scored).
 
-    The head that matters (the scores' headline) is marked with ``*`` and bold.
+    The head that matters (the scores' headline) is marked with ``*`` and bold.  Every pairwise score stands
+    beside its null and p-value; the rule that decided "best" is printed under the table.
     """
     d = plain(scores)
     templates = list(d["templates"])
     head = ('<tr><th rowspan="2">layer</th><th rowspan="2">head</th>'
             f'<th colspan="{len(SCORE_COLUMNS)}">per example (mean over prompts)</th>'
             f'<th colspan="{len(templates)}">total variation to template (lower: closer)</th>'
-            f'<th colspan="{len(SCORE_COLUMNS)}">mean row</th></tr><tr>'
+            f'<th colspan="{len(MEAN_COLUMNS)}">mean row</th></tr><tr>'
             + "".join(f"<th>{name}</th>" for _, name in SCORE_COLUMNS)
-            + "".join(f"<th>{html.escape(t)}</th>" for t in templates)
-            + "".join(f"<th>{name}</th>" for _, name in SCORE_COLUMNS) + "</tr>")
+            + "".join(f"<th>{text(t)}</th>" for t in templates)
+            + "".join(f"<th>{name}</th>" for _, name in MEAN_COLUMNS) + "</tr>")
     body = []
     for h in d["per_head"]:
         marked = (h["layer"], h["head"]) == (d["layer"], d["head"])
         cells = [f"{h['layer']}{'*' if marked else ''}", str(h["head"])]
-        cells += [_score_cell(h[key]) for key, _ in SCORE_COLUMNS]
-        cells += [f"{h['tv'][t]:.3f}" for t in templates]
-        cells += [_score_cell(h["mean_row"][key]) for key, _ in SCORE_COLUMNS]
+        cells += [_score_cell(h.get(key), key) for key, _ in SCORE_COLUMNS]
+        cells += [_score_cell(h["tv"][t]) for t in templates]
+        cells += [_score_cell(h["mean_row"].get(key), key) for key, _ in MEAN_COLUMNS]
         body.append(f'<tr{" class=marked" if marked else ""}>' + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
-    return f'<table class="scores">{_caption(caption)}{head}{"".join(body)}</table>'
+    return (f'<table class="scores">{_caption(caption)}{head}{"".join(body)}</table>\n'
+            f'<p class="rule">{text(score_rule(d))}.</p>')
 
 
-def _score_cell(v) -> str:
-    return f"{v:.3f}" if isinstance(v, float) else html.escape(str(v))
+def _score_cell(v, key: str = "") -> str:
+    if not measured(v):
+        return f'<span class="na">{NOT_MEASURED}</span>'
+    if key == "p_value":
+        return f"{v:.4f}" if v >= 1e-4 else f"{v:.1e}"
+    return f"{v:.3f}" if isinstance(v, float) else text(v)
+
+
+# The components whose patched tokens a corruption leaves unchanged: their effect under it is zero by
+# construction (a relation swap keeps the subjects and the query; a query swap keeps the context pairs),
+# exactly so in one layer, where they are read straight from the embeddings.
+UNCHANGED_BY = {"relation": ("subjects", "query"), "lookup": ("subjects", "answers", "context")}
+ZERO_TOL = 1e-6
+
+
+def zero_by_construction(component: str, job: str, value) -> bool:
+    """A cell that is zero because the corruption did not touch the component's tokens (not evidence)."""
+    return component in UNCHANGED_BY.get(job, ()) and measured(value) and abs(value) < ZERO_TOL
 
 
 def circuit_table(summary, caption: str | None = None) -> str:
-    """A :class:`~icr_interp.analysis.circuit.CircuitSummary` (or its ``to_dict()``) as a table, verdict below."""
+    """A :class:`~icr_interp.analysis.circuit.CircuitSummary` (or its ``to_dict()``) as a table, verdict below.
+
+    A job that was not measured reads "not measured"; a cell that is zero by construction
+    (:func:`zero_by_construction`) is marked and explained under the table.
+    """
     d = plain(summary)
     head = ("<tr><th>component</th><th>what it is</th><th>relation inference (relation swap)</th>"
             "<th>answer lookup (query swap)</th><th>accuracy when ablated</th></tr>")
-    body = "".join(f'<tr><td class="text">{html.escape(str(r["component"]))}</td>'
-                   f'<td class="text">{html.escape(str(r.get("label", "")))}</td>'
-                   f'<td>{r["relation"]:.3f}</td><td>{r["lookup"]:.3f}</td><td>{r["ablated_accuracy"]:.3f}</td></tr>'
-                   for r in d["rows"])
-    return (f'<table class="circuit">{_caption(caption)}{head}{body}</table>\n'
-            f'<p class="verdict">Verdict: {html.escape(str(d.get("verdict", "")))}</p>')
+    marked = False
+    rows = []
+    for r in d["rows"]:
+        cells = []
+        for job in ("relation", "lookup"):
+            if zero_by_construction(str(r["component"]), job, r[job]):
+                marked = True
+                cells.append('<td class="construction" title="zero by construction">0 &dagger;</td>')
+            else:
+                cells.append(f"<td>{_score_cell(r[job])}</td>")
+        rows.append(f'<tr><td class="text">{text(r["component"])}</td><td class="text">{text(r.get("label", ""))}'
+                    f'</td>{"".join(cells)}<td>{_score_cell(r["ablated_accuracy"])}</td></tr>')
+    note = ('<p class="note">&dagger; zero by construction: the swap leaves these tokens unchanged, so patching '
+            "them cannot move the output; these cells are not evidence.</p>\n" if marked else "")
+    return (f'<table class="circuit">{_caption(caption)}{head}{"".join(rows)}</table>\n{note}'
+            f'<p class="verdict">Verdict: {text(d.get("verdict", ""))}</p>')
 
 
 # ---------------------------------------------------------------- patching

@@ -20,82 +20,26 @@ circuitsvis ships (``_repr_html_`` in notebooks, ``str()`` for files): no
 network check, no CDN.
 """
 
-import html
+from uuid import uuid4
 
-import circuitsvis.attention
-import circuitsvis.tokens
+import circuitsvis
 import torch
 from circuitsvis.utils.render import RenderedHTML
 from jaxtyping import Float
 from torch import Tensor
 
-from icr_interp.task import roles
 from icr_interp.analysis.attention import pattern_name, query_row, query_rows, resolve_layer
-from icr_interp.tl.compat import TLModel
 from icr_interp.task.prompts import Batch, ICRecallTask
 from icr_interp.task.tokens import check_model_tokens
 from icr_interp.task.vocab import Vocabulary
+from icr_interp.tl.compat import TLModel
+from icr_interp.viz import escape
+from icr_interp.viz.labels import (role_labels, short_label, slot_labels, slot_positions, slot_roles,  # noqa: F401
+                                   vocab_of)
 
 VIEW_KINDS = ("heads", "patterns", "query")  # attention_heads | attention_patterns | query-row tokens
 SCALES = ("query", "full")  # colour scale: the query row's max | circuitsvis's default (1.0)
 ROWS = ("all", "query")  # rows shown: every destination | only the query's (others blanked)
-_SHORT = {"subject": "s", "answer": "a", "bos": "<bos>", "query": "query"}  # display name of a role
-
-
-# ----------------------------------------------------------------- labels
-def _vocab(task_or_vocab: ICRecallTask | Vocabulary | None) -> Vocabulary | None:
-    return task_or_vocab.vocab if isinstance(task_or_vocab, ICRecallTask) else task_or_vocab
-
-
-def slot_roles(batch: Batch) -> list[str]:
-    """The role (:mod:`icr_interp.task.roles` spelling) of every slot :func:`query_attention` returns.
-
-    ``bos`` (when every prompt has one), ``subject_1``, ``answer_1``, ..., ``query``.
-    """
-    k = batch.layout.subject_pos.shape[1]
-    bos = ["bos"] if bool((batch.layout.bos_pos >= 0).all()) else []
-    return bos + [f"{r}_{j + 1}" for j in range(k) for r in ("subject", "answer")] + ["query"]
-
-
-def short_label(role: str) -> str:
-    """Display form of a role: ``subject_2`` -> ``s2``, ``answer_2`` -> ``a2``, ``bos`` -> ``<bos>``."""
-    base, _, index = roles.canonical(role).partition("_")
-    return _SHORT[base] + index if index else _SHORT.get(base, base)
-
-
-def slot_labels(batch: Batch) -> list[str]:
-    """Display names of the slots :func:`query_attention` returns: ``<bos>, s1, a1, ..., query``."""
-    return [short_label(r) for r in slot_roles(batch)]
-
-
-def _slot_positions(batch: Batch) -> Tensor:
-    """Per-example position of every slot of :func:`slot_roles`, ``[batch slot]``."""
-    return torch.cat([roles.positions(batch.layout, r)[0] for r in slot_roles(batch)], dim=1)
-
-
-def role_labels(task_or_vocab: ICRecallTask | Vocabulary | None, batch: Batch, i: int) -> list[str]:
-    """Token strings of example ``i``, prefixed by their role from the batch's layout.
-
-    Args:
-        task_or_vocab: gives the token strings; ``None`` shows token ids.
-        batch: the prompts and their layout.
-        i: example index.
-
-    Returns:
-        One string per position: ``"<bos>"``, ``"s1:s12"``, ``"a1:a40"``, ...,
-        ``"query:s3"``; positions without a role keep their bare token string.
-    """
-    vocab = _vocab(task_or_vocab)
-    tokens = batch.tokens[i].cpu()
-    names = vocab.to_str(tokens) if vocab is not None else [str(int(t)) for t in tokens]
-    labels = list(names)
-    layout = batch.layout.to("cpu")
-    for role in slot_roles(batch):
-        (pos,) = roles.positions(layout, role)
-        p = int(pos[i, 0])
-        if p >= 0 and role != "bos":  # BOS's token string already says what it is
-            labels[p] = f"{short_label(role)}:{names[p]}"
-    return labels
 
 
 # --------------------------------------------------------------- patterns
@@ -110,7 +54,7 @@ def layer_pattern(model: TLModel, tokens: Tensor, layer: int) -> Float[Tensor, "
 
 def gather_slots(rows: Float[Tensor, "batch head pos"], batch: Batch) -> Float[Tensor, "batch head slot"]:
     """Query rows gathered at each example's own slot positions (:func:`slot_roles` order)."""
-    slots = _slot_positions(batch.to(rows.device))
+    slots = slot_positions(batch.to(rows.device))
     return torch.gather(rows, 2, slots[:, None, :].expand(-1, rows.shape[1], -1))
 
 
@@ -212,16 +156,35 @@ def pattern_view(pattern: Float[Tensor, "head dest src"], labels: list[str], que
         keep[query_pos] = True
         pattern = pattern * keep[None, :, None]
     names = [f"L{layer}H{h}" for h in range(pattern.shape[0])]
-    # AttentionHeads draws tokens on a canvas (plain text); the other two views
-    # insert them as HTML, so there they must be escaped ("<bos>" is not a tag).
-    escaped = [html.escape(s) for s in labels]
+    # AttentionHeads draws tokens as text; the other two views insert them as HTML, so there they are
+    # escaped as HTML text first ("<bos>" is not a tag).  Every prop then goes through escape.script_json.
+    escaped = [escape.text(s) for s in labels]
     if kind == "heads":
         top = query_scale(pattern, query_pos) if scale == "query" else None
-        rendered = circuitsvis.attention.attention_heads(attention=pattern, tokens=labels, attention_head_names=names,
-                                                         mask_upper_tri=True, max_value=top)
-    elif kind == "patterns":
-        rendered = circuitsvis.attention.attention_patterns(tokens=escaped, attention=pattern)
-    else:
-        row = query_row(pattern[None], torch.tensor([query_pos]))[0]  # [head src]
-        rendered = circuitsvis.tokens.colored_tokens_multi(escaped, row.T.contiguous(), names)
-    return AttentionView(rendered.local_src, rendered.cdn_src)
+        return render_view("AttentionHeads", attention=pattern, tokens=list(labels), attentionHeadNames=names,
+                           maxValue=top, maskUpperTri=True)
+    if kind == "patterns":
+        return render_view("AttentionPatterns", tokens=escaped, attention=pattern)
+    row = query_row(pattern[None], torch.tensor([query_pos]))[0]  # [head src]
+    return render_view("ColoredTokensMulti", tokens=escaped, values=row.T.contiguous(), labels=names)
+
+
+def render_view(element: str, **props) -> AttentionView:
+    """A circuitsvis element rendered like ``circuitsvis.utils.render.render``, its props made script-safe.
+
+    circuitsvis writes its props with a plain ``json.dumps`` into ``<script>``, so a token ``</script>``
+    would end the script; here they go through :func:`icr_interp.viz.escape.script_json`.
+    """
+    from icr_interp.viz.offline import bundle
+
+    data = {k: (v.tolist() if isinstance(v, Tensor) else v) for k, v in props.items() if v is not None}
+    uuid = "circuits-vis-" + str(uuid4())[:13]
+    args = f'"{uuid}",\n  {{}},\n  {escape.script_json(data)}'
+    div = f'<div id="{uuid}" style="margin: 15px 0;"></div>'
+    inline = bundle().replace("</script>", "")  # as circuitsvis inlines it (offline.fragment strips this copy)
+    local = (f'{div}\n<script crossorigin type="module">\n{inline}\n\n'
+             f'CircuitsVis.render(\n  {args.replace("{}", "CircuitsVis." + element, 1)}\n)\n</script>')
+    cdn = (f'{div}\n<script crossorigin type="module">\nimport {{ render, {element} }} from '
+           f'"https://unpkg.com/circuitsvis@{circuitsvis.__version__}/dist/cdn/esm.js";\n'
+           f'render(\n  {args.replace("{}", element, 1)}\n)\n</script>')
+    return AttentionView(local, cdn)
