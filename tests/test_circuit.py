@@ -92,14 +92,14 @@ def test_summary_equals_role_patching(reference):
         r = P.patch_by_role(model, batch, corrupted, hooks=["blocks.0.attn.hook_v", "blocks.0.hook_resid_pre",
                                                              "blocks.0.hook_attn_out", "blocks.0.mlp.hook_relation",
                                                              "blocks.0.hook_mlp_out"],
-                            roles=["subjects", "answers", "context", "query"])
+                            roles=["subjects", "answers", "context", "query", "prediction"])
         for comp, cell in (("subjects", ("blocks.0.attn.hook_v:h0", "subjects")),
                            ("answers", ("blocks.0.attn.hook_v:h0", "answers")),
                            ("context", ("blocks.0.attn.hook_v:h0", "context")),
                            ("query", ("blocks.0.hook_resid_pre", "query")),
-                           ("attn_out", ("blocks.0.hook_attn_out", "query")),
-                           ("stage_I", ("blocks.0.mlp.hook_relation", "query")),
-                           ("stage_II", ("blocks.0.hook_mlp_out", "query"))):
+                           ("attn_out", ("blocks.0.hook_attn_out", "prediction")),
+                           ("stage_I", ("blocks.0.mlp.hook_relation", "prediction")),
+                           ("stage_II", ("blocks.0.hook_mlp_out", "prediction"))):
             assert s[comp, job] == pytest.approx(r[cell], abs=1e-4), (comp, job)
         pattern = P.patch_pattern_by_role(model, batch, corrupted, roles=["context"])
         assert s["pattern", job] == pytest.approx(pattern["blocks.0.attn.hook_pattern:h0", "context"], abs=1e-4)

@@ -70,7 +70,7 @@ def _query_metrics(model: TLModel, batch: Batch, hooks: list) -> tuple[float, fl
     with torch.no_grad():
         logits = model.run_with_hooks(batch.tokens, fwd_hooks=hooks)
     rows = torch.arange(len(batch), device=logits.device)
-    q = logits[rows, batch.layout.query_pos.to(logits.device)]
+    q = logits[rows, batch.layout.pred_pos.to(logits.device)]
     return float((q.argmax(-1) == batch.answers).float().mean()), float(F.cross_entropy(q, batch.answers))
 
 
@@ -165,8 +165,8 @@ def restrict_pattern(model: TLModel, batch: Batch, keep: tuple[str, ...],
 
     def hook(pattern: Float[Tensor, "batch head dest src"], hook) -> Tensor:
         pattern = pattern.clone()
-        q_row = query_row(pattern, batch.layout.query_pos) * allowed[:, None, :].to(pattern.device)
-        pattern[rows.to(pattern.device), :, batch.layout.query_pos.to(pattern.device)] = \
+        q_row = query_row(pattern, batch.layout.pred_pos) * allowed[:, None, :].to(pattern.device)
+        pattern[rows.to(pattern.device), :, batch.layout.pred_pos.to(pattern.device)] = \
             q_row / q_row.sum(-1, keepdim=True).clamp_min(1e-12)
         return pattern
 

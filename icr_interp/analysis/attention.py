@@ -1,8 +1,10 @@
-"""Reading attention: the query row of every head, and the one default layer.
+"""Reading attention: the prediction row of every head, and the one default layer.
 
 The analyses of this package look at one attention row per prompt: the row of
-the *query* position (``batch.layout.query_pos``), which is where the model
-gathers the context it needs to answer.  This module is the only place that
+the position whose logits predict the answer (``batch.layout.pred_pos``: the
+query itself in the toy prompts, the separator after the query subject in text
+prompts), which is where the model gathers the context it needs to answer.  The
+functions keep their first names (``query_row``, ``query_rows``).  This module is the only place that
 extracts that row, and the only place that decides which layer an analysis
 reads when none is given: the **last** one (the layer whose MLP holds the
 memory).  Negative layers count from the end, as in Python.
@@ -48,7 +50,7 @@ def query_rows_from_cache(cache, query_pos: Int[Tensor, " batch"],
 
 
 def query_rows(model: TLModel, batch: Batch) -> Float[Tensor, "layer head batch pos"]:
-    """Every head's attention row at each example's query position (one forward, patterns only).
+    """Every head's attention row at each example's prediction position (one forward, patterns only).
 
     Returns:
         ``rows[l, h, b, src]``: attention of layer ``l``, head ``h`` from the
@@ -58,4 +60,4 @@ def query_rows(model: TLModel, batch: Batch) -> Float[Tensor, "layer head batch 
     names = {pattern_name(layer) for layer in range(model.cfg.n_layers)}
     with torch.no_grad():
         _, cache = model.run_with_cache(batch.tokens.to(device), names_filter=lambda name: name in names)
-    return query_rows_from_cache(cache, batch.layout.query_pos, model.cfg.n_layers)
+    return query_rows_from_cache(cache, batch.layout.pred_pos, model.cfg.n_layers)

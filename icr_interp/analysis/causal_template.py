@@ -25,9 +25,10 @@ masses), so ``pairwise`` keeps the head's choice of pairs and removes only its i
 multi-token name has been read -- and ``"uniform"`` spreads it over the span's tokens.  On one-token spans
 (the toy prompts) the two agree.
 
-**What is recovered.**  The metric is, per example, ``logit[target] - logit[other]`` at the prediction
-position, with ``other`` the corrupted prompt's target when a ``corrupted`` batch is given, else the mean
-logit over the vocabulary.  The baseline ablates the chosen heads at the prediction row (their ``hook_z``
+**What is recovered.**  The metric, per example at the prediction position, is ``"logit_diff"``
+``logit[target] - logit[corrupted target]`` when a ``corrupted`` batch is given (the default then), else
+``"logprob"`` the target's log-probability (the default without one), or ``"target_vs_mean"`` the target's
+logit minus the mean logit (which an answers-only row can inflate by raising every answer at once).  The baseline ablates the chosen heads at the prediction row (their ``hook_z``
 there replaced by its mean over the batch: the heads say nothing specific to the prompt), and each template
 recovers ``(metric(template) - metric(base)) / (metric(clean) - metric(base))`` (means over examples).
 
@@ -54,6 +55,7 @@ from icr_interp.tl.compat import TLModel
 TEMPLATE_NAMES = ("own", "pairwise", "answers", "subjects", "uniform")
 BETAS = ("fit", "mean_row", "uniform", "random")
 WITHIN_SPANS = ("last", "uniform")
+METRICS = ("logit_diff", "logprob", "target_vs_mean")
 N_NULL = 8  # re-paired null templates drawn
 
 
@@ -62,7 +64,7 @@ class CausalTemplateResult:
     """What each template, written into the chosen heads' prediction rows, recovers (module docstring)."""
 
     heads: tuple  # the (layer, head) pairs overwritten
-    metric: str  # "logit_diff" (target - corrupted target) or "target_vs_mean"
+    metric: str  # "logit_diff" (target - corrupted target), "logprob" or "target_vs_mean"
     clean: float  # mean metric of the unpatched run
     base: float  # mean metric with the heads mean-ablated at the prediction row
     values: dict  # template name -> mean metric
@@ -105,16 +107,17 @@ class CausalTemplateResult:
 
 
 def causal_template_test(model: TLModel, batch: Batch, heads: Sequence[tuple[int, int]], *,
-                         corrupted: Batch | None = None, beta: str = "fit", within_span: str = "last",
-                         n_null: int = N_NULL, seed: int = 0) -> CausalTemplateResult:
+                         corrupted: Batch | None = None, metric: str | None = None, beta: str = "fit",
+                         within_span: str = "last", n_null: int = N_NULL, seed: int = 0) -> CausalTemplateResult:
     """Overwrite the chosen heads' prediction rows with templates and measure the logit difference recovered.
 
     Args:
         model: any ``HookedTransformer`` (TransformerLens hooks only: ``hook_pattern``, ``hook_z``).
         batch: prompts with their span layout (toy or text).
         heads: ``(layer, head)`` pairs whose prediction rows are overwritten together.
-        corrupted: matched corrupted prompts (``task.corrupt_pairs``); their targets are the metric's
-            other side.  Without it the metric is the target's logit minus the mean logit.
+        corrupted: matched corrupted prompts (``task.corrupt_pairs``); their targets are the other side of
+            ``"logit_diff"``.
+        metric: one of :data:`METRICS` (default: ``"logit_diff"`` with ``corrupted``, else ``"logprob"``).
         beta: across-pair weights, one of :data:`BETAS` (module docstring).
         within_span: ``"last"`` or ``"uniform"`` (module docstring).
         n_null: re-paired null templates drawn (0: none; needs k >= 2).
@@ -124,6 +127,10 @@ def causal_template_test(model: TLModel, batch: Batch, heads: Sequence[tuple[int
         :class:`CausalTemplateResult`.
     """
     heads = _check_heads(model, heads)
+    metric = metric or ("logprob" if corrupted is None else "logit_diff")
+    if metric not in METRICS or (metric == "logit_diff") != (corrupted is not None):
+        raise ValueError(f"metric must be one of {METRICS}, 'logit_diff' exactly when corrupted is given; "
+                         f"got {metric!r}")
     if beta not in BETAS or within_span not in WITHIN_SPANS:
         raise ValueError(f"beta must be one of {BETAS} and within_span one of {WITHIN_SPANS}; "
                          f"got {beta!r}, {within_span!r}")
@@ -136,7 +143,7 @@ def causal_template_test(model: TLModel, batch: Batch, heads: Sequence[tuple[int
     device = model.cfg.device
     b = batch.to(device)
     gen = torch.Generator().manual_seed(seed)
-    other = None if corrupted is None else corrupted.answers.to(device)
+    other = metric if corrupted is None else corrupted.answers.to(device)
     n_pos = b.tokens.shape[1]
     weights = _span_weights(b, n_pos, within_span)  # [batch pair pos] x 2
     with torch.no_grad():
@@ -158,7 +165,7 @@ def causal_template_test(model: TLModel, batch: Batch, heads: Sequence[tuple[int
     clean_v, base_v = float(clean_m.mean()), float(base_m.mean())
     frac = lambda m: (float(m.mean()) - base_v) / (clean_v - base_v) if clean_v != base_v else float("nan")  # noqa: E731
     return CausalTemplateResult(
-        heads=tuple(heads), metric="target_vs_mean" if corrupted is None else "logit_diff", clean=clean_v,
+        heads=tuple(heads), metric=metric, clean=clean_v,
         base=base_v, values={n: float(m.mean()) for n, (m, _) in results.items()},
         recovered={n: frac(m) for n, (m, _) in results.items()}, null_recovered=tuple(frac(m) for m in nulls),
         accuracy={"clean": clean_acc, "base": base_acc, **{n: acc for n, (_, acc) in results.items()}},
@@ -221,10 +228,14 @@ def _repairings(n: int, k: int, gen: torch.Generator) -> Tensor:
     return perms
 
 
-def _metric(logits: Float[Tensor, "batch vocab"], target: Tensor, other: Tensor | None) -> Tensor:
+def _metric(logits: Float[Tensor, "batch vocab"], target: Tensor, other: Tensor | str) -> Tensor:
+    """Per example: target minus ``other`` (corrupted targets), or the named metric."""
     rows = torch.arange(len(target), device=logits.device)
-    ref = logits.mean(-1) if other is None else logits[rows, other]
-    return logits[rows, target] - ref
+    if isinstance(other, str):
+        ref = logits.mean(-1) if other == "target_vs_mean" else logits.logsumexp(-1)
+    else:
+        ref = logits[rows, other]
+    return logits[rows, target].float() - ref.float()
 
 
 def _final_logits(model: TLModel, b: Batch, hooks: list) -> Float[Tensor, "batch vocab"]:
@@ -240,7 +251,7 @@ def _final_logits(model: TLModel, b: Batch, hooks: list) -> Float[Tensor, "batch
     return unembed(model, x)
 
 
-def _run(model: TLModel, b: Batch, other: Tensor | None, hooks: list) -> tuple[Tensor, float]:
+def _run(model: TLModel, b: Batch, other, hooks: list) -> tuple[Tensor, float]:
     logits = _final_logits(model, b, hooks)
     return _metric(logits, b.answers, other), float((logits.argmax(-1) == b.answers).float().mean())
 

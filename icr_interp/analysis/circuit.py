@@ -13,7 +13,8 @@ memory.  Two corruptions move one job each (:meth:`ICRecallTask.corrupt`):
 For each component (a hook at the positions of one prompt role) the summary
 patches the clean activation into the corrupted run (*denoising*, see
 :mod:`icr_interp.analysis.patching`) and reports the normalised logit difference at the
-query: 0 = the corrupted run, 1 = the clean run.  A component scoring ~1 for
+prediction position (the query in toy prompts, the last token in text prompts):
+0 = the corrupted run, 1 = the clean run.  A component scoring ~1 for
 one corruption carries that job's whole effect; ~0 means the job's
 information does not pass through it.  Next to it, the component is
 mean-ablated on the clean prompts (as in :mod:`icr_interp.analysis.ablation`) and the
@@ -22,8 +23,9 @@ ablation says what the model *needs*.  (A relation swap keeps the subjects, so
 patching the subjects' values moves nothing, yet ablating them can still
 destroy recall: the memory needs both members of each pair.)
 
-The components, all in the last layer (the one whose MLP is the memory) except
-the query token:
+The default components (``components="memory"``), all in the last layer (the one
+whose MLP is the memory) except the query token; "prediction" is the position
+whose logits are read (the query s_q itself in toy prompts):
 
 ==================  =====================================  ==========
 component           hook                                   positions
@@ -32,14 +34,17 @@ component           hook                                   positions
 ``answers``         ``blocks.L.attn.hook_v`` (all heads)   a_i
 ``context``         ``blocks.L.attn.hook_v`` (all heads)   s_i and a_i
 ``query``           ``blocks.L0.hook_resid_pre`` (first)  s_q
-``pattern``         ``blocks.L.attn.hook_pattern``         row s_q, sources s_i and a_i
-``attn_out``        ``blocks.L.hook_attn_out``             s_q
-``stage_I``         ``blocks.L.mlp.hook_relation``         s_q
-``stage_II``        ``blocks.L.hook_mlp_out``              s_q
+``pattern``         ``blocks.L.attn.hook_pattern``         prediction row, sources s_i and a_i
+``attn_out``        ``blocks.L.hook_attn_out``             prediction
+``stage_I``         ``blocks.L.mlp.hook_relation``         prediction
+``stage_II``        ``blocks.L.hook_mlp_out``              prediction
 ==================  =====================================  ==========
 
 Components whose hook the model lacks (a memory without stages, an
-attention-only model) are skipped.  Every example's positions come from its
+attention-only model) are skipped.  For a stock model (a pretrained LM, whose
+jobs may sit in any layer) ``components="layer"`` has every layer's attention
+and MLP output at the prediction position, and ``components="head"`` every
+head's output (``hook_z``) there; a list of :class:`Component` is taken as is.  Every example's positions come from its
 own ``batch.layout`` (roles from :mod:`icr_interp.task.roles`).
 
 A summary names a circuit only when it can (:mod:`icr_interp.analysis.reliability`):
@@ -86,6 +91,7 @@ CORRUPTION_OF = {"relation": "relation", "lookup": "query"}  # job -> corruption
 JOB_OF = {kind: job for job, kind in CORRUPTION_OF.items()}  # corruption kind -> the job it moves
 CARRIES = 0.5  # a component "carries" a job when its normalised patching effect is at least this
 CONTEXT_GROUP = ("subjects", "answers", "context")  # reported together in the verdict
+COMPONENT_SETS = ("memory", "layer", "head")  # circuit_components(by=...)
 Z = reliability.Z  # the one reliability threshold (standard errors), defined in icr_interp.analysis.reliability
 
 
@@ -97,21 +103,36 @@ class Component:
     label: str  # what it is, for tables and the verdict
     hook: str  # full hook name
     role: str  # role whose positions are patched / ablated (an icr_interp.task.roles name)
+    head: int | None = None  # the one head patched / ablated (per-head hooks; None: all heads)
 
 
-def circuit_components(model: TLModel) -> list[Component]:
-    """The summary's components for ``model`` (last layer; hooks the model lacks are skipped)."""
+def circuit_components(model: TLModel, by: str = "memory") -> list[Component]:
+    """The summary's components for ``model``: ``by`` one of :data:`COMPONENT_SETS` (module docstring).
+
+    ``"memory"``: the last layer's (hooks the model lacks are skipped); ``"layer"``: every layer's attention
+    and MLP output at the prediction position; ``"head"``: every head's ``hook_z`` there.
+    """
+    if by not in COMPONENT_SETS:
+        raise ValueError(f"components must be one of {COMPONENT_SETS} or a list of Component, got {by!r}")
+    if by == "layer":
+        return [Component(f"L{layer}.{site}", f"layer {layer} {name} at the prediction", H.hook(layer, site),
+                          "prediction") for layer in range(model.cfg.n_layers)
+                for site, name in (("attn_out", "attention output"), ("mlp_out", "MLP output"))
+                if not (site == "mlp_out" and model.cfg.attn_only)]
+    if by == "head":
+        return [Component(f"L{layer}H{head}", f"head {layer}.{head} output at the prediction", H.hook(layer, "z"),
+                          "prediction", head) for layer in range(model.cfg.n_layers) for head in range(model.cfg.n_heads)]
     last = resolve_layer(model.cfg.n_layers)
     stage_ii = [] if model.cfg.attn_only else [  # TransformerLens keeps hook_mlp_out on attention-only blocks
-        Component("stage_II", "memory stage II (lookup neurons' output)", H.hook(last, "mlp_out"), "query")]
+        Component("stage_II", "memory stage II (lookup neurons' output)", H.hook(last, "mlp_out"), "prediction")]
     rows = [
         Component("subjects", "attention's copy of the context subjects", H.hook(last, "v"), "subjects"),
         Component("answers", "attention's copy of the context answers", H.hook(last, "v"), "answers"),
         Component("context", "attention's copy of both members of the pairs", H.hook(last, "v"), "context"),
         Component("query", "the query token (residual stream)", H.hook(0, "resid_pre"), "query"),
         Component("pattern", "where the query attends (pattern row to the pairs)", H.hook(last, "pattern"), "context"),
-        Component("attn_out", "attention output at the query", H.hook(last, "attn_out"), "query"),
-        Component("stage_I", "memory stage I (inferred relation)", H.hook(last, "relation"), "query")] + stage_ii
+        Component("attn_out", "attention output at the query", H.hook(last, "attn_out"), "prediction"),
+        Component("stage_I", "memory stage I (inferred relation)", H.hook(last, "relation"), "prediction")] + stage_ii
     return [c for c in rows if c.hook in model.hook_dict]
 
 
@@ -128,8 +149,9 @@ class CircuitRow:
 
     def to_dict(self) -> dict:
         c = self.component
-        return dict(component=c.key, label=c.label, hook=c.hook, role=c.role, relation=self.relation,
-                    lookup=self.lookup, ablated_accuracy=self.ablated_accuracy, accuracy_drop=self.accuracy_drop)
+        return dict(component=c.key, label=c.label, hook=c.hook, role=c.role, **({} if c.head is None else
+                    dict(head=c.head)), relation=self.relation, lookup=self.lookup,
+                    ablated_accuracy=self.ablated_accuracy, accuracy_drop=self.accuracy_drop)
 
 
 @dataclass
@@ -212,7 +234,8 @@ class CircuitSummary:
 
 # ------------------------------------------------------------------ compute
 def circuit_summary(model: TLModel, task: ICRecallTask, batch: Batch, seed: int = 0, *,
-                    ablation_method: str = "mean", jobs: tuple[str, ...] = JOBS, **extra) -> CircuitSummary:
+                    ablation_method: str = "mean", jobs: tuple[str, ...] = JOBS,
+                    components: str | list[Component] = "memory", **extra) -> CircuitSummary:
     """Patch and ablate every component for each job (see the module docstring).
 
     Args:
@@ -222,6 +245,8 @@ def circuit_summary(model: TLModel, task: ICRecallTask, batch: Batch, seed: int 
         seed: seeds the relation and query swaps.
         ablation_method: ``"mean"``, ``"zero"`` or ``"resample"`` (:data:`icr_interp.analysis.ablation.METHODS`).
         jobs: jobs to measure, each on the prompts that have its corruption (``task.corrupt_pairs``).
+        components: ``"memory"`` (default), ``"layer"``, ``"head"`` (:func:`circuit_components`) or a list
+            of :class:`Component`.
         **extra: JSON-able notes stored in the summary (e.g. ``checkpoint=``, ``step=``).
 
     Returns:
@@ -232,7 +257,8 @@ def circuit_summary(model: TLModel, task: ICRecallTask, batch: Batch, seed: int 
     batch = ablation.check_batch(model, batch).to(model.cfg.device)
     if not jobs or not set(jobs) <= set(JOBS):
         raise ValueError(f"jobs must be a non-empty subset of {JOBS}, got {jobs!r}")
-    jobs, components = tuple(j for j in JOBS if j in jobs), circuit_components(model)  # jobs in summary order
+    components = circuit_components(model, components) if isinstance(components, str) else list(components)
+    jobs = tuple(j for j in JOBS if j in jobs)  # jobs in summary order
     effects, baselines = {job: torch.full((len(components),), math.nan) for job in JOBS}, {}
     for job in jobs:
         clean, corrupted, n_dropped = task.corrupt_pairs(batch, CORRUPTION_OF[job], seed=seed)
@@ -259,10 +285,10 @@ def _denoise(model: TLModel, clean: Batch, corrupted: Batch,
     The runs, metric and reliability come from role patching's :func:`~icr_interp.analysis.patching.by_role.setup`
     and each component's patch from its :func:`~icr_interp.analysis.patching.by_role.role_patch` (all heads).
     """
-    metric = LogitDiff(clean.answers, corrupted.answers, clean.layout.query_pos)
+    metric = LogitDiff(clean.answers, corrupted.answers, clean.layout.pred_pos)
     s = setup(model, clean, corrupted, metric, sorted({c.hook for c in components}), noising=False)
-    masks = roles.masks(s.base.layout, s.base.tokens.shape[1], sorted({c.role for c in components} | {"query"}))
-    patches = [role_patch(c.hook, None, masks[c.role], masks["query"]) for c in components]
+    masks = roles.masks(s.base.layout, s.base.tokens.shape[1], sorted({c.role for c in components} | {"prediction"}))
+    patches = [role_patch(c.hook, c.head, masks[c.role], masks["prediction"]) for c in components]
     raw = patch_activations(model, s.base.tokens, s.source_cache, patches, s.metric, base_run=s.run)
     gap = s.m_clean - s.m_corr
     values = (raw - s.m_corr) / (gap if gap != 0 else math.nan)
@@ -275,18 +301,24 @@ def ablate_component(model: TLModel, batch: Batch, component: Component,
     """Ablate a component's entries (its hook at its role's positions, all heads) on ``batch``.
 
     The stand-in value is :mod:`icr_interp.analysis.ablation`'s (batch mean per position,
-    zero, or the batch rolled by one); for the ``pattern`` component the query's
-    attention row to the role's positions is replaced.
+    zero, or the batch rolled by one); for the ``pattern`` component the prediction
+    position's attention row to the role's positions is replaced; a per-head
+    component (``head`` set) touches that head only.
     """
     n_pos = batch.tokens.shape[1]
-    masks = roles.masks(batch.layout, n_pos, [component.role, "query"])
-    mask, query = masks[component.role], masks["query"]
+    masks = roles.masks(batch.layout, n_pos, [component.role, "prediction"])
+    mask, query = masks[component.role], masks["prediction"]
 
     def hook(act: Tensor, hook) -> Tensor:
         if H.site_of(component.hook) == "pattern":  # [batch head dest src]
             where = query[:, None, :, None] & mask[:, None, None, :]
         else:  # [batch pos ...]
             where = mask[(...,) + (None,) * (act.ndim - 2)]
+        if component.head is not None:  # [batch head ...] patterns, [batch pos head ...] per-head activations
+            axis = 1 if H.site_of(component.hook) in ("pattern", "attn_scores") else 2
+            shape = [1] * act.ndim
+            shape[axis] = act.shape[axis]
+            where = where & (torch.arange(act.shape[axis], device=act.device) == component.head).reshape(shape)
         return torch.where(where, ablation.replacement(act, method), act)
 
     return ablation.run_ablation(model, batch, f"{component.label}", method, [(component.hook, hook)])

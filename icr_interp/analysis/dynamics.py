@@ -25,7 +25,7 @@ class TemplateTracker:
 
     def measure(self, model: TLModel, step: int) -> None:
         """Score the attention and accuracy of ``model`` now (``step`` = steps taken), in one forward."""
-        qpos = self.batch.layout.query_pos
+        qpos = self.batch.layout.pred_pos
         with torch.no_grad():
             logits, cache = model.run_with_cache(self.batch.tokens, names_filter=lambda n: n.endswith("hook_pattern"))
         accuracy = (logits[torch.arange(len(self.batch)), qpos].argmax(-1) == self.batch.answers).float().mean()

@@ -88,20 +88,25 @@ _CHUNK = 1 << 22  # elements per chunk of the re-paired score tensors (bounds me
 class RoleMass:
     """Attention mass of rows on each role of the prompt (leading dims as the rows')."""
 
-    subject: Float[Tensor, "*lead pair"]  # mass on s_i
-    answer: Float[Tensor, "*lead pair"]  # mass on a_i
+    subject: Float[Tensor, "*lead pair"]  # mass on s_i (summed over its span)
+    answer: Float[Tensor, "*lead pair"]  # mass on a_i (summed over its span)
     bos: Float[Tensor, "*lead"]  # mass on BOS (0 without one)
-    query: Float[Tensor, "*lead"]  # mass on the query position itself
+    query: Float[Tensor, "*lead"]  # mass on the query subject's span
 
     @classmethod
     def of(cls, rows: Float[Tensor, "*lead batch pos"], layout: Layout) -> "RoleMass":
-        """Gather each example's role masses using that example's own positions."""
+        """Each example's role masses, summed over that example's own spans (one token each in toy prompts)."""
         lay = layout.to(rows.device)
-        lead = rows.shape[:-1]  # (..., batch)
-        take = lambda pos: rows.gather(-1, pos.expand(*lead, pos.shape[-1]))  # noqa: E731
-        has_bos = lay.bos_pos >= 0
-        bos = take(lay.bos_pos.clamp_min(0)[:, None])[..., 0] * has_bos
-        return cls(take(lay.subject_pos), take(lay.answer_pos), bos, take(lay.query_pos[:, None])[..., 0])
+        if lay.one_token_spans:  # gather: exactly the first release's numbers
+            lead = rows.shape[:-1]  # (..., batch)
+            take = lambda pos: rows.gather(-1, pos.expand(*lead, pos.shape[-1]))  # noqa: E731
+            has_bos = lay.bos_pos >= 0
+            bos = take(lay.bos_pos.clamp_min(0)[:, None])[..., 0] * has_bos
+            return cls(take(lay.subject_pos), take(lay.answer_pos), bos, take(lay.query_pos[:, None])[..., 0])
+        m = lay.span_masks(rows.shape[-1])
+        spans = lambda mask: torch.einsum("...bp,bkp->...bk", rows, mask.to(rows.dtype))  # noqa: E731
+        one = lambda mask: (rows * mask.to(rows.dtype)).sum(-1)  # noqa: E731
+        return cls(spans(m.subject), spans(m.answer), one(m.bos), one(m.query))
 
     def mean(self, dim: int) -> "RoleMass":
         """Role-aligned average over the leading axis ``dim`` (>= 0): pair i with pair i, BOS with BOS."""

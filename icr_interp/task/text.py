@@ -151,7 +151,7 @@ class TextICRecallTask(ICRecallTask):
                 generator: torch.Generator | None = None) -> Batch:
         """The corrupted counterpart of ``batch``, with the same layout (``"relation"``, ``"query"``, ``"shuffle"``)."""
         if _check_text_kind(kind) != "shuffle":
-            return super().corrupt(batch, kind, seed, generator=generator)
+            return self._same_width(super().corrupt(batch, kind, seed, generator=generator), batch)
         gen = _generator(seed, generator)
         b = batch.to("cpu")
         groups, ok = self._shuffles(b)
@@ -161,7 +161,14 @@ class TextICRecallTask(ICRecallTask):
         shown = b.context_answers.clone()
         for i in range(len(b)):
             shown[i] = self._shuffle_one(b, i, groups[i], gen)
-        return replace(self._build(b.relations, b.subjects, b.query, shown), layout=b.layout).to(batch.tokens.device)
+        out = replace(self._build(b.relations, b.subjects, b.query, shown), layout=b.layout)
+        return self._same_width(out.to(batch.tokens.device), batch)
+
+    def _same_width(self, out: Batch, like: Batch) -> Batch:
+        """``out`` padded to ``like``'s width (a corrupted sub-batch keeps its clean batch's shape)."""
+        extra = like.tokens.shape[1] - out.tokens.shape[1]
+        return replace(out, tokens=torch.nn.functional.pad(out.tokens, (0, extra), value=self.pad_id)) if extra > 0 \
+            else out
 
     def _shuffle_one(self, b: Batch, i: int, groups: list[Tensor], gen: torch.Generator) -> Tensor:
         key = _keys(b.layout[i:i + 1])[0]

@@ -29,7 +29,8 @@ from icr_interp.seeds import offset_seed
 from icr_interp.model.attention_params import DEFAULT_LR, DEFAULT_SCHEDULE, logical_name
 from icr_interp.task.ceiling import ceiling
 from icr_interp.tl.compat import TLModel
-from icr_interp.model.forward import query_logits, query_path_applies
+from icr_interp.model import hooks as H
+from icr_interp.model.forward import query_logits, query_path_applies, unembed
 from icr_interp.model.builder import TRAINABLE
 from icr_interp.seeds import SALTS, derive_seed
 from icr_interp.task.prompts import Batch, ICRecallTask
@@ -37,7 +38,7 @@ from icr_interp.task.prompts import Batch, ICRecallTask
 DEFAULT_TRAINABLE = TRAINABLE  # attention query/key (model.py): what the paper fine-tunes, also for foreign models
 SCHEDULES = ("constant", "cosine")
 __all__ = ["TrainConfig", "History", "finetune", "default_recipe", "evaluate", "batch_logits", "query_logits",
-           "trainable_names", "trainable_parameters"]
+           "prediction_logits", "trainable_names", "trainable_parameters"]
 
 
 @dataclass
@@ -109,7 +110,7 @@ def trainable_parameters(model: TLModel, trainable: Sequence[str] | None = None)
 
 def batch_logits(model: TLModel, batch: Batch, fast: bool = True) -> Float[Tensor, "batch vocab"]:
     """Logits at the query of every example (the query-only forward, or the full one)."""
-    qpos = batch.layout.query_pos
+    qpos = batch.layout.pred_pos
     if fast:
         return query_logits(model, batch.tokens, qpos)
     return model(batch.tokens)[torch.arange(len(batch), device=qpos.device), qpos]
@@ -193,6 +194,9 @@ def evaluate(model: TLModel, task: ICRecallTask, n_prompts: int = 1024, seed: in
     disjoint from the training sets ``finetune`` draws (they may still repeat a
     training prompt by chance when the task has few distinct prompts).  Only
     the query row is computed where the model allows it (see :mod:`icr_interp.model.forward`).
+    Any task works, text prompts for a pretrained LM included
+    (:class:`~icr_interp.task.text.TextICRecallTask`): logits are read at each example's prediction
+    position (:func:`prediction_logits`); per relation and per k see :mod:`icr_interp.analysis.recall`.
 
     Returns:
         ``{"accuracy", "loss", "n_prompts", "query_attention", "ceiling"}`` where
@@ -209,13 +213,38 @@ def evaluate(model: TLModel, task: ICRecallTask, n_prompts: int = 1024, seed: in
     correct, loss_sum, rows, best = 0, 0.0, [], 0.0
     for start in range(0, n_prompts, batch_size):
         batch = task.sample(min(batch_size, n_prompts - start), generator=gen, device=device)
-        logits, pattern = query_logits(model, batch.tokens, batch.layout.query_pos, return_pattern=True)
+        logits, pattern = prediction_logits(model, batch, return_pattern=True)
         correct += int((logits.argmax(-1) == batch.answers).sum())
         loss_sum += float(F.cross_entropy(logits, batch.answers, reduction="sum"))
         rows.append(pattern[:, 0])
         best += float(ceiling(task, batch).sum())
+    width = max(r.shape[-1] for r in rows)  # text prompts: batches padded to their own length
+    rows = [F.pad(r, (0, width - r.shape[-1])) for r in rows]
     return dict(accuracy=correct / n_prompts, loss=loss_sum / n_prompts, n_prompts=n_prompts,
                 query_attention=torch.cat(rows).mean(0).tolist(), ceiling=best / n_prompts)
+
+
+def prediction_logits(model: TLModel, batch: Batch, return_pattern: bool = False):
+    """Logits ``[batch vocab]`` at each example's prediction position (``batch.layout.pred_pos``).
+
+    Our models take :func:`~icr_interp.model.forward.query_logits`; a foreign model (a pretrained LM, whose
+    ``[batch pos vocab]`` logits would be large) runs with ``return_type=None`` and unembeds the final
+    residual at those rows only.  With ``return_pattern`` also the last layer's prediction rows
+    ``[batch head pos]``.
+    """
+    pred = batch.layout.pred_pos.to(batch.tokens.device)
+    if getattr(model, "icr_config", None) is not None or query_path_applies(model):
+        return query_logits(model, batch.tokens, pred, return_pattern=return_pattern)
+    keep, rows, last = {}, torch.arange(len(batch), device=pred.device), model.cfg.n_layers - 1
+    hooks = [(H.hook(last, "resid_post"), lambda act, hook: keep.__setitem__("x", act[rows, pred]))]
+    if return_pattern:
+        hooks.append((H.hook(last, "pattern"), lambda act, hook: keep.__setitem__("p", act[rows, :, pred])))
+    model.run_with_hooks(batch.tokens, return_type=None, fwd_hooks=hooks)
+    x = keep["x"]
+    if getattr(model, "ln_final", None) is not None:
+        x = model.ln_final(x[:, None])[:, 0]
+    logits = unembed(model, x)
+    return (logits, keep["p"]) if return_pattern else logits
 
 
 def __getattr__(name: str):

@@ -124,7 +124,7 @@ def setup(model: TLModel, clean: Batch, corrupted: Batch, metric: Metric | None,
     hooks = [h for h in hooks if h in model.hook_dict]  # unknown names are reported by components()
     clean_run, corr_run = base_run(model, clean.tokens, hooks), base_run(model, corrupted.tokens, hooks)
     if metric is None:
-        metric = LogitDiff(clean.answers, corrupted.answers, clean.layout.query_pos)
+        metric = LogitDiff(clean.answers, corrupted.answers, clean.layout.pred_pos)
     m_clean, m_corr = float(metric(clean_run.logits)), float(metric(corr_run.logits))
     trust = assess(clean, corrupted, clean_run.logits, corr_run.logits, metric, m_clean, m_corr, n_answers)
     base, runs = (clean, (clean_run, corr_run)) if noising else (corrupted, (corr_run, clean_run))
@@ -143,7 +143,7 @@ def assess(clean: Batch, corrupted: Batch, clean_logits: Tensor, corr_logits: Te
     with torch.no_grad():
         values = (per_example(clean_logits), per_example(corr_logits)) if per_example else (None, None)
         rows = torch.arange(len(clean), device=clean_logits.device)
-        predicted = clean_logits[rows, clean.layout.query_pos.to(rows.device)].argmax(-1)
+        predicted = clean_logits[rows, clean.layout.pred_pos.to(rows.device)].argmax(-1)
         accuracy = float((predicted == clean.answers.to(rows.device)).float().mean())
     n_answers = n_answers or len(set(clean.answers.tolist()) | set(corrupted.answers.tolist()))
     return reliability.assess(*values, m_clean, m_corr, accuracy, 1.0 / n_answers, len(clean))
@@ -174,10 +174,11 @@ def result(rows: list, roles: list, raw: Tensor, s: _Setup, noising: bool, metho
 
 
 def grid_masks(s: _Setup, roles: Sequence[str] | dict | None) -> tuple[dict, Tensor]:
-    """The role masks (a dict passes through) and the query mask of the patched batch."""
+    """The role masks (a dict passes through) and the prediction-position mask of the patched batch (the
+    destination row of pattern patches: the query in toy prompts)."""
     n_pos = s.base.tokens.shape[1]
     masks = roles if isinstance(roles, dict) else role_masks(s.base.layout, n_pos, roles)
-    return masks, R.mask(s.base.layout, "query", n_pos)
+    return masks, R.mask(s.base.layout, "prediction", n_pos)
 
 
 def patch_by_role(model: TLModel, clean: Batch, corrupted: Batch, metric: Metric | None = None,
