@@ -257,10 +257,14 @@ def test_report_renders_template_scores_as_a_table(tmp_path, task, model, batch,
         cells = re.findall(r"<td>([^<]*)</td>", row)
         marked = (h["layer"], h["head"]) == (scores["layer"], scores["head"])
         assert cells[:2] == [f"{h['layer']}{'*' if marked else ''}", str(h["head"])]
-        assert cells[2:6] == [f"{h['pairwise']:.3f}", f"{h['balance']:.3f}", f"{h['pair_mass']:.3f}", h["best"]]
-        assert cells[6:6 + len(scores["templates"])] == [f"{h['tv'][t]:.3f}" for t in scores["templates"]]
-        assert cells[-4:] == [f"{h['mean_row']['pairwise']:.3f}", f"{h['mean_row']['balance']:.3f}",
-                              f"{h['mean_row']['pair_mass']:.3f}", h["mean_row"]["best"]]
+        p = h["p_value"]
+        assert cells[2:8] == [f"{h['pairwise']:.3f}", f"{h['pairwise_null']:.3f}",
+                              f"{p:.4f}" if p >= 1e-4 else f"{p:.1e}", f"{h['balance']:.3f}",
+                              f"{h['pair_mass']:.3f}", h["best"]]  # each score beside its null and p-value
+        assert cells[8:8 + len(scores["templates"])] == [f"{h['tv'][t]:.3f}" for t in scores["templates"]]
+        mean = h["mean_row"]
+        assert cells[-5:] == [f"{mean['pairwise']:.3f}", f"{mean['pairwise_null']:.3f}", f"{mean['balance']:.3f}",
+                              f"{mean['pair_mass']:.3f}", mean["best"]]
 
 
 def test_full_report_computes_scores_and_patching(tmp_path, task, model, batch):
