@@ -28,12 +28,12 @@ import torch.nn.functional as F
 from jaxtyping import Bool, Float
 from torch import Tensor
 
+from icr_interp.analysis.inputs import check_batch
 from icr_interp.model import hooks as H
 from icr_interp.task import roles
 from icr_interp.analysis.attention import pattern_name, query_row, resolve_layer
 from icr_interp.tl.compat import TLModel
 from icr_interp.task.prompts import Batch
-from icr_interp.task.tokens import check_model_tokens, check_token_ids
 
 METHODS = ("zero", "mean", "resample")
 
@@ -56,13 +56,6 @@ class AblationResult:
     def to_dict(self) -> dict:
         return dict(name=self.name, method=self.method, accuracy=self.accuracy, loss=self.loss,
                     base_accuracy=self.base_accuracy, base_loss=self.base_loss, accuracy_drop=self.accuracy_drop)
-
-
-def check_batch(model: TLModel, batch: Batch) -> Batch:
-    """``batch`` if its token ids and targets lie in the model's vocabulary (one-line ValueError otherwise)."""
-    check_model_tokens(model, batch.tokens)
-    check_token_ids(batch.answers, model.cfg.d_vocab, "answers")
-    return batch
 
 
 def _query_metrics(model: TLModel, batch: Batch, hooks: list) -> tuple[float, float]:

@@ -73,6 +73,7 @@ import torch
 from jaxtyping import Bool
 from torch import Tensor
 
+from icr_interp.analysis.inputs import check_batch
 from icr_interp.model import hooks as H
 from icr_interp.analysis import ablation
 
@@ -254,7 +255,7 @@ def circuit_summary(model: TLModel, task: ICRecallTask, batch: Batch, seed: int 
     """
     if ablation_method not in ablation.METHODS:
         raise ValueError(f"ablation method must be one of {ablation.METHODS}, got {ablation_method!r}")
-    batch = ablation.check_batch(model, batch).to(model.cfg.device)
+    batch = check_batch(model, batch).to(model.cfg.device)
     if not jobs or not set(jobs) <= set(JOBS):
         raise ValueError(f"jobs must be a non-empty subset of {JOBS}, got {jobs!r}")
     components = circuit_components(model, components) if isinstance(components, str) else list(components)

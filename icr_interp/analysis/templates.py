@@ -76,7 +76,7 @@ from icr_interp.tl.compat import TLModel
 from icr_interp.analysis.pairing_null import (NULL_ALPHA, NULL_DRAWS, NULL_MAX_PERMUTATIONS, NULL_MIN_EFFECT,  # noqa: F401
                                      NULL_SEED, pairing_test, pairings)
 from icr_interp.task.prompts import Batch, Layout
-from icr_interp.task.tokens import check_model_tokens
+from icr_interp.analysis.inputs import check_batch
 
 TEMPLATES = ("pairwise", "answers", "subjects", "uniform", "sink")
 UNIFORM_MARGIN = 0.02  # call a row "uniform" when TV(uniform) - TV(pairwise) is at most this
@@ -378,9 +378,10 @@ def score_templates(model: TLModel, batch: Batch, *, layer: int | None = None,
         :class:`TemplateScores`; ``print`` it for a table, ``.to_dict()`` for JSON.
 
     Raises:
-        ValueError: (one line) for token ids outside the model's vocabulary or prompts longer than its context.
+        ValueError: (one line) for an empty batch, token ids outside the model's vocabulary, prompts longer
+            than its context, or a layout that points outside the prompts (:func:`~icr_interp.analysis.inputs.check_batch`).
     """
-    check_model_tokens(model, batch.tokens, "batch.tokens")
+    check_batch(model, batch)
     shares = ov_shares(model).cpu()  # each head's share of its layer's OV gain: the combined row's weights
     return score_rows(query_rows(model, batch), batch.layout, layer=layer, head=head, head_shares=shares)
 

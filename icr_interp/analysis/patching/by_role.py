@@ -19,6 +19,7 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
+from icr_interp.analysis.inputs import check_batch
 from icr_interp.model import hooks as H
 from icr_interp.analysis import reliability
 
@@ -28,7 +29,6 @@ from icr_interp.analysis.patching.core import Patch, kind
 from icr_interp.analysis.patching.engine import BaseRun, base_run, patch_activations
 from icr_interp.analysis.patching.metrics import LogitDiff, Metric
 from icr_interp.task.prompts import Batch, Layout
-from icr_interp.task.tokens import check_model_tokens, check_token_ids
 
 
 def role_masks(layout: Layout, n_pos: int, roles: Sequence[str] | None = None) -> dict[str, Bool[Tensor, "batch pos"]]:
@@ -104,12 +104,6 @@ class _Setup:
     m_clean: float  # metric on the clean run
     m_corr: float  # metric on the corrupted run
     trust: reliability.Reliability
-
-
-def check_batch(model: TLModel, batch: Batch, what: str) -> None:
-    """Token ids and targets of ``batch`` inside the model's vocabulary (one-line ValueError otherwise)."""
-    check_model_tokens(model, batch.tokens, f"{what} tokens")
-    check_token_ids(batch.answers, model.cfg.d_vocab, f"{what} answers")
 
 
 def setup(model: TLModel, clean: Batch, corrupted: Batch, metric: Metric | None, hooks: Sequence[str],

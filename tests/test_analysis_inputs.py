@@ -1,0 +1,39 @@
+"""Issue 20 items 9 and 14: empty batches and batches shorter than their layout fail in one line, before any work."""
+
+from dataclasses import replace
+
+import pytest
+
+from icr_interp.analysis import circuit
+from icr_interp.analysis.ablation import standard_ablations
+from icr_interp.analysis.templates import score_templates
+from icr_interp.model.builder import build_model
+
+
+@pytest.fixture(scope="module")
+def model_and_task(shared_task):
+    return build_model(shared_task, seed=0), shared_task
+
+
+def _calls(model, task):
+    return {"score_templates": lambda b: score_templates(model, b),
+            "standard_ablations": lambda b: standard_ablations(model, b),
+            "circuit_summary": lambda b: circuit.circuit_summary(model, task, b)}
+
+
+@pytest.mark.parametrize("name", ["score_templates", "standard_ablations", "circuit_summary"])
+def test_an_empty_batch_is_refused(model_and_task, name):
+    model, task = model_and_task
+    with pytest.raises(ValueError, match="batch is empty") as err:
+        _calls(model, task)[name](task.sample(0, seed=0))
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("name", ["score_templates", "standard_ablations", "circuit_summary"])
+def test_tokens_shorter_than_their_layout_are_refused(model_and_task, name):
+    model, task = model_and_task
+    batch = task.sample(8, seed=0)
+    short = replace(batch, tokens=batch.tokens[:, :-2])
+    with pytest.raises(ValueError, match="tokens and layout do not match") as err:
+        _calls(model, task)[name](short)
+    assert "\n" not in str(err.value)
