@@ -27,23 +27,47 @@ SCORE_KEYS = ("pairwise", "pairwise_null", "p_value", "balance", "best")
 
 
 def model_path(models: Path, s: int, r: int, k: int, seed_: int, layers: int, heads: int) -> Path:
-    """Where a fine-tuned state dict of this build is saved (and reused with ``--reuse``)."""
-    return models / f"{s}x{r}x{k}_s{seed_}_L{layers}H{heads}.pt"
+    """Where a fine-tuned state dict of this build is saved (and reused with ``--reuse``), as safetensors."""
+    return models / f"{s}x{r}x{k}_s{seed_}_L{layers}H{heads}.safetensors"
+
+
+def save_state(path: Path, state: dict) -> None:
+    """Write a state dict as safetensors, atomically: tensors and a header, never pickle."""
+    import safetensors.torch
+
+    from icr_interp.storage.atomic import write_bytes
+
+    write_bytes(path, safetensors.torch.save({k: v.detach().cpu().contiguous() for k, v in state.items()}))
+
+
+def load_state(path: Path) -> dict | None:
+    """A state dict saved by :func:`save_state`, or None if ``path`` does not exist (safetensors: no code runs).
+
+    The bytes are read once and parsed from memory; a damaged file is a one-line ValueError.
+    """
+    import safetensors.torch
+
+    if not path.exists():
+        return None
+    try:
+        return safetensors.torch.load(path.read_bytes())
+    except Exception as e:  # noqa: BLE001 -- safetensors raises its own error types
+        raise ValueError(f"--reuse: {path} cannot be read as safetensors ({' '.join(str(e).split())}); "
+                         f"delete it to retrain") from None
 
 
 def measure(s: int, r: int, k: int, seed_: int, layers: int, heads: int, models: Path, reuse: bool, train: dict,
             n_eval: int, n_template: int) -> tuple[dict, "ii.ICRModel", "ii.ICRecallTask"]:
     """One row (start -> final accuracy, per-head and combined template scores, split verdict), model, task."""
-    import torch
-
     task = ii.ICRecallTask(ii.KnowledgeBase.random(s, r, s, answer_overlap=1.0, seed=seed_), n_pairs=k)
     path = model_path(models, s, r, k, seed_, layers, heads)
     train = {key: value for key, value in train.items() if value is not None}
-    path = path.with_name(path.stem + "".join(f"_{key}{value}" for key, value in sorted(train.items())) + ".pt")
-    state = torch.load(path) if reuse and path.exists() else None
+    path = path.with_name(path.stem + "".join(f"_{key}{value}" for key, value in sorted(train.items()))
+                          + path.suffix)
+    state = load_state(path) if reuse else None
     model, row = fine_tuned(task, layers, heads, seed_, n_eval=n_eval, state=state, **train)
     if state is None:
-        torch.save(model.state_dict(), path)
+        save_state(path, model.state_dict())
     batch = task.sample(n_template, seed=seed_ + 1)
     scores = ii.score_templates(model, batch).to_dict()
     pick = lambda d: {key: d[key] for key in SCORE_KEYS}  # noqa: E731

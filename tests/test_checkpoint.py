@@ -11,7 +11,7 @@ import safetensors.torch
 import torch
 
 import icr_interp
-from icr_interp.storage import fsio
+from icr_interp.storage import atomic, fsio
 from icr_interp.storage.checkpoint import FORMAT, CheckpointError, check_writable, load_checkpoint, save_checkpoint
 from icr_interp.task.knowledge import KnowledgeBase
 from icr_interp.pipeline.presets import build_from_preset, get_preset
@@ -112,7 +112,7 @@ def test_config_json_fields(trained, saved):
     assert sorted(config) == sorted(["format", "library_version", "weights_sha256", "metrics", "model", "task",
                                      "train", "run_config", "knowledge_base"])
     assert config["run_config"] is None  # none was given
-    assert config["format"] == FORMAT == "icr_interp-checkpoint/1"
+    assert config["format"] == FORMAT == "icr_interp-checkpoint/2"  # /1 (0.1) is read through its migration
     assert config["library_version"] == icr_interp.__version__
     assert config["weights_sha256"] == sha256(saved / "model.safetensors")
     assert config["model"] == json.loads(json.dumps(model.icr_config.to_dict()))
@@ -320,7 +320,7 @@ def test_crash_between_the_two_replacements_loads_the_old_checkpoint(trained, sa
             raise OSError("simulated crash")
         real_replace(src, dst)
 
-    monkeypatch.setattr(fsio.os, "replace", replace)
+    monkeypatch.setattr(atomic.os, "replace", replace)
     with pytest.raises(CheckpointError, match="simulated crash"):
         save_checkpoint(path, model, task, run="new")
     monkeypatch.undo()

@@ -120,19 +120,43 @@ def test_sigkill_during_saves_always_leaves_a_loadable_checkpoint(models, pristi
     assert sorted(os.listdir(tmp_path)) == ["ck"]
 
 
+def _dead_staging_dir(parent: Path) -> Path:
+    """A staging directory of ours whose maker has exited (what a killed save leaves)."""
+    before = set(parent.iterdir())
+    pid = os.fork()
+    if pid == 0:
+        try:
+            fsio.staging_dir(parent)
+        finally:
+            os._exit(0)
+    os.waitpid(pid, 0)
+    (made,) = set(parent.iterdir()) - before
+    return made
+
+
 def test_stale_temporaries_are_cleaned_but_foreign_lookalikes_kept(models, pristine, tmp_path):
+    """Only directories carrying our exact marker are removed; names like ours prove nothing (issue 20, item 4)."""
     task, a, _ = models
     ck = Path(shutil.copytree(pristine, tmp_path / "ck"))
-    stale = tmp_path / ".ck.tmp-abc123"
-    stale.mkdir()
+    stale = _dead_staging_dir(tmp_path)
     (stale / "model.safetensors").write_bytes(b"half")
-    foreign = tmp_path / ".ck.tmp-user"
-    foreign.mkdir()
-    (foreign / "thesis.tex").write_text("precious")
-    (ck / f".model.safetensors.{'0' * 12}.old").write_bytes(b"old")
-    save_checkpoint(ck, a, task)
-    assert not stale.exists() and (foreign / "thesis.tex").read_text() == "precious"
-    assert sorted(os.listdir(ck)) == ["config.json", "model.safetensors"]
+    inside = _dead_staging_dir(ck)
+    lookalikes = [tmp_path / ".ck.tmp-abc123", tmp_path / ".ck.tmp-user", tmp_path / ".ck.old-mybackup"]
+    shutil.copytree(pristine, lookalikes[0])  # both checkpoint files, like a save's temporary
+    lookalikes[1].mkdir()
+    (lookalikes[1] / "thesis.tex").write_text("precious")
+    shutil.copytree(ck, lookalikes[2])  # `cp -r ck .ck.old-mybackup`
+    copied = tmp_path / "copy-of-staging"
+    shutil.copytree(stale, copied)  # a copy of our marked directory is not ours: new inode, new name
+    user_file = ck / f".model.safetensors.{'0' * 12}.old"
+    user_file.write_bytes(b"old")
+    before = {p: tree(p) for p in (*lookalikes, copied)}
+    with pytest.raises(CheckpointError, match=r"also holds .model.safetensors.0+.old, which are not ours"):
+        save_checkpoint(ck, a, task)
+    save_checkpoint(ck, a, task, force=True)
+    assert not stale.exists() and not inside.exists()
+    assert {p: tree(p) for p in before} == before and user_file.read_bytes() == b"old"
+    assert sorted(os.listdir(ck)) == [user_file.name, "config.json", "model.safetensors"]
 
 
 # ------------------------------------------------------------------ 8. load_checkpoint raises only CheckpointError

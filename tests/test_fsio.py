@@ -1,5 +1,5 @@
-"""fsio: the one module that renames files into place -- atomic writes, directory publishing, member swaps,
-cleanup that never deletes foreign files, modes from the umask, and the file lock."""
+"""storage.atomic / locks (re-exported by fsio): the one module that renames files into place -- atomic writes,
+directory publishing, member swaps, cleanup that never deletes foreign files, modes from the umask, and locks."""
 
 import os
 import re
@@ -9,16 +9,23 @@ from pathlib import Path
 
 import pytest
 
-from icr_interp.storage import fsio
+from icr_interp.storage import atomic, fsio
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_only_fsio_renames_files_into_place():
-    """Replacing files and directories (os.replace / rename) happens in icr_interp/fsio.py only."""
+def test_only_atomic_renames_files_into_place():
+    """Replacing files and directories (os.replace / rename) happens in icr_interp/storage/atomic.py only."""
     pattern = re.compile(r"os\.replace\(|os\.rename\(|\.rename\(|\.replace\(tmp|shutil\.move\(")
     offenders = [str(p.relative_to(REPO)) for folder in ("icr_interp", "case_studies", "probes")
-                 for p in (REPO / folder).rglob("*.py") if p.name != "fsio.py" and pattern.search(p.read_text())]
+                 for p in (REPO / folder).rglob("*.py") if p.name != "atomic.py" and pattern.search(p.read_text())]
+    assert offenders == []
+
+
+def test_only_atomic_deletes_directories():
+    """rmtree appears only in storage/atomic.py, behind the marker check (the one deletion rule)."""
+    offenders = [str(p.relative_to(REPO)) for folder in ("icr_interp",) for p in (REPO / folder).rglob("*.py")
+                 if p.name != "atomic.py" and "rmtree" in p.read_text()]
     assert offenders == []
 
 
@@ -54,7 +61,9 @@ def test_swap_members_keeps_backups_until_the_last_member_is_in(tmp_path, monkey
     d.mkdir()
     for name in ("w", "c", "user.txt"):
         (d / name).write_text(f"old {name}")
-    staged = [(name, fsio.stage(d / name, lambda t, n=name: t.write_text(f"new {n}"))) for name in ("w", "c")]
+    stage = fsio.staging_dir(d)
+    staged = [(name, fsio.stage(d / name, lambda t, n=name: t.write_text(f"new {n}"), into=stage))
+              for name in ("w", "c")]
     real = os.replace
 
     def crash_on_c(src, dst):
@@ -62,13 +71,14 @@ def test_swap_members_keeps_backups_until_the_last_member_is_in(tmp_path, monkey
             raise OSError("crash")
         real(src, dst)
 
-    monkeypatch.setattr(fsio.os, "replace", crash_on_c)
+    monkeypatch.setattr(atomic.os, "replace", crash_on_c)
     with pytest.raises(OSError, match="crash"):
         fsio.swap_members(d, staged)
     monkeypatch.undo()
     assert (d / "w").read_text() == "new w" and (d / "c").read_text() == "old c"
-    assert [p.read_text() for p in fsio.backups(d / "w") if p.name.endswith(".old")] == ["old w"]
-    assert fsio.remove_stale(d, ("w", "c")) and (d / "user.txt").read_text() == "old user.txt"
+    assert [p.read_text() for p in fsio.backups(d / "w")] == ["old w"]
+    assert fsio.remove_stale(d) == []  # its maker (this process) is alive: it may still be using it
+    assert fsio.remove_if_ours(stage) and (d / "user.txt").read_text() == "old user.txt"
     assert sorted(os.listdir(d)) == ["c", "user.txt", "w"]
 
 
@@ -81,11 +91,9 @@ def test_check_creatable_tries_instead_of_guessing(tmp_path):
 
 def test_file_lock_excludes_a_second_process(tmp_path):
     path = tmp_path / "r.jsonl"
-    code = ("import importlib.util as u\n"  # fsio alone, without importing the whole package
-            f"spec = u.spec_from_file_location('fsio', {str(REPO / 'icr_interp' / 'fsio.py')!r})\n"
-            "fsio = u.module_from_spec(spec); spec.loader.exec_module(fsio)\n"
-            f"try:\n    fsio.FileLock({str(path)!r}, wait=False).acquire()\n"
-            "except fsio.LockBusy as e:\n    print(e)\n")
+    code = ("from icr_interp.storage import locks\n"  # the storage layer alone: no torch, no TransformerLens
+            f"try:\n    locks.FileLock({str(path)!r}, wait=False).acquire()\n"
+            "except locks.LockBusy as e:\n    print(e)\n")
     with fsio.FileLock(path) as lock:
         os.write(lock.fd, b"x\n")
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300).stdout

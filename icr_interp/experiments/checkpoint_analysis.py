@@ -27,10 +27,11 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from icr_interp.storage.checkpoint import CONFIG
-from icr_interp.storage.checkpoint.schema import is_ours
-from icr_interp.storage import fsio
 from icr_interp.seeds import derive_seed
+from icr_interp.storage import preflight
+from icr_interp.storage.checkpoint import CONFIG, is_checkpoint
+from icr_interp.storage.jsonio import json_safe  # noqa: F401 -- NaN as null for strict JSON (defined once)
+from icr_interp.task import limits
 
 RUNS = Path("runs")  # default parent of output directories
 KINDS = {"relation": ("relation",), "query": ("query",), "both": ("relation", "query")}  # --corruption choices
@@ -51,20 +52,12 @@ class CheckpointEntry:
     path: Path  # its directory
 
 
-def is_checkpoint(path: Path) -> bool:
-    """A directory whose config.json carries our format marker (a Hugging Face folder is not one)."""
-    if not (path.is_dir() and (path / CONFIG).is_file()):
-        return False
-    try:
-        return is_ours(json.loads((path / CONFIG).read_text(encoding="utf-8")))
-    except (OSError, ValueError, RecursionError):
-        return False
-
-
-
 def checkpoint_kind(path: Path) -> str:
     """``"checkpoint"`` or ``"series"`` (a directory of checkpoints); ProbeInputError otherwise."""
-    path = Path(path)
+    try:
+        path = preflight.check_path(path, "checkpoint")
+    except ValueError as e:
+        raise ProbeInputError(str(e)) from None
     if not path.exists():
         raise ProbeInputError(f"checkpoint not found: {path}")
     if not path.is_dir():
@@ -135,7 +128,12 @@ def output_dir(out: Path | None, force: bool, prefix: str, checkpoint: Path) -> 
             candidate, i = base.with_name(f"{base.name}-{i}"), i + 1
         check_writable_dir(candidate, "output directory")
         return candidate
-    out = Path(out)
+    try:
+        out = preflight.check_path(out, "--out")
+        if out.is_symlink() and not out.exists():
+            raise ValueError(f"--out {out} is a dangling symbolic link (to a missing {Path(out).readlink()})")
+    except ValueError as e:
+        raise ProbeInputError(str(e)) from None
     if out.exists() and not out.is_dir():
         raise ProbeInputError(f"--out {out} exists and is not a directory")
     if out.exists() and Path(checkpoint).exists() and out.resolve() == Path(checkpoint).resolve():
@@ -152,22 +150,22 @@ def check_writable_dir(path: Path, what: str = "directory") -> None:
     Nothing is left behind: the probe is an unnamed temporary file in the
     directory that exists (the output directory itself is not created).
     """
+    try:
+        preflight.check_path(path, what)
+    except ValueError as e:
+        raise ProbeInputError(str(e)) from None
     path = Path(path)
     existing = next((p for p in (path, *path.absolute().parents) if p.exists()), None)
     if existing is None or not existing.is_dir():
         raise ProbeInputError(f"{what} {path}: {existing} is not a directory")
     try:
-        fsio.check_creatable(path / "probe")
-    except OSError as e:
-        reason = e.strerror or " ".join(str(e).split())
-        raise ProbeInputError(f"{what} {path}: cannot write in {existing} ({reason})") from None
+        preflight.output_dir(path, what)
+    except ValueError as e:
+        raise ProbeInputError(str(e)) from None
 
 
 def _non_empty(path: Path) -> bool:
     return path.is_dir() and any(path.iterdir())
-
-
-json_safe = fsio.json_safe  # NaN as null for strict JSON (defined once, in fsio)
 
 
 # ------------------------------------------------------------------ prompts and analyses
@@ -177,9 +175,29 @@ def probe_prompts(task, n_prompts: int, seed: int, device: str = "cpu"):
     Returns:
         ``(batch, corruption_seed)``: ``n_prompts`` prompts from
         ``derive_seed(seed, "analysis")``, and ``derive_seed(seed, "corrupt")``.
+
+    Raises:
+        ValueError: (one line, before sampling) if the analyses of that many prompts would not fit in memory
+            (:func:`analysis_bytes`; the limit is :func:`icr_interp.task.limits.max_bytes`).
     """
+    limits.check_bytes(analysis_bytes(task, n_prompts), f"analysing {n_prompts} prompts")
     batch = task.sample(n_prompts, seed=derive_seed(seed, "analysis"), device=device)
     return batch, derive_seed(seed, "corrupt")
+
+
+def analysis_bytes(task, n_prompts: int, d_model: int | None = None, n_layers: int = 1, n_heads: int = 1) -> int:
+    """Memory the analyses of ``n_prompts`` prompts hold at once (estimate).
+
+    A patching run keeps three caches (clean, corrupted, patched), each with
+    about 16 ``[batch pos d_model]`` activations and 3 ``[batch head pos pos]``
+    patterns per layer, in float32; ``d_model`` defaults to the width the task's
+    model would get (:func:`icr_interp.model.basis.default_d_model`).
+    """
+    from icr_interp.model.basis import default_d_model
+
+    d_model = d_model or default_d_model(task.vocab, task.n_ctx)
+    per_prompt = n_layers * (16 * task.n_ctx * d_model + 3 * n_heads * task.n_ctx**2)
+    return limits.prompt_bytes(n_prompts, task.n_ctx) + 3 * limits.FLOAT_BYTES * n_prompts * per_prompt
 
 
 def role_patching(model, task, batch, kinds: tuple[str, ...], seed: int, method: str = "exact") -> dict:

@@ -2,8 +2,9 @@
 
 For each knowledge-base size N (stored triplets) and seed, a grid of training
 set sizes n is fine-tuned; ``n*`` is the smallest n on the grid whose held-out
-result meets the target (the grid is searched in order, so a run that misses
-after one that hit is reported in ``non_monotone``).  Two targets:
+result meets the target, and a run that misses above it is reported in
+``non_monotone`` (:func:`smallest_hit`, the one definition of n*, which the
+resolved search of :mod:`icr_interp.experiments.n_star` uses too).  Two targets:
 
 * ``accuracy``: held-out accuracy >= ``target`` (the paper's criterion);
 * ``pattern``: held-out accuracy >= ``target`` x the best accuracy any n reached
@@ -61,6 +62,22 @@ def fit(n_triplets, n_star, kind: str) -> Fit:
     return Fit(kind, float(math.exp(intercept)), float(slope), rmse)
 
 
+def smallest_hit(hits: dict[int, bool | None]) -> tuple[int | None, bool]:
+    """The one definition of n*, used by the fixed grid here and by the search of :mod:`~icr_interp.experiments.n_star`.
+
+    Args:
+        hits: training-set size -> whether its run met the criterion (None: not decidable yet).
+
+    Returns:
+        ``(n_star, non_monotone)``: the smallest size whose run met the criterion (None if none did), and
+        whether a run *above* it missed (fine-tuning on few prompts is noisy).
+    """
+    sizes = sorted(n for n, hit in hits.items() if hit)
+    if not sizes:
+        return None, False
+    return sizes[0], any(hit is False for n, hit in hits.items() if n > sizes[0])
+
+
 def _meets(run: dict, target: float, criterion: str, plateau: float, pattern_target: float) -> bool:
     if criterion == "accuracy":
         return run["accuracy"] >= target
@@ -84,13 +101,11 @@ def sample_complexity(results: list[dict], target: float = 0.95, criterion: str 
         groups[(run["n_triplets"], run["seed"])].append(run)
     rows = []
     for (n_triplets, seed), runs in sorted(groups.items()):
-        runs.sort(key=lambda r: r["n_samples"])
         plateau = max(r["accuracy"] for r in runs)
-        hits = [_meets(r, target, criterion, plateau, pattern_target) for r in runs]
-        first = next((i for i, hit in enumerate(hits) if hit), None)
-        rows.append(dict(n_triplets=n_triplets, seed=seed, criterion=criterion, plateau=plateau,
-                         n_star=None if first is None else runs[first]["n_samples"],
-                         non_monotone=first is not None and not all(hits[first:])))
+        star, non_monotone = smallest_hit({r["n_samples"]: _meets(r, target, criterion, plateau, pattern_target)
+                                           for r in runs})
+        rows.append(dict(n_triplets=n_triplets, seed=seed, criterion=criterion, plateau=plateau, n_star=star,
+                         non_monotone=non_monotone))
     return rows
 
 

@@ -13,7 +13,9 @@ search
 3. bisects between the last miss ``lo`` and the first hit ``hi`` until
    ``hi - lo <= max(1, tolerance * hi)``;
 
-and reports ``n* = hi``.  A chain whose first grid point already meets the
+and reports ``n* = hi``: the smallest size whose run meets the criterion, by the
+one definition of n* (:func:`icr_interp.experiments.fits.smallest_hit`) that the
+fixed grid uses too.  A chain whose first grid point already meets the
 criterion has ``n* = 1``: the floor, which says the start plus one prompt
 suffices -- it is reported as ``at_floor`` so that nobody reads it as a
 resolved scaling point.  A miss observed above ``n*`` is reported as
@@ -35,6 +37,9 @@ sweep, locally or on Ray) and call it again.
 
 from dataclasses import asdict, dataclass
 
+from icr_interp.experiments.fits import smallest_hit
+from icr_interp.plumbing import check_int
+
 CRITERIA = ("accuracy", "loss")
 
 
@@ -52,8 +57,7 @@ class SearchRule:
             raise ValueError(f"target must lie in (0, 1], got {self.target}")
         if not 0 < self.loss_fraction <= 1:
             raise ValueError(f"loss_fraction must lie in (0, 1], got {self.loss_fraction}")
-        if not isinstance(self.n_max, int) or isinstance(self.n_max, bool) or self.n_max < 1:
-            raise ValueError(f"n_max must be a positive integer, got {self.n_max!r}")
+        check_int(self.n_max, "n_max", 1)
         if not 0 <= self.tolerance < 1:
             raise ValueError(f"tolerance must lie in [0, 1), got {self.tolerance}")
 
@@ -99,15 +103,14 @@ def n_star(runs: dict[int, dict], criterion: str, rule: SearchRule = SearchRule(
         return dict(state, next=rule.n_max)  # the reference first
     if criterion == "loss" and not runs[rule.n_max]["loss"] < runs[rule.n_max]["start_loss"]:
         return dict(state, resolved=True)  # the reference does not improve on the start: no loss n*
-    hit_sizes = sorted(n for n, h in hits.items() if h)
-    if not hit_sizes:  # the reference misses: check the floor, else "not reached" without walking the grid
+    hi, non_monotone = smallest_hit(hits)  # n* as the fixed grid of experiments.fits defines it
+    if hi is None:  # the reference misses: check the floor, else "not reached" without walking the grid
         return dict(state, next=1) if 1 not in runs else dict(state, resolved=True)
-    hi = hit_sizes[0]
     below = [g for g in rule.grid if g < hi and g not in runs]
     if below:  # walk the grid in order: a smaller grid point may still hit
         return dict(state, hi=hi, next=below[0])
     lo = max((n for n in runs if n < hi), default=0)
-    state.update(lo=lo, hi=hi, non_monotone=any(h is False for n, h in hits.items() if n > hi))
+    state.update(lo=lo, hi=hi, non_monotone=non_monotone)
     if hi - lo > max(1, int(rule.tolerance * hi)):
         return dict(state, next=(lo + hi) // 2)
     return dict(state, n_star=hi, resolved=True, reached=True, at_floor=hi == rule.grid[0])

@@ -11,15 +11,21 @@ seed=S)`` picks one instance; ``icr_interp.run`` runs it.
 * ``pretrained`` -- as ``paper`` with the memory fitted by gradient descent
   (:mod:`icr_interp.model.memory.pretrained`) instead of written down.
 * ``tiny``       -- a few facts and k = 2, for tests.
+
+The presets are registered in :data:`icr_interp.pipeline.config.PRESETS` when
+this module is imported (the package ``icr_interp.pipeline`` imports it), so
+``RunConfig.from_preset`` finds them without config importing this module:
+the import graph runs one way, presets -> config and presets -> runner.
 """
 
 from dataclasses import replace
 
 import torch
 
-from icr_interp.pipeline.config import KnowledgeConfig, RunConfig, TaskConfig
-from icr_interp.task.knowledge import KnowledgeBase
 from icr_interp.model.builder import ICRModel, ModelConfig
+from icr_interp.pipeline.config import PRESETS, KnowledgeConfig, RunConfig, TaskConfig, get_preset  # noqa: F401
+from icr_interp.pipeline.runner import build
+from icr_interp.task.knowledge import KnowledgeBase
 from icr_interp.task.prompts import ICRecallTask
 from icr_interp.training.trainer import TrainConfig
 
@@ -31,7 +37,7 @@ _PAPER = RunConfig(
     train=TrainConfig(n_samples=2048, steps=200),  # lr, schedule: by attention (attention_params.DEFAULT_LR)
 )
 
-PRESETS: dict[str, RunConfig] = {
+PRESETS.update({
     p.name: p
     for p in (
         _PAPER,
@@ -40,7 +46,7 @@ PRESETS: dict[str, RunConfig] = {
         RunConfig(name="tiny", knowledge=KnowledgeConfig(n_subjects=16, n_relations=4, n_answers=16),
                   task=TaskConfig(n_pairs=2), train=TrainConfig(n_samples=256, steps=50, lr=0.01)),
     )
-}
+})
 
 DESCRIPTIONS = {
     "paper": "reference: 64 subjects, 8 relations, 64 shared answers (bijective), k=4, constructed memory",
@@ -52,16 +58,6 @@ DESCRIPTIONS = {
 Preset = RunConfig  # the first release's name: a preset is now a RunConfig
 
 
-def get_preset(name: str) -> RunConfig:
-    """The preset called ``name`` (seed 0); ValueError listing the valid names otherwise."""
-    if isinstance(name, RunConfig):
-        return name
-    try:
-        return PRESETS[name]
-    except (KeyError, TypeError):
-        raise ValueError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}") from None
-
-
 def build_from_preset(name: str | RunConfig, seed: int = 0,
                       device: str | torch.device = "cpu") -> tuple[KnowledgeBase, ICRecallTask, ICRModel]:
     """The knowledge base, task and (not yet fine-tuned; memory fitted if pretrained) model of a preset.
@@ -71,8 +67,6 @@ def build_from_preset(name: str | RunConfig, seed: int = 0,
         seed: the run seed (knowledge base, model, and a pretrained memory's fit derive from it).
         device: where the model lives.
     """
-    from icr_interp.pipeline.runner import build
-
     config = get_preset(name).with_overrides(seed=seed)
     task, model = build(config, device)
     return task.kb, task, model

@@ -33,6 +33,9 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
+from icr_interp.plumbing import check_int
+from icr_interp.task import limits
+
 COLUMNS = ("subject", "relation", "answer")  # the CSV columns a knowledge base needs (any order, any case)
 DATA = "data"  # folder of icr_interp.task holding the built-in knowledge bases, one NAME.csv each
 
@@ -115,8 +118,11 @@ class KnowledgeBase:
         answers from a pool shared by all relations, the rest private to it, with
         ``m`` the largest size that fits in ``n_answers`` answers in total.
         """
-        if min(n_subjects, n_relations, n_answers) < 1:
-            raise ValueError("n_subjects, n_relations and n_answers must be >= 1")
+        for name, value in (("n_subjects", n_subjects), ("n_relations", n_relations), ("n_answers", n_answers)):
+            check_int(value, name, 1)
+        limits.check_bytes(limits.knowledge_bytes(n_subjects, n_relations, n_answers),
+                           f"a knowledge base of {n_subjects} subjects x {n_relations} relations with "
+                           f"{n_answers} answers")
         if not 0.0 <= answer_overlap <= 1.0:
             raise ValueError(f"answer_overlap must lie in [0, 1], got {answer_overlap}")
         if mapping not in ("balanced", "random"):
@@ -146,6 +152,9 @@ class KnowledgeBase:
         header, an empty name, two answers for one (subject, relation).
         """
         path = Path(path)
+        if path.exists() and not path.is_file():
+            raise ValueError(f"knowledge-base CSV {path} is a {'folder' if path.is_dir() else 'special file'}, "
+                             f"not a file")
         if not path.is_file():
             raise FileNotFoundError(f"knowledge-base CSV not found: {path}")
         facts, lines = _read_facts(path)
@@ -166,6 +175,8 @@ class KnowledgeBase:
                 if not name:
                     raise ValueError(f"{source}:{line}: empty {kind} name")
         subj, rel, ans = ({n: i for i, n in enumerate(dict.fromkeys(col))} for col in zip(*facts))
+        limits.check_bytes(limits.knowledge_bytes(len(subj), len(rel), len(ans)),
+                           f"{source}: a table of {len(subj)} subjects x {len(rel)} relations")
         table = torch.full((len(rel), len(subj)), -1, dtype=torch.long)
         for line, (s, r, a) in zip(lines, facts):
             old = int(table[rel[r], subj[s]])
@@ -201,9 +212,36 @@ class KnowledgeBase:
 
     @classmethod
     def from_dict(cls, d: dict) -> "KnowledgeBase":
-        return cls(tuple(d["subjects"]), tuple(d["relations"]), tuple(d["answers"]),
-                   torch.tensor(d["table"], dtype=torch.long).reshape(len(d["relations"]), len(d["subjects"])),
-                   spec=d.get("spec", {}))
+        """The base :meth:`to_dict` wrote; a one-line ValueError for anything of the wrong type or shape.
+
+        Names must be strings and the table a list (one row per relation) of lists (one integer answer id
+        per subject): a float such as 3.9 is refused, not truncated to 3.
+        """
+        if not isinstance(d, dict):
+            raise ValueError(f"a knowledge base must be a JSON object, got {type(d).__name__}")
+        names = {}
+        for kind in ("subjects", "relations", "answers"):
+            value = d[kind]
+            if not isinstance(value, list) or not all(isinstance(n, str) for n in value):
+                bad = next((n for n in value if not isinstance(n, str)), value) if isinstance(value, list) else value
+                raise ValueError(f"{kind} must be a list of strings, found {bad!r:.40}")
+            names[kind] = tuple(value)
+        table, n_subjects = d["table"], len(names["subjects"])
+        limits.check_bytes(limits.knowledge_bytes(n_subjects, len(names["relations"]), len(names["answers"])),
+                           f"a knowledge base of {n_subjects} subjects x {len(names['relations'])} relations")
+        if not isinstance(table, list) or len(table) != len(names["relations"]):
+            raise ValueError(f"table must be a list of {len(names['relations'])} rows (one per relation)")
+        for r, row in enumerate(table):
+            if not isinstance(row, list) or len(row) != n_subjects:
+                raise ValueError(f"table row {r} must be a list of {n_subjects} answer ids (one per subject)")
+            bad = next((a for a in row if type(a) is not int), None)  # noqa: E721 -- bool and float refused
+            if bad is not None:
+                raise ValueError(f"table row {r} holds {bad!r:.20}; answer ids are integers (-1: unknown)")
+        spec = d.get("spec", {})
+        if not isinstance(spec, dict):
+            raise ValueError(f"spec must be a JSON object, got {type(spec).__name__}")
+        return cls(names["subjects"], names["relations"], names["answers"],
+                   torch.tensor(table, dtype=torch.long).reshape(len(table), n_subjects), spec=spec)
 
 
 def _answer_sets(n_relations: int, n_answers: int, overlap: float, gen: torch.Generator) -> list[Tensor]:
@@ -260,7 +298,7 @@ def _read_facts(path: Path) -> tuple[list[tuple[str, str, str]], list[int]]:
                 raise ValueError(f"{path}:{start}: a quoted field spans lines {start}-{end} (a stray quote?)")
             if not row or (len(row) == 1 and not row[0].strip()):
                 continue
-            if columns is None:
+            if columns is None or _is_header(row):  # a header again: `cat a.csv b.csv` (columns may move)
                 columns, width = _header_columns(row, path, start), len(row)
                 header = ",".join(cell.strip() for cell in row)
                 continue
@@ -274,6 +312,12 @@ def _read_facts(path: Path) -> tuple[list[tuple[str, str, str]], list[int]]:
     if columns is None:
         raise ValueError(f"{path}: empty file; the header must name the columns {','.join(COLUMNS)}")
     return facts, lines
+
+
+def _is_header(row: list[str]) -> bool:
+    """Whether a row names the three columns (a header; a fact cannot be "subject,relation,answer")."""
+    names = [cell.strip().lower() for cell in row]
+    return all(c in names for c in COLUMNS)
 
 
 def _header_columns(row: list[str], path: Path, line: int) -> dict[str, int]:

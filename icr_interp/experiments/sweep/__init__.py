@@ -15,15 +15,16 @@ Three modules, one job each:
 Example::
 
     configs = expand_grid("paper", n_triplets=[512, 4096], seeds=[0, 1], n_samples=[16, 64, 256])
-    results = run_sweep(configs, "results/sample_complexity.jsonl", workers=2)
-    to_csv(results, "results/sample_complexity.csv")
+    results = run_sweep(configs, "results/sample_complexity.jsonl", workers=2,
+                        summary="results/sample_complexity.csv")
 """
 
-from icr_interp.experiments.sweep.executors import (EXECUTORS, TIMING_FIELDS, SweepError, die_with_parent, one_line_error,
-                                        run_one, run_sweep)
+from icr_interp.experiments.sweep.executors import (EXECUTORS, TIMING_FIELDS, SweepError, die_with_parent,
+                                                    one_line_error, run_one, run_sweep)
 from icr_interp.experiments.sweep.grid import AXES, RunSpec, axes_of, expand_grid, sizes_for_triplets
-from icr_interp.experiments.sweep.store import ResultsError, ResultsStore, check_record, flat, load_results, to_csv
+from icr_interp.experiments.sweep.store import (ResultsError, ResultsStore, check_record, check_summary, flat,
+                                                load_results, summary_path, to_csv)
 
 __all__ = ["expand_grid", "sizes_for_triplets", "axes_of", "AXES", "RunSpec", "run_one", "run_sweep", "SweepError",
            "EXECUTORS", "TIMING_FIELDS", "die_with_parent", "one_line_error", "load_results", "to_csv", "flat",
-           "ResultsStore", "ResultsError", "check_record"]
+           "ResultsStore", "ResultsError", "check_record", "check_summary", "summary_path"]

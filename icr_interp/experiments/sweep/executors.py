@@ -34,9 +34,10 @@ from typing import Callable, Sequence
 
 from tqdm.auto import tqdm
 
-from icr_interp.pipeline.config import RunConfig
 from icr_interp.experiments.sweep.grid import RunSpec
-from icr_interp.experiments.sweep.store import ResultsStore
+from icr_interp.experiments.sweep.store import ResultsStore, check_summary
+from icr_interp.pipeline.config import RunConfig
+from icr_interp.plumbing import check_int, one_line
 
 EXECUTORS = ("local", "ray")
 TIMING_FIELDS = ("seconds",)  # result fields that differ between otherwise identical runs
@@ -59,8 +60,8 @@ class SweepError(RuntimeError):
 
 
 def one_line_error(e: BaseException) -> str:
-    """``Type: message (at file:line in function)`` -- an exception on one line, with where it was raised."""
-    text = " ".join(str(e).split())
+    """``Type: message (at file:line in function)`` -- :func:`icr_interp.plumbing.one_line` with where it was raised."""
+    text = one_line(e) if str(e).strip() else ""
     frames = traceback.extract_tb(e.__traceback__)
     where = f" (at {Path(frames[-1].filename).name}:{frames[-1].lineno} in {frames[-1].name})" if frames else ""
     return f"{type(e).__name__}: {text}{where}" if text else f"{type(e).__name__}{where}"
@@ -68,7 +69,8 @@ def one_line_error(e: BaseException) -> str:
 
 def run_sweep(configs: Sequence[RunConfig], out_path: str | Path, executor: str = "local", workers: int | None = None,
               ray_address: str | None = None, progress: bool = True, run_fn: Callable[[RunConfig], dict] = run_one,
-              wait: bool = True, log: Callable[[str], None] | None = None) -> list[dict]:
+              wait: bool = True, log: Callable[[str], None] | None = None,
+              summary: str | Path | None = None) -> list[dict]:
     """Run every config whose key is not yet in ``out_path``, appending records as they finish.
 
     Args:
@@ -82,8 +84,11 @@ def run_sweep(configs: Sequence[RunConfig], out_path: str | Path, executor: str 
             instance already initialised in this process is used and left running).
         progress: show a progress bar over completed runs.
         run_fn: a picklable top-level function of a RunConfig returning a JSON-able dict with ``accuracy``.
-        wait: if another sweep holds the file's lock, wait for it; otherwise raise ``fsio.LockBusy``.
+        wait: if another sweep holds the file's lock, wait for it; otherwise raise ``locks.LockBusy``.
         log: called with one line when waiting for the lock (default: stderr).
+        summary: also write this CSV of every record in ``out_path`` (all sweeps' runs), before the lock is
+            released, so that concurrent sweeps leave the union (see :func:`~icr_interp.experiments.sweep.store.
+            check_summary` for when it may be replaced).
 
     Returns:
         The record of every config, in order (earlier runs read from the file).
@@ -93,8 +98,10 @@ def run_sweep(configs: Sequence[RunConfig], out_path: str | Path, executor: str 
     """
     if executor not in EXECUTORS:
         raise ValueError(f"executor must be one of {EXECUTORS}, got {executor!r}")
-    if workers is not None and (not isinstance(workers, int) or workers < 0):
-        raise ValueError(f"workers must be an integer >= 0, got {workers!r}")
+    if workers is not None:
+        check_int(workers, "workers", 0)
+    if summary is not None:
+        check_summary(summary)  # a user's own X.csv is refused before any run, not after
     unique = list({c.key: c for c in (c.to_config() if isinstance(c, RunSpec) else c for c in configs)}.values())
     failures: dict[str, str] = {}
     Path(out_path).parent.mkdir(parents=True, exist_ok=True)
@@ -107,7 +114,7 @@ def run_sweep(configs: Sequence[RunConfig], out_path: str | Path, executor: str 
                 try:
                     store.append(dict(result, key=key))
                 except ValueError as e:  # the run returned something that is not a record
-                    error = " ".join(str(e).split())
+                    error = one_line(e)
             if error is not None:
                 failures[key] = error
                 warnings.warn(f"run {key} failed; it is not recorded and will rerun next time: {error}")
@@ -119,6 +126,8 @@ def run_sweep(configs: Sequence[RunConfig], out_path: str | Path, executor: str 
             _run_ray(todo, run_fn, workers, ray_address, record)
         bar.close()
         done = dict(store.done)
+        if summary is not None:
+            store.write_summary(summary)
     if failures:
         raise SweepError(failures)
     return [done[c.key] for c in unique]

@@ -1,26 +1,33 @@
-"""Checkpoint directories on disk: save atomically without touching foreign files, load and validate.
+"""Checkpoint directories on disk: save atomically without touching foreign files, load by read-verify-parse.
 
 Saving never leaves DIR without a loadable checkpoint and never deletes what
-the library did not write:
+the library did not write (:mod:`icr_interp.storage.atomic`'s one rule):
 
-* a free or empty DIR: the checkpoint is written to a temporary directory
-  beside it and renamed into place whole (:func:`icr_interp.storage.fsio.publish_dir`);
-* a checkpoint of ours at DIR (its config.json carries our format marker):
-  the weights, then config.json, are replaced in place, each old file kept
-  under a backup name until both are in (:func:`icr_interp.storage.fsio.swap_members`).
-  Files a user put beside them are left alone, but only with ``force=True``:
-  by default a checkpoint holding anything else is refused;
-* anything else (a file, a foreign directory, a config.json that is not
-  ours) is refused with a :class:`CheckpointError` before any work.
+* a free DIR: the checkpoint is built in a staging directory beside it and
+  renamed into place whole (:func:`~icr_interp.storage.atomic.publish_dir`);
+* an existing empty DIR (``.``, a symlink to an empty folder) or a checkpoint
+  of ours: under a lock on DIR, the weights, then config.json, are replaced
+  in place, each old file kept in a staging directory inside DIR until both
+  are in (:func:`~icr_interp.storage.atomic.swap_members`).  Files a user put
+  beside them are kept, but only with ``force=True``: by default a checkpoint
+  holding anything else is refused, and so is one written in a newer format;
+* anything else (a file, a foreign directory, a config.json not ours) is
+  refused with a :class:`CheckpointError` before any work.
 
-A crash between the two replacements leaves new weights beside the old
-config.json; :func:`load_checkpoint` then finds the previous weights at their
-backup name by their sha256 and loads the previous checkpoint.  Leftover
-temporaries of ours are removed by the next successful save.
+**Loading reads each file once.**  config.json's bytes are parsed; the
+weights' bytes are read into memory, their sha256 is compared with the one
+config.json records, and *those same bytes* are parsed
+(``safetensors.torch.load``).  A save running meanwhile can make the two files
+disagree (new weights, old config); then the previous weights are looked for in
+the save's staging directory, and failing that the whole read is retried.  No
+path is ever opened twice, so a load returns the weights its config names or
+a one-line :class:`CheckpointError`, never a mixture.
 """
 
 import hashlib
-import shutil
+import os
+import stat
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,9 +35,14 @@ from pathlib import Path
 import safetensors.torch
 import torch
 
-from icr_interp.storage import fsio
+from icr_interp.plumbing import one_line
+from icr_interp.storage import atomic, preflight
 from icr_interp.storage.checkpoint import schema
-from icr_interp.storage.checkpoint.schema import CONFIG, MEMBERS, WEIGHTS, CheckpointError, one_line
+from icr_interp.storage.checkpoint.schema import CONFIG, MEMBERS, WEIGHTS, CheckpointError
+from icr_interp.storage.locks import lock_dir
+from icr_interp.task import limits
+
+LOAD_ATTEMPTS = 50  # reads of a checkpoint that a running save keeps changing, before giving up
 
 
 @dataclass
@@ -62,121 +74,139 @@ def save_checkpoint(path: str | Path, model, task, *, run_config=None, force: bo
         model: a model from :func:`icr_interp.model.builder.build_model` (a pretrained memory must be fitted).
         task: the task it was built for.
         run_config: the :class:`~icr_interp.pipeline.config.RunConfig` (or its dict) the model came from.
-        force: also replace a checkpoint that has other files beside it (they are kept).
+        force: also replace a checkpoint that has other files beside it (they are kept), or one in a newer format.
         **extra: metrics and notes, JSON-serialisable, stored under ``"metrics"``.
 
     Returns:
         The checkpoint path.
     """
     path = Path(path)
-    check_writable(path, force=force)
+    target = check_writable(path, force=force)
     config = schema.build_config(model, task, extra, run_config)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    data = safetensors.torch.save(tensors, metadata={"format": "pt"})
+    config["weights_sha256"] = hashlib.sha256(data).hexdigest()
+    text = schema.json_text(config)
     try:
-        if path.is_dir() and any(path.iterdir()):
-            _replace_in_place(path, tensors, config)
+        if target.exists():
+            with lock_dir(target):
+                check_writable(target, force=force)  # another save may have changed it while we waited
+                atomic.remove_stale(target, locked=True)  # an earlier save's, killed or failed mid-swap
+                _replace_in_place(target, data, text)
         else:
-            _write_new(path, tensors, config)
-        fsio.remove_stale(path, MEMBERS)
+            _write_new(target, data, text)
+        atomic.remove_stale(target.parent)
     except OSError as e:
         raise CheckpointError(f"cannot write checkpoint {path}: {one_line(e)}") from e
     return path
 
 
-def _write_weights(file: Path, tensors: dict) -> None:
-    # Serialise in memory and write the bytes ourselves: save_file's Rust writer stages its own
-    # ".tmpXXXXXX" file in the target directory, which a kill would leave behind under a name not ours.
-    data = safetensors.torch.save(tensors, metadata={"format": "pt"})
-    with open(file, "xb") as f:
+def _write_bytes(file: Path, data: bytes) -> None:
+    with open(file, "xb") as f:  # "x": never reuses an existing file
         f.write(data)
 
 
-def _write_json(file: Path, data: dict) -> None:
-    file.write_text(json_text(data), encoding="utf-8")
+def _write_weights(file: Path, data: bytes) -> None:
+    _write_bytes(file, data)
 
 
-def json_text(data: dict) -> str:
-    import json
-
-    return json.dumps(data, indent=1, allow_nan=False) + "\n"
+def _write_json(file: Path, text: str) -> None:
+    _write_bytes(file, text.encode("utf-8"))
 
 
-def _write_new(path: Path, tensors: dict, config: dict) -> None:
-    tmp = fsio.temp_dir(path)
+def _write_new(path: Path, data: bytes, text: str) -> None:
+    tmp = atomic.temp_dir(path)
     try:
-        _write_weights(tmp / WEIGHTS, tensors)
-        config["weights_sha256"] = sha256(tmp / WEIGHTS)
-        _write_json(tmp / CONFIG, config)
-        fsio.publish_dir(tmp, path)
+        _write_weights(tmp / WEIGHTS, data)
+        _write_json(tmp / CONFIG, text)
+        atomic.publish_dir(tmp, path)
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)  # ours, and gone already unless the write failed
+        atomic.remove_if_ours(tmp.parent)  # ours, and gone already unless the write failed
 
 
-def _replace_in_place(path: Path, tensors: dict, config: dict) -> None:
-    staged = []
+def _replace_in_place(path: Path, data: bytes, text: str) -> None:
+    stage = atomic.staging_dir(path)
     try:
-        staged.append((WEIGHTS, fsio.stage(path / WEIGHTS, lambda f: _write_weights(f, tensors))))
-        config["weights_sha256"] = sha256(staged[0][1])
-        staged.append((CONFIG, fsio.stage(path / CONFIG, lambda f: _write_json(f, config))))
-        fsio.swap_members(path, staged)  # weights first: config.json names the weights it belongs to
+        weights = atomic.stage(path / WEIGHTS, lambda f: _write_weights(f, data), into=stage)
+        config = atomic.stage(path / CONFIG, lambda f: _write_json(f, text), into=stage)
+        atomic.swap_members(path, [(WEIGHTS, weights), (CONFIG, config)])  # config.json names its weights: last
     finally:
-        for _, file in staged:
-            file.unlink(missing_ok=True)  # ours, and gone already unless the swap failed
+        if not any((stage / f"{name}.old").exists() for name in MEMBERS):  # nothing replaced yet: not needed
+            atomic.remove_if_ours(stage)  # (else it holds the previous weights the old config.json names)
 
 
-def check_writable(path: str | Path, force: bool = False) -> None:
-    """Raise CheckpointError unless a checkpoint may be written at ``path`` (see module docstring)."""
-    path = Path(path)
+def check_writable(path: str | Path, force: bool = False) -> Path:
+    """The directory a checkpoint at ``path`` will be written to; CheckpointError (one line) if it may not be.
+
+    A symbolic link to a directory is followed (the link is kept).
+    """
+    try:
+        path = preflight.check_path(path, "checkpoint path")
+        if path.is_symlink() and path.exists():
+            path = path.resolve()
+    except ValueError as e:
+        raise CheckpointError(f"cannot write checkpoint: {one_line(e)}") from None
     if not path.exists():
         if path.is_symlink():
             raise CheckpointError(f"refusing to write checkpoint over broken symlink {path}")
-        ancestor = next((p for p in path.absolute().parents if p.exists()), None)
-        if ancestor is not None and not ancestor.is_dir():
-            raise CheckpointError(f"cannot write checkpoint {path}: {ancestor} is not a directory")
-        _check_creatable(path, ancestor)
-        return
+        _check_creatable(path, path.absolute().parent)
+        return path
     if not path.is_dir():
         raise CheckpointError(f"refusing to overwrite {path}: it exists and is not a directory")
     _check_creatable(path, path)
-    _check_creatable(path, path.absolute().parent)
-    entries = sorted(p.name for p in path.iterdir())
+    entries = sorted(p.name for p in _entries(path))
     if not entries:
-        return
+        return path
     if CONFIG not in entries:
         raise CheckpointError(f"refusing to overwrite {path}: a non-empty directory that is not a checkpoint "
                               f"(no {CONFIG})")
-    if not _is_ours(path):
+    config = _parsed_config(path)
+    if not schema.is_ours(config):
         raise CheckpointError(f"refusing to overwrite {path}: its {CONFIG} is not an icr_interp checkpoint's "
                               f"(no {schema.FORMAT_FAMILY}* format marker)")
-    leftovers = {p.name for name in MEMBERS for p in fsio.backups(path / name)}
-    foreign = [e for e in entries
-               if e not in MEMBERS and e not in leftovers and not e.startswith(fsio.PROBE_PREFIX)]
+    newer = schema.newer_than_ours(config)
+    if newer and not force:
+        raise CheckpointError(f"refusing to replace checkpoint {path}: it was written {newer}, which this library "
+                              f"cannot read (force=True / --force replaces it)")
+    ours = {d.name for d in atomic.staging_dirs(path)}
+    foreign = [e for e in entries if e not in MEMBERS and e not in ours]
     if foreign and not force:
         shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
         raise CheckpointError(f"refusing to replace checkpoint {path}: it also holds {shown}, which are not ours "
                               f"(force=True / --force replaces the checkpoint and keeps them)")
+    return path
 
 
-def _is_ours(path: Path) -> bool:
+def _entries(path: Path) -> list[Path]:
     try:
-        return schema.is_ours(schema.parse((path / CONFIG).read_text(encoding="utf-8"), str(path / CONFIG)))
+        return list(path.iterdir())
+    except OSError as e:
+        raise CheckpointError(f"cannot write checkpoint {path}: {one_line(e.strerror or e)}") from None
+
+
+def _parsed_config(path: Path):
+    try:
+        return schema.parse(_read_regular(path / CONFIG).decode("utf-8"), str(path / CONFIG))
     except (CheckpointError, OSError, UnicodeDecodeError):
-        return False
+        return None
+
+
+def is_checkpoint(path: str | Path) -> bool:
+    """A directory whose config.json carries our format marker (a Hugging Face folder is not one)."""
+    path = Path(path)
+    return path.is_dir() and schema.is_ours(_parsed_config(path))
 
 
 def _check_creatable(path: Path, directory: Path) -> None:
     try:
-        fsio.check_creatable(directory / ".probe")
+        atomic.check_creatable(directory / ".probe")
     except OSError as e:
         raise CheckpointError(f"cannot write checkpoint {path}: {one_line(e)}") from None
 
 
 def sha256(file: Path) -> str:
-    digest = hashlib.sha256()
-    with open(file, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    """The sha256 of a file's bytes (hex)."""
+    return hashlib.sha256(_read_regular(Path(file))).hexdigest()
 
 
 # --------------------------------------------------------------------- load
@@ -193,8 +223,8 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
     Raises:
         CheckpointError: with a one-line message naming the problem (the only exception it raises).
     """
-    path = Path(path)
     try:
+        path = preflight.check_path(path, "checkpoint")
         return _load(_locate(path), device)
     except CheckpointError:
         raise
@@ -206,51 +236,86 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
 
 def _load(path: Path, device) -> Checkpoint:
     device = _check_device(device)
-    for _ in range(3):  # a save running now may swap the files between our reads
-        config = read_config(path)
-        weights = _matching_weights(path, config)
-        if weights is not None:
-            break
-    else:
-        actual = sha256(path / WEIGHTS)
-        raise CheckpointError(f"{path / WEIGHTS} is corrupted or truncated: sha256 {actual[:12]}... does not "
-                              f"match {config['weights_sha256'][:12]}... recorded in {CONFIG}")
-    tensors = _read_weights(weights)
+    config, data = read_consistent(path)
+    tensors = _parse_weights(data, path / WEIGHTS)
     task = schema.rebuild_task(config)
+    schema.check_sizes(config, task, tensors)  # shapes and memory from the config, before building anything
     model = schema.rebuild_model(task, config, device)
     schema.check_tensors(tensors, model)
     train = schema.train_config(config)
-    schema.run_config(config)  # validated now, so a damaged one cannot fail later
+    schema.run_config(config, task)  # validated now, so a damaged one cannot fail later
     model.load_state_dict(tensors, strict=True)
     model.icr_train = train
     model.memory_fitted = True  # a saved memory holds its fitted weights
     return Checkpoint(path=path, model=model, task=task, config=config, metrics=config.get("metrics") or {})
 
 
+def read_consistent(path: Path) -> tuple[dict, bytes]:
+    """(config, weight bytes) that belong together: each file read once, the weights' sha256 checked on those bytes."""
+    for attempt in range(LOAD_ATTEMPTS):  # a save running now may swap the files between our reads
+        raw = _config_bytes(path)
+        config = _config_of(raw, path)
+        want = config["weights_sha256"]
+        data = _read_regular(path / WEIGHTS, "weights")
+        if hashlib.sha256(data).hexdigest() == want:
+            return config, data
+        for candidate in atomic.backups(path / WEIGHTS):  # an interrupted save: the previous weights are here
+            try:
+                data = _read_regular(candidate, "weights")
+            except CheckpointError:  # removed by the save that is finishing now
+                continue
+            if hashlib.sha256(data).hexdigest() == want:
+                return config, data
+        if _config_bytes(path) == raw and not atomic.staging_dirs(path):
+            break  # nothing changed and no save is under way: the mismatch is damage, not a race
+        time.sleep(0.001 * min(attempt + 1, 20))
+    actual = hashlib.sha256(data).hexdigest()
+    raise CheckpointError(f"{path / WEIGHTS} is corrupted or truncated: sha256 {actual[:12]}... does not "
+                          f"match {config['weights_sha256'][:12]}... recorded in {CONFIG}")
+
+
+def _read_regular(file: Path, what: str = "file") -> bytes:
+    """The bytes of a regular file, read once; CheckpointError for a folder, FIFO, device or an oversized file."""
+    try:
+        fd = os.open(file, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # a FIFO must not block us
+    except OSError as e:
+        raise CheckpointError(f"cannot read {file}: {one_line(e.strerror or e)}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise CheckpointError(f"{file} is not a regular file (it is a {_kind(st.st_mode)})")
+        try:
+            limits.check_bytes(st.st_size, f"reading {file}")
+        except ValueError as e:
+            raise CheckpointError(one_line(e)) from None
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            return f.read()
+    except OSError as e:
+        raise CheckpointError(f"cannot read {file}: {one_line(e.strerror or e)}") from None
+    finally:
+        os.close(fd)
+
+
+def _kind(mode: int) -> str:
+    return ("folder" if stat.S_ISDIR(mode) else "FIFO" if stat.S_ISFIFO(mode) else "device"
+            if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "socket" if stat.S_ISSOCK(mode) else "special file")
+
+
 def _locate(path: Path) -> Path:
-    """``path``, or the previous checkpoint an interrupted save of the first release left beside it."""
+    """``path``, or the previous checkpoint an interrupted save of the first release left at ``.NAME.old-*``."""
     if path.exists():
         return path
-    for old in fsio.stale_dirs(path, kinds=("old",)):
+    try:
+        olds = sorted((p for p in path.parent.iterdir() if p.name.startswith(f".{path.name}.old-") and p.is_dir()),
+                      key=lambda p: p.stat().st_mtime, reverse=True)
+    except OSError:
+        olds = []
+    for old in olds:  # read only: the library never deletes these (they carry no marker of ours)
         if (old / CONFIG).is_file() and (old / WEIGHTS).is_file():
             warnings.warn(f"checkpoint {path} is missing; loading the previous one that an interrupted save left "
                           f"at {old}", stacklevel=3)
             return old
     raise CheckpointError(f"checkpoint not found: {path}")
-
-
-def _matching_weights(path: Path, config: dict) -> Path | None:
-    """model.safetensors if its sha256 is the recorded one, else our backup of it that matches (or None)."""
-    want = config["weights_sha256"]
-    if sha256(path / WEIGHTS) == want:
-        return path / WEIGHTS
-    for candidate in fsio.backups(path / WEIGHTS):  # an interrupted save: the previous weights are here
-        try:
-            if sha256(candidate) == want:
-                return candidate
-        except OSError:  # removed by the save that is finishing now
-            continue
-    return None
 
 
 def _check_device(device) -> torch.device:
@@ -268,12 +333,20 @@ def _check_device(device) -> torch.device:
 
 
 def read_config(path: str | Path) -> dict:
-    """The validated config.json of the checkpoint at ``path`` (no weights read)."""
+    """The validated (and migrated) config.json of the checkpoint at ``path`` (no weights read)."""
     path = Path(path)
+    return _config_of(_config_bytes(path), path)
+
+
+def _config_bytes(path: Path) -> bytes:
     _check_layout(path)
+    return _read_regular(path / CONFIG)
+
+
+def _config_of(raw: bytes, path: Path) -> dict:
     try:
-        text = (path / CONFIG).read_text(encoding="utf-8")
-    except (UnicodeDecodeError, OSError) as e:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
         raise CheckpointError(f"cannot read {path / CONFIG}: {one_line(e)}") from None
     return schema.validate(schema.parse(text, str(path / CONFIG)), str(path / CONFIG))
 
@@ -285,12 +358,14 @@ def _check_layout(path: Path) -> None:
     if not path.is_dir():
         raise CheckpointError(f"not a checkpoint directory: {path} is a file")
     for name in (CONFIG, WEIGHTS):
-        if not (path / name).is_file():
+        member = path / name
+        if not member.exists() and not member.is_symlink():
             raise CheckpointError(f"incomplete checkpoint: {path} has no {name}")
 
 
-def _read_weights(file: Path) -> dict[str, torch.Tensor]:
+def _parse_weights(data: bytes, file: Path) -> dict[str, torch.Tensor]:
+    """The tensors of safetensors ``data`` (the bytes whose sha256 was checked)."""
     try:
-        return safetensors.torch.load_file(str(file), device="cpu")
+        return safetensors.torch.load(data)
     except Exception as e:  # noqa: BLE001 -- safetensors raises its own error types
         raise CheckpointError(f"{file} cannot be parsed as safetensors: {one_line(e)}") from None

@@ -2,7 +2,8 @@
 
 ``config.json`` is one JSON object::
 
-    format           "icr_interp-checkpoint/1" (the marker that says the directory is ours)
+    format           "icr_interp-checkpoint/2" (the marker that says the directory is ours; older
+                     versions are migrated on reading, :mod:`~icr_interp.storage.checkpoint.migrations`)
     library_version  the icr_interp that wrote it (a newer one than ours is refused)
     weights_sha256   sha256 of model.safetensors
     metrics          the extra values passed to save_checkpoint
@@ -26,10 +27,13 @@ import re
 
 import torch
 
+from icr_interp.plumbing import one_line
+from icr_interp.storage.checkpoint import migrations
+from icr_interp.storage.checkpoint.migrations import FORMAT, READABLE
+from icr_interp.task import limits
 from icr_interp.version import __version__
 
-FORMAT = "icr_interp-checkpoint/1"  # name/version written to and required in config.json
-FORMAT_FAMILY = FORMAT.split("/")[0] + "/"  # any version of our format: the directory is ours
+FORMAT_FAMILY = migrations.FAMILY  # any version of our format: the directory is ours
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
 MEMBERS = (WEIGHTS, CONFIG)  # the files a checkpoint directory holds, in the order a save replaces them
@@ -40,12 +44,6 @@ MAX_DIGITS = 40  # longest integer literal a config may hold
 
 class CheckpointError(ValueError):
     """A checkpoint cannot be written or read; the message is one line."""
-
-
-def one_line(e: BaseException | str) -> str:
-    """An exception's message squeezed onto one line."""
-    text = " ".join(str(e).split())
-    return text or (type(e).__name__ if isinstance(e, BaseException) else "")
 
 
 # ------------------------------------------------------------------ write
@@ -73,6 +71,11 @@ def build_config(model, task, extra: dict, run_config=None) -> dict:
         run_config=json_checked(dict(run_config=run_config))["run_config"],
         knowledge_base=task.kb.to_dict(),
     )
+
+
+def json_text(data: dict) -> str:
+    """config.json's text: indented strict JSON."""
+    return json.dumps(data, indent=1, allow_nan=False) + "\n"
 
 
 def json_checked(extra: dict) -> dict:
@@ -140,10 +143,11 @@ def validate(config, where: str) -> dict:
     if not isinstance(config, dict):
         raise CheckpointError(f"{where} must hold a JSON object, got {type(config).__name__}")
     fmt = config.get("format")
-    if fmt != FORMAT:
+    if fmt not in READABLE:
         what = "unsupported checkpoint version" if is_ours(config) else "unknown checkpoint format"
-        raise CheckpointError(f"{where}: {what} {fmt!r} (this library reads {FORMAT!r})")
+        raise CheckpointError(f"{where}: {what} {fmt!r} (this library reads {', '.join(map(repr, READABLE))})")
     _check_version(config.get("library_version"), where)
+    config = migrations.migrate(config)
     missing = [k for k in REQUIRED_KEYS if k not in config]
     if missing:
         raise CheckpointError(f"{where} lacks the key(s) {', '.join(missing)}")
@@ -172,6 +176,20 @@ def _check_version(version, where: str) -> None:
                               f"({__version__}): upgrade icr_interp to read it")
 
 
+def newer_than_ours(config) -> str | None:
+    """How a parsed config of ours was written by a newer library (format or version), or None."""
+    if not isinstance(config, dict):
+        return None
+    theirs, ours = migrations.version(config.get("format")), migrations.version(FORMAT)
+    if theirs is not None and theirs > ours:
+        return f"in format {config['format']!r}"
+    version = config.get("library_version")
+    parsed = _version_tuple(version) if isinstance(version, str) else None
+    if parsed is not None and parsed > _version_tuple(__version__):
+        return f"by icr_interp {version}"
+    return None
+
+
 def _version_tuple(text: str) -> tuple[int, ...] | None:
     match = re.fullmatch(r"(\d{1,6}(?:\.\d{1,6}){0,3})(?:[.+-]?[0-9A-Za-z.+-]*)?", text.strip())
     return tuple(int(x) for x in match.group(1).split(".")) if match else None
@@ -192,30 +210,48 @@ def rebuild_task(config: dict):
         raise CheckpointError(f"{CONFIG}: invalid task config ({one_line(e)})") from None
 
 
-# The mixed memory's scales before τ 0.5, the doubled vote and the crosstalk-free reads (docs/theory.md §2b).
-LEGACY_MIXED_SCALES = dict(mixed_vote_gain=1.0, mixed_logit_gain=10.0, mixed_crosstalk_free=False)
-
-
 def rebuild_model(task, config: dict, device):
-    """The model of ``config`` with freshly built weights (a pretrained memory is not refitted)."""
+    """The model of a (migrated) ``config`` with freshly built weights (a pretrained memory is not refitted)."""
     from icr_interp.model.builder import ModelConfig, model_from_config
 
     try:
         cfg = ModelConfig(**config["model"])
     except TypeError as e:
         raise CheckpointError(f"{CONFIG}: invalid model config ({one_line(e)})") from None
-    if cfg.memory_impl == "auto" and cfg.construction in ("pair", "answer"):
-        # Written by the first release, which saved "auto" unresolved: apply its rule, so the
-        # dense (parameters) or factored (buffers) layout matches the saved tensors.
-        cfg.memory_impl = "factored" if task.kb.n_triplets * cfg.d_model > 2**24 else "dense"
-    if cfg.construction == "mixed" and "mixed_vote_gain" not in cfg.scales:
-        # Written before the mixed start became a flat optimum (2026-12): rebuild that memory's function.
-        cfg.scales = {**cfg.scales, **LEGACY_MIXED_SCALES}
     try:
         return model_from_config(task, cfg, device=device)
     except Exception as e:  # noqa: BLE001 -- any failure to build is the config's fault here
         raise CheckpointError(f"cannot rebuild the model from {CONFIG} ({type(e).__name__}: {one_line(e)})"
                               ) from None
+
+
+def check_sizes(config: dict, task, tensors: dict[str, torch.Tensor]) -> None:
+    """Before building: the config's architecture matches the saved tensors, and its weights fit in memory.
+
+    A config edited to ask for d_model 8192 and 64 heads would otherwise build
+    a 17 GB attention matrix before any shape check.
+    """
+    model = config["model"]
+    dims = {k: model.get(k) for k in ("d_model", "n_heads", "n_layers")}
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in dims.values()):
+        return  # ModelConfig refuses the types with its own message
+    saved = {}
+    if "embed.W_E" in tensors and tensors["embed.W_E"].ndim == 2:
+        saved["d_vocab"], saved["d_model"] = tensors["embed.W_E"].shape
+    if "blocks.0.attn.W_Q" in tensors and tensors["blocks.0.attn.W_Q"].ndim == 3:
+        saved["n_heads"] = tensors["blocks.0.attn.W_Q"].shape[0]
+    saved["n_layers"] = len({name.split(".")[1] for name in tensors if name.startswith("blocks.")})
+    wanted = dict(dims, d_vocab=task.vocab.size)
+    wrong = [f"{k} {wanted[k]} (the weights have {saved[k]})" for k in ("d_vocab", "d_model", "n_heads", "n_layers")
+             if k in saved and wanted[k] not in (saved[k], 0)]
+    if wrong:
+        raise CheckpointError(f"{WEIGHTS} does not match {CONFIG}: config implies {', '.join(wrong)}")
+    d_model = dims["d_model"] or saved.get("d_model", 0)
+    try:
+        limits.check_bytes(limits.model_bytes(task.vocab.size, task.n_ctx, d_model, dims["n_heads"],
+                                              dims["n_layers"]), f"the model of {CONFIG}")
+    except ValueError as e:
+        raise CheckpointError(one_line(e)) from None
 
 
 def train_config(config: dict):
@@ -232,16 +268,28 @@ def train_config(config: dict):
     return cfg
 
 
-def run_config(config: dict):
-    """The saved RunConfig, or None."""
+def run_config(config: dict, task=None):
+    """The saved RunConfig, or None; with ``task``, it must agree with the saved task and model."""
     from icr_interp.pipeline.config import RunConfig
 
     if config.get("run_config") is None:
         return None
     try:
-        return RunConfig.from_dict(config["run_config"])
+        run = RunConfig.from_dict(config["run_config"])
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{CONFIG}: invalid run_config ({one_line(e)})") from None
+    if task is not None:
+        model = config["model"]
+        saved = dict(n_pairs=task.n_pairs, bos=task.bos, memory=model.get("memory"), n_heads=model.get("n_heads"),
+                     n_layers=model.get("n_layers"), attention=model.get("attention"))
+        claimed = dict(n_pairs=run.task.n_pairs, bos=run.task.bos, memory=run.model.memory,
+                       n_heads=run.model.n_heads, n_layers=run.model.n_layers, attention=run.model.attention)
+        if run.model.d_model:
+            saved["d_model"], claimed["d_model"] = model.get("d_model"), run.model.d_model
+        wrong = [f"{k} {claimed[k]!r} (the checkpoint has {saved[k]!r})" for k in saved if claimed[k] != saved[k]]
+        if wrong:
+            raise CheckpointError(f"{CONFIG}: run_config disagrees with the checkpoint: {'; '.join(wrong[:3])}")
+    return run
 
 
 def check_tensors(tensors: dict[str, torch.Tensor], model) -> None:
