@@ -248,3 +248,13 @@ def test_patching_and_circuit_on_text(stock, task):
             assert len(s.rows) == (4 if by == "layer" else 6) and all(math.isfinite(r.lookup) for r in s.rows)
         result = evaluate(stock, task, n_prompts=20, batch_size=8)
     assert 0 <= result["accuracy"] <= 1 and math.isfinite(result["loss"])
+
+
+def test_sample_pairs_draws_until_enough(task):
+    clean, corrupted, n_dropped = task.sample_pairs(12, "relation", seed=8)
+    assert len(clean) == len(corrupted) == 12 and n_dropped >= 0
+    assert torch.equal(clean.layout.pred_pos, corrupted.layout.pred_pos) and (clean.answers != corrupted.answers).all()
+    assert clean.tokens.shape == corrupted.tokens.shape
+    _check_spans(task, clean)
+    again = task.sample_pairs(12, "relation", seed=8)
+    assert torch.equal(again.clean.tokens, clean.tokens) and torch.equal(again.corrupted.tokens, corrupted.tokens)

@@ -35,7 +35,8 @@ from torch import Tensor
 from icr_interp.plumbing import check_int
 from icr_interp.task import text_spans as T
 from icr_interp.task.knowledge import KnowledgeBase
-from icr_interp.task.prompts import Batch, ICRecallTask, Layout, _check_count, _draw, _generator
+from icr_interp.task.prompts import (Batch, CorruptedPairs, ICRecallTask, Layout, _check_count, _draw,
+                                     _generator)
 
 TEXT_CORRUPTIONS = ("relation", "query", "shuffle")
 DEFAULT_PAIR_TEMPLATE, DEFAULT_QUERY_TEMPLATE = "{s}: {a}\n", "{s}:"
@@ -170,6 +171,27 @@ class TextICRecallTask(ICRecallTask):
         return replace(out, tokens=torch.nn.functional.pad(out.tokens, (0, extra), value=self.pad_id)) if extra > 0 \
             else out
 
+    def sample_pairs(self, n: int, kind: str, seed: int | None = None, *, generator: torch.Generator | None = None,
+                     device: str | torch.device = "cpu", max_draws: int = 64) -> CorruptedPairs:
+        """``n`` clean prompts that have a layout-keeping corruption of ``kind``, and their corrupted twins.
+
+        Text corruptions must keep every span's length, so many prompts have none (a relation swap needs
+        another relation whose k + 1 answers tokenize alike); this draws prompts until ``n`` have one, up to
+        ``max_draws * n`` in all (``n_dropped`` counts the draws left out).
+        """
+        _check_count(n)
+        gen = _generator(seed, generator)
+        kept, drawn = [], 0
+        while sum(map(len, kept)) < n:
+            if drawn >= max_draws * max(n, 1):
+                raise ValueError(f"only {sum(map(len, kept))} of {drawn} prompts have a {kind} corruption; "
+                                 f"{n} were asked")
+            b = self.sample(max(2 * n, 16), generator=gen)
+            drawn += len(b)
+            kept.append(b[self.corruptible(b, kind)])
+        clean = _concat(kept, self.pad_id)[:n]
+        return CorruptedPairs(clean.to(device), self.corrupt(clean, kind, generator=gen).to(device), drawn - n)
+
     def _shuffle_one(self, b: Batch, i: int, groups: list[Tensor], gen: torch.Generator) -> Tensor:
         key = _keys(b.layout[i:i + 1])[0]
         for _ in range(_SHUFFLE_TRIES):
@@ -289,6 +311,19 @@ def _exclude_shared(kb: KnowledgeBase, targets: Tensor) -> tuple[Tensor, dict[st
             excluded[kb.relations[r]] = sorted(kb.answers[a] for a in bad)
             table[r, torch.isin(kb.table[r], torch.tensor(sorted(bad)))] = -1
     return table, excluded
+
+
+def _concat(batches: list[Batch], pad_id: int) -> Batch:
+    """One batch of several (tokens right-padded to the widest)."""
+    width = max(b.tokens.shape[1] for b in batches)
+    tokens = torch.cat([torch.nn.functional.pad(b.tokens, (0, width - b.tokens.shape[1]), value=pad_id)
+                        for b in batches])
+    cat = lambda obj, name: torch.cat([getattr(getattr(b, obj) if obj else b, name) for b in batches])  # noqa: E731
+    layout = Layout(**{f: cat("layout", f) for f in ("subject_pos", "answer_pos", "query_pos", "bos_pos",
+                                                      "subject_start", "answer_start", "query_start", "pred_pos")})
+    return Batch(tokens=tokens, answers=cat(None, "answers"), relations=cat(None, "relations"),
+                 subjects=cat(None, "subjects"), query=cat(None, "query"), layout=layout,
+                 context_answers=cat(None, "context_answers"))
 
 
 def _pad(ids: list[list[int]], pad_id: int) -> Int[Tensor, "batch pos"]:
