@@ -58,6 +58,7 @@ def run_one(args) -> int:
     from icr_interp.experiments import checkpoint_analysis as probing
     from icr_interp.analysis.circuit import JOB_OF, circuit_summary
     from icr_interp.storage.fsio import write_bytes, write_json, write_text
+    from icr_interp.viz.model_report import checkpoint_report
 
     ck = load_checkpoint(args.checkpoint, device=args.device)
     batch, corruption_seed = probing.probe_prompts(ck.task, args.n_prompts, args.seed, args.device)
@@ -69,8 +70,8 @@ def run_one(args) -> int:
         print(f"== {kind} swap ({res['n_prompts']} prompts, {res['n_dropped']} without one dropped) ==\n"
               f"{res['by_role']}\n{res['pattern_by_role']}\n")
     print(summary)
-    page = probing.patching_report(ck, batch, results, summary, eval_prompts=args.eval_prompts,
-                                   title=f"IC-recall patching report: {args.checkpoint.resolve().name}")
+    page = checkpoint_report(ck, batch, results, summary, eval_prompts=args.eval_prompts, seed=probing.run_seed(ck),
+                             title=f"IC-recall patching report: {args.checkpoint.resolve().name}")
     info = dict(checkpoint=str(args.checkpoint), n_prompts=args.n_prompts, seed=args.seed,
                 corruption_seed=corruption_seed, method=args.method, corruptions=list(results))
     written = [

@@ -151,15 +151,21 @@ def test_patching_writes_a_self_contained_report(patched, reference_checkpoint):
     assert "zero by construction" in page and ">nan<" not in page
     # no network: nothing fetched, the bundle inline once, heatmaps inline
     assert not REMOTE.search(page) and "unpkg" not in page and not re.search(r"""src=["']?https?:""", page)
-    assert page.count("var CircuitsVis=") == 1 and page.count("CircuitsVis.render(") == 2
+    assert page.count("var CircuitsVis=") == 1 and page.count("CircuitsVis.render(") == 3  # prompts 0-2
     sizes = png_sizes(page)
     assert len(sizes) == 2 + 2 and all(w > 300 and h > 200 for w, h in sizes)  # query rows (bars, heatmap), 2 swaps
     # every figure says how many prompts it shows
-    for caption in ("1 prompt: example 0 of 16", "mean query row over 16 prompts", "scored on 16 prompts",
+    for caption in ("prompt 0 of 16", "the first 8 of 16 prompts, then the mean over all 16",
+                    "mean query row over 16 prompts", "scored on 16 prompts",
                     "relation swap: mean over 16 prompts", "query swap: mean over 16 prompts",
                     "denoising patching on 16 prompts"):
         assert caption in page, caption
     assert "Verdict: relation inference runs through attention to the context pairs" in page
+    # each prompt shown with its hidden relation and answer, the example in the summary too
+    assert "example 0: hidden relation" in page and "example 0: answer" in page
+    relation = ck.task.kb.relations[int(batch.relations[0])]
+    answer = ck.task.vocab.to_str(batch.answers[0])
+    assert f"{relation} \u2192 {answer}" in page
 
 
 @pytest.fixture(scope="module")
@@ -172,20 +178,24 @@ def test_patching_report_renders_offline_in_headless_chromium(browser, patched, 
 
     _, out = patched
     open_offline(browser, out / "report.html")  # network blocked; asserts nothing was fetched
-    heads, query = browser.find_element(By.ID, "view-0"), browser.find_element(By.ID, "view-1")
-    assert "L0H0 Zoomed" in heads.text and "query:" in query.text
-    assert browser.execute_script("return arguments[0].querySelectorAll('canvas').length", heads) >= 2
+    views = [browser.find_element(By.ID, f"view-{i}") for i in range(3)]  # prompts 0-2, coloured by their row
+    assert all("query:" in v.text and "L0H0" in v.text for v in views)
     text = browser.execute_script("return document.body.innerText")
     shown = re.search(r"Held-out accuracy: ([01]\.\d{4}) on 256 fresh held-out prompts", text)
     assert shown and float(shown.group(1)) > 0.9
-    # the query row is drawn in strong colour: the zoomed canvas holds saturated (dark blue) pixels
+    # the prediction rows: one per prompt with its hidden relation and answer, then the mean with its spread
+    table = browser.find_element(By.CSS_SELECTOR, "table.rows")
+    assert "hidden relation \u2192 answer" in table.text and "over all 16 prompts (\u00b1 s.d.)" in table.text
+    assert [c.text for c in table.find_elements(By.CSS_SELECTOR, "th.role")] == (
+        ["<bos>"] + [f"{r}{i}" for i in range(1, 5) for r in "sa"] + ["query"])
+    # the attended tokens are drawn in strong colour (dark blue pixels)
     from PIL import Image
 
     browser.set_window_size(1100, browser.execute_script("return document.documentElement.scrollHeight") + 50)
-    shot = tmp_path / "heads.png"
-    heads.screenshot(str(shot))
+    shot = tmp_path / "view.png"
+    views[0].screenshot(str(shot))
     pixels = Image.open(shot).convert("RGB").getdata()
-    assert sum(1 for r, g, b in pixels if b > 200 and r < 120 and g < 120) > 1000  # >= one full-strength cell
+    assert sum(1 for r, g, b in pixels if b > 200 and r < 120 and g < 120) > 100
 
 
 def test_patching_attribution_one_corruption(reference_checkpoint, tmp_path):

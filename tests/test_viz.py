@@ -302,13 +302,13 @@ def test_report_renders_offline_in_headless_chromium(browser, report_path, task,
     from selenium.webdriver.common.by import By
 
     open_offline(browser, report_path)
-    heads, query = browser.find_element(By.ID, "view-0"), browser.find_element(By.ID, "view-1")
-    assert browser.execute_script("return arguments[0].querySelectorAll('canvas').length", heads) >= 2
+    view = browser.find_element(By.ID, "view-0")  # prompt 0 coloured by its prediction row, one colouring per head
     text = browser.execute_script("return document.body.innerText")
-    for label in viz.role_labels(task, batch, 0):  # the query-row view shows them as DOM text
-        assert label in query.text
-    assert "L0H0 Zoomed" in heads.text and "tiny report" in text
-    view = heads
+    for label in viz.role_labels(task, batch, 0):  # the token view shows them as DOM text
+        assert label in view.text
+    assert "L0H0" in view.text and "L0H1" in view.text and "tiny report" in text
+    rows = browser.find_elements(By.CSS_SELECTOR, "table.rows")
+    assert len(rows) == 2 and all("mean" in r.text for r in rows)  # one prediction-rows table per head
 
     height = browser.execute_script("return document.documentElement.scrollHeight")
     browser.set_window_size(1100, height + 50)

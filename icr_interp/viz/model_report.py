@@ -2,10 +2,14 @@
 
 :func:`save_report` reads the attention patterns of a batch (and takes
 template scores and patching results as given); :func:`full_report` also
-computes the scores and the role patching.  Both hand precomputed numbers to
-:mod:`icr_interp.viz.report`, which only renders.  For a checkpoint, prefer
-``icr_interp.experiments.checkpoint_analysis.patching_report`` (accuracy, scores table, patching,
-circuit summary) or ``probes/patching.py CHECKPOINT --out DIR``.
+computes the scores and the role patching; :func:`checkpoint_report` is the page
+``probes/patching.py`` writes for a checkpoint (held-out accuracy, prompts, attention,
+scores, role patching, circuit summary).  All hand precomputed numbers to
+:mod:`icr_interp.viz.report`, which only renders.
+
+The attention part (:func:`attention_sections`) shows what matters: each prompt's prediction row (the
+query position's attention, where the answer is predicted) aligned by role and captioned with the prompt's
+hidden relation and answer, the mean row with its spread, and circuitsvis token views coloured by it.
 """
 
 import os
@@ -15,7 +19,7 @@ from icr_interp.analysis.attention import query_row, resolve_layer
 from icr_interp.tl.compat import TLModel
 from icr_interp.task.prompts import Batch, ICRecallTask
 from icr_interp.viz import report
-from icr_interp.viz.labels import role_labels, slot_labels, vocab_of
+from icr_interp.viz.labels import role_labels, slot_labels, slot_positions, vocab_of
 from icr_interp.viz.views import gather_slots, layer_pattern, pattern_view
 from icr_interp.task.vocab import Vocabulary
 
@@ -46,23 +50,8 @@ def save_report(path: str | os.PathLike, model: TLModel, batch: Batch, *, scores
     path = Path(path)
     if path.is_dir():
         raise IsADirectoryError(f"report path is a directory: {path}")
-    if not 0 <= example < len(batch):
-        raise IndexError(f"example {example} out of range for a batch of {len(batch)}")
-    n_layers = model.cfg.n_layers
-    layers = list(range(n_layers)) if layers is None else [resolve_layer(n_layers, layer) for layer in layers]
-    labels = role_labels(vocab, batch, example)
-    query_pos = int(batch.layout.query_pos[example])
-    cpu = batch.to("cpu")
-    views, rows = [], []
-    for layer in layers:
-        pattern = layer_pattern(model, batch.tokens, layer)  # [batch head dest src]
-        for kind, what in (("heads", "every head, query row only"), ("query", "the prompt coloured by the query row")):
-            view = pattern_view(pattern[example], labels, query_pos, layer=layer, kind=kind, rows="query")
-            views.append((f"Layer {layer}: {what} (1 prompt: example {example} of {len(batch)})", view))
-        rows.append((layer, gather_slots(query_row(pattern, cpu.layout.query_pos), cpu)))  # [batch head slot]
     sections = [report.summary_section(batch_info(model, batch, vocab, example)),
-                report.attention_section(views, intro=VIEW_INTRO)]
-    sections += [report.query_rows_section(r, slot_labels(batch), layer, max_examples) for layer, r in rows]
+                *attention_sections(model, batch, vocab, example=example, layers=layers, max_examples=max_examples)]
     if scores is not None:
         sections.append(report.scores_section(scores, len(batch)))
     if patching is not None:
@@ -70,8 +59,84 @@ def save_report(path: str | os.PathLike, model: TLModel, batch: Batch, *, scores
     return report.write_report(path, title, sections)
 
 
-VIEW_INTRO = ("Colours are scaled to the query row's largest weight and every other destination row is blanked, "
-              "so the row that matters is the one coloured; click a head to zoom, hover a cell for its value.")
+VIEW_INTRO = ("The prediction row is the attention of the query position, where the model predicts the answer; "
+              "each row below is one prompt's, aligned by role (s1 = first context subject, a1 = its answer), "
+              "then the mean over every prompt with its standard deviation.  The token views colour each prompt "
+              "by its prediction row, one colouring per head.")
+SHOWN_ROWS = 8  # prompts whose prediction rows are shown one by one
+SHOWN_VIEWS = 3  # prompts drawn as circuitsvis token views
+
+
+def prompt_captions(batch: Batch, vocab, n: int) -> list[str]:
+    """``relation -> answer`` of the first ``n`` prompts (ids where there is no vocabulary)."""
+    voc, kb = vocab_of(vocab), getattr(vocab, "kb", None)
+    out = []
+    for i in range(min(n, len(batch))):
+        r, answer = int(batch.relations[i]), batch.answers[i].cpu()
+        relation = kb.relations[r] if kb is not None else voc.names[voc.relation_token(r)] if voc is not None else r
+        out.append(f"{relation} \u2192 {voc.to_str(answer) if voc is not None else int(answer)}")
+    return out
+
+
+def slot_tokens(batch: Batch, vocab, n: int) -> list[list[str]] | None:
+    """The token at every role slot of the first ``n`` prompts (None without a vocabulary)."""
+    voc = vocab_of(vocab)
+    if voc is None:
+        return None
+    cpu = batch.to("cpu")
+    ids = cpu.tokens.gather(1, slot_positions(cpu).clamp_min(0))[:n]  # [n slot]
+    return [voc.to_str(row) for row in ids]
+
+
+def attention_sections(model: TLModel, batch: Batch, vocab=None, *, example: int = 0, layers: list[int] | None = None,
+                       max_examples: int = 32, shown_rows: int = SHOWN_ROWS, shown_views: int = SHOWN_VIEWS
+                       ) -> list[str]:
+    """The report's attention: prediction rows by role (each prompt's, then mean +- s.d.), the query rows as
+    figures, and circuitsvis token views coloured by the prediction row (prompts ``example`` onward)."""
+    if not 0 <= example < len(batch):
+        raise IndexError(f"example {example} out of range for a batch of {len(batch)}")
+    n_layers = model.cfg.n_layers
+    layers = list(range(n_layers)) if layers is None else [resolve_layer(n_layers, layer) for layer in layers]
+    cpu, n = batch.to("cpu"), len(batch)
+    captions, tokens = prompt_captions(batch, vocab, shown_rows), slot_tokens(batch, vocab, shown_rows)
+    picked = list(range(example, min(n, example + shown_views)))
+    views, tables_, figures_ = [], [], []
+    for layer in layers:
+        pattern = layer_pattern(model, batch.tokens, layer)  # [batch head dest src]
+        rows = gather_slots(query_row(pattern, cpu.layout.query_pos), cpu)  # [batch head slot]
+        tables_.append(report.prediction_rows_section(rows, slot_labels(batch), layer, captions, tokens))
+        figures_.append(report.query_rows_section(rows, slot_labels(batch), layer, max_examples))
+        for i in picked:
+            view = pattern_view(pattern[i], role_labels(vocab, batch, i), int(cpu.layout.query_pos[i]), layer=layer,
+                                kind="query")
+            what = prompt_captions(batch[i:i + 1], vocab, 1)[0]
+            views.append((f"Layer {layer}: prompt {i} of {n} ({what}) coloured by its prediction row", view))
+    return [report.attention_section(views, intro=VIEW_INTRO), *tables_, *figures_]
+
+
+def checkpoint_report(checkpoint, batch: Batch, results: dict, summary=None, *, title: str, seed: int,
+                      eval_prompts: int = 1024, example: int = 0, max_examples: int = 32) -> str:
+    """The self-contained HTML page of a checkpoint: accuracy, prompts, attention, scores, patching, circuit.
+
+    Computes the held-out accuracy on ``eval_prompts`` fresh prompts (:func:`icr_interp.training.trainer.evaluate`
+    seeded by the run's ``seed``) and the template scores of ``batch``; takes the role patching ``results``
+    and circuit ``summary`` as given.  The accuracy the checkpoint recorded at training time is shown beside.
+    """
+    from icr_interp.analysis.templates import score_templates
+    from icr_interp.training.trainer import evaluate
+
+    model, task = checkpoint.model, checkpoint.task
+    evaluation = evaluate(model, task, n_prompts=eval_prompts, seed=seed)
+    after = checkpoint.metrics.get("after")
+    stored = after.get("accuracy") if isinstance(after, dict) else None
+    sections = [report.accuracy_section(evaluation, seed, stored if isinstance(stored, float) else None),
+                report.summary_section({"checkpoint": str(checkpoint.path), **batch_info(model, batch, task, example)}),
+                *attention_sections(model, batch, task, example=example, max_examples=max_examples),
+                report.scores_section(score_templates(model, batch), len(batch)),
+                report.role_patching_section(results, len(batch))]
+    if summary is not None:
+        sections.append(report.circuit_section(summary))
+    return report.render_report(title, sections)
 
 
 def batch_info(model: TLModel, batch: Batch, vocab, example: int) -> dict:

@@ -41,6 +41,11 @@ figure { margin: 8px 0 16px 0; } figcaption { color: #555; font-size: 0.9em; }
 pre { font-size: 0.8em; background: #f8f8f8; padding: 6px; }
 .na { color: #888; font-style: italic; } td.construction { color: #888; background: #f6f6f6; }
 p.rule, p.note { font-size: 0.85em; color: #444; max-width: 1000px; }
+div.wide { overflow-x: auto; max-width: 100%; } table.scores { font-size: 0.8em; }
+table.rows td { min-width: 46px; text-align: center; } table.rows td.text { text-align: left; white-space: nowrap; }
+table.rows .tok { display: block; font-size: 0.8em; opacity: 0.85; max-width: 9em; overflow: hidden;
+  text-overflow: ellipsis; white-space: nowrap; }
+table.rows th.role { min-width: 46px; } table.rows tr.mean td, table.rows tr.mean th { border-top: 2px solid #888; }
 """
 
 

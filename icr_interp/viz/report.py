@@ -101,6 +101,18 @@ def query_rows_section(rows: Float[Tensor, "batch head slot"], labels: list[str]
     return "\n".join(parts)
 
 
+def prediction_rows_section(rows: Float[Tensor, "batch head slot"], labels: list[str], layer: int,
+                            captions: list[str], tokens: list[list[str]] | None = None) -> str:
+    """One layer's prediction rows: per head, the query row of the first prompts (each with its hidden relation
+    and answer), role-aligned, and the mean row with its spread over every prompt."""
+    n, parts = rows.shape[0], []
+    for h in range(rows.shape[1]):
+        caption = (f"L{layer}H{h}: where the query (the position that predicts the answer) attends, by role; "
+                   f"the first {len(captions)} of {n} prompts, then the mean over all {n}")
+        parts.append(tables.prediction_table(rows[:, h], labels, captions, tokens, caption))
+    return f"<h3>Layer {layer}: prediction rows</h3>\n" + "\n".join(parts)
+
+
 def scores_section(scores, n_prompts: int | None = None) -> str:
     """Template scores as a table (:func:`~icr_interp.viz.tables.scores_table`); a plain dict as key/values."""
     d = scores.to_dict() if hasattr(scores, "to_dict") else scores

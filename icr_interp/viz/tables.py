@@ -115,7 +115,7 @@ def scores_table(scores, caption: str | None = None) -> str:
         cells += [_score_cell(h["tv"][t]) for t in templates]
         cells += [_score_cell(h["mean_row"].get(key), key) for key, _ in MEAN_COLUMNS]
         body.append(f'<tr{" class=marked" if marked else ""}>' + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
-    return (f'<table class="scores">{_caption(caption)}{head}{"".join(body)}</table>\n'
+    return (f'<div class="wide"><table class="scores">{_caption(caption)}{head}{"".join(body)}</table></div>\n'
             f'<p class="rule">{text(score_rule(d))}.</p>')
 
 
@@ -227,3 +227,39 @@ def _numeric(value) -> np.ndarray | None:
     except (TypeError, ValueError):
         return None
     return arr if (arr.ndim == 2 or (arr.ndim == 1 and len(arr) > 1)) else None
+
+
+# ---------------------------------------------------------------- prediction rows
+def _shade(w: float, top: float) -> str:
+    """A cell style whose blue deepens with the weight (relative to ``top``), text kept readable."""
+    x = 0.0 if top <= 0 or not math.isfinite(w) else min(max(w / top, 0.0), 1.0)
+    return f'style="background: rgba(31, 119, 180, {x:.2f}); color: {"#fff" if x > 0.55 else "#222"}"'
+
+
+def prediction_table(rows, labels: list[str], captions: list[str], tokens: list[list[str]] | None = None,
+                     caption: str | None = None) -> str:
+    """The query (prediction) rows of some prompts, role-aligned, then the mean row and its spread.
+
+    Args:
+        rows: ``[prompt slot]`` weights of every prompt the mean is taken over (the first ``len(captions)``
+            are shown one by one).
+        labels: the slot roles (``<bos>, s1, a1, ..., query``).
+        captions: one per shown prompt (its hidden relation and answer).
+        tokens: per shown prompt, the token at each slot (shown in the cell above the weight).
+        caption: the table caption.
+    """
+    rows = np.asarray(plain(rows), dtype=float)
+    top = float(rows.max()) if rows.size else 1.0
+    head = ("<tr><th>prompt</th><th>hidden relation &rarr; answer</th>"
+            + "".join(f'<th class="role">{text(label)}</th>' for label in labels) + "</tr>")
+    body = []
+    for i, cap in enumerate(captions):
+        toks = tokens[i] if tokens is not None else [""] * len(labels)
+        cells = "".join(f'<td {_shade(w, top)}><span class="tok">{text(t)}</span>{w:.2f}</td>'
+                        for w, t in zip(rows[i], toks))
+        body.append(f'<tr><th>{i}</th><td class="text">{text(cap)}</td>{cells}</tr>')
+    mean, sd = rows.mean(0), rows.std(0)
+    cells = "".join(f"<td {_shade(m, top)}>{m:.2f}<br><small>&plusmn; {s:.2f}</small></td>" for m, s in zip(mean, sd))
+    body.append(f'<tr class="mean"><th>mean</th><td class="text">over all {len(rows)} prompts (&plusmn; s.d.)</td>'
+                f"{cells}</tr>")
+    return f'<table class="rows">{_caption(caption)}{head}{"".join(body)}</table>'
