@@ -9,7 +9,7 @@ TORCH_SPEC ?= torch==2.13.0
 # for the 4.x line (icr_interp's HookedRootModule mirror of HookedTransformer).
 TL_SPEC ?= transformer-lens>=3.9,<4
 
-.PHONY: setup demo test test-tl4 bench clean
+.PHONY: setup demo test test-slow test-all test-tl4 bench clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,8 +28,14 @@ setup: $(VENV)/.installed
 demo: setup
 	$(VENV)/bin/icr-interp reproduce
 
+# The five-minute tier (tests marked `slow` left out; docs/results.md has the durations), then the slow tier.
 test: setup
-	$(PY) -m pytest
+	$(PY) -m pytest -m "not slow"
+
+test-slow: setup
+	$(PY) -m pytest -m slow
+
+test-all: test test-slow
 
 test-tl4:
 	test -x .venv-tl4/bin/python || $(PYTHON) -m venv .venv-tl4

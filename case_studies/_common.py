@@ -1,40 +1,12 @@
-"""Shared command-line plumbing for the case studies: one-line argument errors, output folders, atomic files."""
+"""Shared command-line pieces of the case studies: output folders, atomic files (errors: icr_interp.plumbing)."""
 
 import argparse
-import sys
 from pathlib import Path
 
-import torch
+from icr_interp.plumbing import OneLineParser as Parser, int_arg, seed_arg  # noqa: F401  (Parser: the scripts' name)
 
-from icr_interp.storage import fsio
-
-
-class Parser(argparse.ArgumentParser):
-    """argparse with one-line errors and exit code 2."""
-
-    def error(self, message: str) -> None:
-        sys.stderr.write(f"{self.prog}: error: {' '.join(message.split())}\n")
-        sys.exit(2)
-
-
-def positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-def seed(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
-    if not 0 <= value < 2**63:
-        raise argparse.ArgumentTypeError(f"must be in [0, 2**63), got {value}")
-    return value
+positive = int_arg("value", 1)  # an argparse type: an integer >= 1
+seed = seed_arg  # an argparse type: a seed in [0, 2**63)
 
 
 def learning_rate(text: str) -> float | None:
@@ -55,6 +27,8 @@ def out_dir(parser: argparse.ArgumentParser, path: str) -> Path:
     out = Path(path)
     if out.exists() and not out.is_dir():
         parser.error(f"--out {out} exists and is not a directory")
+    from icr_interp.storage import fsio
+
     try:
         fsio.check_creatable(out / "probe")
         out.mkdir(parents=True, exist_ok=True)
@@ -64,14 +38,20 @@ def out_dir(parser: argparse.ArgumentParser, path: str) -> Path:
 
 
 def write_json(path: Path, data) -> None:
+    from icr_interp.storage import fsio
+
     fsio.write_json(path, fsio.json_safe(data), indent=2)
 
 
 def save_figure(fig, path: Path) -> None:
+    from icr_interp.storage import fsio
+
     fsio.write_with(path, lambda tmp: fig.savefig(tmp, format=Path(path).suffix.lstrip("."), dpi=110,
                                                   bbox_inches="tight"))
 
 
 def setup_threads(threads: int | None) -> None:
+    import torch
+
     if threads:
         torch.set_num_threads(threads)

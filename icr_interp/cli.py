@@ -26,6 +26,7 @@ importable functions; ``main`` only parses and dispatches.
 import argparse
 import functools
 import sys
+import time
 from pathlib import Path
 
 from icr_interp.plumbing import SEED_LIMIT, OneLineParser, int_arg, one_line, run_main, seed_arg
@@ -310,7 +311,10 @@ def train_and_save(config, out: Path, device: str = "cpu", force: bool = False):
     from icr_interp.pipeline import runner
     from icr_interp.storage.checkpoint import save_checkpoint
 
-    result = runner.run(config, device, progress=True, log=print)  # the bar shows only on a terminal
+    t0 = time.perf_counter()
+    print(f"building {config.name} (seed {config.seed}), then measuring, fine-tuning, measuring again", flush=True)
+    result = runner.run(config, device, progress=True, log=print,  # the bar shows only on a terminal ...
+                        callback=progress_lines(config.train.steps, t0))  # ... elsewhere, a line every few seconds
     before, after, train = result.before, result.after, result.model.icr_train  # lr resolved
     print(f"fine-tuned on {train.n_samples} prompts for {train.steps} steps (lr {train.lr:g})")
     print(f"held-out accuracy ({after['n_prompts']} prompts): before {before['accuracy']:.3f}, "
@@ -325,7 +329,26 @@ def train_and_save(config, out: Path, device: str = "cpu", force: bool = False):
     save_checkpoint(out, result.model, result.task, run_config=config, force=force, preset=config.name,
                     seed=config.seed, before=before, after=after,
                     history=result.history.to_dict())
+    print(f"done in {time.perf_counter() - t0:.1f} s")
     return result
+
+
+def progress_lines(steps: int, t0: float, every_s: float = 5.0, stream=None):
+    """A fine-tuning callback printing ``fine-tune: step i/N, loss x (t s)`` at most every ``every_s`` seconds
+    (and at the last step), where stdout is not a terminal; on a terminal tqdm's bar shows instead (None)."""
+    stream = stream or sys.stdout
+    if stream.isatty():
+        return None
+    last = [time.perf_counter()]
+
+    def callback(step: int, model, history) -> None:
+        now = time.perf_counter()
+        if now - last[0] >= every_s or step + 1 == steps:
+            last[0] = now
+            print(f"fine-tune: step {step + 1}/{steps}, loss {history.loss[-1]:.4f} ({now - t0:.0f} s)",
+                  file=stream, flush=True)
+
+    return callback
 
 
 # ------------------------------------------------------------------ main

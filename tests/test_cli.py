@@ -322,3 +322,17 @@ def test_train_on_a_csv_writes_a_checkpoint_of_those_facts(tmp_path, capsys):
     assert ck.task.n_pairs == 3 and ck.model.cfg.n_heads == 2 and ck.metrics["seed"] == 4
     assert ck.run_config.knowledge.csv == str(csv) and ck.run_config.name == "elements"
     assert ck.run_config == cli.run_config(cli.build_parser().parse_args(argv))
+
+
+def test_progress_lines_off_a_terminal():
+    """Off a terminal (a pipe, a log file) fine-tuning prints a line every few seconds and at the end."""
+    import io
+    from types import SimpleNamespace
+
+    stream = io.StringIO()
+    callback = cli.progress_lines(3, t0=time.perf_counter(), every_s=3600, stream=stream)
+    for step in range(3):
+        callback(step, None, SimpleNamespace(loss=[0.5 / (step + 1)]))
+    assert stream.getvalue().splitlines() == ["fine-tune: step 3/3, loss 0.1667 (0 s)"]
+    tty = SimpleNamespace(isatty=lambda: True)
+    assert cli.progress_lines(3, t0=0.0, stream=tty) is None  # tqdm's bar shows there
