@@ -27,6 +27,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from icr_interp.plumbing import check_int
 from icr_interp.seeds import derive_seed
 from icr_interp.storage import preflight
 from icr_interp.storage.checkpoint import CONFIG, is_checkpoint
@@ -85,7 +86,10 @@ def _section(config: dict, key: str) -> dict:
 
 
 def _int(value) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
+    try:
+        return check_int(value, "step")
+    except ValueError:
+        return None
 
 
 def checkpoint_step(path: Path) -> int | None:

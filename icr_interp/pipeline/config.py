@@ -332,7 +332,10 @@ def _is(value, kind) -> bool:
     if kind is bool:
         return isinstance(value, bool)
     if kind is int:
-        return isinstance(value, int) and not isinstance(value, bool)
+        try:
+            return check_int(value, "value") is value
+        except ValueError:
+            return False
     if kind is float:
         return isinstance(value, (int, float)) and not isinstance(value, bool)
     return isinstance(value, kind)

@@ -18,6 +18,8 @@ import errno
 import os
 from pathlib import Path
 
+from icr_interp.plumbing import one_line
+
 PATH_MAX = 4096  # Linux; a longer path is refused before the kernel says ENAMETOOLONG
 
 
@@ -125,5 +127,5 @@ def _check_writable(path: Path, what: str) -> None:
     try:
         check_creatable(path / "probe" if path.is_dir() else path)
     except OSError as e:
-        reason = "permission denied" if e.errno in (errno.EACCES, errno.EPERM) else " ".join(str(e).split())
+        reason = "permission denied" if e.errno in (errno.EACCES, errno.EPERM) else one_line(e)
         raise ValueError(f"{what} {path}: {reason}") from None

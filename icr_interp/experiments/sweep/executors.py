@@ -23,10 +23,7 @@ failures once every other run has finished.
 import concurrent.futures as cf
 import multiprocessing as mp
 import os
-import signal
 import sys
-import threading
-import time
 import traceback
 import warnings
 from pathlib import Path
@@ -35,6 +32,7 @@ from typing import Callable, Sequence
 from tqdm.auto import tqdm
 
 from icr_interp.experiments.sweep.grid import RunSpec
+from icr_interp.experiments.worker import die_with_parent, init_worker  # noqa: F401 -- die_with_parent re-exported
 from icr_interp.experiments.sweep.store import ResultsStore, check_summary
 from icr_interp.pipeline.config import RunConfig
 from icr_interp.plumbing import check_int, one_line
@@ -150,35 +148,6 @@ def _outcome(get: Callable[[], tuple]) -> tuple[dict | None, str | None]:
 
 
 # ------------------------------------------------------------------ local
-def _init_worker(parent: int) -> None:
-    """One torch thread per worker (runs are parallel across processes), and die with the sweep."""
-    die_with_parent(parent)
-    import torch
-
-    torch.set_num_threads(1)
-
-
-def die_with_parent(parent: int, poll: float = 0.5) -> None:
-    """End this process when process ``parent`` ends (``kill -9`` included)."""
-    if sys.platform.startswith("linux"):
-        try:
-            import ctypes
-
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG: the kernel kills us with our parent
-        except (OSError, AttributeError):
-            pass
-    if os.getppid() != parent:  # the parent died before we got here
-        os._exit(1)
-
-    def watch() -> None:  # for platforms without PR_SET_PDEATHSIG, and parents that are threads
-        while os.getppid() == parent:
-            time.sleep(poll)
-        os._exit(1)
-
-    threading.Thread(target=watch, name="icr-parent-watch", daemon=True).start()
-
-
 def _run_local(todo: list[RunConfig], run_fn: Callable, workers: int | None, record: Callable) -> None:
     workers = min(2, os.cpu_count() or 1) if workers is None else workers
     if workers == 0:
@@ -186,7 +155,7 @@ def _run_local(todo: list[RunConfig], run_fn: Callable, workers: int | None, rec
             record(config.key, *_call(run_fn, config))
         return
     pool = cf.ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=mp.get_context("spawn"),
-                                  initializer=_init_worker, initargs=(os.getpid(),))
+                                  initializer=init_worker, initargs=(os.getpid(),))
     try:
         futures = {pool.submit(_call, run_fn, config): config.key for config in todo}
         for fut in cf.as_completed(futures):

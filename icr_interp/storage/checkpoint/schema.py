@@ -27,7 +27,7 @@ import re
 
 import torch
 
-from icr_interp.plumbing import one_line
+from icr_interp.plumbing import check_int, one_line
 from icr_interp.storage.checkpoint import migrations
 from icr_interp.storage.checkpoint.migrations import FORMAT, READABLE
 from icr_interp.task import limits
@@ -233,7 +233,10 @@ def check_sizes(config: dict, task, tensors: dict[str, torch.Tensor]) -> None:
     """
     model = config["model"]
     dims = {k: model.get(k) for k in ("d_model", "n_heads", "n_layers")}
-    if not all(isinstance(v, int) and not isinstance(v, bool) for v in dims.values()):
+    try:
+        for key, value in dims.items():
+            check_int(value, key)
+    except ValueError:
         return  # ModelConfig refuses the types with its own message
     saved = {}
     if "embed.W_E" in tensors and tensors["embed.W_E"].ndim == 2:
