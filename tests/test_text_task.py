@@ -80,7 +80,8 @@ def _check_spans(task, batch):
             s, a = kb.subjects[int(batch.subjects[i, j])], kb.answers[int(batch.context_answers[i, j])]
             assert _span_text(tok, toks, lay.subject_start[i, j], lay.subject_pos[i, j]).strip() == s
             assert _span_text(tok, toks, lay.answer_start[i, j], lay.answer_pos[i, j]).strip() == a
-            n_multi += int(lay.subject_pos[i, j] > lay.subject_start[i, j]) + int(lay.answer_pos[i, j] > lay.answer_start[i, j])
+            n_multi += int(lay.subject_pos[i, j] > lay.subject_start[i, j])
+            n_multi += int(lay.answer_pos[i, j] > lay.answer_start[i, j])
         q = kb.subjects[int(batch.query[i])]
         assert _span_text(tok, toks, lay.query_start[i], lay.query_pos[i]).strip() == q
         pred = int(lay.pred_pos[i])
@@ -258,3 +259,21 @@ def test_sample_pairs_draws_until_enough(task):
     _check_spans(task, clean)
     again = task.sample_pairs(12, "relation", seed=8)
     assert torch.equal(again.clean.tokens, clean.tokens) and torch.equal(again.corrupted.tokens, corrupted.tokens)
+
+
+def test_head_effects_prefilter_matches_exact_patching(stock, task):
+    from icr_interp.analysis import patching
+    from icr_interp.analysis.head_search import head_effects
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        clean, corrupted, _ = task.sample_pairs(16, "query", seed=9)
+        found = head_effects(stock, clean, corrupted, top=2, exact_all=True)
+        grid = patching.patch_by_role(stock, clean, corrupted, hooks=["blocks.0.attn.hook_z", "blocks.1.attn.hook_z"],
+                                      roles=["prediction"])
+    assert len(found.exact) == 6 and found.attribution.shape == (2, 3)
+    for (layer, head), value in found.exact.items():
+        assert value == pytest.approx(grid[f"blocks.{layer}.attn.hook_z:h{head}", "prediction"], abs=1e-5)
+    assert set(found.agreement) == {"pearson", "spearman", "sign_agreement", "max_gap", "top_overlap"}
+    assert found.agreement["pearson"] > 0.5  # first order is close on a tiny random model
+    assert "L" in str(found) and found.to_dict()["exact"][0]["exact"] == found.ranked()[0][1]

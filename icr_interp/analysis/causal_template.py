@@ -28,9 +28,9 @@ multi-token name has been read -- and ``"uniform"`` spreads it over the span's t
 **What is recovered.**  The metric, per example at the prediction position, is ``"logit_diff"``
 ``logit[target] - logit[corrupted target]`` when a ``corrupted`` batch is given (the default then), else
 ``"logprob"`` the target's log-probability (the default without one), or ``"target_vs_mean"`` the target's
-logit minus the mean logit (which an answers-only row can inflate by raising every answer at once).  The baseline ablates the chosen heads at the prediction row (their ``hook_z``
-there replaced by its mean over the batch: the heads say nothing specific to the prompt), and each template
-recovers ``(metric(template) - metric(base)) / (metric(clean) - metric(base))`` (means over examples).
+logit minus the mean logit (which an answers-only row can inflate by raising every answer at once).  The
+baseline ablates the chosen heads at the prediction row (their ``hook_z`` there replaced by its mean over
+the batch: the heads say nothing specific to the prompt), and each template recovers ``(metric(template) - metric(base)) / (metric(clean) - metric(base))`` (means over examples).
 
 Example::
 
@@ -163,7 +163,8 @@ def causal_template_test(model: TLModel, batch: Batch, heads: Sequence[tuple[int
             moved = torch.zeros_like(betas).scatter_(-1, perm.expand_as(betas), betas / 2)
             nulls.append(_run(model, b, other, _pattern_hooks(heads, b, _template(weights, betas / 2, moved)))[0])
     clean_v, base_v = float(clean_m.mean()), float(base_m.mean())
-    frac = lambda m: (float(m.mean()) - base_v) / (clean_v - base_v) if clean_v != base_v else float("nan")  # noqa: E731
+    gap = clean_v - base_v
+    frac = lambda m: (float(m.mean()) - base_v) / gap if gap != 0 else float("nan")  # noqa: E731
     return CausalTemplateResult(
         heads=tuple(heads), metric=metric, clean=clean_v,
         base=base_v, values={n: float(m.mean()) for n, (m, _) in results.items()},

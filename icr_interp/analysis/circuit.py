@@ -122,7 +122,8 @@ def circuit_components(model: TLModel, by: str = "memory") -> list[Component]:
                 if not (site == "mlp_out" and model.cfg.attn_only)]
     if by == "head":
         return [Component(f"L{layer}H{head}", f"head {layer}.{head} output at the prediction", H.hook(layer, "z"),
-                          "prediction", head) for layer in range(model.cfg.n_layers) for head in range(model.cfg.n_heads)]
+                          "prediction", head)
+                for layer in range(model.cfg.n_layers) for head in range(model.cfg.n_heads)]
     last = resolve_layer(model.cfg.n_layers)
     stage_ii = [] if model.cfg.attn_only else [  # TransformerLens keeps hook_mlp_out on attention-only blocks
         Component("stage_II", "memory stage II (lookup neurons' output)", H.hook(last, "mlp_out"), "prediction")]

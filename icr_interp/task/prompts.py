@@ -95,7 +95,9 @@ class Layout:
     def span_masks(self, n_pos: int) -> "SpanMasks":
         """Boolean ``[batch, pair, pos]`` masks of each subject and answer span, ``[batch, pos]`` of the others."""
         pos = torch.arange(n_pos, device=self.query_pos.device)
-        within = lambda start, end: (pos >= start[..., None]) & (pos <= end[..., None]) & (end[..., None] >= 0)  # noqa: E731
+        def within(start: Tensor, end: Tensor) -> Tensor:  # [..., pos]: start <= pos <= end, end >= 0 (present)
+            return (pos >= start[..., None]) & (pos <= end[..., None]) & (end[..., None] >= 0)
+
         bos = (pos == self.bos_pos[:, None]) & (self.bos_pos[:, None] >= 0)
         return SpanMasks(subject=within(self.subject_start, self.subject_pos),
                          answer=within(self.answer_start, self.answer_pos),

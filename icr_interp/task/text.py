@@ -75,7 +75,8 @@ class TextICRecallTask(ICRecallTask):
         unknown = sorted(set(phrases) - set(kb.relations))
         if unknown:
             raise ValueError(f"relation_phrases name relations the knowledge base lacks: {', '.join(unknown)}")
-        self.relation_phrases = {r: T.check_template(p, ("s",), f"relation phrase of {r!r}") for r, p in phrases.items()}
+        self.relation_phrases = {r: T.check_template(p, ("s",), f"relation phrase of {r!r}")
+                                 for r, p in phrases.items()}
         self.prefix, self.tokenizer, self.source_kb, self.bos = str(prefix), tokenizer, kb, False
         self.pad_id = pad_id if pad_id is not None else next(
             (i for i in (tokenizer.pad_token_id, tokenizer.eos_token_id) if i is not None), 0)
@@ -89,7 +90,8 @@ class TextICRecallTask(ICRecallTask):
         if len(self._usable) == 0:
             raise ValueError(f"no relation has the {self.n_pairs + 1} subjects a prompt with k={self.n_pairs} needs")
         if self.excluded:
-            shown = "; ".join(f"{r}: {', '.join(a[:4])}{' ...' if len(a) > 4 else ''}" for r, a in self.excluded.items())
+            shown = "; ".join(f"{r}: {', '.join(a[:4])}{' ...' if len(a) > 4 else ''}"
+                              for r, a in self.excluded.items())
             warnings.warn(f"{sum(map(len, self.excluded.values()))} answer(s) share their first token with another "
                           f"answer of the same relation and are excluded ({shown})", UserWarning, stacklevel=2)
 
@@ -130,7 +132,8 @@ class TextICRecallTask(ICRecallTask):
                    for ss, aa, q in zip(subjects.tolist(), shown.tolist(), query.tolist())]
         return T.encode_prompts(self.tokenizer, prompts) if prompts else []
 
-    def _build(self, relations: Tensor, subjects: Tensor, query: Tensor, context_answers: Tensor | None = None) -> Batch:
+    def _build(self, relations: Tensor, subjects: Tensor, query: Tensor,
+               context_answers: Tensor | None = None) -> Batch:
         """Tokens (right-padded), targets and span layout from relation and subject ids."""
         shown = self.kb.table[relations[:, None], subjects] if context_answers is None else context_answers
         target = self.target_table[relations, query]
