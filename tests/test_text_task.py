@@ -277,3 +277,26 @@ def test_head_effects_prefilter_matches_exact_patching(stock, task):
     assert set(found.agreement) == {"pearson", "spearman", "sign_agreement", "max_gap", "top_overlap"}
     assert found.agreement["pearson"] > 0.5  # first order is close on a tiny random model
     assert "L" in str(found) and found.to_dict()["exact"][0]["exact"] == found.ranked()[0][1]
+
+
+def test_function_vector_effects(stock, task):
+    from icr_interp.analysis.head_search import function_vector_effects
+    from icr_interp.training.trainer import prediction_logits
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        clean, shuffled, _ = task.sample_pairs(12, "shuffle", seed=10)
+    cie = function_vector_effects(stock, clean, shuffled, heads=[(1, 2), (0, 0)])
+    assert cie.shape == (2, 3) and torch.isnan(cie[0, 1]) and torch.isfinite(cie[1, 2]) and torch.isfinite(cie[0, 0])
+    # by hand for head (1, 2): its mean clean output at the prediction written into the shuffled prompts
+    rows = torch.arange(12)
+    z = stock.run_with_cache(clean.tokens)[1]["blocks.1.attn.hook_z"][rows, clean.layout.pred_pos, 2].mean(0)
+
+    def put(act, hook):
+        act = act.clone()
+        act[rows, shuffled.layout.pred_pos, 2] = z
+        return act
+    p = lambda logits: logits.softmax(-1)[rows, shuffled.answers]  # noqa: E731
+    with stock.hooks(fwd_hooks=[("blocks.1.attn.hook_z", put)]):
+        patched = p(prediction_logits(stock, shuffled))
+    assert float(cie[1, 2]) == pytest.approx(float((patched - p(prediction_logits(stock, shuffled))).mean()), abs=1e-6)

@@ -12,6 +12,12 @@ Each head's effect is its output (``hook_z``) at a role's positions (default: th
 patched clean -> corrupted (denoising), normalised 0 = corrupted run, 1 = clean run, with the reliability
 of :func:`~icr_interp.analysis.patching.by_role.setup` (a swap that barely moves the output is flagged).
 
+:func:`function_vector_effects` is the field's standard for in-context-learning heads (Todd et al. 2024,
+"Function vectors in large language models"): each head's mean output at the prediction position over
+clean prompts is written into prompts whose answers are shuffled across the pairs (the task's ``"shuffle"``
+corruption), and the head's *causal indirect effect* is the gain in the target's probability.  Heads that
+carry relation inference by role patching can be compared with it on the same model.
+
 Example::
 
     pairs = task.sample_pairs(32, "relation", seed=0)
@@ -116,3 +122,45 @@ def _agreement(estimate: Tensor, exact: dict) -> dict:
     rank = lambda x: x.argsort().argsort().float()  # noqa: E731
     return dict(pearson=corr(a, e), spearman=corr(rank(a), rank(e)),
                 sign_agreement=float(((a > 0) == (e > 0)).float().mean()), max_gap=float((a - e).abs().max()))
+
+
+@torch.no_grad()
+def function_vector_effects(model: TLModel, clean: Batch, shuffled: Batch,
+                            heads: Sequence[tuple[int, int]] | None = None) -> Tensor:
+    """Causal indirect effect of every head (Todd et al. 2024): ``[layer head]``, NaN for heads not measured.
+
+    Args:
+        model: any ``HookedTransformer``.
+        clean: prompts whose mean head outputs are taken (at each example's prediction position).
+        shuffled: the same prompts with their answers shuffled across the pairs
+            (``task.corrupt_pairs(clean, "shuffle")``); the target is unchanged.
+        heads: the ``(layer, head)`` pairs to measure (default: all; one forward of ``shuffled`` each).
+
+    Returns:
+        Per head, mean over prompts of ``P(target | shuffled, head := mean clean output) - P(target | shuffled)``.
+    """
+    from icr_interp.training.trainer import prediction_logits
+
+    n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
+    heads = [divmod(i, n_heads) for i in range(n_layers * n_heads)] if heads is None else [tuple(h) for h in heads]
+    dev = model.cfg.device
+    clean, shuffled = clean.to(dev), shuffled.to(dev)
+    rows = torch.arange(len(clean), device=dev)
+    means = {}
+    grab = lambda act, hook: means.__setitem__(hook.name, act[rows, clean.layout.pred_pos].mean(0))  # noqa: E731
+    model.run_with_hooks(clean.tokens, return_type=None,
+                         fwd_hooks=[(H.hook(layer, "z"), grab) for layer in sorted({h[0] for h in heads})])
+    prob = lambda logits: logits.float().softmax(-1)[rows, shuffled.answers]  # noqa: E731
+    base = prob(prediction_logits(model, shuffled))
+    out = torch.full((n_layers, n_heads), math.nan)
+    pred = shuffled.layout.pred_pos
+    for layer, head in heads:
+        name = H.hook(layer, "z")
+
+        def put(act, hook, head=head, name=name):
+            act = act.clone()
+            act[rows, pred, head] = means[name][head].to(act.dtype)
+            return act
+        with model.hooks(fwd_hooks=[(name, put)]):
+            out[layer, head] = float((prob(prediction_logits(model, shuffled)) - base).mean())
+    return out
