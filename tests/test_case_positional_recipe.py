@@ -1,18 +1,14 @@
 """case_studies/positional_recipe.py runs at a tiny size, records the recipe it used, and refuses bad shapes."""
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-SCRIPT = str(REPO / "case_studies" / "positional_recipe.py")
+import _scripts
 
 
 def test_positional_recipe_case_study(tmp_path):
-    cmd = [sys.executable, SCRIPT, "--shapes", "16x4x2x0", "--lrs", "0.03", "auto", "--steps", "5", "--n-samples",
-           "32", "--n-eval", "64", "--n-template", "32", "--out", str(tmp_path)]
-    done = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=300)
+    done = _scripts.run_main("case_studies", "positional_recipe.py", "--shapes", "16x4x2x0", "--lrs", "0.03", "auto",
+                             "--steps", "5", "--n-samples", "32", "--n-eval", "64", "--n-template", "32",
+                             "--out", tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     rows = json.loads((tmp_path / "positional_recipe.json").read_text())["rows"]
     assert [(r["lr"], r["schedule"]) for r in rows] == [(0.03, "constant"), (0.1, "cosine")]
@@ -22,7 +18,6 @@ def test_positional_recipe_case_study(tmp_path):
 
 
 def test_bad_shape_is_one_line_and_exit_2(tmp_path):
-    done = subprocess.run([sys.executable, SCRIPT, "--shapes", "16x4x2", "--out", str(tmp_path)],
-                          capture_output=True, text=True, cwd=REPO, timeout=60)
+    done = _scripts.run_main("case_studies", "positional_recipe.py", "--shapes", "16x4x2", "--out", tmp_path)
     assert done.returncode == 2 and done.stderr.count("\n") == 1 and "SxRxKxSEED" in done.stderr
     assert not any(tmp_path.iterdir())  # nothing written

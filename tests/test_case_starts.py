@@ -1,17 +1,13 @@
 """case_studies/starts.py runs at a tiny size and measures what it says."""
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+import _scripts
 
 
 def test_starts_case_study(tmp_path):
-    cmd = [sys.executable, str(REPO / "case_studies" / "starts.py"), "--shapes", "32x4x3", "--seeds", "0",
-           "--n-eval", "128", "--out", str(tmp_path)]
-    result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    result = _scripts.run_main("case_studies", "starts.py", "--shapes", "32x4x3", "--seeds", "0", "--n-eval", "128",
+                               "--out", tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     rows = json.loads((tmp_path / "starts.json").read_text())["rows"]
     by_start = {r["start"]: r for r in rows}
@@ -21,6 +17,5 @@ def test_starts_case_study(tmp_path):
 
 
 def test_bad_shape_is_one_line(tmp_path):
-    cmd = [sys.executable, str(REPO / "case_studies" / "starts.py"), "--shapes", "64by8", "--out", str(tmp_path)]
-    result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    result = _scripts.run_main("case_studies", "starts.py", "--shapes", "64by8", "--out", tmp_path)
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1

@@ -7,13 +7,15 @@ from pathlib import Path
 
 import pytest
 
+import _scripts
+
 REPO = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def run(script: str, *args) -> subprocess.CompletedProcess:
-    result = subprocess.run([sys.executable, str(REPO / "case_studies" / script), *map(str, args)], cwd=REPO,
-                            capture_output=True, text=True, timeout=600)
+    """The case study's ``main`` in this process (tests/_scripts.py): exit 0, its output captured."""
+    result = _scripts.run_main("case_studies", script, *args)
     assert result.returncode == 0, result.stderr[-2000:]
     return result
 
@@ -90,10 +92,17 @@ def test_defaults_check_one_case(tmp_path):
 
 @pytest.mark.parametrize("script,args", [("emergence.py", ["--steps", "0"]), ("answer_overlap.py", ["--overlaps", "2"])])
 def test_bad_arguments_are_one_line(script, args):
-    result = subprocess.run([sys.executable, str(REPO / "case_studies" / script), *args], cwd=REPO,
-                            capture_output=True, text=True, timeout=120)
-    assert result.returncode == 2
-    assert len(result.stderr.strip().splitlines()) == 1
+    result = _scripts.run_main("case_studies", script, *args)
+    assert result.returncode == 2 and result.stdout == ""
+    assert len(result.stderr.strip().splitlines()) == 1 and result.stderr.startswith(f"{script}: error: ")
+
+
+@pytest.mark.slow  # a case study imports torch and TransformerLens before it parses: tens of seconds when loaded
+def test_bad_arguments_from_the_command_line():
+    """One real command line: the script's own interpreter, exit code and stderr."""
+    result = subprocess.run([sys.executable, str(REPO / "case_studies" / "emergence.py"), "--steps", "0"], cwd=REPO,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
 
 
 def test_real_facts(tmp_path):

@@ -336,3 +336,14 @@ def test_progress_lines_off_a_terminal():
     assert stream.getvalue().splitlines() == ["fine-tune: step 3/3, loss 0.1667 (0 s)"]
     tty = SimpleNamespace(isatty=lambda: True)
     assert cli.progress_lines(3, t0=0.0, stream=tty) is None  # tqdm's bar shows there
+
+
+def test_permission_denied_on_out_is_one_line(tmp_path, capsys, monkeypatch):
+    """EACCES (simulated: the tests run as root, who is never refused) ends in one line and exit 2."""
+    def refuse(path, force=False):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr("icr_interp.storage.checkpoint.check_writable", refuse)
+    assert main(["train", "--preset", "tiny", "--out", str(tmp_path / "locked")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("icr-interp: error: --out: ") and "Permission denied" in err

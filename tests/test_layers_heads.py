@@ -106,15 +106,12 @@ def test_combined_row_weights_heads_by_their_ov_share(shared_task):
 
 def _run_case_study(script: str, tmp_path, *args) -> dict:
     import json
-    import subprocess
-    import sys
-    from pathlib import Path
 
-    root = Path(__file__).resolve().parents[1]
-    cmd = [sys.executable, str(root / "case_studies" / script), "--shapes", "16x4x3", "--seeds", "2", "--steps", "5",
-           "--n-samples", "64", "--n-eval", "64", "--n-template", "32", "--out", str(tmp_path / "out"),
-           "--models", str(tmp_path / "models"), *args]
-    done = subprocess.run(cmd, capture_output=True, text=True, cwd=root, timeout=300)
+    import _scripts
+
+    done = _scripts.run_main("case_studies", script, "--shapes", "16x4x3", "--seeds", "2", "--steps", "5",
+                             "--n-samples", "64", "--n-eval", "64", "--n-template", "32", "--out", tmp_path / "out",
+                             "--models", tmp_path / "models", *args)
     assert done.returncode == 0, done.stderr[-2000:]
     return json.loads((tmp_path / "out" / script.replace(".py", ".json")).read_text())
 

@@ -1,9 +1,7 @@
 """The probe scripts run on a saved checkpoint: exit codes, files, numbers, one-line errors."""
 
 import base64
-import contextlib
 import csv
-import importlib.util
 import io
 import json
 import re
@@ -19,6 +17,7 @@ from icr_interp import ICRecallTask, KnowledgeBase, build_model, load_checkpoint
 from icr_interp.experiments import checkpoint_analysis as probing
 from icr_interp.seeds import derive_seed
 from icr_interp.training.trainer import evaluate
+import _scripts
 from _browser import REMOTE, offline_chromium, open_offline
 
 REPO = Path(__file__).resolve().parents[1]
@@ -33,40 +32,12 @@ def probe_cli(script: str, *args, cwd: Path = REPO) -> subprocess.CompletedProce
 
 
 def load_probe(script: str):
-    sys.path.insert(0, str(REPO / "probes"))
-    try:
-        spec = importlib.util.spec_from_file_location(f"probe_{script[:-3]}", REPO / "probes" / script)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(REPO / "probes"))
-    return module
+    return _scripts.load("probes", script)
 
 
 def probe(script: str, *args) -> subprocess.CompletedProcess:
     """The script's ``main`` run in this process (no interpreter start-up), its output captured."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = load_probe(script).main([str(a) for a in args])
-    return subprocess.CompletedProcess([script, *map(str, args)], code, out.getvalue(), err.getvalue())
-
-
-def ok(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
-    assert result.returncode == 0, result.stderr
-    return result
-
-
-def assert_png(path: Path) -> None:
-    data = path.read_bytes()
-    assert data[:8] == PNG_MAGIC and data[12:16] == b"IHDR"
-    width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
-    assert width > 200 and height > 200
-
-
-def numbers(values) -> list[float]:
-    flat = [x for row in values for x in (row if isinstance(row, list) else [row])]
-    assert all(isinstance(x, (int, float)) for x in flat)
-    return flat
+    return _scripts.run_main("probes", script, *args)
 
 
 def in_process(script: str, *args, capsys) -> tuple[int, str, str]:
@@ -385,3 +356,26 @@ def test_probe_prompts_use_derived_seeds(reference_checkpoint):
     batch, corruption_seed = probing.probe_prompts(ck.task, 8, 5)
     assert corruption_seed == derive_seed(5, "corrupt")
     assert batch.tokens.equal(ck.task.sample(8, seed=derive_seed(5, "analysis")).tokens)
+
+
+def test_permission_denied_is_one_line(reference_checkpoint, tmp_path, capsys, monkeypatch):
+    """EACCES from the OS (simulated: the tests run as root, who is never refused) ends in one line, exit 2."""
+    def refuse(out, *args):
+        raise PermissionError(13, "Permission denied", str(out))
+
+    monkeypatch.setattr(probing, "output_dir", refuse)
+    code, out, err = in_process("ablate.py", reference_checkpoint, "--out", tmp_path / "locked", capsys=capsys)
+    assert code == 2 and out == "" and err.count("\n") == 1 and "Permission denied" in err
+
+
+def test_ctrl_c_during_start_up_is_one_line_and_130(tmp_path):
+    """SIGINT while the library imports (seconds): one line, exit 130, no traceback."""
+    import signal
+    import time
+
+    proc = subprocess.Popen([sys.executable, str(REPO / "probes" / "patching.py"), str(tmp_path / "nope"), "--out",
+                             str(tmp_path / "o")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(0.4)  # parsed by now; importing torch and TransformerLens takes seconds
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and err == "patching.py: interrupted\n", (proc.returncode, err)
