@@ -60,6 +60,8 @@ def test_dropin_equals_transformer_lens(kind):
     assert ref.abs().max() > 0.05
     torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-5)
     assert torch.equal(ours[:, :3], torch.full_like(ours[:, :3], float(metric(model(corrupted).detach()))))  # unchanged prefix
+    fast = S.get_act_patch_attn_head_out_by_pos(model, corrupted, cache, metric, read_pos=metric.query_pos)
+    torch.testing.assert_close(fast, ref, atol=1e-5, rtol=1e-5)  # the metric reads only the prediction rows
     some = S.get_act_patch_attn_head_out_by_pos(model, corrupted, cache, metric, layers=[1])
     torch.testing.assert_close(some[1], ref[1], atol=1e-5, rtol=1e-5)
     assert some[0].isnan().all() and _no_hooks_left(model)
@@ -137,3 +139,24 @@ def test_errors():
     with pytest.raises(ValueError, match="method"):
         function_vector_heads(model, *([ICRecallTask(KnowledgeBase.random(8, 2, 8, 1.0, seed=0), 2).sample(2, seed=0)]
                                        * 2), method="nope")
+
+
+@pytest.mark.parametrize("kind", ["gpt", "llama"])
+def test_patch_heads_is_the_hooked_forward(toy, kind):
+    task, batch, _ = toy
+    clean, corrupted, _ = task.corrupt_pairs(batch, "relation", seed=2)
+    model = _stock(kind, d_vocab=int(max(clean.tokens.max(), clean.answers.max(), corrupted.answers.max())) + 1)
+    result = S.patch_heads(model, clean, corrupted)
+    rows, pred = torch.arange(len(clean)), corrupted.layout.pred_pos
+    with torch.no_grad():
+        _, cache = model.run_with_cache(clean.tokens)
+        for layer, head in [(0, 0), (1, 3), (2, 1)]:
+            def hook(z, hook):
+                z = z.clone()
+                z[rows, pred, head] = cache[H.hook(layer, "z")][rows, pred, head]
+                return z
+            lg = model.run_with_hooks(corrupted.tokens, fwd_hooks=[(H.hook(layer, "z"), hook)])[rows, pred]
+            want = (lg[rows, clean.answers] - lg[rows, corrupted.answers]).mean()
+            assert float(result.raw[layer, head]) == pytest.approx(float(want), abs=1e-5)
+    assert result.values.shape == (3, 4) and result.top(1)[0] in [(a, b) for a in range(3) for b in range(4)]
+    assert isinstance(result.reliable, bool) and _no_hooks_left(model)

@@ -172,13 +172,16 @@ def run_z_patches(model: TLModel, base_logits: Float[Tensor, "batch pos vocab"],
 @torch.no_grad()
 def get_act_patch_attn_head_out_by_pos(model: TLModel, corrupted_tokens: Int[Tensor, "batch pos"], clean_cache,
                                        patching_metric: Callable, *, layers: list[int] | None = None,
+                                       read_pos: Int[Tensor, " batch"] | None = None,
                                        max_rows: int = DEFAULT_MAX_ROWS) -> Float[Tensor, "layer pos head"]:
     """``transformer_lens.patching.get_act_patch_attn_head_out_by_pos`` by suffix recomputation.
 
     Same arguments and values (``clean_cache`` needs every layer's ``hook_z``): ``[n_layers, pos, n_heads]``,
     each cell the metric of the corrupted run with that head's ``z`` at that position from the clean run.
     The metric sees full logits (base rows where the patch changes nothing).  ``layers`` restricts the grid
-    to some layers (the others are NaN).
+    to some layers (the others are NaN).  ``read_pos`` promises that the metric reads each example's logits at
+    that position only (a ``LogitDiff`` at the prediction position): then only rows up to it are recomputed
+    and only it is unembedded, the other rows keep the base run's logits.
     """
     check_model_tokens(model, corrupted_tokens, "corrupted_tokens")
     c, dev = model.cfg, model.cfg.device
@@ -203,7 +206,11 @@ def get_act_patch_attn_head_out_by_pos(model: TLModel, corrupted_tokens: Int[Ten
             return
         one = held[0][0]
         for _, ex, start, resid in held:
-            buf[ex, start:] = unembed(model, resid.reshape(-1, c.d_model)).reshape(len(ex), -1, buf.shape[-1]).to(buf)
+            if read_pos is None:
+                buf[ex, start:] = unembed(model, resid.reshape(-1, c.d_model)).reshape(len(ex), -1, buf.shape[-1]).to(buf)
+            else:
+                row = resid[torch.arange(len(ex), device=dev), read_pos[ex] - start]
+                buf[ex, read_pos[ex]] = unembed(model, row).to(buf)
         layer, pos, h = grid[one].tolist()
         out[layer, pos, h] = torch.as_tensor(patching_metric(buf), device=dev)
         for _, ex, start, _ in held:
@@ -212,7 +219,9 @@ def get_act_patch_attn_head_out_by_pos(model: TLModel, corrupted_tokens: Int[Ten
         held.clear()
 
     source = dict(clean_cache.items()) if hasattr(clean_cache, "items") else clean_cache
-    for ids, start, resid in _suffixes(model, patches, base, source, None, n_pos, max_rows):
+    if read_pos is not None:
+        read_pos = read_pos.to(dev)
+    for ids, start, resid in _suffixes(model, patches, base, source, read_pos, n_pos, max_rows):
         cells_here = cell[ids]
         for one in cells_here.unique_consecutive().tolist():  # a cell's samples are consecutive (maybe split)
             if held and held[0][0] != one:
@@ -224,3 +233,64 @@ def get_act_patch_attn_head_out_by_pos(model: TLModel, corrupted_tokens: Int[Ten
         layer, pos, h = grid[one].tolist()
         out[layer, pos, h] = base_value
     return out
+
+
+@dataclass(frozen=True)
+class HeadPatchResult:
+    """Denoising patch of every head's ``z`` at one role's positions: ``[layer head]`` normalised logit difference."""
+
+    values: Float[Tensor, "layer head"]  # 0 = corrupted run, 1 = clean run
+    raw: Float[Tensor, "layer head"]  # mean logit difference (clean target - corrupted target) of each patch
+    clean_value: float  # logit difference on the clean run
+    corrupted_value: float  # ... and on the corrupted run
+    reliable: bool  # the toolkit's rule (icr_interp.analysis.reliability): gap stands out, model above chance
+    reason: str  # why not reliable ("" when reliable)
+
+    def top(self, n: int = 10) -> list[tuple[int, int]]:
+        """The ``n`` heads whose patch restores the most, largest first."""
+        order = self.values.flatten().argsort(descending=True)[:n].tolist()
+        return [(i // self.values.shape[1], i % self.values.shape[1]) for i in order]
+
+    def to_dict(self) -> dict:
+        return dict(values=self.values.tolist(), raw=self.raw.tolist(), clean_value=self.clean_value,
+                    corrupted_value=self.corrupted_value, reliable=self.reliable, reason=self.reason,
+                    top=[list(h) for h in self.top(10)])
+
+
+@torch.no_grad()
+def patch_heads(model: TLModel, clean, corrupted, positions: Bool[Tensor, "batch pos"] | None = None, *,
+                n_answers: int | None = None, max_rows: int = DEFAULT_MAX_ROWS) -> HeadPatchResult:
+    """Patch every head's clean ``z`` into the corrupted run at ``positions`` (default: each prediction position).
+
+    Role patching by head (``patching.patch_by_role`` with one ``hook_z`` row per head) for deep models: the
+    metric is the logit difference (clean target - corrupted target) at each example's prediction position,
+    normalised so the corrupted run scores 0 and the clean one 1; reliability by the toolkit's rule.
+    """
+    from icr_interp.analysis.patching.by_role import assess
+    from icr_interp.analysis.patching.metrics import LogitDiff
+
+    check_model_tokens(model, corrupted.tokens, "corrupted.tokens")
+    if clean.tokens.shape != corrupted.tokens.shape:
+        raise ValueError("clean and corrupted batches must have the same shape")
+    c, dev = model.cfg, model.cfg.device
+    clean, corrupted = clean.to(dev), corrupted.to(dev)
+    n, n_pos = corrupted.tokens.shape
+    pred = corrupted.layout.pred_pos
+    if positions is None:
+        positions = torch.arange(n_pos, device=dev)[None] == pred[:, None]
+    clean_logits, clean_cache = cache_run(model, clean.tokens)
+    logits, base = cache_run(model, corrupted.tokens)
+    metric = LogitDiff(clean.answers, corrupted.answers, pred)
+    m_clean, m_corr = float(metric(clean_logits)), float(metric(logits))
+    trust = assess(clean, corrupted, clean_logits, logits, metric, m_clean, m_corr, n_answers)
+    layer = torch.arange(c.n_layers, device=dev).repeat_interleave(c.n_heads * n)
+    head = torch.arange(c.n_heads, device=dev).repeat_interleave(n).repeat(c.n_layers)
+    example = torch.arange(n, device=dev).repeat(c.n_layers * c.n_heads)
+    patches = ZPatches(example, layer, head, positions.to(dev)[example])
+    out = run_z_patches(model, logits, base, patches, source=clean_cache, read_pos=pred, max_rows=max_rows)
+    rows = torch.arange(len(example), device=dev)
+    diff = out[rows, clean.answers[example]] - out[rows, corrupted.answers[example]]
+    raw = diff.reshape(c.n_layers, c.n_heads, n).mean(-1).cpu()
+    gap = m_clean - m_corr
+    values = (raw - m_corr) / gap if gap != 0 else torch.full_like(raw, float("nan"))
+    return HeadPatchResult(values, raw, m_clean, m_corr, trust.reliable, trust.reason)
