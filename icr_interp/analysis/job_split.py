@@ -97,7 +97,8 @@ def job_locations(model: TLModel, task: ICRecallTask, batch: Batch, seed: int = 
     out: dict = dict(reliable={}, n_prompts={}, reason={})
     for job, kind in (("relation", "relation"), ("lookup", "query")):
         clean, corrupted, _ = task.corrupt_pairs(batch, kind, seed=seed)
-        at_query = patch_by_role(model, clean, corrupted, hooks=acts, roles=["query"])
+        # the prediction position: the query itself in toy prompts, the last token of a text prompt
+        at_query = patch_by_role(model, clean, corrupted, hooks=acts, roles=["prediction"])
         on_context = patch_by_role(model, clean, corrupted, hooks=patterns, roles=["context"])
         out["components"] = [f"{c} @query" for c in at_query.components] + \
                             [f"{c} @context" for c in on_context.components]
