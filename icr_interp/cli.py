@@ -326,6 +326,11 @@ def train_and_save(config, out: Path, device: str = "cpu", force: bool = False):
                   f"example (null {r['pairwise_null']:.3f}, p {r['p_value']:.3g}), {r['mean_row_pairwise']:.3f} "
                   f"mean row (null {r['mean_row_pairwise_null']:.3f}, best {r['mean_row_best']}); "
                   f"balance {r['balance']:.3f}")
+    if before.get("templates") or after.get("templates"):
+        from icr_interp.analysis.pairing_null import NULL_ALPHA, NULL_MIN_EFFECT
+
+        print(f"  (best: the nearest template in total variation; 'pairwise' only where the pairing beats its null "
+              f"with p <= {NULL_ALPHA:g} and pairwise - null >= {NULL_MIN_EFFECT:g})")
     save_checkpoint(out, result.model, result.task, run_config=config, force=force, preset=config.name,
                     seed=config.seed, before=before, after=after,
                     history=result.history.to_dict())

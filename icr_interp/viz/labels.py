@@ -20,8 +20,10 @@ def _layout(batch_or_layout: Batch | Layout) -> Layout:
 
 
 def vocab_of(task_or_vocab: ICRecallTask | Vocabulary | None) -> Vocabulary | None:
-    """The vocabulary of a task (or the vocabulary itself, or None)."""
-    return task_or_vocab.vocab if isinstance(task_or_vocab, ICRecallTask) else task_or_vocab
+    """The vocabulary of a task (or the vocabulary itself, or None); a text task is its own (it has ``to_str``)."""
+    if isinstance(task_or_vocab, ICRecallTask):
+        return getattr(task_or_vocab, "vocab", task_or_vocab)
+    return task_or_vocab
 
 
 def slot_roles(batch: Batch | Layout) -> list[str]:

@@ -19,6 +19,7 @@ from icr_interp.analysis.attention import query_row, resolve_layer
 from icr_interp.tl.compat import TLModel
 from icr_interp.task.prompts import Batch, ICRecallTask
 from icr_interp.viz import report
+from icr_interp.viz.escape import text
 from icr_interp.viz.labels import role_labels, slot_labels, slot_positions, vocab_of
 from icr_interp.viz.views import gather_slots, layer_pattern, pattern_view
 from icr_interp.task.vocab import Vocabulary
@@ -103,24 +104,28 @@ def attention_sections(model: TLModel, batch: Batch, vocab=None, *, example: int
     views, tables_, figures_ = [], [], []
     for layer in layers:
         pattern = layer_pattern(model, batch.tokens, layer)  # [batch head dest src]
-        rows = gather_slots(query_row(pattern, cpu.layout.query_pos), cpu)  # [batch head slot]
+        rows = gather_slots(query_row(pattern, cpu.layout.pred_pos), cpu)  # [batch head slot]
         tables_.append(report.prediction_rows_section(rows, slot_labels(batch), layer, captions, tokens))
         figures_.append(report.query_rows_section(rows, slot_labels(batch), layer, max_examples))
         for i in picked:
-            view = pattern_view(pattern[i], role_labels(vocab, batch, i), int(cpu.layout.query_pos[i]), layer=layer,
+            view = pattern_view(pattern[i], role_labels(vocab, batch, i), int(cpu.layout.pred_pos[i]), layer=layer,
                                 kind="query")
             what = prompt_captions(batch[i:i + 1], vocab, 1)[0]
             views.append((f"Layer {layer}: prompt {i} of {n} ({what}) coloured by its prediction row", view))
-    return [report.attention_section(views, intro=VIEW_INTRO), *tables_, *figures_]
+    intro = f"<h2>Attention</h2>\n<p>{text(VIEW_INTRO)}</p>"
+    return [intro, *tables_, report.attention_section(views, heading=None), *figures_]
 
 
 def checkpoint_report(checkpoint, batch: Batch, results: dict, summary=None, *, title: str, seed: int,
-                      eval_prompts: int = 1024, example: int = 0, max_examples: int = 32) -> str:
+                      eval_prompts: int = 1024, example: int = 0, max_examples: int = 32,
+                      layers: list[int] | None = None) -> str:
     """The self-contained HTML page of a checkpoint: accuracy, prompts, attention, scores, patching, circuit.
 
     Computes the held-out accuracy on ``eval_prompts`` fresh prompts (:func:`icr_interp.training.trainer.evaluate`
     seeded by the run's ``seed``) and the template scores of ``batch``; takes the role patching ``results``
     and circuit ``summary`` as given.  The accuracy the checkpoint recorded at training time is shown beside.
+    ``checkpoint`` may be anything with ``model``, ``task``, ``metrics`` and ``path`` (a real LM:
+    :class:`icr_interp.experiments.text_probe.ModelSubject`); ``layers`` limits the attention drawn.
     """
     from icr_interp.analysis.templates import score_templates
     from icr_interp.training.trainer import evaluate
@@ -131,7 +136,7 @@ def checkpoint_report(checkpoint, batch: Batch, results: dict, summary=None, *, 
     stored = after.get("accuracy") if isinstance(after, dict) else None
     sections = [report.accuracy_section(evaluation, seed, stored if isinstance(stored, float) else None),
                 report.summary_section({"checkpoint": str(checkpoint.path), **batch_info(model, batch, task, example)}),
-                *attention_sections(model, batch, task, example=example, max_examples=max_examples),
+                *attention_sections(model, batch, task, example=example, layers=layers, max_examples=max_examples),
                 report.scores_section(score_templates(model, batch), len(batch)),
                 report.role_patching_section(results, len(batch))]
     if summary is not None:

@@ -73,9 +73,10 @@ def accuracy_section(evaluation: dict, seed: int | None = None, stored: float | 
     return "<h2>Accuracy</h2>\n" + line
 
 
-def attention_section(views: list[tuple[str, AttentionView]], intro: str = "") -> str:
+def attention_section(views: list[tuple[str, AttentionView]], intro: str = "", heading: str | None = "Attention"
+                      ) -> str:
     """circuitsvis views (rendered from the page's inlined bundle), each under its caption."""
-    parts = ["<h2>Attention</h2>"] + ([f"<p>{text(intro)}</p>"] if intro else [])
+    parts = ([f"<h2>{text(heading)}</h2>"] if heading else []) + ([f"<p>{text(intro)}</p>"] if intro else [])
     for i, (caption, view) in enumerate(views):
         parts.append(f'<section class="view" id="view-{i}"><h3>{text(caption)}</h3>'
                      f"{fragment(view)}</section>")

@@ -131,7 +131,7 @@ def attention_view(model: TLModel, batch: Batch, example: int = 0, layer: int | 
     layer = resolve_layer(model.cfg.n_layers, layer)
     _check_options(kind, scale, rows)
     pattern = layer_pattern(model, batch.tokens[example: example + 1], layer)[0]  # [head dest src]
-    return pattern_view(pattern, role_labels(vocab, batch, example), int(batch.layout.query_pos[example]),
+    return pattern_view(pattern, role_labels(vocab, batch, example), int(batch.layout.pred_pos[example]),
                         layer=layer, kind=kind, scale=scale, rows=rows)
 
 
