@@ -28,6 +28,7 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--query-template", default="{s}:")
     p.add_argument("--top-n", type=int, default=10, help="heads compared across methods")
     p.add_argument("--top-causal", type=int, default=5, help="heads the causal template test overwrites")
+    p.add_argument("--n-null", type=int, default=8, help="re-paired null templates of the causal test")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", required=True, help="folder for results.json and the figures")
@@ -50,7 +51,8 @@ def main(argv=None) -> dict:
     print(f"[load] {args.model} in {time.perf_counter() - start:.1f} s", flush=True)
     cfg = RealLMConfig(model=args.model, builtin=args.builtin, csv=args.csv, k=args.k, n_prompts=args.n_prompts,
                        max_k=args.max_k, pair_template=args.pair_template, query_template=args.query_template,
-                       seed=args.seed, top_n=args.top_n, top_causal=args.top_causal)
+                       seed=args.seed, top_n=args.top_n, top_causal=args.top_causal,
+                       n_null=args.n_null)
     results = run_real_lm(model, cfg, args.out, progress=lambda m: print(m, flush=True))
     print(json.dumps(results["verdict"], indent=1))
     print(f"[total] {time.perf_counter() - start:.1f} s; wrote {args.out}/results.json")

@@ -51,6 +51,7 @@ class RealLMConfig:
     seed: int = 0
     top_n: int = 10  # heads compared across methods (and written into, for the causal test: top_causal)
     top_causal: int = 5  # heads whose prediction rows the causal test overwrites
+    n_null: int = 8  # re-paired null templates of the causal test
 
     def knowledge_base(self) -> KnowledgeBase:
         if (self.builtin is None) == (self.csv is None):
@@ -108,7 +109,7 @@ def phase_causal(model, task: TextICRecallTask, cfg: RealLMConfig, head_sets: di
     """(e) The causal template test (relation-swap logit difference) on each named set of heads."""
     pairs = task.sample_pairs(cfg.n_prompts, "relation", seed=cfg.seed + 5)
     return {name: causal_template_test(model, pairs.clean, heads=[tuple(h) for h in heads], corrupted=pairs.corrupted,
-                                       seed=cfg.seed).to_dict() for name, heads in head_sets.items()}
+                                       n_null=cfg.n_null, seed=cfg.seed).to_dict() for name, heads in head_sets.items()}
 
 
 def verdict(results: dict) -> dict:
