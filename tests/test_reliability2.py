@@ -125,6 +125,39 @@ def test_18_results_are_strict_json_and_a_cut_utf8_tail_is_trimmed(tmp_path):
     assert len(load_results(out)) == 2 and out.read_bytes().endswith(b"\n")
 
 
+SLOW_SWEEP = """
+import concurrent.futures as cf, sys, time
+from icr_interp.experiments.sweep import expand_grid, run_sweep
+real = cf.ProcessPoolExecutor.submit
+def submit(self, *a, **k):
+    print("submitted", flush=True)
+    return real(self, *a, **k)
+cf.ProcessPoolExecutor.submit = submit
+run_sweep(expand_grid("tiny", seeds=[0, 1]), sys.argv[1], workers=2, progress=False)
+"""
+
+
+def test_18_a_sweep_killed_during_worker_start_up_leaves_nothing_running_or_warning(tmp_path):
+    """kill -9 while the workers import torch: they die at once, and no "leaked semaphore" warning follows."""
+    import signal
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-c", SLOW_SWEEP, str(tmp_path / "r.jsonl")], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "submitted"
+        time.sleep(0.3)  # the workers are being spawned: importing, not yet running
+        os.kill(proc.pid, signal.SIGKILL)
+        t0 = time.monotonic()
+        err = proc.stderr.read()  # EOF once every process holding the pipe (workers, tracker) has exited
+        waited = time.monotonic() - t0
+    finally:
+        proc.kill()
+        proc.wait()
+    assert "leaked semaphore" not in err and "Traceback" not in err, err
+    assert waited < 10, f"workers lingered {waited:.1f} s"
+
+
 def test_17_a_damaged_line_is_named_and_the_file_left_alone(tmp_path):
     out = tmp_path / "r.jsonl"
     good = json.dumps(dict(key="a", accuracy=0.5))
@@ -292,6 +325,8 @@ def _as_nobody(fn) -> int:
 
 
 def test_12_paths_the_os_refuses_are_one_line_errors(models, tmp_path):
+    from icr_interp.cli import _check_results_file
+
     task, a, _ = models
     for bad, fragment in ((tmp_path / "a\x00b", "NUL byte"), (tmp_path / ("n" * 300), "bytes long; this filesystem"),
                           (tmp_path / ("n" * 300) / "ck", "bytes long")):
@@ -301,6 +336,8 @@ def test_12_paths_the_os_refuses_are_one_line_errors(models, tmp_path):
             assert fragment in one_line(info)
         with pytest.raises(probing.ProbeInputError, match=fragment):
             probing.output_dir(bad, False, "patching", tmp_path)
+        with pytest.raises(ValueError, match=fragment):  # icr-interp sweep --out
+            _check_results_file(Path(str(bad) + ".jsonl"))
     locked = tmp_path / "locked"
     locked.mkdir()
     os.chmod(tmp_path, 0o755)

@@ -154,16 +154,33 @@ def _run_local(todo: list[RunConfig], run_fn: Callable, workers: int | None, rec
         for config in todo:
             record(config.key, *_call(run_fn, config))
         return
+    _quiet_resource_tracker()
     pool = cf.ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=mp.get_context("spawn"),
                                   initializer=init_worker, initargs=(os.getpid(),))
     try:
         futures = {pool.submit(_call, run_fn, config): config.key for config in todo}
         for fut in cf.as_completed(futures):
             record(futures[fut], *_outcome(fut.result))
-    except BaseException:  # Ctrl-C or a failed write: drop the queue instead of finishing it
+    except BaseException:  # Ctrl-C or a failed write: drop the queue and the runs in flight (they rerun next time)
+        workers_ = list((getattr(pool, "_processes", None) or {}).values())  # the pool's only handle on them
         pool.shutdown(wait=False, cancel_futures=True)
+        for process in workers_:
+            process.terminate()
+        for process in workers_:
+            process.join(5)  # joined: their queues and semaphores are released, not reported leaked at exit
         raise
     pool.shutdown()
+
+
+# The resource tracker frees the pool's semaphores when a sweep is killed (kill -9) and then warns that it
+# did, once per sweep; the cleanup is its job, so the warning is noise.  Its process takes its warning
+# filters from sys.warnoptions when it starts (multiprocessing passes them as -W flags).
+_TRACKER_FILTER = "ignore:resource_tracker:UserWarning"
+
+
+def _quiet_resource_tracker() -> None:
+    if _TRACKER_FILTER not in sys.warnoptions:
+        sys.warnoptions.append(_TRACKER_FILTER)
 
 
 # -------------------------------------------------------------------- ray
