@@ -118,22 +118,24 @@ def _link_whole(path: Path, data: bytes) -> None:
         fd = os.open(path.parent, os.O_TMPFILE | os.O_WRONLY, 0o644)
     except (AttributeError, OSError):
         fd = None
-    if fd is None:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    if fd is not None:
+        directory = os.open(path.parent, os.O_RDONLY)
         try:
             os.write(fd, data)
+            # a dst_dir_fd makes Python call linkat(AT_SYMLINK_FOLLOW): the file behind the fd is linked,
+            # not the /proc symlink itself
+            os.link(f"/proc/self/fd/{fd}", path.name, dst_dir_fd=directory, follow_symlinks=True)
+            return
+        except OSError:
+            pass  # no /proc: write it directly below
         finally:
             os.close(fd)
-        return
-    directory = os.open(path.parent, os.O_RDONLY)
+            os.close(directory)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     try:
         os.write(fd, data)
-        # a dst_dir_fd makes Python call linkat(AT_SYMLINK_FOLLOW): the file behind the fd is linked, not the
-        # /proc symlink itself
-        os.link(f"/proc/self/fd/{fd}", path.name, dst_dir_fd=directory, follow_symlinks=True)
     finally:
         os.close(fd)
-        os.close(directory)
 
 
 def owner(directory: str | Path) -> tuple[int, str] | None:
