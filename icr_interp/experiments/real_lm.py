@@ -148,6 +148,7 @@ def run_real_lm(model, cfg: RealLMConfig, out: str | Path, progress: Callable[[s
         progress(f"[{name}] ...")
         results[name] = fn()
         results["timings"][name] = round(time.perf_counter() - start, 1)
+        (out / "results.json").write_text(json.dumps(results, indent=1, default=str))  # partial results kept
         progress(f"[{name}] done in {results['timings'][name]:.1f} s")
 
     phase("recall", lambda: recall_curve(model, task, range(cfg.max_k + 1), n_prompts=cfg.n_prompts,
