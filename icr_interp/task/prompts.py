@@ -3,8 +3,11 @@
 A prompt is ``[BOS, s_1, a_1, ..., s_k, a_k, s_q]``: k context pairs produced by a
 hidden relation r (``a_i = a*(s_i, r)``), then a query subject; the target is
 ``a*(s_q, r)``.  Subjects in a prompt are distinct.  Every batch carries its
-*layout* -- the position of each s_i, a_i, the query and BOS for every example
--- so analyses never guess positions.
+*layout* -- the token span of each s_i, a_i, the query, BOS, and the prediction
+position, for every example -- so analyses never guess positions.  Here every
+span is one token and the prediction position is the query's; text prompts for
+pretrained LMs (:mod:`icr_interp.task.text`) use the same :class:`Layout` with
+multi-token spans and the prediction position after the query.
 
 A prompt's relation is drawn uniformly over the relations that know at least
 k + 1 subjects (:attr:`ICRecallTask.relation_weights`), then k + 1 distinct
