@@ -40,6 +40,24 @@ def probe(script: str, *args) -> subprocess.CompletedProcess:
     return _scripts.run_main("probes", script, *args)
 
 
+def ok(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    assert result.returncode == 0, result.stderr
+    return result
+
+
+def assert_png(path: Path) -> None:
+    data = path.read_bytes()
+    assert data[:8] == PNG_MAGIC and data[12:16] == b"IHDR"
+    width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    assert width > 200 and height > 200
+
+
+def numbers(values) -> list[float]:
+    flat = [x for row in values for x in (row if isinstance(row, list) else [row])]
+    assert all(isinstance(x, (int, float)) for x in flat)
+    return flat
+
+
 def in_process(script: str, *args, capsys) -> tuple[int, str, str]:
     """Run a probe's ``main`` in this process (no interpreter start-up): exit code, stdout, stderr."""
     module = load_probe(script)
