@@ -116,6 +116,7 @@ def test_committed_notebook_is_clean():
 
 
 # ------------------------------------------------------------ the executed notebook
+@pytest.mark.slow  # executes the notebook: ~30 s on a quiet machine, a minute when loaded
 def test_notebook_runs_quickly(executed):
     nb, seconds = executed
     assert seconds < TOTAL_BUDGET_S, f"the quick start took {seconds:.0f} s"
@@ -123,6 +124,7 @@ def test_notebook_runs_quickly(executed):
     assert not errors
 
 
+@pytest.mark.slow  # executes the notebook: ~30 s on a quiet machine, a minute when loaded
 def test_finetuning_reaches_pairwise(summary):
     assert summary["accuracy_after"] >= 0.95
     assert summary["loss_after"] < 0.1 * summary["loss_before"]
@@ -134,6 +136,7 @@ def test_finetuning_reaches_pairwise(summary):
     assert summary["balance_after"] >= summary["balance_before"] + 0.3
 
 
+@pytest.mark.slow  # executes the notebook: ~30 s on a quiet machine, a minute when loaded
 def test_patching_tables_are_consistent(summary):
     """Patching every position that differs restores the clean run; identical positions do nothing."""
     rel, query = summary["relation_swap"], summary["query_swap"]
@@ -144,6 +147,7 @@ def test_patching_tables_are_consistent(summary):
     assert query["context"] == pytest.approx(0.0, abs=1e-3)
 
 
+@pytest.mark.slow  # executes the notebook: ~30 s on a quiet machine, a minute when loaded
 def test_attention_view_renders_offline(executed):
     pages = _data(_cell(executed[0], "attention-view"), "text/html")
     assert len(pages) == 1, "the circuitsvis cell must leave its view as the cell's HTML output"
@@ -154,10 +158,12 @@ def test_attention_view_renders_offline(executed):
     assert REMOTE_SCRIPT.search(page) is None, "the view loads a script from the network"
 
 
+@pytest.mark.slow  # executes the notebook: ~30 s on a quiet machine, a minute when loaded
 def test_query_attention_plot_is_an_image(executed):
     assert _data(_cell(executed[0], "query-attention-plot"), "image/png"), "the figure did not render as PNG"
 
 
+@pytest.mark.slow  # executes the notebook: ~30 s on a quiet machine, a minute when loaded
 def test_repository_copy_untouched(executed):
     """Executing wrote nothing back: the committed notebook still has no outputs."""
     nb = nbformat.read(NOTEBOOK, as_version=4)

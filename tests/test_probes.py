@@ -311,7 +311,10 @@ def test_bad_input_is_one_line(bad_inputs, script, case, tmp_path, capsys, monke
     assert "Traceback" not in stderr and not (tmp_path / "out").exists() and load == []
 
 
-@pytest.mark.parametrize("case", ["--seed 2**64-1", "--out read-only", "broken checkpoint"])
+@pytest.mark.parametrize("case", ["--seed 2**64-1",  # answered before the heavy imports: fast
+                                  # these two import torch and TransformerLens first: tens of seconds when loaded
+                                  pytest.param("--out read-only", marks=pytest.mark.slow),
+                                  pytest.param("broken checkpoint", marks=pytest.mark.slow)])
 def test_bad_input_from_the_command_line(bad_inputs, case, tmp_path):
     make_args, code, words = CASES[case]
     args = make_args(bad_inputs)
