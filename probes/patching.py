@@ -5,6 +5,8 @@ Usage::
     python probes/patching.py CHECKPOINT [--corruption relation|query|both] [--n-prompts N] [--seed S]
                               [--out DIR] [--force] [--method exact|attribution] [--eval-prompts M]
                               [--device cpu|cuda]
+    python probes/patching.py --model NAME (--csv FILE | --builtin NAME) [--k K]
+                              [--pair-template T] [--query-template T] [same options]
 
 For one checkpoint: samples N prompts, corrupts them (relation swap and/or
 query swap), patches clean into corrupted by hook x role and the query's
@@ -14,6 +16,12 @@ DIR/patching.png (one heatmap per corruption), DIR/circuit.json and
 DIR/report.html: a self-contained page (opens offline) with the model's
 held-out accuracy on M fresh prompts, the circuitsvis attention view, the
 template scores as a table, the patching heatmaps and the circuit summary.
+
+With --model (a pretrained LM, e.g. smollm2-135m) the prompts are text built
+from the knowledge base with the templates (default "{s}: {a}\\n" per pair and
+"{s}:" for the query), tokenized by the model's own tokenizer; every analysis and
+the report are the same, the attention drawn for the three layers whose heads beat
+the pairing null by the most.
 
 For a directory of checkpoints (subdirectories holding config.json, ordered by
 the "step" in their metrics, else by the number in their name): the circuit
@@ -37,20 +45,44 @@ def build_parser() -> C.OneLineParser:
                    help="relation swap (moves relation inference), query swap (moves answer lookup), or both")
     p.add_argument("--method", choices=("exact", "attribution"), default="exact",
                    help="exact patching or attribution patching (first-order estimate); default exact")
-    p.add_argument("--eval-prompts", type=C.int_arg("--eval-prompts", 1), default=1024, metavar="M",
-                   help="held-out prompts for the report's accuracy (default 1024)")
+    p.add_argument("--eval-prompts", type=C.int_arg("--eval-prompts", 1), default=None, metavar="M",
+                   help="held-out prompts for the report's accuracy (default 1024; 64 with --model)")
     return p
 
 
 def check(args) -> None:
     C.check_common(args, "patching")
+    args.eval_prompts = args.eval_prompts or (64 if args.kind == "model" else 1024)
     if args.kind == "series" and args.method != "exact":
         raise C.UsageError("--method attribution applies to one checkpoint; a directory of checkpoints gives "
                            "a series of exact circuit summaries")
 
 
 def run(args) -> int:
-    return (run_series if args.kind == "series" else run_one)(args)
+    return dict(series=run_series, model=run_model).get(args.kind, run_one)(args)
+
+
+def run_model(args) -> int:
+    """The same analyses and report for a pretrained LM on text prompts (icr_interp.experiments.text_probe)."""
+    from icr_interp.experiments import checkpoint_analysis as probing, text_probe
+    from icr_interp.storage.fsio import write_bytes, write_json, write_text
+
+    kb = text_probe.load_knowledge(args.csv, args.builtin)
+    subject = text_probe.load_subject(args.model, kb, args.k, args.pair_template, args.query_template, args.device)
+    batch, corruption_seed = text_probe.text_prompts(subject, args.n_prompts, args.seed, args.device)
+    results, summary, page = text_probe.patching_analyses(subject, batch, probing.KINDS[args.corruption],
+                                                          corruption_seed, args.method, args.eval_prompts, args.seed)
+    print(summary)
+    info = dict(model=args.model, knowledge=str(args.csv or args.builtin), k=args.k,
+                pair_template=args.pair_template, query_template=args.query_template, n_prompts=args.n_prompts,
+                seed=args.seed, corruption_seed=corruption_seed, method=args.method, corruptions=list(results))
+    written = [write_json(args.out / "patching.json",
+                          probing.json_safe(dict(**info, results=probing.role_patching_dict(results)))),
+               write_bytes(args.out / "patching.png", probing.role_patching_png(results, args.n_prompts)),
+               write_json(args.out / "circuit.json", probing.json_safe(summary.to_dict())),
+               write_text(args.out / "report.html", page)]
+    C.report_files(written, args)
+    return 0
 
 
 def run_one(args) -> int:

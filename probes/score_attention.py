@@ -4,6 +4,8 @@ Usage::
 
     python probes/score_attention.py CHECKPOINT [--n-prompts N] [--seed S] [--out DIR] [--force]
                                      [--html] [--device cpu|cuda]
+    python probes/score_attention.py --model NAME (--csv FILE | --builtin NAME) [--k K]
+                                     [--pair-template T] [--query-template T] [same options]
 
 Samples N prompts, scores every head's query attention row against the
 templates (icr_interp.analysis.templates: pairwise, answers, subjects, uniform, sink;
@@ -33,19 +35,27 @@ def check(args) -> None:
 
 def run(args) -> int:
     from icr_interp import load_checkpoint, score_templates, viz
-    from icr_interp.experiments import checkpoint_analysis as probing
+    from icr_interp.experiments import checkpoint_analysis as probing, text_probe
     from icr_interp.storage.fsio import write_bytes, write_json
 
-    ck = load_checkpoint(args.checkpoint, device=args.device)
-    batch, _ = probing.probe_prompts(ck.task, args.n_prompts, args.seed, args.device)
+    if args.kind == "model":  # a pretrained LM on text prompts (--model, --csv/--builtin, templates)
+        kb = text_probe.load_knowledge(args.csv, args.builtin)
+        ck = text_probe.load_subject(args.model, kb, args.k, args.pair_template, args.query_template, args.device)
+        batch, _ = text_probe.text_prompts(ck, args.n_prompts, args.seed, args.device)
+        name, source = args.model, dict(model=args.model, knowledge=str(args.csv or args.builtin), k=args.k)
+    else:
+        ck = load_checkpoint(args.checkpoint, device=args.device)
+        batch, _ = probing.probe_prompts(ck.task, args.n_prompts, args.seed, args.device)
+        name, source = args.checkpoint.resolve().name, dict(checkpoint=str(args.checkpoint))
     scores = score_templates(ck.model, batch)
     print(scores)
-    data = dict(checkpoint=str(args.checkpoint), n_prompts=args.n_prompts, seed=args.seed, **scores.to_dict())
+    data = dict(**source, n_prompts=args.n_prompts, seed=args.seed, **scores.to_dict())
     written = [write_json(args.out / "scores.json", probing.json_safe(data)),
                write_bytes(args.out / "attention.png", probing.attention_png(ck.model, batch))]
     if args.html:
+        layers = text_probe.report_layers(scores) if args.kind == "model" else None
         written.append(viz.save_report(args.out / "report.html", ck.model, batch, scores=scores, vocab=ck.task,
-                                       title=f"IC-recall attention: {args.checkpoint.resolve().name}"))
+                                       layers=layers, title=f"IC-recall attention: {name}"))
     C.report_files(written, args)
     return 0
 

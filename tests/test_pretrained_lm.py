@@ -89,8 +89,10 @@ def test_missing_gguf_package_is_one_line_error(monkeypatch, tmp_path):
 
 
 def test_transformer_lens_4_is_one_line_error(monkeypatch, tmp_path):
-    real = md.version
-    monkeypatch.setattr(P.md, "version", lambda d: "4.3.0" if d == "transformer-lens" else real(d))
+    from icr_interp.tl import compat
+
+    monkeypatch.setattr(compat, "TL_LINE", 4)
+    monkeypatch.setattr(compat, "TL_VERSION", "4.3.0")
     with pytest.raises(P.PretrainedLMError) as err:
         P.load_pretrained_lm(NAME, cache_dir=tmp_path)
     assert 'pip install "transformer-lens>=3.9,<4"' in _one_line(err)

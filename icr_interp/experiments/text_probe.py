@@ -93,3 +93,21 @@ def report_layers(scores, n: int = REPORT_LAYERS) -> list[int]:
     if len(gain) <= n:
         return sorted(gain)
     return sorted(sorted(gain, key=lambda layer: -gain[layer])[:n])
+
+
+def patching_analyses(subject: ModelSubject, batch, kinds: tuple[str, ...], corruption_seed: int, method: str,
+                      eval_prompts: int, seed: int) -> tuple[dict, object, str]:
+    """``probes/patching.py --model``'s analyses: role patching per corruption kind, the circuit summary by
+    layer, and the report page (the attention of :func:`report_layers`), as for a checkpoint."""
+    from icr_interp.analysis.circuit import JOB_OF, circuit_summary
+    from icr_interp.analysis.templates import score_templates
+    from icr_interp.experiments.checkpoint_analysis import role_patching
+    from icr_interp.viz.model_report import checkpoint_report
+
+    results = role_patching(subject.model, subject.task, batch, kinds, corruption_seed, method)
+    summary = circuit_summary(subject.model, subject.task, batch, seed=corruption_seed,
+                              jobs=tuple(JOB_OF[k] for k in kinds), components="layer", source=subject.path)
+    layers = report_layers(score_templates(subject.model, batch))
+    page = checkpoint_report(subject, batch, results, summary, eval_prompts=eval_prompts, seed=seed, layers=layers,
+                             title=f"IC-recall patching report: {subject.path}")
+    return results, summary, page

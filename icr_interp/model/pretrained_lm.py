@@ -23,8 +23,8 @@ edits of a loaded model never reach the cache file.
 Cache layout: ``<root>/<name>/v<FORMAT>-<sha256[:16] of the source>/{weights.safetensors, meta.json,
 tokenizer/}``, root = ``cache_dir`` argument, else ``$ICR_INTERP_CACHE/pretrained``, else
 ``~/.cache/icr_interp/pretrained``.  A version folder is written under a temporary name in the same
-parent and renamed into place with ``os.replace`` (atomic; a concurrent writer that loses the race uses the
-winner's folder).  Nothing the library did not write is deleted; a stale version is simply left beside.
+parent and renamed into place by :mod:`icr_interp.storage.atomic` (a marked staging folder, an atomic
+rename; a concurrent writer that loses the race uses the winner's folder).  Nothing the library did not write is deleted; a stale version is simply left beside.
 
 Adding another Llama-like GGUF is one :data:`REGISTRY` entry; another architecture is one
 :data:`ARCHITECTURES` entry (a config function and a TransformerLens weight converter).
@@ -38,12 +38,10 @@ import json
 import os
 import platform
 import re
-import shutil
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from jaxtyping import Float
@@ -65,13 +63,12 @@ def _version(dist: str) -> str:
 
 
 def _tl_classes():
-    """``(HookedTransformer, HookedTransformerConfig)`` from TransformerLens 3.x, or a one-line error on 4.x."""
-    tl_version = _version("transformer-lens")
-    try:
-        from transformer_lens import HookedTransformer, HookedTransformerConfig
-    except ImportError:  # 4.x removed it (a source checkout has no version to test)
-        HookedTransformer = None
-    if tl_version.startswith("4") or HookedTransformer is None:
+    """``(HookedTransformer, HookedTransformerConfig)`` from TransformerLens 3.x, or a one-line error on 4.x
+    (whose ``HookedTransformer`` is gone; icr_interp's mirror of it holds no real architectures)."""
+    from icr_interp.tl.compat import TL_LINE, TL_VERSION, HookedTransformer, HookedTransformerConfig
+
+    tl_version = TL_VERSION
+    if TL_LINE != 3:
         raise PretrainedLMError(
             f"pretrained LMs need TransformerLens 3.x's HookedTransformer (found transformer-lens {tl_version}); "
             'use a TL 3.x environment: pip install "transformer-lens>=3.9,<4"')
@@ -97,7 +94,7 @@ class PretrainedLMSpec:
     version: str
     filename: str
     sha256: str | None = None
-    cfg_overrides: Mapping[str, Any] = field(default_factory=dict)
+    cfg_overrides: dict[str, Any] = field(default_factory=dict)
 
     @property
     def install_command(self) -> str:
@@ -249,10 +246,12 @@ def _convert_to_cache(spec: PretrainedLMSpec, source: Path, model_dir: Path) -> 
     # refuses shared storage) and no extra copy is needed
     tensors = {k: p.detach().contiguous() for k, p in model.named_parameters()}
 
-    model_dir.mkdir(parents=True, exist_ok=True)
+    # Written in a marked staging folder and renamed into place by storage.atomic (the one module that
+    # renames and deletes: the only layer-contract exception, pyproject.toml [tool.importlinter]).
+    from icr_interp.storage import atomic
+
     final = model_dir / f"v{CACHE_FORMAT}-{sha[:16]}"
-    tmp = model_dir / f".v{CACHE_FORMAT}-{sha[:16]}.tmp-{uuid.uuid4().hex[:12]}"
-    tmp.mkdir()
+    tmp = atomic.temp_dir(final)
     try:
         save_file(tensors, str(tmp / WEIGHTS), metadata={"name": spec.name, "format": str(CACHE_FORMAT)})
         tokenizer.save_pretrained(tmp / TOKENIZER)
@@ -262,18 +261,13 @@ def _convert_to_cache(spec: PretrainedLMSpec, source: Path, model_dir: Path) -> 
                            "mtime_ns": st.st_mtime_ns, "sha256": sha},
                 "versions": _versions(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         (tmp / META).write_text(json.dumps(meta, indent=1, sort_keys=True))
-        shutil.copymode(tmp / META, tmp / WEIGHTS)  # safetensors writes 0600; give it the umask's usual mode
-        for p in (tmp / WEIGHTS, tmp / META):  # on disk before the rename publishes them
-            with open(p, "rb") as fh:
-                os.fsync(fh.fileno())
         try:
-            os.replace(tmp, final)
+            atomic.publish_dir(tmp, final)  # modes set, flushed, renamed; the staging folder removed
         except OSError:  # another process published the same version first: use theirs
             if not (final / META).is_file():
                 raise
     finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)  # our own temporary folder only
+        atomic.remove_if_ours(tmp.parent)  # our marked staging folder only (gone after a publish)
     return final
 
 

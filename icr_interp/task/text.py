@@ -287,10 +287,12 @@ class TextICRecallTask(ICRecallTask):
 
     # ------------------------------------------------------------- display
     def to_str(self, tokens: Tensor) -> list | str:
-        """Token strings of ``tokens`` (``[pos]`` -> list, ``[batch pos]`` -> list of lists)."""
+        """Token strings of ``tokens`` as text (``[]`` -> str, ``[pos]`` -> list, ``[batch pos]`` -> list of lists)."""
         if tokens.ndim == 2:
             return [self.to_str(t) for t in tokens]
-        return self.tokenizer.convert_ids_to_tokens(tokens.tolist())
+        if tokens.ndim == 0:
+            return self.tokenizer.decode([int(tokens)])
+        return [self.tokenizer.decode([i]) for i in tokens.tolist()]  # readable text ("Ġ"/"Ċ" decoded)
 
     def prompt_text(self, batch: Batch, i: int) -> str:
         """The text of example ``i`` (padding removed)."""

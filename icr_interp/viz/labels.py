@@ -19,7 +19,7 @@ def _layout(batch_or_layout: Batch | Layout) -> Layout:
     return batch_or_layout.layout if isinstance(batch_or_layout, Batch) else batch_or_layout
 
 
-def vocab_of(task_or_vocab: ICRecallTask | Vocabulary | None) -> Vocabulary | None:
+def vocab_of(task_or_vocab: ICRecallTask | Vocabulary | None) -> ICRecallTask | Vocabulary | None:
     """The vocabulary of a task (or the vocabulary itself, or None); a text task is its own (it has ``to_str``)."""
     if isinstance(task_or_vocab, ICRecallTask):
         return getattr(task_or_vocab, "vocab", task_or_vocab)
