@@ -20,11 +20,17 @@ Example::
 """
 
 from icr_interp.experiments.sweep.executors import (EXECUTORS, TIMING_FIELDS, SweepError, die_with_parent,
-                                                    one_line_error, run_one, run_sweep)
+                                                    failure_text, run_one, run_sweep)
 from icr_interp.experiments.sweep.grid import AXES, RunSpec, axes_of, expand_grid, sizes_for_triplets
 from icr_interp.experiments.sweep.store import (ResultsError, ResultsStore, check_record, check_summary, flat,
                                                 load_results, summary_path, to_csv)
 
 __all__ = ["expand_grid", "sizes_for_triplets", "axes_of", "AXES", "RunSpec", "run_one", "run_sweep", "SweepError",
-           "EXECUTORS", "TIMING_FIELDS", "die_with_parent", "one_line_error", "load_results", "to_csv", "flat",
+           "EXECUTORS", "TIMING_FIELDS", "die_with_parent", "failure_text", "load_results", "to_csv", "flat",
            "ResultsStore", "ResultsError", "check_record", "check_summary", "summary_path"]
+
+
+def __getattr__(name: str):
+    from icr_interp._moved import module_attr
+
+    return module_attr(__name__, name)  # the first release's names (icr_interp._moved)

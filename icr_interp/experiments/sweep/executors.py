@@ -57,8 +57,9 @@ class SweepError(RuntimeError):
         super().__init__(f"{len(failures)} run(s) failed (first: {first_key}: {first})")
 
 
-def one_line_error(e: BaseException) -> str:
-    """``Type: message (at file:line in function)`` -- :func:`icr_interp.plumbing.one_line` with where it was raised."""
+def failure_text(e: BaseException) -> str:
+    """A failed run's record: ``Type: message (at file:line in function)`` -- the message squeezed by
+    :func:`icr_interp.plumbing.one_line` (the one formatter), with its type and where it was raised."""
     text = one_line(e) if str(e).strip() else ""
     frames = traceback.extract_tb(e.__traceback__)
     where = f" (at {Path(frames[-1].filename).name}:{frames[-1].lineno} in {frames[-1].name})" if frames else ""
@@ -136,7 +137,7 @@ def _call(run_fn: Callable, config: RunConfig) -> tuple[dict | None, str | None]
     try:
         return run_fn(config), None
     except Exception as e:  # noqa: BLE001 -- reported per run, the sweep goes on
-        return None, one_line_error(e)
+        return None, failure_text(e)
 
 
 def _outcome(get: Callable[[], tuple]) -> tuple[dict | None, str | None]:
@@ -144,7 +145,7 @@ def _outcome(get: Callable[[], tuple]) -> tuple[dict | None, str | None]:
     try:
         return get()
     except Exception as e:  # noqa: BLE001
-        return None, f"the worker running it died ({one_line_error(e)})"
+        return None, f"the worker running it died ({failure_text(e)})"
 
 
 # ------------------------------------------------------------------ local

@@ -241,8 +241,9 @@ def check_sizes(config: dict, task, tensors: dict[str, torch.Tensor]) -> None:
     saved = {}
     if "embed.W_E" in tensors and tensors["embed.W_E"].ndim == 2:
         saved["d_vocab"], saved["d_model"] = tensors["embed.W_E"].shape
-    if "blocks.0.attn.W_Q" in tensors and tensors["blocks.0.attn.W_Q"].ndim == 3:
-        saved["n_heads"] = tensors["blocks.0.attn.W_Q"].shape[0]
+    w_q = next((tensors[name] for name in sorted(tensors) if name.endswith(".attn.W_Q")), None)  # first block's
+    if w_q is not None and w_q.ndim == 3:
+        saved["n_heads"] = w_q.shape[0]
     saved["n_layers"] = len({name.split(".")[1] for name in tensors if name.startswith("blocks.")})
     wanted = dict(dims, d_vocab=task.vocab.size)
     wrong = [f"{k} {wanted[k]} (the weights have {saved[k]})" for k in ("d_vocab", "d_model", "n_heads", "n_layers")
