@@ -137,3 +137,37 @@ def test_split_verdict():
     assert split_verdict(t([0.1, 0.1]), t([0.95, 0.05]), 0.79) == "split across heads"  # one-sided, complementary
     assert split_verdict(t([0.1, 0.1]), t([0.95, 0.9]), 0.1) == "mixed"  # both on subjects
     assert split_verdict(t([0.4, 0.4]), t([0.65, 0.35]), 0.87) == "mixed"  # leaning, not one-sided
+
+
+@pytest.mark.parametrize("biases", [False, True])
+@pytest.mark.parametrize("n_layers, n_heads", [(2, 1), (2, 2), (1, 2)])
+def test_the_query_only_forward_equals_the_full_forward_at_any_depth(n_layers, n_heads, biases):
+    """Training's forward runs the first layer from token tables and the last one at the query only: the same
+    logits as the full forward (within 1e-5) and the same gradients of the trained weights.  With every bias
+    of the attention perturbed too (the built ones are zero) the scale grows, hence 1e-4 there: a bias counted
+    twice would be off by far more."""
+    from icr_interp.model.forward import _first_block_from_tables, last_layer_path_applies
+    from icr_interp.training.trainer import batch_logits
+
+    task = small_task(1)
+    model = ii.build_model(task, n_layers=n_layers, n_heads=n_heads, seed=1)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # away from the start, so that the comparison is not at a special point
+        for block in model.blocks:
+            a = block.attn
+            for w in (a.W_Q, a.W_K, *((a.b_Q, a.b_K, a.b_V, a.b_O) if biases else ())):
+                w.add_(0.05 * torch.randn(w.shape, generator=gen))
+    assert last_layer_path_applies(model)
+    batch = task.sample(48, seed=5)
+    assert _first_block_from_tables(model, batch.tokens) == (n_layers == 2)  # the first block from token tables
+    grads = []
+    for fast in (True, False):
+        logits = batch_logits(model, batch, fast=fast)
+        loss = F.cross_entropy(logits, batch.answers)
+        params = [p for n, p in model.named_parameters() if n.split(".")[-1] in ("W_Q", "W_K")]
+        grads.append((logits.detach(), torch.autograd.grad(loss, params)))
+    (fast_logits, fast_grads), (full_logits, full_grads) = grads
+    tol = 1e-4 if biases else 1e-5
+    torch.testing.assert_close(fast_logits, full_logits, atol=tol, rtol=tol)
+    for a, b in zip(fast_grads, full_grads):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-3)

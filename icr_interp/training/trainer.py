@@ -30,7 +30,7 @@ from icr_interp.model.attention_params import DEFAULT_LR, DEFAULT_SCHEDULE, logi
 from icr_interp.task.ceiling import ceiling
 from icr_interp.tl.compat import TLModel
 from icr_interp.model import hooks as H
-from icr_interp.model.forward import query_logits, query_path_applies, unembed
+from icr_interp.model.forward import last_layer_path_applies, query_logits, query_path_applies, unembed
 from icr_interp.model.builder import TRAINABLE
 from icr_interp.seeds import SALTS, derive_seed
 from icr_interp.task.prompts import Batch, ICRecallTask
@@ -53,7 +53,7 @@ class TrainConfig:
     schedule: str | None = None
     weight_decay: float = 0.0  # AdamW weight decay on W_Q / W_K
     seed: int = 0  # seeds the training set and the minibatch order
-    fast: bool = True  # use the query-only forward when the model has one layer
+    fast: bool = True  # run the last layer at the query only (model.forward.last_layer_path_applies)
 
     def validate(self) -> None:
         """One-line ValueError for a field out of range."""
@@ -158,7 +158,7 @@ def finetune(model: TLModel, task: ICRecallTask, n_samples: int | None = None, s
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
     decay = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, cfg.steps)) if cfg.schedule == "cosine" else None
     history = History()
-    fast = cfg.fast and query_path_applies(model)
+    fast = cfg.fast and last_layer_path_applies(model)  # the last layer at the query only, at any depth
     try:
         for step in tqdm(range(cfg.steps), desc="fine-tune", disable=None if progress else True, leave=False):
             idx = torch.randperm(cfg.n_samples, generator=gen)[: cfg.batch_size].to(device)
