@@ -121,6 +121,21 @@ def test_one_one_line_formatter():
     assert defs == ["icr_interp/plumbing.py"]
 
 
+def test_the_code_imports_no_old_name():
+    """Library, probes, case studies and benchmarks use the layered paths, never the alias table's old ones."""
+    from icr_interp._moved import MOVED
+
+    old = {f"icr_interp.{name}" for name in MOVED}
+    offenders = []
+    for folder in ("icr_interp", "probes", "case_studies", "benchmarks"):
+        for path in (REPO / folder).rglob("*.py"):
+            for name in _imports(path):
+                parent = name.rpartition(".")[0]
+                if name in old or parent in old or any(name.startswith(o + ".") for o in old):
+                    offenders.append(f"{path.relative_to(REPO)}: {name}")
+    assert offenders == []
+
+
 def test_hook_table():
     from icr_interp.model import hooks as H
 
