@@ -37,3 +37,12 @@ def test_tokens_shorter_than_their_layout_are_refused(model_and_task, name):
     with pytest.raises(ValueError, match="tokens and layout do not match") as err:
         _calls(model, task)[name](short)
     assert "\n" not in str(err.value)
+
+
+def test_knowledge_base_and_task_print_one_short_line(shared_task):
+    """Issue 21: ``print(kb)`` and ``print(task)`` say what they are in one line, not a tensor dump."""
+    kb_text, task_text = repr(shared_task.kb), repr(shared_task)
+    assert "\n" not in kb_text and len(kb_text) < 200 and "tensor" not in kb_text
+    assert kb_text.startswith(f"KnowledgeBase({shared_task.kb.n_subjects} subjects, {shared_task.kb.n_relations} "
+                              f"relations") and f"{shared_task.kb.n_triplets} facts" in kb_text
+    assert task_text == f"ICRecallTask(n_pairs={shared_task.n_pairs}, bos=True, kb={kb_text})"

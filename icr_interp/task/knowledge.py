@@ -60,6 +60,13 @@ class KnowledgeBase:
             if len(set(names)) != len(names):
                 raise ValueError(f"duplicate {kind} names")
 
+    def __repr__(self) -> str:
+        """One line, in the spirit of TransformerLens's config repr: sizes, relation names, shared answers."""
+        shown = ", ".join(self.relations[:6]) + (f", ... ({self.n_relations})" if self.n_relations > 6 else "")
+        return (f"KnowledgeBase({self.n_subjects} subjects, {self.n_relations} relations, {self.n_answers} answers, "
+                f"{self.n_triplets} facts, {self.n_relations * self.n_subjects - self.n_triplets} gaps; "
+                f"relations: {shown})")
+
     @property
     def n_subjects(self) -> int:
         return len(self.subjects)

@@ -212,6 +212,12 @@ class ICRecallTask:
     def config(self) -> dict:
         return dict(n_pairs=self.n_pairs, bos=self.bos)
 
+    def __repr__(self) -> str:
+        """One line: the task's settings (:meth:`config`), then its knowledge base."""
+        settings = ", ".join(f"{k}={f'<{len(v)} entries>' if isinstance(v, dict) else repr(v)}"
+                             for k, v in self.config().items() if v not in ("", None))
+        return f"{type(self).__name__}({settings}, kb={self.kb!r})"
+
     def layout(self, batch_size: int) -> Layout:
         """Layout of the fixed prompt format, repeated for every example."""
         off = int(self.bos)
