@@ -21,7 +21,8 @@ from _common import Parser, out_dir, positive, seed, write_json  # noqa: E402
 from starts import shape  # noqa: E402
 
 import icr_interp as ii  # noqa: E402
-from icr_interp.analysis.job_split import fine_tuned, head_split  # noqa: E402
+from icr_interp.analysis.job_split import head_split  # noqa: E402
+from icr_interp.experiments.shapes import fine_tuned  # noqa: E402
 
 SCORE_KEYS = ("pairwise", "pairwise_null", "p_value", "balance", "best")
 

@@ -118,22 +118,7 @@ def format_jobs(jobs: dict) -> str:
     return "\n".join(lines)
 
 
-def fine_tuned(task: ICRecallTask, n_layers: int, n_heads: int, seed: int, *, n_eval: int = 1024,
-               state: dict | None = None, **train) -> tuple[TLModel, dict]:
-    """Build, measure the start, fine-tune (``train``: :func:`icr_interp.training.trainer.finetune` overrides), measure again.
+def __getattr__(name: str):
+    from icr_interp._moved import module_attr
 
-    ``state``: a state dict of the same build already fine-tuned (then nothing trains; the start is still measured).
-    Returns the model and ``{"start_accuracy", "accuracy", "ceiling", "trained"}``.
-    """
-    from icr_interp.model.builder import build_model
-    from icr_interp.training.trainer import evaluate, finetune
-
-    model = build_model(task, n_layers=n_layers, n_heads=n_heads, seed=seed)
-    start = evaluate(model, task, n_prompts=n_eval, seed=seed)["accuracy"]
-    if state is None:
-        finetune(model, task, seed=seed, progress=False, **train)
-    else:
-        model.load_state_dict(state)
-    after = evaluate(model, task, n_prompts=n_eval, seed=seed)
-    return model, dict(start_accuracy=start, accuracy=after["accuracy"], ceiling=after["ceiling"],
-                       trained=state is None)
+    return module_attr(__name__, name)  # fine_tuned moved to icr_interp.experiments.shapes
