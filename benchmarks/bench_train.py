@@ -40,7 +40,7 @@ import torch.nn.functional as F  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from icr_interp import ICRecallTask, KnowledgeBase, build_model  # noqa: E402
-from icr_interp.model.memory.associative import MemoryScales, construct_memory  # noqa: E402
+from icr_interp.model.memory import MemoryScales, construct_memory  # noqa: E402
 from icr_interp.training.trainer import TrainConfig, batch_logits, trainable_names  # noqa: E402
 from timing import measure  # noqa: E402
 
@@ -131,7 +131,7 @@ def bench_memory(model, task, batch, repeats: int, peak_size: int) -> dict:
     The peak matmul takes turns with the two memories, so all three see the same load.
     """
     cfg = model.icr_config
-    built = dict(construction=cfg.construction, kb=task.kb, vocab=task.vocab, basis=model.icr_basis,
+    built = dict(construction=cfg.construction, kb=task.kb, vocab=task.vocab, basis=model.basis,
                  n_pairs=task.n_pairs, scales=MemoryScales(**cfg.scales))
     dense = construct_memory(**built, impl="dense").requires_grad_(False)  # frozen, as in fine-tuning
     factored = construct_memory(**built, impl="factored")
