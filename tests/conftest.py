@@ -52,6 +52,7 @@ SLOW = {  # seconds measured on 2 cores at load ~8 (2026-12-03); about half that
     "test_sweep.py::test_local_sweep_writes_one_line_per_run",
     "test_sweep.py::test_run_one_is_deterministic_in_process",
     "test_sweep.py::test_ray_sweep_equals_local",  # 47 s
+    "test_probe_real_model.py::test_the_probe_writes_its_report_for_a_real_model",  # 26 s
 }
 
 
