@@ -171,3 +171,21 @@ def test_the_query_only_forward_equals_the_full_forward_at_any_depth(n_layers, n
     torch.testing.assert_close(fast_logits, full_logits, atol=tol, rtol=tol)
     for a, b in zip(fast_grads, full_grads):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-3)
+
+
+def test_the_kept_value_table_follows_a_changed_weight():
+    """The first block's value table is kept while its weights are frozen, and rebuilt when one changes."""
+    from icr_interp.training.trainer import batch_logits
+
+    task = small_task(2)
+    model = ii.build_model(task, n_layers=2, seed=2)
+    for name, p in model.named_parameters():
+        p.requires_grad_(name.split(".")[-1] in ("W_Q", "W_K"))  # as fine-tuning leaves them
+    batch = task.sample(48, seed=6)
+    with torch.no_grad():
+        first = batch_logits(model, batch)
+        assert getattr(model, "_icr_value_table", None) is not None  # kept
+        model.blocks[0].attn.W_V.mul_(1.5)  # an in-place change: its version counter moves
+        torch.testing.assert_close(batch_logits(model, batch), batch_logits(model, batch, fast=False),
+                                   atol=1e-5, rtol=1e-5)
+        assert not torch.allclose(first, batch_logits(model, batch))

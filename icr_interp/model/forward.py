@@ -160,7 +160,7 @@ def _value_table(model: TLModel, table: Float[Tensor, "row d_model"], bias: Floa
     """
     attn = model.blocks[0].attn
     inputs = (model.embed.W_E, model.pos_embed.W_pos, attn.W_V, attn.b_V, attn.W_O)
-    key = (table.shape[0], *((t.data_ptr(), t._version) for t in inputs))
+    key = (table.shape[0], *((id(t), t.data_ptr(), t._version, t.dtype, t.device) for t in inputs))
     cached = getattr(model, "_icr_value_table", None)
     if cached is not None and cached[0] == key:
         return cached[1]
