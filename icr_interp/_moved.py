@@ -48,6 +48,7 @@ MOVED_ATTRS: dict[str, dict[str, str]] = {
                                      "pearson": f"{PACKAGE}.analysis.stats.pearson"},
     f"{PACKAGE}.training.trainer": {"EVAL_SALT": f"{PACKAGE}.seeds.EVAL_SALT"},
     f"{PACKAGE}.training": {"EVAL_SALT": f"{PACKAGE}.seeds.EVAL_SALT"},
+    f"{PACKAGE}.analysis.circuit": {"CircuitSeries": f"{PACKAGE}.analysis.circuit_series.CircuitSeries"},
     f"{PACKAGE}.analysis.job_split": {"fine_tuned": f"{PACKAGE}.experiments.shapes.fine_tuned"},
     f"{PACKAGE}.experiments.sweep": {"one_line_error": f"{PACKAGE}.experiments.sweep.executors.failure_text"},
 }

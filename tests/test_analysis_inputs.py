@@ -46,3 +46,15 @@ def test_knowledge_base_and_task_print_one_short_line(shared_task):
     assert kb_text.startswith(f"KnowledgeBase({shared_task.kb.n_subjects} subjects, {shared_task.kb.n_relations} "
                               f"relations") and f"{shared_task.kb.n_triplets} facts" in kb_text
     assert task_text == f"ICRecallTask(n_pairs={shared_task.n_pairs}, bos=True, kb={kb_text})"
+
+
+def test_a_summary_of_one_job_says_nothing_of_the_other(model_and_task):
+    """Issue 21: with the relation swap alone, no cell reads nan and the verdict never cites answer lookup
+    as measured; a member the swap leaves unchanged (the subjects) is not cited with its zero."""
+    model, task = model_and_task
+    summary = circuit.circuit_summary(model, task, task.sample(64, seed=0), seed=1, jobs=("relation",))
+    text = str(summary)
+    assert "nan" not in text.lower() and "not measured" in text
+    verdict = summary.verdict
+    assert "answer lookup not measured" in verdict and "both jobs" not in verdict
+    assert "subjects 0.00" not in verdict

@@ -16,7 +16,7 @@ at the prediction position is measured:
 * ``uniform``: equal weight on every context token.
 
 **Across pairs** (``beta``): ``"fit"`` (default) takes, per example and head, the weights of the pairwise
-template nearest to the head's own row (:func:`~icr_interp.analysis.templates.fit_pairwise` on its span
+template nearest to the head's own row (:func:`~icr_interp.analysis.pairwise_form.fit_pairwise` on its span
 masses), so ``pairwise`` keeps the head's choice of pairs and removes only its imbalance and off-context mass;
 ``"mean_row"`` the fitted weights averaged over examples (one template per head); ``"uniform"`` ``1 / k``
 (then the re-paired null equals ``pairwise``: the pairing is invisible without varying weights);
@@ -45,7 +45,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from icr_interp.analysis.templates import fit_pairwise
+from icr_interp.analysis.pairwise_form import fit_pairwise
 from icr_interp.model import hooks as H
 from icr_interp.model.forward import unembed
 from icr_interp.task.prompts import Batch

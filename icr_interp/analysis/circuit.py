@@ -63,8 +63,6 @@ Example::
     summary["context", "relation"]     # share of relation inference carried by the pairs' values
 """
 
-import csv
-import io
 import math
 import warnings
 from dataclasses import dataclass, field
@@ -225,8 +223,12 @@ class CircuitSummary:
                  f"(base accuracy {self.base_accuracy:.3f})",
                  f"{'component':<{width}}  {'relation':>8}  {'lookup':>8}  {'abl. acc':>8}  {'Δacc':>7}"]
         for r in self.rows:
-            lines.append(f"{r.component.label:<{width}}  {r.relation:8.3f}  {r.lookup:8.3f}  "
+            cells = [f"{v:8.3f}" if math.isfinite(v) else f"{'-':>8}" for v in (r.relation, r.lookup)]
+            lines.append(f"{r.component.label:<{width}}  {cells[0]}  {cells[1]}  "
                          f"{r.ablated_accuracy:8.3f}  {-r.accuracy_drop:+7.3f}")
+        unmeasured = [_JOB_NAMES[j] for j in JOBS if j not in self.jobs]
+        if unmeasured:
+            lines.append(f"-: not measured ({', '.join(unmeasured)}: its corruption was not run)")
         lines += [f"warning: {w}" for w in self.warnings]
         lines.append(f"verdict: {self.verdict}")
         return "\n".join(lines)
@@ -346,7 +348,10 @@ def _job_phrase(summary: CircuitSummary, job: str) -> str:
             if group_done:
                 continue
             group_done = True
+            # A member whose share is exactly 0 was not changed by this corruption (a relation swap keeps the
+            # subjects): zero by construction, so it is named as such, not cited as evidence.
             inner = ", ".join(f"{'both' if k == 'context' else k} {getattr(by_key[k], job):.2f}"
+                              if getattr(by_key[k], job) != 0.0 else f"{k} unchanged by the swap"
                               for k in CONTEXT_GROUP if k in by_key)
             drops = ", ".join(f"{k} {by_key[k].accuracy_drop:.2f}" for k in ("subjects", "answers") if k in by_key)
             need = f"; {summary.ablation_method}-ablated accuracy drop: {drops}" if drops else ""
@@ -363,8 +368,10 @@ def verdict(summary: CircuitSummary) -> str:
     if summary.at_chance:
         return f"unreliable: {summary.at_chance}, so no circuit is named"
     phrases = [_job_phrase(summary, job) for job in JOBS]
-    reliable = all(summary.baselines.get(job, {}).get("reliable", True) for job in JOBS)
-    shared = [r.component.key for r in summary.rows if reliable and min(r.relation, r.lookup) >= CARRIES]
+    measured = all(job in summary.jobs for job in JOBS)  # "both jobs" only when both were measured
+    reliable = measured and all(summary.baselines.get(job, {}).get("reliable", True) for job in JOBS)
+    shared = [r.component.key for r in summary.rows
+              if reliable and all(math.isfinite(v) and v >= CARRIES for v in (r.relation, r.lookup))]
     tail = f"; both jobs pass through {_join([_SHORT[k] for k in shared])}" if shared else ""
     return "; ".join(phrases) + tail
 
@@ -380,50 +387,7 @@ def _join(parts: list[str]) -> str:
     return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
 
 
-# ------------------------------------------------------------------ series
-@dataclass
-class CircuitSeries:
-    """Circuit summaries of several checkpoints of one run, ordered by training step."""
+def __getattr__(name: str):
+    from icr_interp._moved import module_attr
 
-    names: list[str]  # checkpoint names
-    steps: list[int | None]  # training step of each (None: unknown)
-    summaries: list[CircuitSummary]  # one per checkpoint
-
-    def __post_init__(self):
-        if not (len(self.names) == len(self.steps) == len(self.summaries)):
-            raise ValueError("names, steps and summaries must have the same length")
-
-    @property
-    def components(self) -> list[str]:
-        """Components present in every summary, in summary order."""
-        if not self.summaries:
-            return []
-        common = set.intersection(*(set(s.components) for s in self.summaries))
-        return [c for c in self.summaries[0].components if c in common]
-
-    def x(self) -> list[float]:
-        """The x axis: steps when every checkpoint has one, else checkpoint indices."""
-        if all(s is not None for s in self.steps):
-            return [float(s) for s in self.steps]
-        return [float(i) for i in range(len(self.names))]
-
-    def values(self, component: str, column: str) -> list[float]:
-        return [s[component, column] for s in self.summaries]
-
-    def to_dict(self, columns: tuple[str, ...] = ("relation", "lookup", "accuracy_drop")) -> dict:
-        series = {f"{c}:{col}": self.values(c, col) for c in self.components for col in columns}
-        return dict(names=list(self.names), steps=list(self.steps), components=self.components,
-                    columns=list(columns), base_accuracy=[s.base_accuracy for s in self.summaries],
-                    series=series, verdicts=[s.verdict for s in self.summaries],
-                    summaries=[s.to_dict() for s in self.summaries])
-
-    def to_csv(self, columns: tuple[str, ...] = ("relation", "lookup", "accuracy_drop")) -> str:
-        """One row per checkpoint: name, step, base accuracy, then ``component:column`` values."""
-        keys = [(c, col) for c in self.components for col in columns]
-        buf = io.StringIO()
-        writer = csv.writer(buf, lineterminator="\n")
-        writer.writerow(["name", "step", "base_accuracy", *(f"{c}:{col}" for c, col in keys)])
-        for name, step, s in zip(self.names, self.steps, self.summaries):
-            writer.writerow([name, "" if step is None else step, f"{s.base_accuracy:.6g}",
-                             *(f"{s[c, col]:.6g}" for c, col in keys)])
-        return buf.getvalue()
+    return module_attr(__name__, name)  # CircuitSeries: icr_interp.analysis.circuit_series

@@ -5,7 +5,7 @@ which subject goes with which answer.  The null keeps everything about the
 rows except the pairing: the pairwise score of the rows when pair ``i`` is
 ``(s_i, a_pi(i))``, averaged over permutations ``pi`` of the k pairs
 (:func:`pairings`; the scores themselves are
-:func:`icr_interp.analysis.templates.pairing_scores`).  :func:`pairing_test` asks, by
+:func:`icr_interp.analysis.pairwise_form.pairing_scores`).  :func:`pairing_test` asks, by
 randomisation over examples, whether the true pairing scores higher than the
 null.  Derivation and what each kind of row gives: docs/theory.md, "Template
 scores against a null".

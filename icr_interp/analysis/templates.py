@@ -70,18 +70,18 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-from icr_interp.analysis.attention import query_rows, query_rows_from_cache  # noqa: F401  (re-exported: their old home)
+from icr_interp.analysis.attention import query_rows, query_rows_from_cache, resolve_layer  # noqa: F401
 from icr_interp.analysis.combined_rows import combine_rows, normalise_shares, ov_shares
 from icr_interp.tl.compat import TLModel
 from icr_interp.analysis.pairing_null import (NULL_ALPHA, NULL_DRAWS, NULL_MAX_PERMUTATIONS, NULL_MIN_EFFECT,  # noqa: F401
                                      NULL_SEED, pairing_test, pairings)
 from icr_interp.task.prompts import Batch, Layout
 from icr_interp.analysis.inputs import check_batch
+from icr_interp.analysis.pairwise_form import fit_pairwise, pairing_scores, pairwise_tv  # noqa: F401
 
 TEMPLATES = ("pairwise", "answers", "subjects", "uniform", "sink")
 UNIFORM_MARGIN = 0.02  # call a row "uniform" when TV(uniform) - TV(pairwise) is at most this
 _ROW_SUM_TOL = 1e-2  # attention rows must sum to 1 (loose enough for half precision)
-_CHUNK = 1 << 22  # elements per chunk of the re-paired score tensors (bounds memory, not a per-example loop)
 
 
 @dataclass(frozen=True)
@@ -118,48 +118,6 @@ class RoleMass:
 
 
 # ------------------------------------------------------------ templates
-def pairwise_tv(subject: Float[Tensor, "*lead pair"], answer: Float[Tensor, "*lead pair"]) -> Float[Tensor, "*lead"]:
-    """TV distance from a row (given its pair masses; it sums to 1) to the nearest pairwise template."""
-    pair_mass = (subject + answer).sum(-1)
-    within = (subject - answer).abs().sum(-1)
-    shortfall = (1 - 2 * torch.maximum(subject, answer).sum(-1)).clamp_min(0)
-    return 0.5 * ((1 - pair_mass).clamp_min(0) + within + shortfall)
-
-
-def fit_pairwise(subject: Float[Tensor, "*lead pair"],
-                 answer: Float[Tensor, "*lead pair"]) -> Float[Tensor, "*lead pair"]:
-    """Weights ``beta`` (on the simplex) of a nearest pairwise template.
-
-    With ``t_i = beta_i / 2`` the cost of pair ``i`` is flat for ``t_i`` between
-    its two masses, so if the larger masses sum to at least 1/2 every ``t_i``
-    sits at the same fraction of its ``[min, max]`` interval; otherwise every
-    pair is at its max and the rest is shared in proportion to it.
-    """
-    lo, hi = torch.minimum(subject, answer), torch.maximum(subject, answer)
-    lo_sum, hi_sum = lo.sum(-1, keepdim=True), hi.sum(-1, keepdim=True)
-    frac = ((0.5 - lo_sum) / (hi_sum - lo_sum).clamp_min(1e-12)).clamp(0, 1)
-    inside = lo + frac * (hi - lo)
-    share = torch.where(hi_sum > 0, hi / hi_sum.clamp_min(1e-12), torch.full_like(hi, 1 / hi.shape[-1]))
-    above = hi + (0.5 - hi_sum).clamp_min(0) * share
-    return 2 * torch.where(hi_sum >= 0.5, inside, above)
-
-
-def pairing_scores(subject: Float[Tensor, "*lead pair"], answer: Float[Tensor, "*lead pair"],
-                   perms: Int[Tensor, "perm pair"]) -> Float[Tensor, "*lead perm"]:
-    """Pairwise score ``1 - TV`` of each row when pair ``i`` is ``(s_i, a_pi(i))``, for every ``pi`` in ``perms``.
-
-    The same closed form (:func:`pairwise_tv`) on re-paired masses, so nothing
-    but the pairing changes; chunked over permutations to bound memory.
-    """
-    perms = perms.to(answer.device)
-    step = max(1, _CHUNK // max(1, answer.numel()))
-    out = []
-    for chunk in perms.split(step):
-        paired = answer[..., chunk]  # [*lead perm pair]
-        out.append(1 - pairwise_tv(subject[..., None, :].expand_as(paired), paired))
-    return torch.cat(out, -1)
-
-
 def template_tv(mass: RoleMass) -> Float[Tensor, "*lead template"]:
     """TV distance to the nearest member of every template family, in :data:`TEMPLATES` order."""
     n_ctx = 2 * mass.subject.shape[-1]
@@ -395,10 +353,7 @@ def _as_layer_head(rows: Tensor) -> Tensor:
 def _head_that_matters(pair_mass: Tensor, layer: int | None, head: int | None) -> tuple[int, int]:
     """The last layer's (or the given layer's) head with the most pair mass, unless given."""
     n_layers, n_heads = pair_mass.shape
-    layer = n_layers - 1 if layer is None else layer
-    if not -n_layers <= layer < n_layers:
-        raise ValueError(f"layer {layer} out of range for {n_layers} layers")
-    layer %= n_layers
+    layer = resolve_layer(n_layers, layer)  # the one rule for which layer (default the last)
     head = int(pair_mass[layer].argmax()) if head is None else head
     if not -n_heads <= head < n_heads:
         raise ValueError(f"head {head} out of range for {n_heads} heads")

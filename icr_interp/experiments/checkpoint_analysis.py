@@ -260,7 +260,8 @@ def circuit_series(entries: list[CheckpointEntry], n_prompts: int, seed: int, de
                    jobs: tuple[str, ...] = ("relation", "lookup")):
     """Circuit summaries (of ``jobs``) of a series' checkpoints, all on the same prompts (:func:`probe_prompts`)."""
     from icr_interp.storage.checkpoint import load_checkpoint
-    from icr_interp.analysis.circuit import CircuitSeries, circuit_summary
+    from icr_interp.analysis.circuit import circuit_summary
+    from icr_interp.analysis.circuit_series import CircuitSeries
 
     summaries = []
     for entry in entries:

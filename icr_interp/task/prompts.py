@@ -212,10 +212,9 @@ class ICRecallTask:
     def config(self) -> dict:
         return dict(n_pairs=self.n_pairs, bos=self.bos)
 
-    def __repr__(self) -> str:
-        """One line: the task's settings (:meth:`config`), then its knowledge base."""
-        settings = ", ".join(f"{k}={f'<{len(v)} entries>' if isinstance(v, dict) else repr(v)}"
-                             for k, v in self.config().items() if v not in ("", None))
+    def __repr__(self) -> str:  # one line: the settings (config(), dicts by size), then the knowledge base
+        shown = {k: f"<{len(v)} entries>" if isinstance(v, dict) else repr(v) for k, v in self.config().items()}
+        settings = ", ".join(f"{k}={v}" for k, v in shown.items() if v != repr(""))
         return f"{type(self).__name__}({settings}, kb={self.kb!r})"
 
     def layout(self, batch_size: int) -> Layout:

@@ -166,7 +166,7 @@ def plot_circuit_series(series, columns: tuple[str, ...] = ("relation", "lookup"
     """Every circuit component against the training step, one panel per column.
 
     Args:
-        series: a :class:`~icr_interp.analysis.circuit.CircuitSeries`.
+        series: a :class:`~icr_interp.analysis.circuit_series.CircuitSeries`.
         columns: which columns of the circuit summaries (patching effects, ablation).
         n_prompts: prompts each checkpoint was measured on, for the titles.
     """
