@@ -36,6 +36,9 @@ MOVED: dict[str, str] = {
     "probing": "experiments.checkpoint_analysis",
 }
 
+# Modules renamed inside a subpackage: old path (relative to the package) -> new one.
+RENAMED: dict[str, str] = {"viz.legacy": "viz.model_report"}
+
 # Module names that stay public at the top level without a warning (``ii.patching`` is the documented spelling).
 KEPT = {"patching": "analysis.patching", "ablation": "analysis.ablation", "circuit": "analysis.circuit",
         "viz": "viz"}
@@ -61,6 +64,8 @@ def new_name(old: str) -> str | None:
     rel = old[len(PACKAGE) + 1:] if old.startswith(PACKAGE + ".") else None
     if rel is None:
         return None
+    if rel in RENAMED:
+        return f"{PACKAGE}.{RENAMED[rel]}"
     head, _, tail = rel.partition(".")
     if head not in MOVED:
         return None
@@ -121,7 +126,7 @@ class MovedFinder(importlib.abc.MetaPathFinder):
         if new is None:
             return None
         head = fullname[len(PACKAGE) + 1:].partition(".")[0]
-        if head not in KEPT:
+        if head not in KEPT or fullname[len(PACKAGE) + 1:] in RENAMED:
             warn_moved(fullname, new, stacklevel=6)
         return importlib.util.spec_from_loader(fullname, _AliasLoader(new))
 

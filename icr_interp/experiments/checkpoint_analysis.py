@@ -14,7 +14,8 @@ everything they compute can be imported and tested:
   ``derive_seed(S, "analysis")`` and corrupts them with
   ``derive_seed(S, "corrupt")`` (:mod:`icr_interp.seeds`);
 * **analyses** -- :func:`role_patching` (exact or attribution, per corruption),
-  :func:`circuit_series` over a series, and :func:`patching_report`, which
+  :func:`circuit_series` over a series; the report page itself is
+  :func:`icr_interp.viz.model_report.checkpoint_report`, which
   computes everything a checkpoint's HTML report shows and hands it to
   :mod:`icr_interp.viz.report` to render.
 
@@ -272,47 +273,6 @@ def circuit_series(entries: list[CheckpointEntry], n_prompts: int, seed: int, de
         if log is not None:
             log(f"{entry.name} (step {entry.step}): {summaries[-1].verdict}")
     return CircuitSeries([e.name for e in entries], [e.step for e in entries], summaries)
-
-
-def patching_report(checkpoint, batch, results: dict, summary=None, *, title: str, eval_prompts: int = EVAL_PROMPTS,
-                    example: int = 0, max_examples: int = 32) -> str:
-    """The self-contained HTML report of a checkpoint: accuracy, attention view, scores, patching, circuit.
-
-    Computes the held-out accuracy (:func:`icr_interp.training.trainer.evaluate`, seeded
-    by the run's own seed, so it matches what training reported), the template
-    scores and the attention patterns of ``batch``; takes the role patching
-    ``results`` (:func:`role_patching`) and circuit ``summary`` as given; and
-    renders them with :mod:`icr_interp.viz.report`.
-    """
-    from icr_interp.analysis.attention import query_row
-    from icr_interp.analysis.templates import score_templates
-    from icr_interp.training.trainer import evaluate
-    from icr_interp.viz import legacy, report, views
-
-    model, task = checkpoint.model, checkpoint.task
-    seed = run_seed(checkpoint)
-    evaluation = evaluate(model, task, n_prompts=eval_prompts, seed=seed)
-    stored = _section(checkpoint.metrics, "after").get("accuracy")
-    scores = score_templates(model, batch)
-    labels = views.role_labels(task, batch, example)
-    query_pos, cpu, n = int(batch.layout.query_pos[example]), batch.to("cpu"), len(batch)
-    shown, query_sections = [], []
-    for layer in range(model.cfg.n_layers):
-        pattern = views.layer_pattern(model, batch.tokens, layer)  # [batch head dest src]
-        for kind, what in (("heads", "every head, query row only"), ("query", "the prompt coloured by the query row")):
-            view = views.pattern_view(pattern[example], labels, query_pos, layer=layer, kind=kind, rows="query")
-            shown.append((f"Layer {layer}: {what} (1 prompt: example {example} of {n})", view))
-        rows = views.gather_slots(query_row(pattern, cpu.layout.query_pos), cpu)
-        query_sections.append(report.query_rows_section(rows, views.slot_labels(batch), layer, max_examples))
-    sections = [report.accuracy_section(evaluation, seed, stored if isinstance(stored, float) else None),
-                report.summary_section({"checkpoint": str(checkpoint.path), **legacy.batch_info(model, batch, task,
-                                                                                              example)}),
-                report.attention_section(shown, intro=legacy.VIEW_INTRO), *query_sections,
-                report.scores_section(scores, n),
-                report.role_patching_section(results, n)]
-    if summary is not None:
-        sections.append(report.circuit_section(summary))
-    return report.render_report(title, sections)
 
 
 def attention_png(model, batch, max_rows: int = 32) -> bytes:

@@ -9,7 +9,7 @@ one document with circuitsvis's bundled script inlined once and every figure
 as a base64 PNG, and :func:`write_report` writes it atomically
 (:mod:`icr_interp.storage.fsio`).  Every caption says how many prompts it shows.
 
-``icr_interp.experiments.checkpoint_analysis.patching_report`` is the one caller that computes
+``icr_interp.viz.model_report.checkpoint_report`` is the one caller that computes
 everything a checkpoint's report needs.
 """
 
