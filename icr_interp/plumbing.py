@@ -16,7 +16,7 @@ before torch or TransformerLens load.
 
 import argparse
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 EXIT_USAGE, EXIT_FAILURE, EXIT_INTERRUPTED = 2, 1, 130
 SEED_LIMIT = 2**63  # seeds are torch.Generator seeds: integers in [0, 2**63)

@@ -39,7 +39,7 @@ Example::
 """
 
 from dataclasses import dataclass, field
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from jaxtyping import Float

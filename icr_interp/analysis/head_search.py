@@ -27,7 +27,7 @@ Example::
 
 import math
 from dataclasses import dataclass, field
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor

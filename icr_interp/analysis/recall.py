@@ -20,7 +20,7 @@ Example::
 """
 
 from dataclasses import dataclass, field
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 import torch.nn.functional as F

@@ -20,7 +20,7 @@ costs one row.  On a 30-layer model that is what makes per-head grids affordable
 """
 
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 from jaxtyping import Bool, Float, Int

@@ -33,7 +33,7 @@ a pretrained memory is fitted by the separate step
 """
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 
 import einops

@@ -17,7 +17,7 @@ fine-tuning; ``metrics["start_accuracy"]`` the same measurement at the start.
 
 import time
 from dataclasses import dataclass
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

@@ -27,7 +27,7 @@ and ``answer`` of the first release are still read, as ``subjects`` and
 """
 
 import warnings
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from jaxtyping import Bool

@@ -12,7 +12,8 @@ the token after the prompt's last one is taken (``" Tokyo"``, with its leading s
 """
 
 import string
-from typing import NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
 
 Span = tuple[int, int]  # inclusive [first, last] token positions (or half-open character spans, see render)
 

@@ -16,7 +16,7 @@ row only); other models take the full forward.
 
 import math
 from dataclasses import dataclass, field, replace
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F

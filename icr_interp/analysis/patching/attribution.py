@@ -8,7 +8,7 @@ example.  It is exact where the output is linear in the activation and
 underestimates saturating (ReLU) effects.
 """
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from jaxtyping import Float

@@ -12,7 +12,7 @@ False and ``reason`` says why.  Normalised values outside
 import math
 import warnings
 from dataclasses import dataclass, field
-from typing import Sequence
+from collections.abc import Sequence
 
 import einops
 import torch

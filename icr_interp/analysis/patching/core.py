@@ -1,7 +1,7 @@
 """What a patch is, and the primitives every patching path shares (hook kinds, entry masks, hooked writes)."""
 
 from dataclasses import dataclass
-from typing import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 from jaxtyping import Bool

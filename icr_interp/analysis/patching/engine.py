@@ -10,7 +10,7 @@ every position or average over the batch.  No hook outlives a call.
 """
 
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import einops
 import torch

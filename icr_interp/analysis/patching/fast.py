@@ -13,7 +13,7 @@ Each ``recompute_*`` yields ``(sample index, position, logits row)`` triples
 for the stacked samples ``rows`` (the example each sample patches).
 """
 
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import einops
 import torch

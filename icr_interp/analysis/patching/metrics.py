@@ -1,7 +1,7 @@
 """Patching metrics: callables from logits ``[batch pos vocab]`` to a scalar; the logit difference at the query."""
 
 from dataclasses import dataclass, replace
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from jaxtyping import Float, Int

@@ -18,7 +18,7 @@ import hashlib
 import itertools
 import json
 from dataclasses import asdict, dataclass, fields
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 from icr_interp.pipeline.config import RunConfig
 from icr_interp.pipeline.presets import get_preset

@@ -32,7 +32,7 @@ import math
 import os
 import warnings
 from pathlib import Path
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from icr_interp.experiments.sweep.grid import axes_of
 from icr_interp.storage import atomic

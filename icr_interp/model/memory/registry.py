@@ -8,7 +8,7 @@ implementation's name, and :func:`choose_impl` the rule for ``"auto"``.
 """
 
 from dataclasses import asdict
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn

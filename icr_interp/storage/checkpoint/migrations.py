@@ -30,7 +30,7 @@ two checkpoints in tests/data that the 0.1 release wrote).
 
 import copy
 from dataclasses import dataclass
-from typing import Callable
+from collections.abc import Callable
 
 FAMILY = "icr_interp-checkpoint/"
 FORMAT = FAMILY + "2"  # written by this library
