@@ -185,7 +185,9 @@ def write_figures(results: dict, out: Path) -> list[Path]:
     for name, pair, label in panels:
         fig, axes = new_figure(9, 4.5, ncols=2)
         for ax, (title, values) in zip(axes.flat, pair):
-            im = ax.imshow(torch.tensor(values).T.numpy(), aspect="auto", cmap="RdBu_r", origin="lower")
+            grid = torch.tensor(values, dtype=torch.float).nan_to_num()
+            scale = float(grid.abs().max()) or 1.0  # white at zero
+            im = ax.imshow(grid.T.numpy(), aspect="auto", cmap="RdBu_r", origin="lower", vmin=-scale, vmax=scale)
             ax.set(title=title, xlabel="layer", ylabel="head")
             fig.colorbar(im, ax=ax, label=label)
         paths.append(out / name)
