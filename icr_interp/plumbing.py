@@ -15,7 +15,9 @@ before torch or TransformerLens load.
 """
 
 import argparse
+import signal
 import sys
+import threading
 from collections.abc import Callable
 
 EXIT_USAGE, EXIT_FAILURE, EXIT_INTERRUPTED = 2, 1, 130
@@ -85,6 +87,19 @@ def run_main(prog: str, body: Callable[[], int], failures: tuple[type[BaseExcept
 
     ``body`` may parse arguments itself (argparse's ``SystemExit`` passes through with its code).
     """
+    _SIGINTS.clear()
+    ours = threading.current_thread() is threading.main_thread() and \
+        signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    if ours:
+        signal.signal(signal.SIGINT, _on_sigint)  # the same KeyboardInterrupt, remembered
+    try:
+        return _run(prog, body, failures)
+    finally:
+        if ours:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def _run(prog: str, body: Callable[[], int], failures: tuple[type[BaseException], ...]) -> int:
     try:
         return body()
     except SystemExit as e:  # argparse: --help (0) or a bad argument (2)
@@ -96,5 +111,22 @@ def run_main(prog: str, body: Callable[[], int], failures: tuple[type[BaseExcept
         print(f"{prog}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except failures as e:
+        if _interrupted(e):  # Ctrl-C inside a library's lazy import, re-raised by it as an import error
+            print(f"{prog}: interrupted", file=sys.stderr)
+            return EXIT_INTERRUPTED
         print(f"{prog}: error: {one_line(e)}", file=sys.stderr)
         return EXIT_FAILURE
+
+
+_SIGINTS: list[int] = []  # Ctrl-Cs received while run_main runs (see _interrupted)
+
+
+def _on_sigint(signum, frame):
+    _SIGINTS.append(signum)
+    raise KeyboardInterrupt
+
+
+def _interrupted(e: BaseException) -> bool:
+    """Whether a failure follows a Ctrl-C: libraries with lazy imports (transformers) turn the KeyboardInterrupt
+    raised inside an import into an import error of their own, without chaining it."""
+    return bool(_SIGINTS) or isinstance(e.__cause__ or e.__context__, KeyboardInterrupt)
