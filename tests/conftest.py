@@ -97,3 +97,26 @@ def reference_checkpoint(tmp_path_factory) -> Path:
     finetune(model, task, steps=200, seed=0, progress=False)
     save_checkpoint(path, model, task, step=200)
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_smol_llama():
+    """A random 2-layer Llama (rotary, GQA, RMSNorm, gated SiLU) with SmolLM2's own tokenizer from the converted
+    cache: the real LM's code path (a TransformerLens model with a tokenizer, text prompts with token spans) in
+    a model that runs in milliseconds. Skipped where SmolLM2 has not been converted (``make setup`` does it)."""
+    from icr_interp.model import pretrained_lm
+
+    cache = pretrained_lm.find_cache("smollm2-135m")
+    if cache is None:
+        pytest.skip("SmolLM2 not converted in the cache (make setup converts it)")
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(cache / "tokenizer")
+    cfg = HookedTransformerConfig(n_layers=2, d_model=32, n_heads=4, d_head=8, d_mlp=64, n_ctx=128,
+                                  d_vocab=len(tokenizer), act_fn="silu", normalization_type="RMS",
+                                  positional_embedding_type="rotary", rotary_dim=8, n_key_value_heads=2,
+                                  gated_mlp=True, final_rms=True, default_prepend_bos=False, seed=0)
+    model = HookedTransformer(cfg)
+    model.set_tokenizer(tokenizer)
+    return model.eval()

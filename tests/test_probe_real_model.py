@@ -32,25 +32,12 @@ def test_bad_model_arguments_are_one_line(args, message):
 
 
 @pytest.fixture
-def tiny_smollm(monkeypatch):
-    """load_pretrained_lm returns a random 2-layer Llama with SmolLM2's tokenizer (from the converted cache)."""
+def tiny_smollm(monkeypatch, tiny_smol_llama):
+    """load_pretrained_lm returns the tiny Llama with SmolLM2's tokenizer (tests/conftest.py)."""
     from icr_interp.model import pretrained_lm as P
 
-    cache = P.find_cache("smollm2-135m")
-    if cache is None:
-        pytest.skip("SmolLM2 not converted in the cache (make setup converts it)")
-    from transformer_lens import HookedTransformer, HookedTransformerConfig
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(cache / "tokenizer")
-    cfg = HookedTransformerConfig(n_layers=2, d_model=32, n_heads=4, d_head=8, d_mlp=64, n_ctx=128,
-                                  d_vocab=len(tokenizer), act_fn="silu", normalization_type="RMS",
-                                  positional_embedding_type="rotary", rotary_dim=8, n_key_value_heads=2,
-                                  gated_mlp=True, final_rms=True, default_prepend_bos=False, seed=0)
-    model = HookedTransformer(cfg)
-    model.set_tokenizer(tokenizer)
-    monkeypatch.setattr(P, "load_pretrained_lm", lambda name, device="cpu", **kw: model.eval())
-    return model
+    monkeypatch.setattr(P, "load_pretrained_lm", lambda name, device="cpu", **kw: tiny_smol_llama)
+    return tiny_smol_llama
 
 
 def test_the_probe_writes_its_report_for_a_real_model(tiny_smollm, tmp_path):

@@ -50,22 +50,8 @@ def test_ranked_and_overlap():
 
 
 @pytest.fixture(scope="module")
-def tiny_lm():
-    """A random 2-layer Llama (rotary, GQA, RMSNorm) with SmolLM2's tokenizer from the converted cache."""
-    cache = P.find_cache(NAME)
-    if cache is None:
-        pytest.skip("SmolLM2 not converted in the cache (load_pretrained_lm('smollm2-135m') once)")
-    from transformer_lens import HookedTransformer, HookedTransformerConfig
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(cache / "tokenizer")
-    cfg = HookedTransformerConfig(n_layers=2, d_model=32, n_heads=4, d_head=8, d_mlp=64, n_ctx=128,
-                                  d_vocab=len(tokenizer), act_fn="silu", normalization_type="RMS",
-                                  positional_embedding_type="rotary", rotary_dim=8, n_key_value_heads=2,
-                                  gated_mlp=True, final_rms=True, default_prepend_bos=False, seed=0)
-    model = HookedTransformer(cfg)
-    model.set_tokenizer(tokenizer)
-    return model.eval()
+def tiny_lm(tiny_smol_llama):
+    return tiny_smol_llama
 
 
 def test_every_phase_on_a_tiny_llama(tiny_lm, tmp_path):
