@@ -13,6 +13,7 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
+from icr_interp.task.tokens import check_token_ids
 from icr_interp.task.knowledge import KnowledgeBase
 
 BOS = "<bos>"
@@ -76,8 +77,6 @@ class Vocabulary:
         return [self.to_str(t) for t in tokens]
 
     def check(self, tokens: Tensor) -> None:
-        """Raise a one-line ValueError if ``tokens`` holds ids outside the vocabulary."""
-        if tokens.dtype not in (torch.int64, torch.int32):
-            raise ValueError(f"token ids must be integers, got dtype {tokens.dtype}")
-        if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= self.size):
-            raise ValueError(f"token ids must lie in [0, {self.size}), got [{int(tokens.min())}, {int(tokens.max())}]")
+        """Raise a one-line ValueError if ``tokens`` holds ids outside the vocabulary (:mod:`icr_interp.task.tokens`'
+        one check)."""
+        check_token_ids(tokens, self.size, "token ids")
