@@ -394,8 +394,10 @@ def test_ctrl_c_during_start_up_is_one_line_and_130(tmp_path):
     import signal
     import time
 
-    proc = subprocess.Popen([sys.executable, str(REPO / "probes" / "patching.py"), str(tmp_path / "nope"), "--out",
-                             str(tmp_path / "o")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # a real checkpoint, so that the checks pass at once and the run is importing torch when the signal comes
+    proc = subprocess.Popen([sys.executable, str(REPO / "probes" / "patching.py"),
+                             str(REPO / "tests" / "data" / "legacy_tiny_pair"), "--out", str(tmp_path / "o")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     time.sleep(0.4)  # parsed by now; importing torch and TransformerLens takes seconds
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
