@@ -21,63 +21,7 @@ from _common import Parser, out_dir, positive, seed, write_json  # noqa: E402
 from starts import shape  # noqa: E402
 
 import icr_interp as ii  # noqa: E402
-from icr_interp.analysis.job_split import head_split  # noqa: E402
-from icr_interp.experiments.shapes import fine_tuned  # noqa: E402
-
-SCORE_KEYS = ("pairwise", "pairwise_null", "p_value", "balance", "best")
-
-
-def model_path(models: Path, s: int, r: int, k: int, seed_: int, layers: int, heads: int) -> Path:
-    """Where a fine-tuned state dict of this build is saved (and reused with ``--reuse``), as safetensors."""
-    return models / f"{s}x{r}x{k}_s{seed_}_L{layers}H{heads}.safetensors"
-
-
-def save_state(path: Path, state: dict) -> None:
-    """Write a state dict as safetensors, atomically: tensors and a header, never pickle."""
-    import safetensors.torch
-
-    from icr_interp.storage.atomic import write_bytes
-
-    write_bytes(path, safetensors.torch.save({k: v.detach().cpu().contiguous() for k, v in state.items()}))
-
-
-def load_state(path: Path) -> dict | None:
-    """A state dict saved by :func:`save_state`, or None if ``path`` does not exist (safetensors: no code runs).
-
-    The bytes are read once and parsed from memory; a damaged file is a one-line ValueError.
-    """
-    import safetensors.torch
-
-    if not path.exists():
-        return None
-    try:
-        return safetensors.torch.load(path.read_bytes())
-    except Exception as e:  # noqa: BLE001 -- safetensors raises its own error types
-        raise ValueError(f"--reuse: {path} cannot be read as safetensors ({' '.join(str(e).split())}); "
-                         f"delete it to retrain") from None
-
-
-def measure(s: int, r: int, k: int, seed_: int, layers: int, heads: int, models: Path, reuse: bool, train: dict,
-            n_eval: int, n_template: int) -> tuple[dict, "ii.ICRModel", "ii.ICRecallTask"]:
-    """One row (start -> final accuracy, per-head and combined template scores, split verdict), model, task."""
-    task = ii.ICRecallTask(ii.KnowledgeBase.random(s, r, s, answer_overlap=1.0, seed=seed_), n_pairs=k)
-    path = model_path(models, s, r, k, seed_, layers, heads)
-    train = {key: value for key, value in train.items() if value is not None}
-    path = path.with_name(path.stem + "".join(f"_{key}{value}" for key, value in sorted(train.items()))
-                          + path.suffix)
-    state = load_state(path) if reuse else None
-    model, row = fine_tuned(task, layers, heads, seed_, n_eval=n_eval, state=state, **train)
-    if state is None:
-        save_state(path, model.state_dict())
-    batch = task.sample(n_template, seed=seed_ + 1)
-    scores = ii.score_templates(model, batch).to_dict()
-    pick = lambda d: {key: d[key] for key in SCORE_KEYS}  # noqa: E731
-    row.update(train=train, reused=state is not None, shape=f"{s}x{r}x{k}", seed=seed_, n_layers=layers, n_heads=heads,
-               heads=[dict(layer=h["layer"], head=h["head"], **pick(h)) for h in scores["per_head"]],
-               combined=[dict(layer=c["layer"], head_shares=c["head_shares"], **pick(c)) for c in scores["combined"]],
-               split=head_split(model, batch).to_dict())
-    return row, model, task
-
+from icr_interp.experiments.shapes import SCORE_KEYS, measure  # noqa: E402
 
 def report(row: dict) -> str:
     lines = [f"{row['shape']:>9} seed {row['seed']} L{row['n_layers']}H{row['n_heads']}: start "

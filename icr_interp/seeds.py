@@ -35,7 +35,7 @@ EVAL_SALT = SALTS["eval"]  # the held-out stream's salt, by its first name
 OFFSETS = {  # purpose -> added to the run seed
     "attention_start": 1,  # the random part of the attention start (build_model)
     "minibatch_order": 7919,  # the order fine-tuning visits a fixed training set (finetune)
-    "second_head": 1,  # the second head's start in the heads case study
+    "head_scores": 1,  # the prompts the heads case study scores (experiments.shapes.measure)
 }
 
 

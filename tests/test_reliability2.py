@@ -508,11 +508,8 @@ def test_18g_one_definition_of_n_star(hits):
 
 # ------------------------------------------------------------------ 20: heads.py stores safetensors
 def test_20_heads_reuse_stores_safetensors_and_never_unpickles(tmp_path, models):
-    sys.path.insert(0, str(REPO / "case_studies"))
-    try:
-        import heads
-    finally:
-        sys.path.remove(str(REPO / "case_studies"))
+    from icr_interp.experiments import shapes as heads  # what case_studies/heads.py --reuse calls
+
     state = models[1].state_dict()
     path = heads.model_path(tmp_path, 16, 4, 2, 0, 1, 2)
     assert path.suffix == ".safetensors" and heads.load_state(path) is None
@@ -523,4 +520,5 @@ def test_20_heads_reuse_stores_safetensors_and_never_unpickles(tmp_path, models)
     with pytest.raises(ValueError, match="cannot be read as safetensors") as info:
         heads.load_state(path)
     one_line(info)
-    assert not re.search(r"(?<!safetensors\.)torch\.load\(", (REPO / "case_studies" / "heads.py").read_text())
+    for source in (REPO / "case_studies" / "heads.py", REPO / "icr_interp" / "experiments" / "shapes.py"):
+        assert not re.search(r"(?<!safetensors\.)torch\.load\(", source.read_text())

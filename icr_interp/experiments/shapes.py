@@ -1,4 +1,5 @@
-"""Models of several heads or layers, built, fine-tuned and measured: the heads and layers case studies' runs.
+"""Models of several heads or layers, built, fine-tuned and measured: the heads and layers case studies' runs
+(:func:`measure` is one row of ``case_studies/heads.py``, its fine-tuned state saved as safetensors for ``--reuse``).
 
 :func:`fine_tuned` is :func:`icr_interp.run`'s three steps for a model of ``n_layers`` x ``n_heads`` on a task
 (build, fine-tune, evaluate before and after), with a saved state to reuse instead of training again. The
@@ -6,10 +7,18 @@ analyses of the result (which head reads subjects and which answers, where each 
 :mod:`icr_interp.analysis.job_split`'s.
 """
 
-from icr_interp.model.builder import build_model
+from pathlib import Path
+
+from icr_interp.analysis.job_split import head_split
+from icr_interp.analysis.templates import score_templates
+from icr_interp.model.builder import ICRModel, build_model
+from icr_interp.seeds import offset_seed
+from icr_interp.task.knowledge import KnowledgeBase
 from icr_interp.task.prompts import ICRecallTask
 from icr_interp.tl.compat import TLModel
 from icr_interp.training.trainer import evaluate, finetune
+
+SCORE_KEYS = ("pairwise", "pairwise_null", "p_value", "balance", "best")  # per-head scores a row keeps
 
 
 def fine_tuned(task: ICRecallTask, n_layers: int, n_heads: int, seed: int, *, n_eval: int = 1024,
@@ -28,3 +37,55 @@ def fine_tuned(task: ICRecallTask, n_layers: int, n_heads: int, seed: int, *, n_
     after = evaluate(model, task, n_prompts=n_eval, seed=seed)
     return model, dict(start_accuracy=start, accuracy=after["accuracy"], ceiling=after["ceiling"],
                        trained=state is None)
+
+
+def model_path(models: Path, s: int, r: int, k: int, seed_: int, layers: int, heads: int) -> Path:
+    """Where a fine-tuned state dict of this build is saved (and reused with ``--reuse``), as safetensors."""
+    return models / f"{s}x{r}x{k}_s{seed_}_L{layers}H{heads}.safetensors"
+
+
+def save_state(path: Path, state: dict) -> None:
+    """Write a state dict as safetensors, atomically: tensors and a header, never pickle."""
+    import safetensors.torch
+
+    from icr_interp.storage.atomic import write_bytes
+
+    write_bytes(path, safetensors.torch.save({k: v.detach().cpu().contiguous() for k, v in state.items()}))
+
+
+def load_state(path: Path) -> dict | None:
+    """A state dict saved by :func:`save_state`, or None if ``path`` does not exist (safetensors: no code runs).
+
+    The bytes are read once and parsed from memory; a damaged file is a one-line ValueError.
+    """
+    import safetensors.torch
+
+    if not path.exists():
+        return None
+    try:
+        return safetensors.torch.load(path.read_bytes())
+    except Exception as e:  # noqa: BLE001 -- safetensors raises its own error types
+        raise ValueError(f"--reuse: {path} cannot be read as safetensors ({' '.join(str(e).split())}); "
+                         f"delete it to retrain") from None
+
+
+def measure(s: int, r: int, k: int, seed_: int, layers: int, heads: int, models: Path, reuse: bool, train: dict,
+            n_eval: int, n_template: int) -> tuple[dict, ICRModel, ICRecallTask]:
+    """One row (start -> final accuracy, per-head and combined template scores, split verdict), model, task."""
+    task = ICRecallTask(KnowledgeBase.random(s, r, s, answer_overlap=1.0, seed=seed_), n_pairs=k)
+    path = model_path(models, s, r, k, seed_, layers, heads)
+    train = {key: value for key, value in train.items() if value is not None}
+    path = path.with_name(path.stem + "".join(f"_{key}{value}" for key, value in sorted(train.items()))
+                          + path.suffix)
+    state = load_state(path) if reuse else None
+    model, row = fine_tuned(task, layers, heads, seed_, n_eval=n_eval, state=state, **train)
+    if state is None:
+        save_state(path, model.state_dict())
+    batch = task.sample(n_template, seed=offset_seed(seed_, "head_scores"))
+    scores = score_templates(model, batch).to_dict()
+    pick = lambda d: {key: d[key] for key in SCORE_KEYS}  # noqa: E731
+    row.update(train=train, reused=state is not None, shape=f"{s}x{r}x{k}", seed=seed_, n_layers=layers, n_heads=heads,
+               heads=[dict(layer=h["layer"], head=h["head"], **pick(h)) for h in scores["per_head"]],
+               combined=[dict(layer=c["layer"], head_shares=c["head_shares"], **pick(c)) for c in scores["combined"]],
+               split=head_split(model, batch).to_dict())
+    return row, model, task
