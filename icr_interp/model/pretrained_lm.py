@@ -76,7 +76,6 @@ def _tl_classes():
     return HookedTransformer, HookedTransformerConfig
 
 
-
 @dataclass(frozen=True)
 class PretrainedLMSpec:
     """One named pretrained LM: where its GGUF file comes from and how to override the derived config.
@@ -124,6 +123,14 @@ def get_spec(name: str) -> PretrainedLMSpec:
     return REGISTRY[name]
 
 
+def source_installed(name: str) -> bool:
+    """Whether the wheel holding ``name``'s source file is installed (:func:`locate_source` finds it)."""
+    try:
+        return locate_source(name).is_file()
+    except PretrainedLMError:
+        return False
+
+
 def locate_source(name: str) -> Path:
     """The GGUF file of ``name`` inside its installed wheel (found through the wheel's RECORD, never imported).
 
@@ -140,7 +147,6 @@ def locate_source(name: str) -> Path:
             return path
     raise PretrainedLMError(
         f"{name}: {spec.filename} not found (wheel {spec.distribution} missing); run: {spec.install_command}")
-
 
 
 def llama_cfg_dict(hf_config) -> dict[str, Any]:
@@ -184,7 +190,6 @@ def _llama_converter():
 ARCHITECTURES: dict[str, tuple[Callable[[Any], dict], Callable[[], Callable]]] = {
     "LlamaForCausalLM": (llama_cfg_dict, _llama_converter),
 }
-
 
 
 def _require_hf_stack(spec: PretrainedLMSpec) -> None:
@@ -270,7 +275,6 @@ def _convert_to_cache(spec: PretrainedLMSpec, source: Path, model_dir: Path) -> 
     finally:
         atomic.remove_if_ours(tmp.parent)  # our marked staging folder only (gone after a publish)
     return final
-
 
 
 def default_cache_root() -> Path:
@@ -368,7 +372,6 @@ def load_pretrained_lm(name: str, cache_dir: str | os.PathLike | None = None, de
 
     meta = json.loads((version_dir / META).read_text())
     return _build(meta["cfg"], load_file(str(version_dir / WEIGHTS)), version_dir / TOKENIZER, device, dtype)
-
 
 
 @torch.no_grad()
