@@ -62,18 +62,25 @@ def default_roles(layout) -> list[str]:
             *(["bos"] if has_bos else []), *(["prediction", "separators"] if text else [])]
 
 
+def _pair_index(layout, name: str) -> tuple[str, int | None]:
+    """``("pair", 1)`` for ``"pair_2"`` (0-based, checked against k); ``(name, None)`` for a whole role."""
+    base, _, index = name.partition("_")
+    if not index:
+        return base, None
+    k = layout.subject_pos.shape[1]
+    if int(index) > k:
+        raise ValueError(f"role {name!r} is out of range for k={k} pairs")
+    return base, int(index) - 1
+
+
 def positions(layout, name: str) -> list[Tensor]:
     """The position tensors (``[batch n]`` each, -1 = absent) that make up role ``name``.
 
     ``"all"`` has no position tensor: it is every position (see :func:`mask`).
     """
     name = canonical(name)
-    base, _, index = name.partition("_")
-    if index:
-        i = int(index) - 1
-        k = layout.subject_pos.shape[1]
-        if i >= k:
-            raise ValueError(f"role {name!r} is out of range for k={k} pairs")
+    base, i = _pair_index(layout, name)
+    if i is not None:
         pick = slice(i, i + 1)
         return {"subject": [layout.subject_pos[:, pick]], "answer": [layout.answer_pos[:, pick]],
                 "pair": [layout.subject_pos[:, pick], layout.answer_pos[:, pick]]}[base]
@@ -90,12 +97,8 @@ def mask(layout, name: str, n_pos: int) -> Bool[Tensor, "batch pos"]:
     if name == "all":
         return torch.ones(layout.query_pos.shape[0], n_pos, dtype=torch.bool, device=layout.query_pos.device)
     m = layout.span_masks(n_pos)
-    base, _, index = name.partition("_")
-    if index:
-        i = int(index) - 1
-        k = layout.subject_pos.shape[1]
-        if i >= k:
-            raise ValueError(f"role {name!r} is out of range for k={k} pairs")
+    base, i = _pair_index(layout, name)
+    if i is not None:
         return {"subject": m.subject[:, i], "answer": m.answer[:, i], "pair": m.subject[:, i] | m.answer[:, i]}[base]
     return {"subjects": lambda: m.subject.any(1), "answers": lambda: m.answer.any(1),
             "context": lambda: m.subject.any(1) | m.answer.any(1), "query": lambda: m.query, "bos": lambda: m.bos,
