@@ -19,9 +19,14 @@ template scores as a table, the patching heatmaps and the circuit summary.
 
 With --model (a pretrained LM, e.g. smollm2-135m) the prompts are text built
 from the knowledge base with the templates (default "{s}: {a}\\n" per pair and
-"{s}:" for the query), tokenized by the model's own tokenizer; every analysis and
-the report are the same, the attention drawn for the three layers whose heads beat
-the pairing null by the most.
+"{s}:" for the query), tokenized by the model's own tokenizer.  It first prints an
+estimated time (calibrated on one forward), then runs phase by phase, printing a
+line per phase and saving each as it ends (Ctrl-C keeps what is done): the default
+grid per corruption (residual stream x role; attention and MLP output at the
+prediction; every head's z at the prediction), the template scores (scores.json),
+then report.html and patching.png.  --grid full adds every head x role and
+attention pattern x source role (attribution screens, exact patching confirms the
+top cells) and the circuit summary (circuit.json).
 
 For a directory of checkpoints (subdirectories holding config.json, ordered by
 the "step" in their metrics, else by the number in their name): the circuit
@@ -45,6 +50,10 @@ def build_parser() -> C.OneLineParser:
                    help="relation swap (moves relation inference), query swap (moves answer lookup), or both")
     p.add_argument("--method", choices=("exact", "attribution"), default="exact",
                    help="exact patching or attribution patching (first-order estimate); default exact")
+    p.add_argument("--grid", choices=("default", "full"), default="default",
+                   help="with --model: the default grid (residual stream x role, attention/MLP output and every "
+                        "head's z at the prediction) or also every head x role and pattern, screened by attribution "
+                        "and confirmed exactly, and the circuit summary (full)")
     p.add_argument("--eval-prompts", type=C.int_arg("--eval-prompts", 1), default=None, metavar="M",
                    help="held-out prompts for the report's accuracy (default 1024; 64 with --model)")
     return p
@@ -63,25 +72,18 @@ def run(args) -> int:
 
 
 def run_model(args) -> int:
-    """The same analyses and report for a pretrained LM on text prompts (icr_interp.experiments.text_probe)."""
-    from icr_interp.experiments import checkpoint_analysis as probing, text_probe
-    from icr_interp.storage.fsio import write_bytes, write_json, write_text
+    from icr_interp.experiments import checkpoint_analysis as probing, model_probe, text_probe
 
     kb = text_probe.load_knowledge(args.csv, args.builtin)
     subject = text_probe.load_subject(args.model, kb, args.k, args.pair_template, args.query_template, args.device)
     batch, corruption_seed = text_probe.text_prompts(subject, args.n_prompts, args.seed, args.device)
-    results, summary, page = text_probe.patching_analyses(subject, batch, probing.KINDS[args.corruption],
-                                                          corruption_seed, args.method, args.eval_prompts, args.seed)
-    print(summary)
     info = dict(model=args.model, knowledge=str(args.csv or args.builtin), k=args.k,
                 pair_template=args.pair_template, query_template=args.query_template, n_prompts=args.n_prompts,
-                seed=args.seed, corruption_seed=corruption_seed, method=args.method, corruptions=list(results))
-    written = [write_json(args.out / "patching.json",
-                          probing.json_safe(dict(**info, results=probing.role_patching_dict(results)))),
-               write_bytes(args.out / "patching.png", probing.role_patching_png(results, args.n_prompts)),
-               write_json(args.out / "circuit.json", probing.json_safe(summary.to_dict())),
-               write_text(args.out / "report.html", page)]
-    C.report_files(written, args)
+                seed=args.seed, corruption_seed=corruption_seed, method=args.method)
+    done = model_probe.run_model_probe(subject, batch, probing.KINDS[args.corruption], corruption_seed, args.out,
+                                       info, grid=args.grid, method=args.method, eval_prompts=args.eval_prompts,
+                                       seed=args.seed, circuit=args.grid == "full")
+    C.report_files(done["written"], args)
     return 0
 
 

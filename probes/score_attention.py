@@ -48,12 +48,12 @@ def run(args) -> int:
         batch, _ = probing.probe_prompts(ck.task, args.n_prompts, args.seed, args.device)
         name, source = args.checkpoint.resolve().name, dict(checkpoint=str(args.checkpoint))
     scores = score_templates(ck.model, batch)
-    print(scores)
+    layers, note = text_probe.report_layers(scores) if args.kind == "model" else (None, "")
+    print(text_probe.scores_summary(scores) + "\n" + note if args.kind == "model" else scores)
     data = dict(**source, n_prompts=args.n_prompts, seed=args.seed, **scores.to_dict())
     written = [write_json(args.out / "scores.json", probing.json_safe(data)),
-               write_bytes(args.out / "attention.png", probing.attention_png(ck.model, batch))]
+               write_bytes(args.out / "attention.png", probing.attention_png(ck.model, batch, layers, note))]
     if args.html:
-        layers = text_probe.report_layers(scores) if args.kind == "model" else None
         written.append(viz.save_report(args.out / "report.html", ck.model, batch, scores=scores, vocab=ck.task,
                                        layers=layers, title=f"IC-recall attention: {name}"))
     C.report_files(written, args)

@@ -275,17 +275,26 @@ def circuit_series(entries: list[CheckpointEntry], n_prompts: int, seed: int, de
     return CircuitSeries([e.name for e in entries], [e.step for e in entries], summaries)
 
 
-def attention_png(model, batch, max_rows: int = 32) -> bytes:
-    """Per layer and head: the mean query row (bars by role) and the first prompts' rows (heatmap), one PNG."""
-    from icr_interp.viz import figures, views
+def attention_png(model, batch, layers: list[int] | None = None, note: str = "") -> bytes:
+    """The mean prediction row by role of every head of ``layers``, as a grid of small bar charts (one PNG,
+    bounded in pixels: :func:`icr_interp.viz.grids.plot_head_grid`).
 
-    n, pngs = len(batch), []
-    for layer in range(model.cfg.n_layers):
-        rows, labels = views.query_attention(model, batch, layer)  # [batch head slot]
-        for head in range(rows.shape[1]):
-            name = f"L{layer}H{head}"
-            pngs.append(figures.figure_png(figures.plot_query_attention(
-                rows[:, head].mean(0), labels, f"{name}: mean query row ({n} prompts)")))
-            pngs.append(figures.figure_png(figures.plot_query_attention(
-                rows[:max_rows, head], labels, f"{name}: query rows of the first {min(n, max_rows)} of {n} prompts")))
-    return figures.stack_pngs(pngs)
+    ``layers`` default: every layer of a model with at most :data:`~icr_interp.viz.grids.MAX_LAYERS`, else
+    that many evenly spaced ones (first and last included), said in the figure.
+    """
+    from icr_interp.analysis.attention import query_rows
+    from icr_interp.viz import figures, grids
+    from icr_interp.viz.labels import slot_labels
+    from icr_interp.viz.views import gather_slots
+
+    n_layers = model.cfg.n_layers
+    if layers is None:
+        m = grids.MAX_LAYERS
+        layers = list(range(n_layers)) if n_layers <= m else sorted({round(i * (n_layers - 1) / (m - 1))
+                                                                     for i in range(m)})
+        if n_layers > m:
+            note = note or f"{len(layers)} evenly spaced layers of {n_layers}"
+    cpu = batch.to("cpu")
+    every = query_rows(model, batch)
+    rows = {layer: gather_slots(every[layer].detach().float().cpu().transpose(0, 1), cpu) for layer in layers}
+    return figures.figure_png(grids.plot_head_grid(rows, slot_labels(batch), len(batch), note), dpi=grids.DPI)

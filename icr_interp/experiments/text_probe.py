@@ -9,7 +9,12 @@ writes the same report as on a checkpoint; this module holds what differs, so th
 * :func:`text_prompts` samples the prompts (seeded like a checkpoint's probe, ``derive_seed(S, "analysis")``)
   after checking their memory estimate, measured on a first sample since text prompts have no fixed length;
 * :func:`report_layers` picks the layers a report draws for a deep model: those of the heads whose prediction
-  row beats its pairing null by the most (drawing all 30 layers of SmolLM2 would bury them).
+  row beats its pairing null (drawing all 30 layers of SmolLM2 would bury them), and says when none does;
+* :func:`scores_summary` prints the template scores of 270 heads in a dozen lines;
+* :func:`evaluation_summary` is what a reader needs from an evaluation (accuracy with its interval, chance, the
+  ceiling explained).
+
+The probe itself, phase by phase with its time estimate, is :mod:`icr_interp.experiments.model_probe`.
 """
 
 from dataclasses import dataclass, field
@@ -80,34 +85,103 @@ def text_prompts(subject: ModelSubject, n_prompts: int, seed: int, device: str =
     return batch, derive_seed(seed, "corrupt")
 
 
-def report_layers(scores, n: int = REPORT_LAYERS) -> list[int]:
-    """The ``n`` layers holding the heads whose per-example pairwise score beats its null by the most.
+def _edges(scores) -> list[dict]:
+    """Every head's row of ``scores.to_dict()["per_head"]`` with its ``edge`` (pairwise - pairwise null)."""
+    return [dict(r, edge=r["pairwise"] - r["pairwise_null"]) for r in scores.to_dict()["per_head"]]
 
-    ``scores`` is :func:`icr_interp.analysis.templates.score_templates`' result; a model with ``n`` layers
-    or fewer is drawn whole.
+
+def report_layers(scores, n: int = REPORT_LAYERS) -> tuple[list[int], str]:
+    """The layers a report of a deep model draws, and one line saying why those.
+
+    The layers of the heads whose prediction row is "pairwise" by the pairing-null rule
+    (:func:`icr_interp.analysis.templates.score_templates`: ``best == "pairwise"``, i.e. it beats its re-paired
+    null), those with the largest edge (pairwise - null) first, up to ``n``.  Where no head beats its null the
+    note says so, and the ``n`` layers of the largest edges are drawn only to show what the rows look like.
+    A model with ``n`` layers or fewer is drawn whole.
     """
-    gain = {}
-    for row in scores.to_dict()["per_head"]:
-        value = row["pairwise"] - row["pairwise_null"]
-        gain[row["layer"]] = max(gain.get(row["layer"], float("-inf")), value)
-    if len(gain) <= n:
-        return sorted(gain)
-    return sorted(sorted(gain, key=lambda layer: -gain[layer])[:n])
+    rows = _edges(scores)
+    n_layers = 1 + max(r["layer"] for r in rows)
+    if n_layers <= n:
+        return list(range(n_layers)), f"every layer ({n_layers}) is drawn"
+    ranked = sorted(rows, key=lambda r: -r["edge"])
+    significant = [r for r in ranked if r["best"] == "pairwise"]
+    pool = significant or ranked
+    layers = list(dict.fromkeys(r["layer"] for r in pool))[:n]
+    if significant:
+        return sorted(layers), (f"drawn: layers {', '.join(map(str, sorted(layers)))}, holding the heads whose "
+                                f"prediction row beats its pairing null ({len(significant)} heads in all)")
+    return sorted(layers), (f"no head's prediction row beats its pairing null (largest edge {ranked[0]['edge']:+.3f}, "
+                            f"L{ranked[0]['layer']}H{ranked[0]['head']}); layers {', '.join(map(str, sorted(layers)))} "
+                            "are drawn only as those of the largest edges, which are not significant")
 
 
-def patching_analyses(subject: ModelSubject, batch, kinds: tuple[str, ...], corruption_seed: int, method: str,
-                      eval_prompts: int, seed: int) -> tuple[dict, object, str]:
-    """``probes/patching.py --model``'s analyses: role patching per corruption kind, the circuit summary by
-    layer, and the report page (the attention of :func:`report_layers`), as for a checkpoint."""
-    from icr_interp.analysis.circuit import JOB_OF, circuit_summary
-    from icr_interp.analysis.templates import score_templates
-    from icr_interp.experiments.checkpoint_analysis import role_patching
-    from icr_interp.viz.model_report import checkpoint_report
+def scores_summary(scores, top: int = 10) -> str:
+    """The template scores of a deep model in a few lines (the full table is in scores.json).
 
-    results = role_patching(subject.model, subject.task, batch, kinds, corruption_seed, method)
-    summary = circuit_summary(subject.model, subject.task, batch, seed=corruption_seed,
-                              jobs=tuple(JOB_OF[k] for k in kinds), components="layer", source=subject.path)
-    layers = report_layers(score_templates(subject.model, batch))
-    page = checkpoint_report(subject, batch, results, summary, eval_prompts=eval_prompts, seed=seed, layers=layers,
-                             title=f"IC-recall patching report: {subject.path}")
-    return results, summary, page
+    How many heads are "pairwise" by the null rule, the largest edge (pairwise - re-paired null), the ``top``
+    heads by edge, and the starred head with why it is the one the headline reports.
+    """
+    rows = sorted(_edges(scores), key=lambda r: -r["edge"])
+    d = scores.to_dict()
+    pairwise = [r for r in rows if r["best"] == "pairwise"]
+    lines = [f"template scores of {len(rows)} heads' prediction rows on {d['n_examples']} prompts: "
+             f"{len(pairwise)} pairwise by the null rule (p <= 0.01 against the re-paired null and edge >= 0.05); "
+             f"largest edge (pairwise - null) {rows[0]['edge']:+.3f} at L{rows[0]['layer']}H{rows[0]['head']}",
+             f"top {min(top, len(rows))} heads by edge (every head: scores.json):",
+             f"  {'head':<7} {'pairwise':>8} {'null':>6} {'edge':>7} {'p':>6} {'pair mass':>9}  best"]
+    star = (d["layer"], d["head"])
+    shown = rows[:top] + [r for r in rows[top:] if (r["layer"], r["head"]) == star]
+    for r in shown:
+        mark = "*" if (r["layer"], r["head"]) == star else " "
+        lines.append(f" {mark}{'L%dH%d' % (r['layer'], r['head']):<7} {r['pairwise']:>8.3f} "
+                     f"{r['pairwise_null']:>6.3f} {r['edge']:>+7.3f} {r['p_value']:>6.3f} {r['pair_mass']:>9.3f}  "
+                     f"{r['best']}")
+    lines.append(f"* L{star[0]}H{star[1]}: the head the headline scores reports -- by default the last layer's head "
+                 "with the most attention on the context pairs (pair mass), not a head chosen by its edge")
+    return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class EvaluationSummary:
+    """What a reader needs from an evaluation of a real LM on text prompts (``print`` it)."""
+
+    accuracy: float  # top-1 accuracy of the answer's first token
+    n_correct: int
+    n_prompts: int
+    low: float  # 95% Wilson interval of the accuracy
+    high: float
+    chance: float  # one over the number of distinct answers
+    n_answers: int
+    ceiling: float  # Bayes-optimal accuracy on the same prompts (icr_interp.task.ceiling)
+    loss: float
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+    def __str__(self) -> str:
+        return (f"top-1 accuracy {self.accuracy:.3f} ({self.n_correct} of {self.n_prompts} prompts; 95% CI "
+                f"{self.low:.3f}-{self.high:.3f}); chance {self.chance:.4f} (1 of {self.n_answers} answers); "
+                f"loss {self.loss:.2f} nats\n"
+                f"ceiling {self.ceiling:.3f}: the best accuracy any model could reach on these prompts -- below 1 "
+                f"where a context fits more than one relation and the query's answers differ")
+
+
+def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson score interval of a proportion ``k / n``."""
+    if n == 0:
+        return float("nan"), float("nan")
+    p = k / n
+    centre, half = p + z * z / (2 * n), z * (p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5
+    return (centre - half) / (1 + z * z / n), (centre + half) / (1 + z * z / n)
+
+
+def evaluation_summary(model, task, n_prompts: int = 64, seed: int = 0) -> EvaluationSummary:
+    """:func:`icr_interp.training.trainer.evaluate` of ``model`` on ``task``, as a readable summary: accuracy
+    with its 95% interval, chance and the ceiling explained (not the raw dict and its attention list)."""
+    from icr_interp.training.trainer import evaluate
+
+    ev = evaluate(model, task, n_prompts=n_prompts, seed=seed)
+    k = round(ev["accuracy"] * n_prompts)
+    n_answers = int(task.kb.n_answers)
+    return EvaluationSummary(ev["accuracy"], k, n_prompts, *wilson(k, n_prompts), 1.0 / n_answers, n_answers,
+                             ev["ceiling"], ev["loss"])

@@ -90,8 +90,8 @@ def slot_tokens(batch: Batch, vocab, n: int) -> list[list[str]] | None:
 
 
 def attention_sections(model: TLModel, batch: Batch, vocab=None, *, example: int = 0, layers: list[int] | None = None,
-                       max_examples: int = 32, shown_rows: int = SHOWN_ROWS, shown_views: int = SHOWN_VIEWS
-                       ) -> list[str]:
+                       max_examples: int = 32, shown_rows: int = SHOWN_ROWS, shown_views: int = SHOWN_VIEWS,
+                       note: str = "") -> list[str]:
     """The report's attention: prediction rows by role (each prompt's, then mean +- s.d.), the query rows as
     figures, and circuitsvis token views coloured by the prediction row (prompts ``example`` onward)."""
     if not 0 <= example < len(batch):
@@ -112,20 +112,22 @@ def attention_sections(model: TLModel, batch: Batch, vocab=None, *, example: int
                                 kind="query")
             what = prompt_captions(batch[i:i + 1], vocab, 1)[0]
             views.append((f"Layer {layer}: prompt {i} of {n} ({what}) coloured by its prediction row", view))
-    intro = f"<h2>Attention</h2>\n<p>{text(VIEW_INTRO)}</p>"
+    intro = f"<h2>Attention</h2>\n<p>{text(VIEW_INTRO)}</p>" + (f"\n<p><b>Layers shown:</b> {text(note)}</p>"
+                                                                  if note else "")
     return [intro, *tables_, report.attention_section(views, heading=None), *figures_]
 
 
 def checkpoint_report(checkpoint, batch: Batch, results: dict, summary=None, *, title: str, seed: int,
                       eval_prompts: int = 1024, example: int = 0, max_examples: int = 32,
-                      layers: list[int] | None = None) -> str:
+                      layers: list[int] | None = None, layers_note: str = "", scores=None) -> str:
     """The self-contained HTML page of a checkpoint: accuracy, prompts, attention, scores, patching, circuit.
 
     Computes the held-out accuracy on ``eval_prompts`` fresh prompts (:func:`icr_interp.training.trainer.evaluate`
     seeded by the run's ``seed``) and the template scores of ``batch``; takes the role patching ``results``
     and circuit ``summary`` as given.  The accuracy the checkpoint recorded at training time is shown beside.
     ``checkpoint`` may be anything with ``model``, ``task``, ``metrics`` and ``path`` (a real LM:
-    :class:`icr_interp.experiments.text_probe.ModelSubject`); ``layers`` limits the attention drawn.
+    :class:`icr_interp.experiments.text_probe.ModelSubject`); ``layers`` limits the attention drawn and
+    ``layers_note`` says why those; ``scores`` (template scores already computed for ``batch``) saves a forward.
     """
     from icr_interp.analysis.templates import score_templates
     from icr_interp.training.trainer import evaluate
@@ -136,8 +138,9 @@ def checkpoint_report(checkpoint, batch: Batch, results: dict, summary=None, *, 
     stored = after.get("accuracy") if isinstance(after, dict) else None
     sections = [report.accuracy_section(evaluation, seed, stored if isinstance(stored, float) else None),
                 report.summary_section({"checkpoint": str(checkpoint.path), **batch_info(model, batch, task, example)}),
-                *attention_sections(model, batch, task, example=example, layers=layers, max_examples=max_examples),
-                report.scores_section(score_templates(model, batch), len(batch)),
+                *attention_sections(model, batch, task, example=example, layers=layers, max_examples=max_examples,
+                                    note=layers_note),
+                report.scores_section(scores if scores is not None else score_templates(model, batch), len(batch)),
                 report.role_patching_section(results, len(batch))]
     if summary is not None:
         sections.append(report.circuit_section(summary))

@@ -134,8 +134,20 @@ def role_patching_section(results: dict, n_prompts: int) -> str:
              "<p>Clean activations patched into corrupted prompts, by hook x prompt role (and the query's "
              "attention row by source role); 0 = corrupted, 1 = clean.</p>"]
     for kind, res in results.items():
-        fig = figures.plot_role_patching(res["by_role"], res["pattern_by_role"], kind, n_prompts)
-        parts.append(_figure_block(fig, f"{kind} swap: mean over {n_prompts} prompts"))
+        n = res.get("n_prompts", n_prompts)
+        if "by_role" in res:
+            fig = figures.plot_role_patching(res["by_role"], res["pattern_by_role"], kind, n)
+        else:  # a real model's default grid (icr_interp.experiments.probe_grid)
+            from icr_interp.viz.grids import plot_probe_grid
+
+            fig = plot_probe_grid({p: res[p] for p in ("resid", "prediction", "heads") if p in res}, kind, n,
+                                  res.get("n_requested"))
+        asked = res.get("n_requested")
+        fewer = f" (of {asked} asked; the others have no {kind} swap that keeps their token spans)" \
+            if asked is not None and asked != n else ""
+        parts.append(_figure_block(fig, f"{kind} swap: mean over {n} prompts{fewer}"))
+        if "screen" in res:
+            parts.append(f"<pre>{text(str(res['screen']))}</pre>")
     return "\n".join(parts)
 
 

@@ -1,0 +1,206 @@
+"""The patching grids of a real-model probe: the grid a researcher reads first, and a finer one behind a flag.
+
+**Default grid** (:data:`DEFAULT_PARTS`), each part one role-patching call (clean into corrupted, logit
+difference at the prediction position, 0 = corrupted, 1 = clean):
+
+* ``resid``: the residual stream entering every layer (``resid_pre``) x every prompt role -- *where* the
+  information that the corruption moves lives, layer by layer;
+* ``prediction``: every layer's attention output and MLP output at the prediction position -- *which
+  sublayers* write the answer;
+* ``heads``: every head's ``z`` at the prediction position -- *which heads* move it there.
+
+On a 30-layer model that is 30 x 10 + 60 + 270 cells per corruption, each recomputing only the blocks after
+its layer and the positions from its patch on (the engine's job); :func:`grid_blocks` counts those
+token-blocks, the floor a time estimate multiplies by the measured time per token-block.
+
+**Full grid** (``--grid full``, :func:`screen_and_confirm`): every head's ``z`` x every role and every
+head's query-row attention pattern x every source role -- thousands of cells, too many to patch exactly.
+Attribution patching (one forward and one backward, Nanda 2023; AtP*, Kramar et al. 2024) *screens* every
+cell; exact patching *confirms* the top ones and a random control sample of the rest, and the result says how
+far the screen can be trusted: the recall of the exact top-k by the screen's top-k, and the Spearman rank
+correlation between screened and exact values over every confirmed cell.
+"""
+
+import math
+import warnings
+from dataclasses import dataclass, field
+
+import torch
+
+from icr_interp.model import hooks as H
+
+DEFAULT_PARTS = ("resid", "prediction", "heads")
+PART_TITLES = dict(resid="residual stream (resid_pre) x role",
+                   prediction="attention and MLP output at the prediction position",
+                   heads="every head's z at the prediction position")
+
+
+def part_grid(model, part: str) -> tuple[list[str], list[str] | None]:
+    """``(hooks, roles)`` of one part of the default grid (roles None: every default role of the prompts)."""
+    n = model.cfg.n_layers
+    if part == "resid":
+        return [H.hook(layer, "resid_pre") for layer in range(n)], None
+    if part == "prediction":
+        sites = ("attn_out",) if model.cfg.attn_only else ("attn_out", "mlp_out")
+        return [H.hook(layer, site) for layer in range(n) for site in sites], ["prediction"]
+    if part == "heads":
+        return [H.hook(layer, "z") for layer in range(n)], ["prediction"]
+    raise ValueError(f"unknown grid part {part!r}; parts: {', '.join(DEFAULT_PARTS)}")
+
+
+def run_part(model, clean, corrupted, part: str):
+    """The :class:`~icr_interp.analysis.patching.RolePatchResult` of one part of the default grid."""
+    from icr_interp.analysis.patching import patch_by_role
+
+    hooks, roles = part_grid(model, part)
+    with warnings.catch_warnings():  # the result carries its reliability and range notes; the probe prints them
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return patch_by_role(model, clean, corrupted, hooks=hooks, roles=roles)
+
+
+def _first_change(clean, corrupted) -> torch.Tensor:
+    """Each example's first position whose token differs between clean and corrupted (n_pos if none)."""
+    differs = (clean.tokens.cpu() != corrupted.tokens.cpu())
+    n_pos = differs.shape[1]
+    return torch.where(differs.any(1), differs.int().argmax(1), torch.full((len(differs),), n_pos))
+
+
+def grid_blocks(model, clean, corrupted, hooks: list[str], roles: list[str] | None) -> float:
+    """Token-blocks a perfect engine recomputes for ``hooks`` x ``roles`` (plus its two base forwards).
+
+    A patch of layer ``L`` whose first changed position is ``p`` reruns blocks ``L..`` on positions ``p`` up
+    to the prediction position ``q``: ``(n_layers - L) * (q - p + 1)`` token-blocks per example it changes
+    (times the heads of a per-head hook).  Before the first token that differs between the clean and the
+    corrupted prompt nothing differs (attention is causal); ``resid_pre`` of layer 0 differs only at the
+    differing tokens themselves.
+    """
+    from icr_interp.analysis.patching.core import kind
+    from icr_interp.task import roles as R
+
+    c = model.cfg
+    n, n_pos = clean.tokens.shape
+    layout = corrupted.layout.to("cpu") if hasattr(corrupted.layout, "to") else corrupted.layout
+    masks = R.masks(layout, n_pos, roles if roles is not None else R.default_roles(layout))
+    q = layout.pred_pos.cpu()
+    first = _first_change(clean, corrupted)
+    pos = torch.arange(n_pos)[None]
+    token_diff = clean.tokens.cpu() != corrupted.tokens.cpu()
+    total = 2.0 * n * n_pos * c.n_layers  # clean and corrupted base runs
+    for hook in hooks:
+        layer, site = H.split(hook)
+        width = c.n_heads if kind(hook) != "pos" else 1
+        for mask in masks.values():
+            mask = mask.cpu()
+            if kind(hook) == "pattern":  # the query row is written; it changes where a source entry does
+                changed = (mask & (pos >= first[:, None])).any(1)
+                start = q
+            else:
+                moved = token_diff if (layer == 0 and site == "resid_pre") else pos >= first[:, None]
+                hit = mask & moved & (pos <= q[:, None])
+                changed = hit.any(1)
+                start = torch.where(changed, hit.int().argmax(1), q)
+            total += width * float(((c.n_layers - layer) * (q - start + 1) * changed).sum())
+    return total
+
+
+def _ranks(x: torch.Tensor) -> torch.Tensor:
+    """Average ranks (ties share their mean rank)."""
+    order = x.argsort()
+    ranks = torch.empty_like(x)
+    ranks[order] = torch.arange(len(x), dtype=x.dtype)
+    for value in x.unique():
+        tied = x == value
+        if int(tied.sum()) > 1:
+            ranks[tied] = ranks[tied].mean()
+    return ranks
+
+
+def spearman(a, b) -> float:
+    """Spearman rank correlation of two equal-length sequences (NaN for fewer than 3 values or no spread)."""
+    a, b = torch.as_tensor(a, dtype=torch.float64), torch.as_tensor(b, dtype=torch.float64)
+    if len(a) < 3:
+        return math.nan
+    ra, rb = _ranks(a), _ranks(b)
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    denom = float(ra.norm() * rb.norm())
+    return float((ra * rb).sum()) / denom if denom > 0 else math.nan
+
+
+@dataclass
+class ScreenResult:
+    """Attribution screening of a fine grid, its top cells confirmed by exact patching."""
+
+    screened: object  # the attribution RolePatchResult of every cell
+    cells: list[dict] = field(default_factory=list)  # confirmed cells: component, role, attribution, exact, top
+    top_k: int = 10
+    recall: float = math.nan  # fraction of the exact top-k (by |effect|, among confirmed cells) in the screen's
+    rank_correlation: float = math.nan  # Spearman of attribution vs exact over every confirmed cell
+
+    def to_dict(self) -> dict:
+        return dict(screened=self.screened.to_dict(), cells=self.cells, top_k=self.top_k,
+                    recall_of_exact_top_k=self.recall, spearman=self.rank_correlation,
+                    n_cells=int(self.screened.values.numel()), n_confirmed=len(self.cells))
+
+    def __str__(self) -> str:
+        lines = [f"attribution screened {self.screened.values.numel()} cells; exact patching confirmed "
+                 f"{len(self.cells)} (the screen's top {self.top_k} x 2 and a random control); "
+                 f"recall of the exact top {self.top_k}: {self.recall:.2f}, Spearman {self.rank_correlation:.2f}",
+                 f"{'cell':<44} {'attribution':>11} {'exact':>7}"]
+        for c in sorted(self.cells, key=lambda c: -abs(c["exact"]))[:self.top_k]:
+            lines.append(f"{c['component'] + ' x ' + c['role']:<44} {c['attribution']:>11.3f} {c['exact']:>7.3f}")
+        return "\n".join(lines)
+
+
+def fine_hooks(model) -> list[str]:
+    """Every layer's per-head ``z`` and attention pattern: the full grid's rows (one per head each)."""
+    return [H.hook(layer, site) for layer in range(model.cfg.n_layers) for site in ("z", "pattern")]
+
+
+def exact_cells(model, clean, corrupted, cells: list[tuple[str, int | None, str]]) -> torch.Tensor:
+    """Exact normalised patching of the named ``(hook, head, role)`` cells only, in one engine call."""
+    from icr_interp.analysis.patching import patch_activations
+    from icr_interp.analysis.patching.by_role import grid_masks, role_patch, setup
+
+    s = setup(model, clean, corrupted, None, sorted({c[0] for c in cells}), False)
+    masks, query = grid_masks(s, sorted({c[2] for c in cells}))
+    patches = [role_patch(hook, head, masks[role].to(query.device), query) for hook, head, role in cells]
+    raw = patch_activations(model, s.base.tokens, s.source_cache, patches, s.metric, base_run=s.run).float().cpu()
+    gap = s.m_clean - s.m_corr
+    return (raw - s.m_corr) / (gap if gap != 0 else math.nan)
+
+
+def screen_and_confirm(model, clean, corrupted, top_k: int = 10, n_control: int = 10, seed: int = 0,
+                       screen=None) -> ScreenResult:
+    """Screen every (head, role) and (head pattern, source role) cell by attribution; confirm exactly the
+    screen's top ``2 * top_k`` (by |effect|) and ``n_control`` random other cells.
+
+    ``screen``: the attribution function (default the AtP* screen of :mod:`icr_interp.analysis.patching`
+    where there is one, else its ``attribution_patch``), called as ``screen(model, clean, corrupted, hooks=)``.
+    """
+    from icr_interp.analysis import patching
+
+    screen = screen or getattr(patching, "atp_star", None) or patching.attribution_patch
+    screened = screen(model, clean, corrupted, hooks=fine_hooks(model))
+    values = screened.values.float().nan_to_num()
+    flat = values.abs().flatten()
+    n_roles = values.shape[1]
+    top = flat.argsort(descending=True)[:2 * top_k].tolist()
+    rest = [i for i in range(len(flat)) if i not in set(top)]
+    gen = torch.Generator().manual_seed(seed)
+    control = [rest[i] for i in torch.randperm(len(rest), generator=gen)[:n_control].tolist()]
+    chosen = top + control
+
+    def cell(i: int) -> tuple[str, int | None, str]:
+        label, role = screened.components[i // n_roles], screened.roles[i % n_roles]
+        hook, _, head = label.partition(":h")
+        return hook, int(head) if head else None, role
+
+    exact = exact_cells(model, clean, corrupted, [cell(i) for i in chosen]) if chosen else torch.zeros(0)
+    cells = [dict(component=screened.components[i // n_roles], role=screened.roles[i % n_roles],
+                  attribution=float(values.flatten()[i]), exact=float(e), top=i in top[:top_k])
+             for i, e in zip(chosen, exact.tolist())]
+    k = min(top_k, len(cells))
+    exact_top = sorted(range(len(cells)), key=lambda j: -abs(cells[j]["exact"]))[:k]
+    recall = sum(cells[j]["top"] for j in exact_top) / k if k else math.nan
+    rho = spearman([c["attribution"] for c in cells], [c["exact"] for c in cells])
+    return ScreenResult(screened, cells, top_k, recall, rho)
