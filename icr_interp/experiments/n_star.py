@@ -32,7 +32,16 @@ Criteria (both computed on held-out prompts):
 
 The search is a pure function of the runs so far (:func:`next_sizes`), so a
 driver can run its requests as one batch per round (through the resumable
-sweep, locally or on Ray) and call it again.
+sweep, locally or on Ray) and call it again; :func:`search` is the in-process
+driver for a measurement that is a plain function of the size.
+
+**Capacity** (the largest size that still *passes*: how many facts a memory
+stores at ``target`` recall) is the same search on the criterion ``fails``
+(accuracy < target): its n* is the first failing size, and the capacity is the
+bracket's ``lo``, the largest size seen to pass (:func:`capacity`).  A capacity
+search sets ``reference_first=False`` (the largest size is the costliest run:
+walk up from ``n_min`` by doubling instead) and ``n_min`` (where the doubling
+starts).
 """
 
 from dataclasses import asdict, dataclass
@@ -40,7 +49,7 @@ from dataclasses import asdict, dataclass
 from icr_interp.experiments.fits import smallest_hit
 from icr_interp.plumbing import check_int
 
-CRITERIA = ("accuracy", "loss")
+CRITERIA = ("accuracy", "loss")  # the n* criteria (chain_summary); "fails" is the capacity criterion
 
 
 @dataclass(frozen=True)
@@ -51,6 +60,8 @@ class SearchRule:
     loss_fraction: float = 0.9  # loss criterion: fraction of the start -> reference loss gap removed
     n_max: int = 1024  # the reference: the largest training set, run first; n* above it is "not reached"
     tolerance: float = 0.2  # bisection stops when hi - lo <= max(1, tolerance * hi)
+    n_min: int = 1  # the grid's first point (doubling starts here)
+    reference_first: bool = True  # run n_max first (n*: a cheap "not reached"); False: walk up from n_min
 
     def __post_init__(self) -> None:
         if not 0 < self.target <= 1:
@@ -60,11 +71,15 @@ class SearchRule:
         check_int(self.n_max, "n_max", 1)
         if not 0 <= self.tolerance < 1:
             raise ValueError(f"tolerance must lie in [0, 1), got {self.tolerance}")
+        check_int(self.n_min, "n_min", 1)
+        if self.n_min > self.n_max:
+            raise ValueError(f"n_min must be <= n_max, got n_min={self.n_min}, n_max={self.n_max}")
 
     @property
     def grid(self) -> list[int]:
-        """The doubling grid 1, 2, 4, ... below n_max, then n_max."""
-        return sorted({2**i for i in range(self.n_max.bit_length()) if 2**i < self.n_max} | {self.n_max})
+        """The doubling grid n_min, 2 n_min, 4 n_min, ... below n_max, then n_max."""
+        return sorted({self.n_min * 2**i for i in range(self.n_max.bit_length())
+                       if self.n_min * 2**i < self.n_max} | {self.n_max})
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -74,8 +89,10 @@ def meets(criterion: str, run: dict, runs: dict[int, dict], rule: SearchRule) ->
     """Whether ``run`` (a record with accuracy, loss, start_loss) meets ``criterion``; None: undecidable yet."""
     if criterion == "accuracy":
         return run["accuracy"] >= rule.target
+    if criterion == "fails":
+        return run["accuracy"] < rule.target
     if criterion != "loss":
-        raise ValueError(f"criterion must be one of {CRITERIA}, got {criterion!r}")
+        raise ValueError(f"criterion must be one of {(*CRITERIA, 'fails')}, got {criterion!r}")
     if rule.n_max not in runs:
         return None  # the reference loss is not known yet
     ref, start = runs[rule.n_max]["loss"], run["start_loss"]
@@ -99,6 +116,8 @@ def n_star(runs: dict[int, dict], criterion: str, rule: SearchRule = SearchRule(
     hits = {n: meets(criterion, r, runs, rule) for n, r in runs.items()}
     state = dict(criterion=criterion, n_star=None, lo=0, hi=None, resolved=False, reached=False,
                  at_floor=False, non_monotone=False, next=None)
+    if not rule.reference_first:
+        return _walk_up(hits, state, rule)
     if rule.n_max not in runs:
         return dict(state, next=rule.n_max)  # the reference first
     if criterion == "loss" and not runs[rule.n_max]["loss"] < runs[rule.n_max]["start_loss"]:
@@ -109,11 +128,62 @@ def n_star(runs: dict[int, dict], criterion: str, rule: SearchRule = SearchRule(
     below = [g for g in rule.grid if g < hi and g not in runs]
     if below:  # walk the grid in order: a smaller grid point may still hit
         return dict(state, hi=hi, next=below[0])
-    lo = max((n for n in runs if n < hi), default=0)
+    return _bisect(hits, hi, non_monotone, state, rule)
+
+
+def _walk_up(hits: dict[int, bool | None], state: dict, rule: SearchRule) -> dict:
+    """``reference_first=False``: the grid from ``n_min`` upward until a hit, then the same bisection."""
+    hi, non_monotone = smallest_hit(hits)
+    below = [g for g in rule.grid if (hi is None or g < hi) and g not in hits]
+    if below:
+        return dict(state, hi=hi, next=below[0])
+    if hi is None:  # every grid point up to n_max ran and none hit: "not reached"
+        return dict(state, lo=max(hits, default=0), resolved=True)
+    return _bisect(hits, hi, non_monotone, state, rule)
+
+
+def _bisect(hits: dict[int, bool | None], hi: int, non_monotone: bool, state: dict, rule: SearchRule) -> dict:
+    """Bisect between the largest run below the first hit (``lo``) and the first hit (``hi``)."""
+    lo = max((n for n in hits if n < hi), default=0)
     state.update(lo=lo, hi=hi, non_monotone=non_monotone)
     if hi - lo > max(1, int(rule.tolerance * hi)):
         return dict(state, next=(lo + hi) // 2)
     return dict(state, n_star=hi, resolved=True, reached=True, at_floor=hi == rule.grid[0])
+
+
+def capacity(runs: dict[int, dict], rule: SearchRule) -> dict:
+    """The largest size whose run reaches ``rule.target`` accuracy: the ``fails`` search's ``lo``.
+
+    Returns the :func:`n_star` state of criterion ``"fails"`` plus ``capacity``: the largest size
+    seen to pass below the first failure (None while unresolved; ``n_max`` when nothing failed, with
+    ``reached`` False: the capacity is at least that; 0 when ``n_min`` already fails).
+    """
+    state = n_star(runs, "fails", rule)
+    cap = None
+    if state["resolved"]:
+        cap = state["lo"] if state["reached"] else rule.n_max
+    return dict(state, capacity=cap)
+
+
+def search(measure, criterion: str, rule: SearchRule, log=None) -> dict[int, dict]:
+    """Run the search in process: ``measure(n) -> record`` (``accuracy``, ...) for each size it asks for.
+
+    Args:
+        measure: the measurement at one size (e.g. train a memory storing ``n`` facts and score it).
+        criterion: ``"accuracy"``, ``"loss"`` or ``"fails"`` (capacity).
+        rule: target, grid and tolerance.
+        log: called with ``(n, record)`` after each run.
+
+    Returns:
+        size -> record of every run the search made.
+    """
+    runs: dict[int, dict] = {}
+    while (todo := next_sizes(runs, rule, (criterion,))):
+        for n in todo:
+            runs[n] = measure(n)
+            if log is not None:
+                log(n, runs[n])
+    return runs
 
 
 def next_sizes(runs: dict[int, dict], rule: SearchRule = SearchRule(),
