@@ -24,10 +24,8 @@ Corruptions separate the two jobs the model does:
 On a partial knowledge base some prompts have no relation swap (no second
 relation knows all their subjects).  :meth:`ICRecallTask.corrupt_pairs` is the
 one place analyses get their clean/corrupted pairs: it drops such prompts from
-both batches and reports how many (a ValueError only if none is left).
-
-Factual-recall prompts ``[BOS, s, <r>]`` (explicit relation token, target
-``a*(s, r)``) come from the same knowledge base.
+both batches and reports how many (a ValueError only if none is left).  Factual-recall
+prompts ``[BOS, s, <r>]`` (target ``a*(s, r)``) come from the same knowledge base.
 """
 
 import warnings
@@ -48,19 +46,16 @@ CORRUPTIONS = ("relation", "query")
 class Layout:
     """Per-example token spans of each role in a prompt, and where the answer is predicted.
 
-    A role occupies a *span* of tokens (a multi-token name in a text prompt); the
-    ``*_pos`` fields hold each span's **last** token (what the first release
-    called the role's position, so code reading one position per role keeps
-    working) and the ``*_start`` fields its first.  Attention to a role is the
-    mass summed over its span (:meth:`span_masks`).  ``pred_pos`` is the
-    position whose logits predict the answer: the query itself in the toy
-    prompts, the last token (the separator after the query subject) in text
-    prompts.  Text batches are right-padded: positions after ``pred_pos`` are
-    padding, which a causal model never reads at or before ``pred_pos``.
+    A role occupies a *span* of tokens (a multi-token name in a text prompt); the ``*_pos`` fields hold each
+    span's **last** token (what the first release called the role's position, so code reading one position
+    per role keeps working) and the ``*_start`` fields its first.  Attention to a role is the mass summed
+    over its span (:meth:`span_masks`).  ``pred_pos`` is the position whose logits predict the answer: the
+    query itself in the toy prompts, the last token (the separator after the query subject) in text prompts.
+    Text batches are right-padded: positions after ``pred_pos`` are padding, which a causal model never
+    reads at or before ``pred_pos``.
 
-    The optional fields default to one-token spans (start = end) and
-    ``pred_pos = query_pos``, so ``Layout(subject_pos, answer_pos, query_pos,
-    bos_pos)`` is the toy layout of the first release.  -1: role absent.
+    The optional fields default to one-token spans (start = end) and ``pred_pos = query_pos``, so
+    ``Layout(subject_pos, answer_pos, query_pos, bos_pos)`` is the first release's toy layout.  -1: absent.
     """
 
     subject_pos: Int[Tensor, "batch pair"]  # last token of s_i
@@ -312,7 +307,7 @@ class ICRecallTask:
                                 "no prompt's relation knows a subject outside the prompt with another answer"))
         if n_dropped:
             warnings.warn(f"{n_dropped} of {len(batch)} prompts have no {kind} corruption and are dropped "
-                          f"(clean and corrupted)", UserWarning, stacklevel=2)
+                          f"(clean and corrupted; {len(batch) - n_dropped} kept)", UserWarning, stacklevel=2)
             batch = batch[keep]
         return CorruptedPairs(batch, self.corrupt(batch, kind, generator=gen), n_dropped)
 
@@ -380,6 +375,11 @@ class CorruptedPairs(NamedTuple):
     clean: Batch  # the clean prompts that have a corruption
     corrupted: Batch  # their corrupted counterparts, same order and layout
     n_dropped: int  # clean prompts left out for want of a corruption
+
+    @property
+    def n_requested(self) -> int:
+        """Prompts asked for (or drawn): kept plus dropped, so a report can say "30 of 32 kept"."""
+        return len(self.clean) + self.n_dropped
 
 
 def _check_kind(kind: str) -> str:

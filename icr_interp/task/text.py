@@ -1,30 +1,36 @@
 """IC-recall prompts in text, for real language models: ``"France: Paris\\nJapan: Tokyo\\nItaly:"`` -> ``" Rome"``.
 
 :class:`TextICRecallTask` is :class:`~icr_interp.task.prompts.ICRecallTask` with text in place of the toy
-vocabulary: the same knowledge bases, the same sampling (a relation uniformly among those that know k + 1
-subjects, then k + 1 distinct subjects), the same corruptions, the same :class:`~icr_interp.task.prompts.Batch`
--- so every analysis takes its batches unchanged.  What text changes:
+vocabulary: the same knowledge bases, the same :class:`~icr_interp.task.prompts.Batch` -- so every analysis
+takes its batches unchanged.  What text changes:
 
 * **Spans.** Prompts are rendered from templates and tokenized whole by the model's tokenizer
   (:mod:`icr_interp.task.text_spans`); each role is a token span in the batch's
   :class:`~icr_interp.task.prompts.Layout`, and the prediction position ``pred_pos`` is the last token
   (the separator after the query subject).  Batches are right-padded (``pad_id``): a causal model never
   reads padding at or before ``pred_pos``, so no attention mask is needed and positions are the model's own.
+  A prompt in which one token covers two roles (a merge across a template boundary) is redrawn, and counted
+  (``n_redrawn``): no position ever belongs to two roles.
+* **BOS per model.** Pass the model itself (``TextICRecallTask(kb, model)``): its tokenizer is used and
+  ``model.cfg.default_prepend_bos`` decides whether a BOS token starts every prompt (SmolLM2: none; Gemma:
+  ``<bos>``); ``prepend_bos=`` overrides.  With a bare tokenizer, BOS is prepended iff the tokenizer itself
+  adds one.  User text never yields a special token (:func:`~icr_interp.task.text_spans.tokenize`).  With a
+  model, prompts longer than its ``n_ctx`` and token ids past its ``d_vocab`` are refused in one line.
 * **Targets.** ``Batch.answers`` holds the first token of the answer as it follows the query in context
   (``" Tokyo"`` with its leading space).  Within a relation, answers whose first token is shared cannot be
   told apart by it: their facts are excluded (``excluded`` lists them, with a warning).
-* **Corruptions keep the layout.** Patching moves activations position by position, so a corrupted prompt
-  must have the clean one's spans.  A relation swap or query swap is drawn only among the alternatives that
-  tokenize to the same layout *and* change the target token; prompts without one are dropped by
-  ``corrupt_pairs`` as on a partial knowledge base.  ``"shuffle"`` is the function-vector null (Todd et al.
-  2024): the context answers permuted across the pairs (among pairs whose answers have equal token length,
-  so the layout holds), the query and its target unchanged.
+* **The stream.** Prompts are prefix-stable (``sample(n)`` is the start of ``sample(n + 1)``) and relations
+  are dealt in balanced blocks unless ``balance=False`` (:mod:`icr_interp.task.text_batches`).
+* **Corruptions keep the layout by construction** (:mod:`icr_interp.task.text_corruptions`): ``"relation"``,
+  ``"query"`` and the function-vector null ``"shuffle"``.
 * **Baselines.** :meth:`with_pairs` gives the same task with another k (``with_pairs(0)``: zero-shot, the
   query alone); :meth:`named_relation_batch` the model's own factual recall with the relation named
   (``"The capital of France is"`` -> ``" Paris"``), from a phrase per relation (:data:`DEFAULT_PHRASES`
-  for the built-in countries base).
+  for the built-in countries base, matched to ``"largest city"`` as to ``largest_city``); ``unnamed`` lists
+  the relations without one.
 """
 
+import copy
 import warnings
 from dataclasses import replace
 
@@ -33,12 +39,14 @@ from jaxtyping import Bool, Int
 from torch import Tensor
 
 from icr_interp.plumbing import check_int
+from icr_interp.task import text_batches as B
+from icr_interp.task import text_corruptions as C
 from icr_interp.task import text_spans as T
 from icr_interp.task.knowledge import KnowledgeBase
-from icr_interp.task.prompts import (Batch, CorruptedPairs, ICRecallTask, Layout, _check_count, _draw,
-                                     _generator)
+from icr_interp.task.prompts import Batch, CorruptedPairs, ICRecallTask, Layout, _check_count, _generator
+from icr_interp.task.text_fit import check_ids, check_length, resolve_model, targets_in_chunks
 
-TEXT_CORRUPTIONS = ("relation", "query", "shuffle")
+TEXT_CORRUPTIONS = C.TEXT_CORRUPTIONS
 DEFAULT_PAIR_TEMPLATE, DEFAULT_QUERY_TEMPLATE = "{s}: {a}\n", "{s}:"
 NAMED_ANSWER = " {a}"  # what follows a relation phrase: the answer after one space
 DEFAULT_PHRASES = {  # relation -> phrase naming it, for the built-in countries base
@@ -46,7 +54,11 @@ DEFAULT_PHRASES = {  # relation -> phrase naming it, for the built-in countries 
     "continent": "{s} is a country in the continent of", "currency": "The currency of {s} is the",
     "official_language": "The official language of {s} is", "calling_code": "The international calling code of {s} is",
 }
-_SHUFFLE_TRIES = 64  # random within-length permutations tried before a prompt's shuffle is given up
+REDRAWS = 32  # draws per prompt before a relation whose prompts always merge two roles is refused
+
+
+def _plain(name: str) -> str:
+    return "_".join(name.lower().replace("-", " ").split())
 
 
 class TextICRecallTask(ICRecallTask):
@@ -54,46 +66,77 @@ class TextICRecallTask(ICRecallTask):
 
     Args:
         kb: any knowledge base (built-in, a CSV, random).
-        tokenizer: a Hugging Face *fast* tokenizer (``model.tokenizer``).
+        tokenizer: the model (``HookedTransformer``, its tokenizer, BOS rule, ``n_ctx`` and ``d_vocab``) or a
+            Hugging Face *fast* tokenizer.
         n_pairs: number k of context pairs (>= 0; 0 is the zero-shot prompt, the query alone).
-        pair_template: one context pair, naming ``{s}`` and ``{a}``.
-        query_template: the query, naming ``{s}``; the pair template rendered for the query starts with it.
+        pair_template: one context pair, naming plain ``{s}`` and ``{a}``.
+        query_template: the query, naming plain ``{s}``; the pair template rendered for the query starts with it.
         relation_phrases: relation -> phrase naming it with ``{s}`` (the named-relation baseline); default
             :data:`DEFAULT_PHRASES` for the relations it knows.
         prefix: text before the first pair (an instruction, say).
         pad_id: token id that right-pads shorter prompts (default: the tokenizer's pad, else EOS, else 0).
+        prepend_bos: start every prompt with the tokenizer's BOS (default: the model's
+            ``cfg.default_prepend_bos``, or whether a bare tokenizer adds one itself).
+        balance: deal relations in balanced blocks (default); False draws each prompt's relation uniformly.
     """
 
     def __init__(self, kb: KnowledgeBase, tokenizer, n_pairs: int = 4, pair_template: str = DEFAULT_PAIR_TEMPLATE,
                  query_template: str = DEFAULT_QUERY_TEMPLATE, *, relation_phrases: dict | None = None,
-                 prefix: str = "", pad_id: int | None = None):
+                 prefix: str = "", pad_id: int | None = None, prepend_bos: bool | None = None, balance: bool = True):
         self.n_pairs = check_int(n_pairs, "n_pairs", 0)
         self.pair_template = T.check_template(pair_template, ("s", "a"), "pair_template")
         self.query_template = T.check_template(query_template, ("s",), "query_template")
-        phrases = {r: p for r, p in DEFAULT_PHRASES.items() if r in kb.relations} if relation_phrases is None \
-            else dict(relation_phrases)
+        if not isinstance(prefix, str):
+            raise ValueError(f"prefix must be a string, got {type(prefix).__name__}")
+        self.tokenizer, self.bos_id, self.limits = resolve_model(tokenizer, prepend_bos)
+        self.bos, self.balance, self.prefix, self.source_kb, self.n_redrawn = self.bos_id is not None, \
+            bool(balance), prefix, kb, 0
+        self._set_phrases(kb, relation_phrases)
+        tok = self.tokenizer
+        self.pad_id = pad_id if pad_id is not None else next(
+            (i for i in (tok.pad_token_id, tok.eos_token_id) if i is not None), 0)
+        check_length(self, kb)
+        self._check_sizes(kb)
+        targets = self._fact_targets(kb, self.query_template, lambda s, a: T.continuation(
+            self.pair_template, self.query_template, s, a))
+        table, self.excluded = B.exclude_shared(kb, targets)
+        self.kb = replace(kb, table=table)
+        self.target_table = torch.where(table >= 0, targets, -1)  # [relation subject] target token id
+        check_ids(self, [self.pad_id] + ([self.bos_id] if self.bos else []) + [int(self.target_table.max())],
+                  "the targets, the padding or BOS")
+        self._set_usable(warn=True)
+
+    def _set_phrases(self, kb: KnowledgeBase, relation_phrases: dict | None) -> None:
+        defaults = {_plain(r): p for r, p in DEFAULT_PHRASES.items()}
+        phrases = {r: defaults[_plain(r)] for r in kb.relations if _plain(r) in defaults} \
+            if relation_phrases is None else dict(relation_phrases)
         unknown = sorted(set(phrases) - set(kb.relations))
         if unknown:
             raise ValueError(f"relation_phrases name relations the knowledge base lacks: {', '.join(unknown)}")
         self.relation_phrases = {r: T.check_template(p, ("s",), f"relation phrase of {r!r}")
                                  for r, p in phrases.items()}
-        self.prefix, self.tokenizer, self.source_kb, self.bos = str(prefix), tokenizer, kb, False
-        self.pad_id = pad_id if pad_id is not None else next(
-            (i for i in (tokenizer.pad_token_id, tokenizer.eos_token_id) if i is not None), 0)
-        targets = self._fact_targets(kb, self.query_template, lambda s, a: T.continuation(
-            self.pair_template, self.query_template, s, a))
-        table, self.excluded = _exclude_shared(kb, targets)
-        self.kb = replace(kb, table=table)
-        self.target_table = torch.where(table >= 0, targets, -1)  # [relation subject] target token id
-        known = table >= 0
-        self._usable = torch.nonzero(known.sum(1) >= self.n_pairs + 1).flatten()
+        self.unnamed = tuple(r for r in kb.relations if r not in self.relation_phrases)
+
+    def _check_sizes(self, kb: KnowledgeBase) -> None:
+        """Fail before tokenizing every fact when no relation could fill a prompt whatever the tokens."""
+        if not (kb.table >= 0).sum(1).ge(self.n_pairs + 1).any():
+            raise ValueError(f"no relation has the {self.n_pairs + 1} subjects a prompt with k={self.n_pairs} needs "
+                             f"(the most any relation knows is {int((kb.table >= 0).sum(1).max())})")
+
+    def _set_usable(self, warn: bool) -> None:
+        known = (self.kb.table >= 0).sum(1)
+        self._usable = torch.nonzero(known >= self.n_pairs + 1).flatten()
+        n_out = sum(map(len, self.excluded.values()))
+        shown = "; ".join(f"{r}: {', '.join(a[:4])}{' ...' if len(a) > 4 else ''}" for r, a in self.excluded.items())
         if len(self._usable) == 0:
-            raise ValueError(f"no relation has the {self.n_pairs + 1} subjects a prompt with k={self.n_pairs} needs")
-        if self.excluded:
-            shown = "; ".join(f"{r}: {', '.join(a[:4])}{' ...' if len(a) > 4 else ''}"
-                              for r, a in self.excluded.items())
-            warnings.warn(f"{sum(map(len, self.excluded.values()))} answer(s) share their first token with another "
-                          f"answer of the same relation and are excluded ({shown})", UserWarning, stacklevel=2)
+            raise ValueError(f"no relation has the {self.n_pairs + 1} subjects a prompt with k={self.n_pairs} needs "
+                             f"once {n_out} answer(s) sharing their first token with another answer of their "
+                             f"relation are excluded (at most {int(known.max())} left in a relation; {shown})"
+                             if n_out else f"no relation has the {self.n_pairs + 1} subjects a prompt with "
+                                           f"k={self.n_pairs} needs")
+        if warn and self.excluded:
+            warnings.warn(f"{n_out} answer(s) share their first token with another answer of the same relation "
+                          f"and are excluded ({shown})", UserWarning, stacklevel=3)
 
     def _fact_targets(self, kb: KnowledgeBase, template: str, follow) -> Int[Tensor, "relation subject"]:
         """First token of every fact's answer after ``template`` rendered for its subject (-1: none)."""
@@ -101,8 +144,7 @@ class TextICRecallTask(ICRecallTask):
         prompts = [self.prefix + T.render(template, s=kb.subjects[s])[0] for s in subj.tolist()]
         follows = [follow(kb.subjects[s], kb.answers[kb.table[r, s]]) for r, s in zip(rel.tolist(), subj.tolist())]
         out = torch.full_like(kb.table, -1)
-        out[rel, subj] = torch.tensor(T.first_tokens(self.tokenizer, prompts, follows) if prompts else [],
-                                      dtype=torch.long)
+        out[rel, subj] = torch.tensor(targets_in_chunks(self.tokenizer, prompts, follows), dtype=torch.long)
         return out
 
     # ------------------------------------------------------------ geometry
@@ -115,12 +157,54 @@ class TextICRecallTask(ICRecallTask):
 
     def config(self) -> dict:
         return dict(n_pairs=self.n_pairs, pair_template=self.pair_template, query_template=self.query_template,
-                    prefix=self.prefix, relation_phrases=self.relation_phrases)
+                    prefix=self.prefix, relation_phrases=self.relation_phrases, prepend_bos=self.bos,
+                    balance=self.balance)
 
     def with_pairs(self, n_pairs: int) -> "TextICRecallTask":
-        """The same task (knowledge base, tokenizer, templates) with ``n_pairs`` context pairs; 0: zero-shot."""
-        return TextICRecallTask(self.source_kb, self.tokenizer, n_pairs, self.pair_template, self.query_template,
-                                relation_phrases=self.relation_phrases, prefix=self.prefix, pad_id=self.pad_id)
+        """The same task (knowledge base, tokenizer, templates, targets) with ``n_pairs`` context pairs; 0: zero-shot.
+
+        Targets and exclusions do not depend on k: they are kept, not recomputed (nor warned about again).
+        """
+        other = copy.copy(self)
+        other.n_pairs, other.n_redrawn, other._span_lengths = check_int(n_pairs, "n_pairs", 0), 0, None
+        other._set_usable(warn=False)
+        return other
+
+    # ------------------------------------------------------------- sample
+    def sample(self, batch_size: int, seed: int | None = None, *, generator: torch.Generator | None = None,
+               device: str | torch.device = "cpu") -> Batch:
+        """Prompts from the stream (prefix-stable, relations balanced): k + 1 distinct subjects per prompt."""
+        _check_count(batch_size)
+        gens = B.prompt_generators(_generator(seed, generator), batch_size)
+        relations = B.deal(self._usable, gens, self.balance)
+        subjects = torch.stack([self._distinct(int(r), g) for r, g in zip(relations, gens)]) if batch_size else \
+            torch.zeros(0, self.n_pairs + 1, dtype=torch.long)
+        encoded = self._encode(relations, subjects[:, :-1], subjects[:, -1])
+        bad = [i for i, e in enumerate(encoded) if T.overlapping_roles(e)]
+        if bad and self.n_redrawn == 0:  # said once per task, counted always
+            warnings.warn(f"{len(bad)} of {batch_size} prompts had a token in two roles "
+                          f"({' and '.join(T.overlapping_roles(encoded[bad[0]]))}: a merge across the template's "
+                          f"boundary) and were redrawn; task.n_redrawn counts them", UserWarning, stacklevel=2)
+        for i in bad:
+            subjects[i], encoded[i] = self._redraw(int(relations[i]), gens[i], encoded[i])
+        self.n_redrawn += len(bad)
+        return self._build(relations, subjects[:, :-1], subjects[:, -1], encoded=encoded).to(device)
+
+    def _distinct(self, relation: int, gen: torch.Generator) -> Tensor:
+        pool = torch.nonzero(self.kb.table[relation] >= 0).flatten()
+        return pool[torch.randperm(len(pool), generator=gen)[: self.n_pairs + 1]]
+
+    def _redraw(self, relation: int, gen: torch.Generator, first: T.Encoded) -> tuple[Tensor, T.Encoded]:
+        """Subjects for one prompt of ``relation`` whose roles own their tokens (one-line error if none shows up)."""
+        for _ in range(REDRAWS):
+            s = self._distinct(relation, gen)
+            e = self._encode(torch.tensor([relation]), s[None, :-1], s[None, -1])[0]
+            if not T.overlapping_roles(e):
+                return s, e
+        roles = " and ".join(T.overlapping_roles(first))
+        raise ValueError(f"prompts of relation {self.kb.relations[relation]!r} put one token in two roles ({roles}) "
+                         f"in {REDRAWS} draws: the tokenizer merges across the template's boundary; put a separator "
+                         f"(space, newline, punctuation) between the fields of pair_template {self.pair_template!r}")
 
     # -------------------------------------------------------------- build
     def _encode(self, relations: Tensor, subjects: Tensor, query: Tensor,
@@ -130,158 +214,92 @@ class TextICRecallTask(ICRecallTask):
         prompts = [T.render_prompt([(kb.subjects[s], kb.answers[a]) for s, a in zip(ss, aa)], kb.subjects[q],
                                    self.pair_template, self.query_template, self.prefix)
                    for ss, aa, q in zip(subjects.tolist(), shown.tolist(), query.tolist())]
-        return T.encode_prompts(self.tokenizer, prompts) if prompts else []
+        return T.encode_prompts(self.tokenizer, prompts, self.bos_id) if prompts else []
 
-    def _build(self, relations: Tensor, subjects: Tensor, query: Tensor,
-               context_answers: Tensor | None = None) -> Batch:
+    def _build(self, relations: Tensor, subjects: Tensor, query: Tensor, context_answers: Tensor | None = None,
+               encoded: list[T.Encoded] | None = None) -> Batch:
         """Tokens (right-padded), targets and span layout from relation and subject ids."""
         shown = self.kb.table[relations[:, None], subjects] if context_answers is None else context_answers
         target = self.target_table[relations, query]
         if (shown < 0).any() or (target < 0).any():
             raise ValueError("prompt uses a fact the task does not have (unknown, or excluded for its first token)")
-        encoded = self._encode(relations, subjects, query, shown)
-        return Batch(tokens=_pad([e.ids for e in encoded], self.pad_id), answers=target, relations=relations.clone(),
-                     subjects=subjects.clone(), query=query.clone(), layout=_layout(encoded, subjects.shape[1]),
-                     context_answers=shown.clone())
+        encoded = self._encode(relations, subjects, query, shown) if encoded is None else encoded
+        tokens = B.pad([e.ids for e in encoded], self.pad_id)
+        check_length(self, None, tokens.shape[1])
+        check_ids(self, [int(tokens.max())] if tokens.numel() else [], "a prompt")
+        return Batch(tokens=tokens, answers=target, relations=relations.clone(), subjects=subjects.clone(),
+                     query=query.clone(), layout=B.layout(encoded, subjects.shape[1]), context_answers=shown.clone())
 
     # ------------------------------------------------------------ corrupt
     def corruptible(self, batch: Batch, kind: str) -> Bool[Tensor, " batch"]:
-        """Which prompts of ``batch`` have a layout-keeping corruption of ``kind`` (see the module docstring)."""
-        b = batch.to("cpu")
-        ok = self._shuffles(b)[1] if _check_text_kind(kind) == "shuffle" else self._alternatives(b, kind).any(1)
-        return ok.to(batch.tokens.device)
+        """Which prompts of ``batch`` have a layout-keeping corruption of ``kind`` (:mod:`~.text_corruptions`)."""
+        return C.corruptible(self, batch.to("cpu"), kind).to(batch.tokens.device)
 
     def corrupt(self, batch: Batch, kind: str, seed: int | None = None, *,
                 generator: torch.Generator | None = None) -> Batch:
         """The corrupted counterpart of ``batch``, with the same layout (``"relation"``, ``"query"``, ``"shuffle"``)."""
-        if _check_text_kind(kind) != "shuffle":
-            return self._same_width(super().corrupt(batch, kind, seed, generator=generator), batch)
-        gen = _generator(seed, generator)
-        b = batch.to("cpu")
-        groups, ok = self._shuffles(b)
-        if not ok.all():
-            raise ValueError(f"shuffle needs two different answers of equal token length in the context; "
-                             f"{int((~ok).sum())} of {len(b)} prompts have none (task.corrupt_pairs drops them)")
-        shown = b.context_answers.clone()
-        for i in range(len(b)):
-            shown[i] = self._shuffle_one(b, i, groups[i], gen)
-        out = replace(self._build(b.relations, b.subjects, b.query, shown), layout=b.layout)
-        return self._same_width(out.to(batch.tokens.device), batch)
+        return C.corrupt(self, batch, kind, _generator(seed, generator))
 
-    def _same_width(self, out: Batch, like: Batch) -> Batch:
-        """``out`` padded to ``like``'s width (a corrupted sub-batch keeps its clean batch's shape)."""
-        extra = like.tokens.shape[1] - out.tokens.shape[1]
-        return replace(out, tokens=torch.nn.functional.pad(out.tokens, (0, extra), value=self.pad_id)) if extra > 0 \
-            else out
+    def corrupt_pairs(self, batch: Batch, kind: str, seed: int | None = None, *,
+                      generator: torch.Generator | None = None) -> CorruptedPairs:
+        """Clean and corrupted batches of the prompts with a layout-keeping corruption (one line on the rest)."""
+        return C.corrupt_pairs(self, batch, kind, _generator(seed, generator))
 
     def sample_pairs(self, n: int, kind: str, seed: int | None = None, *, generator: torch.Generator | None = None,
                      device: str | torch.device = "cpu", max_draws: int = 64) -> CorruptedPairs:
         """``n`` clean prompts that have a layout-keeping corruption of ``kind``, and their corrupted twins.
 
-        Text corruptions must keep every span's length, so many prompts have none (a relation swap needs
-        another relation whose k + 1 answers tokenize alike); this draws prompts until ``n`` have one, up to
-        ``max_draws * n`` in all (``n_dropped`` counts the draws left out).
+        Prompts are drawn from the stream until ``n`` have one, up to ``max_draws * n`` in all; ``n_dropped``
+        counts the drawn prompts without one (a warning names their relations and query subjects).
         """
         _check_count(n)
-        gen = _generator(seed, generator)
-        kept, drawn = [], 0
-        while sum(map(len, kept)) < n:
-            if drawn >= max_draws * max(n, 1):
-                raise ValueError(f"only {sum(map(len, kept))} of {drawn} prompts have a {kind} corruption; "
-                                 f"{n} were asked")
-            b = self.sample(max(2 * n, 16), generator=gen)
-            drawn += len(b)
-            kept.append(b[self.corruptible(b, kind)])
-        clean = _concat(kept, self.pad_id)[:n]
-        return CorruptedPairs(clean.to(device), self.corrupt(clean, kind, generator=gen).to(device), drawn - n)
+        return C.sample_pairs(self, n, kind, _generator(seed, generator), device, max_draws)
 
-    def _shuffle_one(self, b: Batch, i: int, groups: list[Tensor], gen: torch.Generator) -> Tensor:
-        key = _keys(b.layout[i:i + 1])[0]
-        for _ in range(_SHUFFLE_TRIES):
-            new = b.context_answers[i].clone()
-            for g in groups:
-                new[g] = new[g[torch.randperm(len(g), generator=gen)]]
-            if (new != b.context_answers[i]).any():
-                enc = self._encode(b.relations[i:i + 1], b.subjects[i:i + 1], b.query[i:i + 1], new[None])[0]
-                if enc.layout_key() == key:
-                    return new
-        raise ValueError(f"no layout-keeping shuffle of prompt {i} found in {_SHUFFLE_TRIES} tries")
-
-    def _shuffles(self, b: Batch) -> tuple[list[list[Tensor]], Bool[Tensor, " batch"]]:
-        """Per prompt, the pairs grouped by answer token length, and whether a group holds two answers."""
-        lengths = b.layout.answer_pos - b.layout.answer_start
-        groups, ok = [], torch.zeros(len(b), dtype=torch.bool)
-        for i in range(len(b)):
-            mine = [torch.nonzero(lengths[i] == n).flatten() for n in lengths[i].unique()]
-            groups.append([g for g in mine if len(g) > 1])
-            ok[i] = any(len(b.context_answers[i, g].unique()) > 1 for g in groups[-1])
-        return groups, ok
-
-    def _alternatives(self, b: Batch, kind: str) -> Bool[Tensor, "batch option"]:
-        """The toy task's alternatives that change the *target token* and keep the layout (tokenized to check)."""
-        ok = super()._alternatives(b, kind)
-        tt = self.target_table
-        ok &= (tt[:, b.query].T if kind == "relation" else tt[b.relations]) != b.answers[:, None]
-        if kind == "query":  # cheap first cut: the query alone tokenizes to as many tokens (then checked whole)
-            lengths = self._query_lengths()
-            ok &= lengths[None, :] == lengths[b.query][:, None]
-        rows, options = torch.nonzero(ok, as_tuple=True)
-        if len(rows) == 0:
-            return ok
-        if kind == "relation":
-            encoded = self._encode(options, b.subjects[rows], b.query[rows])
-        else:
-            encoded = self._encode(b.relations[rows], b.subjects[rows], options, b.context_answers[rows])
-        keys = _keys(b.layout)
-        same = torch.tensor([e.layout_key() == keys[r] for e, r in zip(encoded, rows.tolist())])
-        ok[rows[~same], options[~same]] = False
-        return ok
-
-    def _query_lengths(self) -> Int[Tensor, " subject"]:
-        """Tokens of each subject's query template rendered alone (a prefilter for layout-keeping query swaps)."""
-        if not hasattr(self, "_qlen"):
-            texts = [T.render(self.query_template, s=s)[0] for s in self.kb.subjects]
-            self._qlen = torch.tensor([len(x) for x in self.tokenizer(texts)["input_ids"]], dtype=torch.long)
-        return self._qlen
+    def sample_corruptible(self, n: int, kinds: tuple[str, ...] = ("relation", "query"), seed: int | None = None, *,
+                           generator: torch.Generator | None = None, device: str | torch.device = "cpu",
+                           max_draws: int = 64) -> C.Corruptible:
+        """``(batch, n_drawn)``: ``n`` prompts of the stream with a layout-keeping corruption of every kind in
+        ``kinds``, so that ``corrupt_pairs`` keeps all of them for each; ``n_drawn`` says how many were drawn
+        (a report should print it: the prompts are a selection of the stream)."""
+        _check_count(n)
+        return C.sample_corruptible(self, n, tuple(kinds), _generator(seed, generator), device, max_draws)
 
     # ----------------------------------------------------------- baselines
     def named_relation_batch(self, batch_size: int, seed: int | None = None, *,
                              generator: torch.Generator | None = None, device: str | torch.device = "cpu") -> Batch:
         """Factual recall with the relation named: ``"The capital of France is"`` -> ``" Paris"``.
 
-        Facts are drawn uniformly over the relations with a phrase (``relation_phrases``), then uniformly
-        over the subjects each knows.  The batch has no context pairs; its query span is the subject in the
-        phrase and its target the answer's first token after the phrase and one space (facts whose first
-        token is shared within the relation are left out).
+        Relations with a phrase (``relation_phrases``) are dealt like the prompt stream (balanced,
+        prefix-stable), then a subject uniformly among those each knows.  The batch has no context pairs; its
+        query span is the subject in the phrase and its target the answer's first token after the phrase and
+        one space (facts whose first token is shared within the relation are left out).
         """
         _check_count(batch_size)
-        gen = _generator(seed, generator)
+        gens = B.prompt_generators(_generator(seed, generator), batch_size)
         targets = self._named_targets()
         rels = torch.tensor([r for r in range(self.kb.n_relations) if (targets[r] >= 0).any()], dtype=torch.long)
         if len(rels) == 0:
             raise ValueError("no relation has a phrase naming it (pass relation_phrases={relation: '... {s} ...'})")
-        relations = rels[torch.randint(len(rels), (batch_size,), generator=gen)]
-        query = torch.stack([_draw(targets[r] >= 0, gen) for r in relations.tolist()]) if batch_size else \
-            torch.zeros(0, dtype=torch.long)
+        relations = B.deal(rels, gens, self.balance)
+        query = torch.stack([_pick(targets[r] >= 0, g) for r, g in zip(relations.tolist(), gens)]) if batch_size \
+            else torch.zeros(0, dtype=torch.long)
         prompts = [T.render_prompt([], self.kb.subjects[s], "", self.relation_phrases[self.kb.relations[r]],
                                    self.prefix) for r, s in zip(relations.tolist(), query.tolist())]
-        encoded = T.encode_prompts(self.tokenizer, prompts) if prompts else []
+        encoded = T.encode_prompts(self.tokenizer, prompts, self.bos_id) if prompts else []
         empty = torch.zeros(batch_size, 0, dtype=torch.long)
-        return Batch(tokens=_pad([e.ids for e in encoded], self.pad_id), answers=targets[relations, query],
-                     relations=relations, subjects=empty, query=query, layout=_layout(encoded, 0),
-                     context_answers=empty.clone()).to(device)
+        tokens = B.pad([e.ids for e in encoded], self.pad_id)
+        check_length(self, None, tokens.shape[1])
+        return Batch(tokens=tokens, answers=targets[relations, query], relations=relations, subjects=empty,
+                     query=query, layout=B.layout(encoded, 0), context_answers=empty.clone()).to(device)
 
     def _named_targets(self) -> Int[Tensor, "relation subject"]:
-        if not hasattr(self, "_named"):
-            kb = self.kb
-            named = KnowledgeBase(kb.subjects, kb.relations, kb.answers, torch.where(torch.tensor(
-                [r in self.relation_phrases for r in kb.relations])[:, None], kb.table, -1))
-            out = torch.full_like(kb.table, -1)
-            for r in torch.nonzero(torch.tensor([n in self.relation_phrases for n in kb.relations])).flatten().tolist():
-                one = replace(named, table=torch.where(torch.arange(kb.n_relations)[:, None] == r, named.table, -1))
-                out[r] = self._fact_targets(one, self.relation_phrases[kb.relations[r]],
-                                            lambda s, a: NAMED_ANSWER.format(a=a))[r]
-            table, _ = _exclude_shared(named, out)
+        if getattr(self, "_named", None) is None:
+            kb, out = self.kb, torch.full_like(self.kb.table, -1)
+            for r, name in enumerate(kb.relations):
+                if name in self.relation_phrases:
+                    one = replace(kb, table=torch.where(torch.arange(kb.n_relations)[:, None] == r, kb.table, -1))
+                    out[r] = self._fact_targets(one, self.relation_phrases[name], lambda s, a: NAMED_ANSWER.format(a=a))[r]
+            table, _ = B.exclude_shared(replace(kb, table=torch.where(out >= 0, kb.table, -1)), out)
             self._named = torch.where(table >= 0, out, -1)
         return self._named
 
@@ -295,68 +313,15 @@ class TextICRecallTask(ICRecallTask):
         return [self.tokenizer.decode([i]) for i in tokens.tolist()]  # readable text ("Ġ"/"Ċ" decoded)
 
     def prompt_text(self, batch: Batch, i: int) -> str:
-        """The text of example ``i`` (padding removed)."""
-        return self.tokenizer.decode(batch.tokens[i, : int(batch.layout.pred_pos[i]) + 1].tolist())
+        """The text of example ``i`` (BOS and padding removed)."""
+        start = int(batch.layout.bos_pos[i]) + 1 if int(batch.layout.bos_pos[i]) >= 0 else 0
+        return self.tokenizer.decode(batch.tokens[i, start: int(batch.layout.pred_pos[i]) + 1].tolist())
 
     def sample_facts(self, *args, **kwargs):
         raise ValueError("text tasks have no relation tokens; use named_relation_batch for factual recall")
 
 
-def _exclude_shared(kb: KnowledgeBase, targets: Tensor) -> tuple[Tensor, dict[str, list[str]]]:
-    """The table without facts whose target is -1 or shared by two answers of one relation, and what went."""
-    table, excluded = torch.where(targets >= 0, kb.table, -1), {}
-    for r in range(kb.n_relations):
-        known = torch.nonzero(kb.table[r] >= 0).flatten()
-        pairs = {(int(kb.table[r, s]), int(targets[r, s])) for s in known}
-        by_token: dict[int, set[int]] = {}
-        for answer, token in pairs:
-            by_token.setdefault(token, set()).add(answer)
-        bad = {a for tok, answers in by_token.items() if tok < 0 or len(answers) > 1 for a in answers}
-        if bad:
-            excluded[kb.relations[r]] = sorted(kb.answers[a] for a in bad)
-            table[r, torch.isin(kb.table[r], torch.tensor(sorted(bad)))] = -1
-    return table, excluded
-
-
-def _concat(batches: list[Batch], pad_id: int) -> Batch:
-    """One batch of several (tokens right-padded to the widest)."""
-    width = max(b.tokens.shape[1] for b in batches)
-    tokens = torch.cat([torch.nn.functional.pad(b.tokens, (0, width - b.tokens.shape[1]), value=pad_id)
-                        for b in batches])
-    cat = lambda obj, name: torch.cat([getattr(getattr(b, obj) if obj else b, name) for b in batches])  # noqa: E731
-    layout = Layout(**{f: cat("layout", f) for f in ("subject_pos", "answer_pos", "query_pos", "bos_pos",
-                                                      "subject_start", "answer_start", "query_start", "pred_pos")})
-    return Batch(tokens=tokens, answers=cat(None, "answers"), relations=cat(None, "relations"),
-                 subjects=cat(None, "subjects"), query=cat(None, "query"), layout=layout,
-                 context_answers=cat(None, "context_answers"))
-
-
-def _pad(ids: list[list[int]], pad_id: int) -> Int[Tensor, "batch pos"]:
-    width = max((len(x) for x in ids), default=0)
-    return torch.tensor([x + [pad_id] * (width - len(x)) for x in ids], dtype=torch.long).reshape(len(ids), width)
-
-
-def _layout(encoded: list[T.Encoded], k: int) -> Layout:
-    """The span layout of tokenized prompts (``pred_pos``: each prompt's last token)."""
-    n = len(encoded)
-    spans = lambda key, j: torch.tensor([[s[j] for s in getattr(e, key)] for e in encoded],  # noqa: E731
-                                        dtype=torch.long).reshape(n, k)
-    one = lambda f: torch.tensor([f(e) for e in encoded], dtype=torch.long).reshape(n)  # noqa: E731
-    return Layout(subject_pos=spans("subjects", 1), answer_pos=spans("answers", 1), query_pos=one(lambda e: e.query[1]),
-                  bos_pos=one(lambda e: e.bos), subject_start=spans("subjects", 0), answer_start=spans("answers", 0),
-                  query_start=one(lambda e: e.query[0]), pred_pos=one(lambda e: len(e.ids) - 1))
-
-
-def _keys(layout: Layout) -> list[tuple]:
-    """:meth:`Encoded.layout_key` of every example of a layout."""
-    lay = layout.to("cpu")
-    pair = lambda start, end: tuple(zip(start.tolist(), end.tolist()))  # noqa: E731
-    return [(int(lay.pred_pos[i]) + 1, pair(lay.subject_start[i], lay.subject_pos[i]),
-             pair(lay.answer_start[i], lay.answer_pos[i]), (int(lay.query_start[i]), int(lay.query_pos[i])),
-             int(lay.bos_pos[i])) for i in range(lay.n_examples)]
-
-
-def _check_text_kind(kind: str) -> str:
-    if kind not in TEXT_CORRUPTIONS:
-        raise ValueError(f"corruption kind must be one of {TEXT_CORRUPTIONS}, got {kind!r}")
-    return kind
+def _pick(options: Tensor, gen: torch.Generator) -> Tensor:
+    """One index where ``options`` is True, uniformly."""
+    choices = torch.nonzero(options).flatten()
+    return choices[torch.randint(len(choices), (), generator=gen)]
