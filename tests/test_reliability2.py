@@ -506,19 +506,24 @@ def test_18g_one_definition_of_n_star(hits):
         assert state["n_star"] == row["n_star"] and state["non_monotone"] == row["non_monotone"]
 
 
-# ------------------------------------------------------------------ 20: heads.py stores safetensors
-def test_20_heads_reuse_stores_safetensors_and_never_unpickles(tmp_path, models):
+# ------------------------------------------------------------------ 20: heads.py stores checkpoints
+def test_20_heads_reuse_stores_checkpoints_and_never_unpickles(tmp_path, models):
     from icr_interp.experiments import shapes as heads  # what case_studies/heads.py --reuse calls
 
-    state = models[1].state_dict()
-    path = heads.model_path(tmp_path, 16, 4, 2, 0, 1, 2)
-    assert path.suffix == ".safetensors" and heads.load_state(path) is None
-    heads.save_state(path, state)
-    loaded = heads.load_state(path)
-    assert all(torch.equal(loaded[k], v) for k, v in state.items())
-    torch.save(state, path)  # a pickle under that name is refused, not run
-    with pytest.raises(ValueError, match="cannot be read as safetensors") as info:
-        heads.load_state(path)
+    task, model, _ = models
+    path = heads.model_path(tmp_path, 16, 4, 2, 0, model.cfg.n_layers, model.cfg.n_heads)
+    assert heads.load_state(path, model.cfg.n_layers, model.cfg.n_heads) is None
+    heads.save_state(path, model, task, accuracy=1.0)
+    assert json.loads((path / "config.json").read_text())["format"].startswith("icr_interp-checkpoint/")
+    loaded = heads.load_state(path, model.cfg.n_layers, model.cfg.n_heads)
+    assert all(torch.equal(loaded[k], v) for k, v in model.state_dict().items())
+    with pytest.raises(ValueError, match="delete it to retrain") as info:  # another shape under that name
+        heads.load_state(path, model.cfg.n_layers + 1, model.cfg.n_heads)
+    one_line(info)
+    weights = next(path.glob("*.safetensors"))
+    torch.save(model.state_dict(), weights)  # a pickle in place of the weights is refused, not run
+    with pytest.raises(ValueError, match="retrain") as info:
+        heads.load_state(path, model.cfg.n_layers, model.cfg.n_heads)
     one_line(info)
     for source in (REPO / "case_studies" / "heads.py", REPO / "icr_interp" / "experiments" / "shapes.py"):
         assert not re.search(r"(?<!safetensors\.)torch\.load\(", source.read_text())

@@ -1,5 +1,5 @@
 """Models of several heads or layers, built, fine-tuned and measured: the heads and layers case studies' runs
-(:func:`measure` is one row of ``case_studies/heads.py``, its fine-tuned state saved as safetensors for ``--reuse``).
+(:func:`measure` is one row of ``case_studies/heads.py``, its fine-tuned model saved as a checkpoint for ``--reuse``).
 
 :func:`fine_tuned` is :func:`icr_interp.run`'s three steps for a model of ``n_layers`` x ``n_heads`` on a task
 (build, fine-tune, evaluate before and after), with a saved state to reuse instead of training again. The
@@ -40,33 +40,35 @@ def fine_tuned(task: ICRecallTask, n_layers: int, n_heads: int, seed: int, *, n_
 
 
 def model_path(models: Path, s: int, r: int, k: int, seed_: int, layers: int, heads: int) -> Path:
-    """Where a fine-tuned state dict of this build is saved (and reused with ``--reuse``), as safetensors."""
-    return models / f"{s}x{r}x{k}_s{seed_}_L{layers}H{heads}.safetensors"
+    """Where the fine-tuned model of this build is saved (and reused with ``--reuse``): a checkpoint directory."""
+    return models / f"{s}x{r}x{k}_s{seed_}_L{layers}H{heads}"
 
 
-def save_state(path: Path, state: dict) -> None:
-    """Write a state dict as safetensors, atomically: tensors and a header, never pickle."""
-    import safetensors.torch
+def save_state(path: Path, model: TLModel, task: ICRecallTask, **metrics) -> None:
+    """Save the fine-tuned model as a checkpoint (versioned format, safetensors weights, atomic; never pickle)."""
+    from icr_interp.storage.checkpoint import save_checkpoint
 
-    from icr_interp.storage.atomic import write_bytes
-
-    write_bytes(path, safetensors.torch.save({k: v.detach().cpu().contiguous() for k, v in state.items()}))
+    save_checkpoint(path, model, task, force=True, **metrics)
 
 
-def load_state(path: Path) -> dict | None:
-    """A state dict saved by :func:`save_state`, or None if ``path`` does not exist (safetensors: no code runs).
+def load_state(path: Path, n_layers: int, n_heads: int) -> dict | None:
+    """The state dict of a checkpoint saved by :func:`save_state`, or None if ``path`` does not exist.
 
-    The bytes are read once and parsed from memory; a damaged file is a one-line ValueError.
+    The checkpoint is validated as any other (digest, format, shapes; no code runs) and must hold a model of
+    ``n_layers`` x ``n_heads``; anything else is a one-line ValueError that says to delete it to retrain.
     """
-    import safetensors.torch
+    from icr_interp.storage.checkpoint import CheckpointError, load_checkpoint
 
     if not path.exists():
         return None
     try:
-        return safetensors.torch.load(path.read_bytes())
-    except Exception as e:  # noqa: BLE001 -- safetensors raises its own error types
-        raise ValueError(f"--reuse: {path} cannot be read as safetensors ({' '.join(str(e).split())}); "
-                         f"delete it to retrain") from None
+        model = load_checkpoint(path).model
+    except CheckpointError as e:
+        raise ValueError(f"--reuse: {e}; delete {path} to retrain") from None
+    if (model.cfg.n_layers, model.cfg.n_heads) != (n_layers, n_heads):
+        raise ValueError(f"--reuse: {path} holds a {model.cfg.n_layers}-layer, {model.cfg.n_heads}-head model, "
+                         f"not {n_layers} x {n_heads}; delete it to retrain")
+    return model.state_dict()
 
 
 def measure(s: int, r: int, k: int, seed_: int, layers: int, heads: int, models: Path, reuse: bool, train: dict,
@@ -75,12 +77,11 @@ def measure(s: int, r: int, k: int, seed_: int, layers: int, heads: int, models:
     task = ICRecallTask(KnowledgeBase.random(s, r, s, answer_overlap=1.0, seed=seed_), n_pairs=k)
     path = model_path(models, s, r, k, seed_, layers, heads)
     train = {key: value for key, value in train.items() if value is not None}
-    path = path.with_name(path.stem + "".join(f"_{key}{value}" for key, value in sorted(train.items()))
-                          + path.suffix)
-    state = load_state(path) if reuse else None
+    path = path.with_name(path.name + "".join(f"_{key}{value}" for key, value in sorted(train.items())))
+    state = load_state(path, layers, heads) if reuse else None
     model, row = fine_tuned(task, layers, heads, seed_, n_eval=n_eval, state=state, **train)
     if state is None:
-        save_state(path, model.state_dict())
+        save_state(path, model, task, start_accuracy=row["start_accuracy"], accuracy=row["accuracy"])
     batch = task.sample(n_template, seed=offset_seed(seed_, "head_scores"))
     scores = score_templates(model, batch).to_dict()
     pick = lambda d: {key: d[key] for key in SCORE_KEYS}  # noqa: E731
