@@ -14,6 +14,8 @@ from icr_interp.analysis.templates import (NULL_ALPHA, NULL_DRAWS, NULL_MAX_PERM
                                   UNIFORM_MARGIN, RoleMass, fit_pairwise, pairing_scores, pairings, pairwise_tv,
                                   query_rows, query_rows_from_cache, score_rows, score_templates, template_tv)
 from icr_interp.training.trainer import finetune
+from icr_interp.analysis.pairing_test import PAIRING_MIN_MASS
+from icr_interp.analysis.template_table import TOP_ROWS
 
 K = 4  # context pairs of the hand-made rows
 
@@ -259,8 +261,30 @@ def test_to_dict_and_table(stock):
     assert set(d["tv"]) == set(TEMPLATES) and len(d["per_head"]) == 4
     assert d["pairwise"] == pytest.approx(float(s.pairwise[s.layer, s.head]))
     table = str(s).splitlines()
-    assert len(table) == 2 + 4 and repr(s) == str(s) and sum(line.startswith("*") for line in table) == 1
-    assert "null" in table[1] and f"{float(s.pairwise_null[s.layer, s.head]):6.3f}" in table[2 + 2 * s.layer + s.head]
+    assert len(table) == 4 + 4 and repr(s) == str(s) and sum(line.startswith("*") for line in table) == 1
+    assert "null" in table[3] and f"{float(s.pairwise_null[s.layer, s.head]):6.3f}" in table[4 + 2 * s.layer + s.head]
+    n_pairwise = sum(b == "pairwise" for row in s.best for b in row)
+    assert table[0].split("; ")[1].startswith(f"{n_pairwise} of 4 heads pairwise")
+    top = int(s.per_example.effect_mass.flatten().argmax())
+    assert table[1].startswith(f"largest edge: L{top // 2}H{top % 2} effect "
+                               f"{float(s.per_example.effect_mass.flatten()[top]):.4f}")
+    assert d["pairing_min_mass"] == PAIRING_MIN_MASS and "adjacency" in d["pairing_rule"]
+    for key in ("effect", "effect_mass", "adjacency", "adjacency_p"):
+        assert key in d and key in d["per_head"][0]
+
+
+def test_table_of_many_heads_shows_the_top_rows_and_the_count():
+    # 30 layers x 9 heads of Dirichlet rows: 270 heads, the table shows the top rows, the count and the largest edge.
+    gen = torch.Generator().manual_seed(11)
+    rows = _dirichlet(torch.ones(2 * K + 2), 270 * 8, gen).reshape(30, 9, 8, 2 * K + 2)
+    rows[4, 2] = torch.stack([make_row([0.2, 0.15, 0.1, 0.05], [0.2, 0.15, 0.1, 0.05])] * 8)  # one pairwise head
+    s = score_rows(rows, standard_layout(8))
+    table = str(s).splitlines()
+    assert len(table) <= 5 + TOP_ROWS + 1 and "not shown" in table[3]
+    n_pairwise = sum(b == "pairwise" for row in s.best for b in row)
+    assert s.best[4][2] == "pairwise" and f"{n_pairwise} of 270 heads pairwise" in table[0]
+    assert table[1].startswith("largest edge: L4H2 ")
+    assert table[5].startswith("  4  2 ") and sum(line.startswith("*") for line in table) == 1
 
 
 def test_score_rows_accepts_one_layer_or_one_head():

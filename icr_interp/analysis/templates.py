@@ -39,12 +39,18 @@ gives ``score_pi = min(M, 1 - (1 - M + D_pi) / 2)``: only ``D_pi`` depends on
 the pairing, so a uniform or answers-only row scores its null exactly
 (docs/theory.md, "Template scores against a null").
 
-The *test* (:func:`icr_interp.analysis.pairing_null.pairing_test`) randomises over
-examples: each example gets its own uniformly drawn pairing, :data:`NULL_DRAWS`
-times; ties count against the pairing.  A head is called ``"pairwise"`` only
-when ``p <= NULL_ALPHA`` *and* ``pairwise - pairwise_null >= NULL_MIN_EFFECT``
-(a significant but tiny edge is not the paper's pattern); otherwise by the
-nearest other template.  With ``k = 1`` nothing is ever ``"pairwise"``.
+The score ``1 - TV`` is a *distance to the family*, kept as such: it has a blind
+spot (when ``sum_i max(p(s_i), p(a_i)) <= 1/2`` it is ``M`` under every pairing).
+The *test* of the pairing is :func:`icr_interp.analysis.pairing_test.pairing_test_rows`
+on the rows renormalised over the pair tokens (no blind spot): ``effect`` and
+``effect_mass`` (true pairing against derangements, renormalised and in attention
+mass) and its randomisation ``p_value``; beside it the adjacency-matched control
+(:mod:`icr_interp.analysis.adjacency_control`: pseudo-pairs ``(a_i, s_{i+1})``),
+``adjacency`` (margin in attention mass) and ``adjacency_p``.  A head is called
+``"pairwise"`` only when it passes the rule of :mod:`icr_interp.analysis.pairing_evidence`:
+``p_value <= NULL_ALPHA``, ``adjacency_p <= NULL_ALPHA`` and ``effect_mass >=
+PAIRING_MIN_MASS``; otherwise by the nearest other template.  With ``k = 1``
+nothing is ever ``"pairwise"``.
 
 Scores come two ways (``docs/theory.md`` explains why both matter): *per
 example* (score every example's row, then average; the headline) and *mean
@@ -77,7 +83,10 @@ from icr_interp.analysis.pairing_null import (NULL_ALPHA, NULL_DRAWS, NULL_MAX_P
                                      NULL_SEED, pairing_test, pairings)
 from icr_interp.task.prompts import Batch, Layout
 from icr_interp.analysis.inputs import check_batch
+from icr_interp.analysis.pairing_evidence import pairing_evidence, rule_text
+from icr_interp.analysis.pairing_test import PAIRING_MIN_MASS
 from icr_interp.analysis.pairwise_form import fit_pairwise, pairing_scores, pairwise_tv  # noqa: F401
+from icr_interp.analysis.template_table import format_table
 
 TEMPLATES = ("pairwise", "answers", "subjects", "uniform", "sink")
 UNIFORM_MARGIN = 0.02  # call a row "uniform" when TV(uniform) - TV(pairwise) is at most this
@@ -166,7 +175,11 @@ class HeadScores:
     beta: Float[Tensor, "layer head pair"]  # fitted across-pair weights of the nearest pairwise template
     best: tuple  # [layer][head] name of the nearest template ("pairwise" only if the null test passed)
     pairwise_null: Float[Tensor, "layer head"]  # the pairwise score averaged over re-pairings s_i -- a_pi(i)
-    p_value: Float[Tensor, "layer head"]  # one-sided p that the true pairing beats the null (test over examples)
+    p_value: Float[Tensor, "layer head"]  # one-sided p of the pairing test (renormalised rows, over examples)
+    effect: Float[Tensor, "layer head"]  # pairing effect on the renormalised rows: true pairing vs derangements
+    effect_mass: Float[Tensor, "layer head"]  # the same in attention mass (the "edge" of the table)
+    adjacency: Float[Tensor, "layer head"]  # margin of the true pairs over pseudo-pairs (a_i, s_i+1), in mass
+    adjacency_p: Float[Tensor, "layer head"]  # one-sided p that the true pairs beat the pseudo-pairs
 
     def at(self, layer: int, head: int) -> dict:
         """Plain-data scores of one head."""
@@ -174,17 +187,26 @@ class HeadScores:
                     pair_mass=float(self.pair_mass[layer, head]), best=self.best[layer][head],
                     tv={t: float(v) for t, v in zip(TEMPLATES, self.tv[layer, head])},
                     beta=self.beta[layer, head].tolist(), pairwise_null=float(self.pairwise_null[layer, head]),
-                    p_value=float(self.p_value[layer, head]))
+                    p_value=float(self.p_value[layer, head]), effect=float(self.effect[layer, head]),
+                    effect_mass=float(self.effect_mass[layer, head]), adjacency=float(self.adjacency[layer, head]),
+                    adjacency_p=float(self.adjacency_p[layer, head]))
 
 
-def _head_scores(tv, bal, mass_on_pairs, beta, null, p_value) -> HeadScores:
-    """Summarise [layer head] tensors into a :class:`HeadScores` (tensors moved to CPU), applying the null rule."""
-    tv, bal, mass_on_pairs, beta, null, p_value = (x.detach().cpu() for x in (tv, bal, mass_on_pairs, beta, null,
-                                                                               p_value))
+def _head_scores(tv, bal, mass_on_pairs, beta, null, p_value, effect, effect_mass, adjacency,
+                 adjacency_p, shown=None) -> HeadScores:
+    """Summarise [layer head] tensors into a :class:`HeadScores` (tensors on CPU), applying the pairing rule.
+
+    ``shown`` overrides the rule (the mean row takes the per-example call: it has no examples to test).
+    """
+    tv, bal, mass_on_pairs, beta, null, p_value, effect, effect_mass, adjacency, adjacency_p = (
+        x.detach().cpu().float() for x in (tv, bal, mass_on_pairs, beta, null, p_value, effect, effect_mass,
+                                           adjacency, adjacency_p))
     pairwise = 1 - tv[..., 0]
-    shown = (p_value <= NULL_ALPHA) & (pairwise - null >= NULL_MIN_EFFECT)
+    if shown is None:
+        shown = (p_value <= NULL_ALPHA) & (adjacency_p <= NULL_ALPHA) & (effect_mass >= PAIRING_MIN_MASS)
     best = tuple(tuple(row) for row in best_template(tv, shown))
-    return HeadScores(pairwise, bal, mass_on_pairs, tv, beta, best, null, p_value)
+    return HeadScores(pairwise, bal, mass_on_pairs, tv, beta, best, null, p_value, effect, effect_mass, adjacency,
+                      adjacency_p)
 
 
 @dataclass(frozen=True, repr=False)
@@ -232,6 +254,7 @@ class TemplateScores:
                  for layer in range(self.n_layers) for head in range(self.n_heads)]
         return dict(layer=self.layer, head=self.head, n_examples=self.n_examples, templates=list(TEMPLATES),
                     uniform_margin=UNIFORM_MARGIN, null_alpha=NULL_ALPHA, null_min_effect=NULL_MIN_EFFECT,
+                    pairing_min_mass=PAIRING_MIN_MASS, pairing_rule=rule_text(),
                     **self.per_example.at(self.layer, self.head),
                     mean_row=self.mean_row.at(self.layer, self.head), per_head=heads, combined=self._combined())
 
@@ -248,26 +271,8 @@ class TemplateScores:
         return {**{k: per[k] for k in keys}, "p_value": per["p_value"], **{f"mean_row_{k}": mean[k] for k in keys}}
 
     def __str__(self) -> str:
-        short = dict(pairwise="pair", answers="ans", subjects="subj", uniform="unif", sink="sink")
-        tv_cols = " ".join(f"{'tv_' + short[t]:>8}" for t in TEMPLATES)
-        lines = [f"TemplateScores: {self.n_examples} examples; per example | mean row; * = head that matters; "
-                 f"null = pairwise score over re-pairings, p = test that the pairing beats it "
-                 f"('pairwise' needs p <= {NULL_ALPHA} and pairwise - null >= {NULL_MIN_EFFECT})",
-                 f"  L  H  {'pairwise':>8} {'null':>6} {'p':>6} {'balance':>8} {'pairmass':>8} {'best':>9} "
-                 f"{tv_cols} | {'pairwise':>8} {'null':>6} {'balance':>8} {'pairmass':>8} {'best':>9}"]
-        for layer in range(self.n_layers):
-            for head in range(self.n_heads):
-                per, mean = self.per_example, self.mean_row
-                left = (f"{per.pairwise[layer, head]:8.3f} {per.pairwise_null[layer, head]:6.3f} "
-                        f"{per.p_value[layer, head]:6.4f} {per.balance[layer, head]:8.3f} "
-                        f"{per.pair_mass[layer, head]:8.3f} {per.best[layer][head]:>9}")
-                right = (f"{mean.pairwise[layer, head]:8.3f} {mean.pairwise_null[layer, head]:6.3f} "
-                         f"{mean.balance[layer, head]:8.3f} {mean.pair_mass[layer, head]:8.3f} "
-                         f"{mean.best[layer][head]:>9}")
-                tvs = " ".join(f"{v:8.3f}" for v in per.tv[layer, head].tolist())
-                mark = "*" if (layer, head) == (self.layer, self.head) else " "
-                lines.append(f"{mark}{layer:2d} {head:2d}  {left} {tvs} | {right}")
-        return "\n".join(lines)
+        """The table: a count of pairwise heads, the largest edge, then every head (or the top rows of many)."""
+        return format_table(self)
 
     __repr__ = __str__
 
@@ -314,12 +319,17 @@ def _score(rows: Float[Tensor, "layer head batch pos"], layout: Layout) -> tuple
     perms = pairings(mass.subject.shape[-1], gen)
     tv = template_tv(mass)
     permuted = pairing_scores(mass.subject, mass.answer, perms)  # [layer head batch perm]
-    p_value = pairing_test(1 - tv[..., 0], permuted, gen)
+    ev = pairing_evidence(mass.subject, mass.answer, seed=NULL_SEED)  # the test without a blind spot + control
+    t, c = ev.test, ev.control
     per_example = _head_scores(tv.mean(2), balance(mass).mean(2), mass.pair_mass.mean(2),
-                               fit_pairwise(mass.subject, mass.answer).mean(2), permuted.mean((2, 3)), p_value)
-    mean = mass.mean(2)  # role-aligned mean row: [layer head (pair)]
+                               fit_pairwise(mass.subject, mass.answer).mean(2), permuted.mean((2, 3)), t.p_value,
+                               t.effect, t.effect_mass, c.margin_mass, c.p_value)
+    mean = mass.mean(2)  # role-aligned mean row: [layer head (pair)]; its effects are of that one row
+    one = pairing_evidence(mean.subject[..., None, :], mean.answer[..., None, :], draws=1)
     mean_row = _head_scores(template_tv(mean), balance(mean), mean.pair_mass, fit_pairwise(mean.subject, mean.answer),
-                            pairing_scores(mean.subject, mean.answer, perms).mean(-1), p_value)
+                            pairing_scores(mean.subject, mean.answer, perms).mean(-1), t.p_value,
+                            one.test.effect, one.test.effect_mass, one.control.margin_mass, c.p_value,
+                            shown=ev.shown.cpu())
     return per_example, mean_row
 
 

@@ -1,0 +1,56 @@
+"""When a row set is called pairwise: the re-pairing test, the adjacency control and a floor in attention mass.
+
+One rule for :func:`~icr_interp.analysis.templates.score_templates`, the composed score and the verdicts:
+
+1. the true pairing beats the re-pairing null (:mod:`icr_interp.analysis.pairing_test`) at ``alpha``;
+2. the true pairs beat the adjacency-matched pseudo-pairs (:mod:`icr_interp.analysis.adjacency_control`)
+   at ``alpha`` -- a smooth positional profile does not pass;
+3. the effect in attention mass is at least :data:`~icr_interp.analysis.pairing_test.PAIRING_MIN_MASS` --
+   a perfect pairing of 0.1% of a head's attention is not the paper's pattern.
+"""
+
+from dataclasses import dataclass
+
+from jaxtyping import Float
+from torch import Tensor
+
+from icr_interp.analysis.adjacency_control import AdjacencyControl, adjacency_control
+from icr_interp.analysis.pairing_null import NULL_ALPHA, NULL_DRAWS, NULL_SEED
+from icr_interp.analysis.pairing_test import PAIRING_MIN_MASS, PairingTest, pairing_test_rows
+
+
+@dataclass(frozen=True)
+class PairingEvidence:
+    """The pairing test and the adjacency control of the same rows, and the rule's outcome."""
+
+    test: PairingTest
+    control: AdjacencyControl
+    alpha: float = NULL_ALPHA
+    min_mass: float = PAIRING_MIN_MASS
+
+    @property
+    def shown(self) -> Tensor:
+        """Where all three conditions hold (``[*lead]`` booleans)."""
+        return ((self.test.p_value <= self.alpha) & (self.control.p_value <= self.alpha)
+                & (self.test.effect_mass >= self.min_mass))
+
+    def at(self, *idx) -> dict:
+        """Plain data of one leading index, with 95% bootstrap intervals of the effects in attention mass."""
+        lo, hi = self.test.ci()
+        clo, chi = self.control.ci()
+        return dict(**self.test.at(*idx), effect_mass_ci=[float(lo[idx]), float(hi[idx])],
+                    adjacency=self.control.at(*idx), adjacency_margin_mass_ci=[float(clo[idx]), float(chi[idx])],
+                    shown=bool(self.shown[idx]), rule=rule_text(self.alpha, self.min_mass))
+
+
+def pairing_evidence(subject: Float[Tensor, "*lead batch pair"], answer: Float[Tensor, "*lead batch pair"], *,
+                     alpha: float = NULL_ALPHA, min_mass: float = PAIRING_MIN_MASS,
+                     seed: int = NULL_SEED, draws: int = NULL_DRAWS) -> PairingEvidence:
+    """Run both tests on the same rows (masses in prompt order: pair i is the i-th pair of the prompt)."""
+    return PairingEvidence(pairing_test_rows(subject, answer, seed=seed, draws=draws),
+                           adjacency_control(subject, answer, seed=seed, draws=draws), alpha, min_mass)
+
+
+def rule_text(alpha: float = NULL_ALPHA, min_mass: float = PAIRING_MIN_MASS) -> str:
+    return (f"pairwise = beats the re-pairing null (p <= {alpha:g}) and the adjacency control (p <= {alpha:g}) "
+            f"with effect >= {min_mass:g} in attention mass")
