@@ -7,7 +7,7 @@ uses these, so the conventions are defined once:
 * "an integer, not a bool, in range" is one check (:func:`check_int`), and its argparse twin
   (:func:`int_arg`) parses a command-line value through it;
 * a bad argument prints ``PROG: error: ...`` and exits **2** before any work; a failure while running
-  prints one line and exits **1**; Ctrl-C prints ``PROG: interrupted`` and exits **130**
+  (running out of memory included) prints one line and exits **1**; Ctrl-C prints ``PROG: interrupted`` and exits **130**
   (:func:`run_main`); never a traceback.
 
 This module imports only the standard library, so a script can parse its arguments (and answer ``--help``)
@@ -110,6 +110,10 @@ def _run(prog: str, body: Callable[[], int], failures: tuple[type[BaseException]
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except MemoryError as e:  # numpy's _ArrayMemoryError included: one line, whatever the caller's failures
+        print(f"{prog}: error: out of memory: {one_line(e) if str(e) else 'an allocation failed'} "
+              "(try fewer prompts, a smaller model or a machine with more memory)", file=sys.stderr)
+        return EXIT_FAILURE
     except failures as e:
         if _interrupted(e):  # Ctrl-C inside a library's lazy import, re-raised by it as an import error
             print(f"{prog}: interrupted", file=sys.stderr)

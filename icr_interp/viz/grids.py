@@ -82,11 +82,11 @@ def plot_probe_grid(parts: dict, kind: str, n_prompts: int, n_requested: int | N
     return fig
 
 
-def plot_head_grid(rows: dict[int, np.ndarray], labels: list[str], n_prompts: int, note: str = "") -> Figure:
+def plot_head_grid(rows: dict, labels: list[str], n_prompts: int, note: str = "") -> Figure:
     """Mean prediction row of every head of the given layers, one small bar chart per head, in a grid.
 
     Args:
-        rows: ``{layer: [batch head slot]}`` prediction-row attention by role slot (at most
+        rows: ``{layer: [batch head slot]}`` (tensors or arrays) prediction-row attention by role slot (at most
             :data:`MAX_LAYERS` layers are drawn; the first ones given).
         labels: the slot labels.
         n_prompts: prompts averaged, for the title.
