@@ -11,16 +11,20 @@ In-context factual recall has two baselines a model's k-shot accuracy should be 
 :func:`recall_curve` measures top-1 accuracy and cross-entropy of the target at the prediction position for
 every k in ``ks``, overall and per relation, and the named-relation baseline when the task has one
 (:meth:`~icr_interp.task.text.TextICRecallTask.named_relation_batch`).  Prompts for each k come from the
-evaluation stream of :func:`~icr_interp.training.trainer.evaluate` (``derive_seed(seed, "eval")``).
+evaluation stream of :func:`~icr_interp.training.trainer.evaluate` (``derive_seed(seed, "eval")``).  A relation
+without a phrase has no named baseline: ``RecallCurve.unnamed`` lists them, the printed table says so, and one
+warning names them.
 
 Example::
 
-    curve = recall_curve(model, TextICRecallTask(kb, model.tokenizer), ks=range(9))
+    curve = recall_curve(model, TextICRecallTask(kb, model), ks=range(9))
     print(curve)    # accuracy by k, per relation, and the named-relation baseline
 """
 
 from dataclasses import dataclass, field
 from collections.abc import Iterable
+
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -29,7 +33,7 @@ from icr_interp.plumbing import check_int
 from icr_interp.seeds import derive_seed
 from icr_interp.task.prompts import Batch, ICRecallTask
 from icr_interp.tl.compat import TLModel
-from icr_interp.training.trainer import prediction_logits
+from icr_interp.training.trainer import check_prompts, forward_parts, prediction_logits
 
 
 @dataclass(frozen=True)
@@ -52,6 +56,7 @@ class RecallCurve:
 
     by_k: dict  # k -> RecallScores (k = 0: zero-shot)
     named: RecallScores | None  # the relation named in words (the ceiling of in-context inference)
+    unnamed: tuple = ()  # relations without a phrase: no named baseline for them
 
     @property
     def zero_shot(self) -> RecallScores | None:
@@ -59,7 +64,7 @@ class RecallCurve:
 
     def to_dict(self) -> dict:
         return dict(by_k={str(k): v.to_dict() for k, v in self.by_k.items()},
-                    named=None if self.named is None else self.named.to_dict())
+                    named=None if self.named is None else self.named.to_dict(), unnamed=list(self.unnamed))
 
     def __str__(self) -> str:
         relations = sorted({r for s in self.by_k.values() for r in s.per_relation})
@@ -70,6 +75,8 @@ class RecallCurve:
             cells = " ".join(f"{s.per_relation[r]['accuracy']:12.3f}" if r in s.per_relation else f"{'-':>12}"
                              for r in relations)
             lines.append(f"  {label:>5} {s.accuracy:6.3f} {s.loss:6.3f} {cells}")
+        if self.unnamed:
+            lines.append(f"  no named baseline for {', '.join(self.unnamed)} (no relation phrase)")
         return "\n".join(lines)
 
     __repr__ = __str__
@@ -79,13 +86,15 @@ class RecallCurve:
 def score_batches(model: TLModel, batches: Iterable[Batch], relation_names) -> RecallScores:
     """Accuracy and loss over ``batches``, overall and per relation (``relation_names[id]``)."""
     correct, loss, count = {}, {}, {}
-    for batch in batches:
-        logits = prediction_logits(model, batch.to(model.cfg.device)).float()
-        answers = batch.answers.to(logits.device)
-        hit = (logits.argmax(-1) == answers).cpu()
-        ce = F.cross_entropy(logits, answers, reduction="none").cpu()
-        for r, h, c in zip(batch.relations.tolist(), hit.tolist(), ce.tolist()):
-            correct[r], loss[r], count[r] = correct.get(r, 0) + h, loss.get(r, 0.0) + c, count.get(r, 0) + 1
+    for whole in batches:
+        check_prompts(model, whole)
+        for batch in forward_parts(model, whole):
+            logits = prediction_logits(model, batch.to(model.cfg.device)).float()
+            answers = batch.answers.to(logits.device)
+            hit = (logits.argmax(-1) == answers).cpu()
+            ce = F.cross_entropy(logits, answers, reduction="none").cpu()
+            for r, h, c in zip(batch.relations.tolist(), hit.tolist(), ce.tolist()):
+                correct[r], loss[r], count[r] = correct.get(r, 0) + h, loss.get(r, 0.0) + c, count.get(r, 0) + 1
     n = sum(count.values())
     if n == 0:
         raise ValueError("no prompts to score")
@@ -116,10 +125,15 @@ def recall_curve(model: TLModel, task: ICRecallTask, ks: Iterable[int] = range(9
         check_int(k, "k", 0)
         sub = task.with_pairs(k) if hasattr(task, "with_pairs") else ICRecallTask(task.kb, k, task.bos)
         by_k[k] = score_batches(model, _stream(sub.sample, n_prompts, seed, batch_size), names)
-    baseline = None
-    if named and getattr(task, "relation_phrases", None):
-        baseline = score_batches(model, _stream(task.named_relation_batch, n_prompts, seed, batch_size), names)
-    return RecallCurve(by_k, baseline)
+    baseline, unnamed = None, ()
+    if named and getattr(task, "relation_phrases", None) is not None:
+        unnamed = tuple(getattr(task, "unnamed", ()))
+        if unnamed:
+            warnings.warn(f"no named baseline for {len(unnamed)} relation(s) without a phrase: {', '.join(unnamed)} "
+                          f"(pass relation_phrases={{relation: '... {{s}} ...'}})", UserWarning, stacklevel=2)
+        if task.relation_phrases:
+            baseline = score_batches(model, _stream(task.named_relation_batch, n_prompts, seed, batch_size), names)
+    return RecallCurve(by_k, baseline, unnamed)
 
 
 def _stream(sample, n_prompts: int, seed: int, batch_size: int):

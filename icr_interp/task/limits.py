@@ -76,3 +76,21 @@ def model_bytes(d_vocab: int, n_ctx: int, d_model: int, n_heads: int, n_layers: 
 def prompt_bytes(n_prompts: int, n_ctx: int) -> int:
     """A batch of prompts: tokens plus its layout (a few long index tensors per prompt and position)."""
     return LONG_BYTES * n_prompts * (3 * n_ctx + 8)
+
+
+def forward_bytes(n_prompts: int, n_pos: int, n_heads: int, d_model: int, d_mlp: int, d_vocab: int) -> int:
+    """Peak of one inference forward without a cache: one layer's attention scores, pattern and a softmax
+    temporary (3 ``[batch head pos pos]``), the residual stream and a block's activations (about 8
+    ``[batch pos d_model]`` and 3 ``[batch pos d_mlp]``), and one row of logits per prompt, in float32.
+    Attention grows with the square of the prompt: a 10,000-token prompt of 9 heads needs 10.8 GB alone."""
+    per_prompt = 3 * n_heads * n_pos**2 + 8 * n_pos * d_model + 3 * n_pos * d_mlp + d_vocab
+    return FLOAT_BYTES * n_prompts * per_prompt
+
+
+def prompts_per_forward(n_prompts: int, n_pos: int, n_heads: int, d_model: int, d_mlp: int, d_vocab: int,
+                        what: str = "a forward") -> int:
+    """How many of ``n_prompts`` prompts of ``n_pos`` tokens one forward may take within :func:`max_bytes`
+    (at least 1; a one-line ValueError if even one prompt does not fit)."""
+    one = forward_bytes(1, n_pos, n_heads, d_model, d_mlp, d_vocab)
+    check_bytes(one, f"{what} on one prompt of {n_pos} tokens")
+    return max(1, min(n_prompts, max_bytes() // one))

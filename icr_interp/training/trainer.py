@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from icr_interp._moved import module_attr
 from icr_interp.seeds import offset_seed
 from icr_interp.model.attention_params import DEFAULT_LR, DEFAULT_SCHEDULE, logical_name
+from icr_interp.task import limits
 from icr_interp.task.ceiling import ceiling
 from icr_interp.tl.compat import TLModel
 from icr_interp.model import hooks as H
@@ -213,15 +214,39 @@ def evaluate(model: TLModel, task: ICRecallTask, n_prompts: int = 1024, seed: in
     correct, loss_sum, rows, best = 0, 0.0, [], 0.0
     for start in range(0, n_prompts, batch_size):
         batch = task.sample(min(batch_size, n_prompts - start), generator=gen, device=device)
-        logits, pattern = prediction_logits(model, batch, return_pattern=True)
-        correct += int((logits.argmax(-1) == batch.answers).sum())
-        loss_sum += float(F.cross_entropy(logits, batch.answers, reduction="sum"))
-        rows.append(pattern[:, 0])
+        check_prompts(model, batch)
+        for part in forward_parts(model, batch):
+            logits, pattern = prediction_logits(model, part, return_pattern=True)
+            correct += int((logits.argmax(-1) == part.answers).sum())
+            loss_sum += float(F.cross_entropy(logits, part.answers, reduction="sum"))
+            rows.append(pattern[:, 0])
         best += float(ceiling(task, batch).sum())
     width = max(r.shape[-1] for r in rows)  # text prompts: batches padded to their own length
     rows = [F.pad(r, (0, width - r.shape[-1])) for r in rows]
     return dict(accuracy=correct / n_prompts, loss=loss_sum / n_prompts, n_prompts=n_prompts,
                 query_attention=torch.cat(rows).mean(0).tolist(), ceiling=best / n_prompts)
+
+
+def check_prompts(model: TLModel, batch: Batch) -> None:
+    """One line if text prompts do not fit the model: longer than its ``n_ctx``, or token ids (prompt or
+    target) past its ``d_vocab`` (a tokenizer of another model).  Toy prompts pass (their ids are the model's)."""
+    n_ctx, d_vocab = model.cfg.n_ctx, model.cfg.d_vocab
+    if batch.tokens.shape[1] > n_ctx:
+        raise ValueError(f"prompts of {batch.tokens.shape[1]} tokens exceed the model's context n_ctx={n_ctx}: "
+                         f"use fewer pairs or shorter templates")
+    top = max(int(batch.tokens.max()), int(batch.answers.max())) if batch.tokens.numel() else 0
+    if top >= d_vocab:
+        raise ValueError(f"the prompts use token id {top}, but the model's d_vocab is {d_vocab}: the task's "
+                         f"tokenizer does not match the model")
+
+
+def forward_parts(model: TLModel, batch: Batch) -> list[Batch]:
+    """``batch`` in as few parts as fit one forward in memory (:func:`icr_interp.task.limits.forward_bytes`;
+    a one-line ValueError if one prompt alone does not): long text prompts are split, toy ones never are."""
+    cfg = model.cfg
+    size = limits.prompts_per_forward(len(batch), batch.tokens.shape[1], cfg.n_heads, cfg.d_model,
+                                      cfg.d_mlp or 4 * cfg.d_model, cfg.d_vocab, "the model's forward")
+    return [batch] if size >= len(batch) else [batch[i:i + size] for i in range(0, len(batch), size)]
 
 
 def prediction_logits(model: TLModel, batch: Batch, return_pattern: bool = False):
