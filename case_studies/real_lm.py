@@ -3,6 +3,8 @@
 Runs :func:`icr_interp.experiments.real_lm.run_real_lm` (recall against k with its baselines, template scores
 with the pairing null, patching by head, function-vector heads and their overlap, the causal template test,
 a verdict) and writes ``results.json``, ``heads.png``, ``methods.png`` and ``recall.png`` into ``--out``.
+It prints an estimated time (calibrated on one forward) first, a line per phase, and rewrites results.json
+after each phase (a killed run keeps what finished); at the end the numbers with their 95% intervals.
 
     python case_studies/real_lm.py --out case_studies/results/real_lm
     python case_studies/real_lm.py --csv my_facts.csv --pair-template $'Q: {s}\\nA: {a}\\n' \\
@@ -10,7 +12,6 @@ a verdict) and writes ``results.json``, ``heads.png``, ``methods.png`` and ``rec
 """
 
 import argparse
-import json
 import sys
 import time
 
@@ -23,7 +24,7 @@ def parse(argv=None) -> argparse.Namespace:
     kb.add_argument("--csv", default=None, help="a CSV of facts (subject,relation,answer)")
     p.add_argument("--k", type=int, default=4, help="context pairs in the analysed prompts")
     p.add_argument("--max-k", type=int, default=8, help="the recall curve runs k = 0..max-k")
-    p.add_argument("--n-prompts", type=int, default=16, help="prompts per analysis")
+    p.add_argument("--n-prompts", type=int, default=128, help="prompts per analysis (and per k of the recall curve)")
     p.add_argument("--pair-template", default="{s}: {a}\n")
     p.add_argument("--query-template", default="{s}:")
     p.add_argument("--top-n", type=int, default=10, help="heads compared across methods")
@@ -43,7 +44,7 @@ def main(argv=None) -> dict:
     import torch
 
     torch.set_num_threads(args.threads)
-    from icr_interp.experiments.real_lm import RealLMConfig, run_real_lm
+    from icr_interp.experiments.real_lm import RealLMConfig, run_real_lm, summary
     from icr_interp.model.pretrained_lm import load_pretrained_lm
 
     start = time.perf_counter()
@@ -54,8 +55,8 @@ def main(argv=None) -> dict:
                        seed=args.seed, top_n=args.top_n, top_causal=args.top_causal,
                        n_null=args.n_null)
     results = run_real_lm(model, cfg, args.out, progress=lambda m: print(m, flush=True))
-    print(json.dumps(results["verdict"], indent=1))
-    print(f"[total] {time.perf_counter() - start:.1f} s; wrote {args.out}/results.json")
+    print(summary(results))
+    print(f"[total] {time.perf_counter() - start:.1f} s with loading; wrote {args.out}/results.json")
     return results
 
 

@@ -48,7 +48,18 @@ def tiny_lm(tiny_smol_llama):
 
 def test_every_phase_on_a_tiny_llama(tiny_lm, tmp_path):
     cfg = E.RealLMConfig(k=2, n_prompts=4, max_k=1, top_n=3, top_causal=2, n_null=2)
-    r = E.run_real_lm(tiny_lm, cfg, tmp_path, progress=lambda m: None)
+    lines = []
+    r = E.run_real_lm(tiny_lm, cfg, tmp_path, progress=lines.append)
+    assert lines[0].startswith("[calibrate] one forward of") and lines[1].startswith("[estimate] about")
+    assert "[5/5] causal done in" in lines[-2] and lines[-1].startswith("[done]")
+    for kind in ("relation", "query"):
+        ci = r["patching"][kind]["top_ci"]
+        assert [(c["layer"], c["head"]) for c in ci] == [tuple(h) for h in r["patching"][kind]["top"][:3]]
+        assert all(c["lo"] <= c["hi"] for c in ci)
+        top = ci[0]  # the per-prompt runs give the same mean effect as the per-head grid
+        assert top["value"] == pytest.approx(r["patching"][kind]["values"][top["layer"]][top["head"]], abs=1e-4)
+    assert all(0.0 <= s["lo"] <= s["accuracy"] <= s["hi"] <= 1.0 for s in r["recall"]["by_k"].values())
+    assert "recall (top-1 accuracy, 95% bootstrap interval over prompts):" in E.summary(r)
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["verdict"]["verdict"] == r["verdict"]["verdict"] in ("agrees", "partly", "disagrees")
     assert all((tmp_path / f).stat().st_size > 1000 for f in ("heads.png", "methods.png", "recall.png"))
@@ -61,6 +72,18 @@ def test_every_phase_on_a_tiny_llama(tiny_lm, tmp_path):
     assert r["templates"]["n_heads"] == 8 and len(r["templates"]["top"]) == 3
     assert set(r["causal"]) == {"relation_heads", "pairwise_heads"}
     assert r["causal"]["relation_heads"]["recovered"]["own"] == pytest.approx(1.0, abs=1e-3)  # own row: clean run
+
+
+def test_a_killed_study_keeps_its_finished_phases(tiny_lm, tmp_path):
+    def progress(line: str):
+        if line.startswith("[2/5] templates ..."):
+            raise KeyboardInterrupt
+
+    cfg = E.RealLMConfig(k=2, n_prompts=4, max_k=1, top_n=3, top_causal=2, n_null=2)
+    with pytest.raises(KeyboardInterrupt):
+        E.run_real_lm(tiny_lm, cfg, tmp_path, progress=progress)
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert "recall" in saved and "templates" not in saved and saved["timings"]["recall"] > 0
 
 
 @pytest.mark.slow

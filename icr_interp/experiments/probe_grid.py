@@ -204,3 +204,57 @@ def screen_and_confirm(model, clean, corrupted, top_k: int = 10, n_control: int 
     recall = sum(cells[j]["top"] for j in exact_top) / k if k else math.nan
     rho = spearman([c["attribution"] for c in cells], [c["exact"] for c in cells])
     return ScreenResult(screened, cells, top_k, recall, rho)
+
+
+class PerPrompt:
+    """The logit difference of each prompt at its prediction position (a ``[batch]`` metric, not its mean);
+    declares the positions it reads, so the engine recomputes nothing after them."""
+
+    def __init__(self, clean_answers, corrupted_answers, pred_pos):
+        self.clean, self.corrupted, self.pred = clean_answers, corrupted_answers, pred_pos
+
+    def read_positions(self, n_pos: int) -> torch.Tensor:
+        return self.pred
+
+    def on_rows(self, rows: torch.Tensor) -> torch.Tensor:
+        i = torch.arange(rows.shape[0], device=rows.device)
+        return rows[i, self.clean.to(rows.device)] - rows[i, self.corrupted.to(rows.device)]
+
+    def __call__(self, logits: torch.Tensor) -> torch.Tensor:
+        i = torch.arange(logits.shape[0], device=logits.device)
+        return self.on_rows(logits[i, self.pred.to(logits.device)])
+
+
+def per_prompt_cells(model, clean, corrupted, cells: list[tuple[str, int | None, str]]) -> dict:
+    """Each prompt's logit difference under each ``(hook, head, role)`` patch (clean into corrupted), and on the
+    clean and corrupted runs: ``{"patched": [cell prompt], "clean": [prompt], "corrupted": [prompt]}``."""
+    from icr_interp.analysis.patching import patch_activations
+    from icr_interp.analysis.patching.by_role import grid_masks, role_patch, setup
+
+    metric = PerPrompt(clean.answers, corrupted.answers, corrupted.layout.pred_pos)
+    s = setup(model, clean, corrupted, None, sorted({c[0] for c in cells}), False)
+    masks, query = grid_masks(s, sorted({c[2] for c in cells}))
+    patches = [role_patch(hook, head, masks[role].to(query.device), query) for hook, head, role in cells]
+    patched = patch_activations(model, s.base.tokens, s.source_cache, patches, metric, base_run=s.run)
+    with torch.no_grad():
+        clean_run = model(clean.tokens.to(model.cfg.device))
+    return dict(patched=patched.float().cpu(), clean=metric(clean_run).float().cpu(),
+                corrupted=metric(s.run.logits).float().cpu())
+
+
+def restored_interval(patched: torch.Tensor, clean: torch.Tensor, corrupted: torch.Tensor, n_boot: int = 1000,
+                      level: float = 0.95, seed: int = 0) -> dict:
+    """Normalised effect ``(mean patched - mean corrupted) / (mean clean - mean corrupted)`` of each cell with
+    its percentile-bootstrap interval over prompts (the same resamples for every cell):
+    ``{"value": [cell], "lo": [cell], "hi": [cell]}``."""
+    patched, clean, corrupted = patched.double(), clean.double(), corrupted.double()
+    n = clean.shape[0]
+    idx = torch.randint(n, (n_boot, n), generator=torch.Generator().manual_seed(seed))
+
+    def ratio(p, c, x):
+        return (p.mean(-1) - x.mean(-1)) / (c.mean(-1) - x.mean(-1))
+
+    boots = ratio(patched[:, idx], clean[idx], corrupted[idx])  # [cell boot]
+    tail = (1 - level) / 2
+    lo, hi = torch.nanquantile(boots, torch.tensor([tail, 1 - tail], dtype=boots.dtype), dim=-1)
+    return dict(value=ratio(patched, clean, corrupted).tolist(), lo=lo.tolist(), hi=hi.tolist())

@@ -18,7 +18,6 @@ f. **verdict** on the claim (:func:`verdict`): agrees, partly or disagrees, with
 """
 
 import json
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from collections.abc import Callable
@@ -44,7 +43,7 @@ class RealLMConfig:
     builtin: str | None = "countries"  # built-in knowledge base (None: csv)
     csv: str | None = None  # a user's CSV (subject,relation,answer)
     k: int = 4  # context pairs in the analysed prompts
-    n_prompts: int = 16  # prompts per analysis (and per k in the recall curve)
+    n_prompts: int = 128  # prompts per analysis (and per k in the recall curve)
     max_k: int = 8  # the recall curve runs k = 0..max_k
     pair_template: str = DEFAULT_PAIR_TEMPLATE
     query_template: str = DEFAULT_QUERY_TEMPLATE
@@ -90,13 +89,35 @@ def phase_templates(model, task: TextICRecallTask, cfg: RealLMConfig) -> dict:
 
 
 def phase_patching(model, task: TextICRecallTask, cfg: RealLMConfig) -> dict:
-    """(c) Every head's z at the prediction position, relation swap and query swap."""
+    """(c) Every head's z at the prediction position, relation swap and query swap; the top heads' effects
+    with 95% bootstrap intervals over prompts (:func:`~icr_interp.experiments.probe_grid.restored_interval`)."""
+    from icr_interp.experiments.probe_grid import per_prompt_cells, restored_interval
+    from icr_interp.model.hooks import hook
+
     out = {}
     for i, kind in enumerate(("relation", "query")):
         pairs = task.sample_pairs(cfg.n_prompts, kind, seed=cfg.seed + 2 + i)
         out[kind] = patch_heads(model, pairs.clean, pairs.corrupted).to_dict()
         out[kind]["n_dropped"] = pairs.n_dropped
+        top = out[kind]["top"][:cfg.top_n]
+        runs = per_prompt_cells(model, pairs.clean, pairs.corrupted, [(hook(l, "z"), h, "prediction") for l, h in top])
+        ci = restored_interval(runs["patched"], runs["clean"], runs["corrupted"], seed=cfg.seed)
+        out[kind]["top_ci"] = [dict(layer=l, head=h, value=v, lo=lo, hi=hi)
+                               for (l, h), v, lo, hi in zip(top, ci["value"], ci["lo"], ci["hi"])]
     return out
+
+
+def recall_intervals(recall: dict, seed: int = 0) -> dict:
+    """95% bootstrap intervals over prompts of every accuracy of a recall curve's dict (added in place)."""
+    from icr_interp.analysis.bootstrap import bootstrap_mean_ci
+
+    for scores in [*recall["by_k"].values(), *([recall["named"]] if recall.get("named") else [])]:
+        n = scores["n_prompts"]
+        hits = torch.zeros(n)
+        hits[:round(scores["accuracy"] * n)] = 1.0  # the bootstrap of a mean of 0/1 depends on the count only
+        lo, hi = bootstrap_mean_ci(hits, seed=seed)
+        scores.update(lo=float(lo), hi=float(hi))
+    return recall
 
 
 def phase_function_vectors(model, task: TextICRecallTask, cfg: RealLMConfig) -> dict:
@@ -135,24 +156,39 @@ def verdict(results: dict) -> dict:
                       f"disagrees: no pairwise head and no recovery; partly: anything between"))
 
 
+def plan(model, cfg: RealLMConfig, n_pos: int) -> dict:
+    """Token-blocks of each phase (module docstring), for the time estimate: whole forwards, and for the
+    per-head patches the blocks after each head's layer at the prediction position only."""
+    n, layers, heads = cfg.n_prompts, model.cfg.n_layers, model.cfg.n_heads
+    forward = n * n_pos * layers
+    per_head = n * heads * layers * (layers + 1) / 2  # every head's patch reruns its later blocks, one row
+    recall = sum(forward * (k + 1) / (cfg.k + 1) for k in range(cfg.max_k + 1)) + forward
+    return dict(recall=recall, templates=forward, patching=2 * (3 * forward + per_head),
+                function_vectors=2 * forward + per_head, causal=2 * (5 + cfg.n_null) * forward)
+
+
 def run_real_lm(model, cfg: RealLMConfig, out: str | Path, progress: Callable[[str], None] = print) -> dict:
-    """All phases on ``model``; writes ``results.json`` and the figures into ``out``; returns the results."""
+    """All phases on ``model``, after printing an estimate calibrated on one forward; writes ``results.json``
+    (rewritten after each phase, so a killed run keeps what finished) and the figures into ``out``."""
+    from icr_interp.experiments.progress import Phases, calibrate
+
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     task = TextICRecallTask(cfg.knowledge_base(), model.tokenizer, cfg.k, cfg.pair_template, cfg.query_template)
     results: dict = dict(config=asdict(cfg), excluded=task.excluded, example_prompt=task.prompt_text(
         task.sample(1, seed=cfg.seed), 0), timings={})
+    sample = task.sample(min(cfg.n_prompts, 32), seed=cfg.seed)
+    cal = calibrate(model, sample.tokens)
+    phases = Phases({k: cal.seconds(v) for k, v in plan(model, cfg, sample.tokens.shape[1]).items()}, log=progress)
+    phases.announce(cal)
 
     def phase(name: str, fn):
-        start = time.perf_counter()
-        progress(f"[{name}] ...")
-        results[name] = fn()
-        results["timings"][name] = round(time.perf_counter() - start, 1)
+        results[name] = phases.run(name, fn)
+        results["timings"][name] = phases.timings[name]
         (out / "results.json").write_text(json.dumps(results, indent=1, default=str))  # partial results kept
-        progress(f"[{name}] done in {results['timings'][name]:.1f} s")
 
-    phase("recall", lambda: recall_curve(model, task, range(cfg.max_k + 1), n_prompts=cfg.n_prompts,
-                                         seed=cfg.seed, batch_size=cfg.n_prompts).to_dict())
+    phase("recall", lambda: recall_intervals(recall_curve(model, task, range(cfg.max_k + 1), n_prompts=cfg.n_prompts,
+                                                          seed=cfg.seed, batch_size=32).to_dict(), cfg.seed))
     phase("templates", lambda: phase_templates(model, task, cfg))
     phase("patching", lambda: phase_patching(model, task, cfg))
     phase("function_vectors", lambda: phase_function_vectors(model, task, cfg))
@@ -167,9 +203,40 @@ def run_real_lm(model, cfg: RealLMConfig, out: str | Path, progress: Callable[[s
     phase("causal", lambda: phase_causal(model, task, cfg, dict(relation_heads=tops["relation"][:cfg.top_causal],
                                                                pairwise_heads=tops["pairwise"][:cfg.top_causal])))
     results["verdict"] = verdict(results)
+    results["timings"]["total"], results["timings"]["estimate"] = round(phases.elapsed, 1), round(phases.estimate, 1)
     (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
     write_figures(results, out)
+    phases.finish()
     return results
+
+
+def summary(results: dict) -> str:
+    """The study's numbers with their 95% intervals over prompts, in a few lines."""
+    r, p, fv, c = results["recall"], results["patching"], results["function_vectors"], results["causal"]
+    lines = ["recall (top-1 accuracy, 95% bootstrap interval over prompts):"]
+    for k, s in r["by_k"].items():
+        lines.append(f"  k={k}: {s['accuracy']:.3f} [{s.get('lo', float('nan')):.3f}, {s.get('hi', float('nan')):.3f}]"
+                     f" on {s['n_prompts']} prompts")
+    if r.get("named"):
+        s = r["named"]
+        lines.append(f"  relation named: {s['accuracy']:.3f} [{s.get('lo', float('nan')):.3f}, "
+                     f"{s.get('hi', float('nan')):.3f}]")
+    for kind in ("relation", "query"):
+        top = p[kind].get("top_ci", [])[:3]
+        lines.append(f"{kind} swap, head z at the prediction (0 corrupted, 1 clean; {p[kind].get('n_dropped', 0)} "
+                     "draws without a swap): " + "; ".join(f"L{t['layer']}H{t['head']} {t['value']:.3f} "
+                                                         f"[{t['lo']:.3f}, {t['hi']:.3f}]" for t in top))
+    ie, se = torch.tensor(fv["indirect_effect"]), torch.tensor(fv["stderr"])
+    lines.append("function vectors (CIE, +-1.96 s.e. over prompts): " + "; ".join(
+        f"L{l}H{h} {float(ie[l, h]):.3f} +- {1.96 * float(se[l, h]):.3f}" for l, h in fv["top"][:3]))
+    t = results["templates"]
+    lines.append(f"templates: {t['n_significant']} of {t['n_heads']} heads pairwise by the null rule; largest edge "
+                 f"{t['top'][0]['edge']:+.3f} (L{t['top'][0]['layer']}H{t['top'][0]['head']})")
+    for name, test in c.items():
+        lines.append(f"causal test on {name}: pairwise template recovers {test['recovered']['pairwise']:.3f}, "
+                     f"re-paired null mean {test['null_mean']:.3f}, beats every null: {test['beats_null']}")
+    lines.append(f"verdict: {results['verdict']['verdict']}")
+    return "\n".join(lines)
 
 
 def write_figures(results: dict, out: Path) -> list[Path]:
