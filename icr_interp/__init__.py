@@ -45,6 +45,7 @@ _EXPORTS = {
     "load_pretrained_lm": "model.pretrained_lm", "pretrained_lm_names": "model.pretrained_lm",
     "TextICRecallTask": "task.text", "causal_template_test": "analysis.causal_template",
     "recall_curve": "analysis.recall", "function_vector_heads": "analysis.function_vectors",
+    "evaluation_summary": "experiments.text_probe",
 }
 _SUBPACKAGES = {"task", "tl", "model", "training", "analysis", "pipeline", "storage", "viz", "experiments", "cli",
                 "seeds", "version"}
@@ -55,7 +56,7 @@ __all__ = [
     "RunResult", "save_checkpoint", "load_checkpoint", "Checkpoint", "CheckpointError", "score_templates",
     "TemplateScores", "patching", "ablation", "circuit", "viz", "__version__",
     "load_pretrained_lm", "pretrained_lm_names", "TextICRecallTask", "causal_template_test", "recall_curve",
-    "function_vector_heads",
+    "function_vector_heads", "evaluation_summary",
 ]
 
 
