@@ -37,7 +37,8 @@ MOVED: dict[str, str] = {
 }
 
 # Modules renamed inside a subpackage: old path (relative to the package) -> new one.
-RENAMED: dict[str, str] = {"viz.legacy": "viz.model_report"}
+RENAMED: dict[str, str] = {"viz.legacy": "viz.model_report",
+                           "analysis.suffix_patching": "analysis.patching.suffix"}  # now one engine strategy
 
 # Module names that stay public at the top level without a warning (``ii.patching`` is the documented spelling).
 KEPT = {"patching": "analysis.patching", "ablation": "analysis.ablation", "circuit": "analysis.circuit",
@@ -49,6 +50,9 @@ MOVED_ATTRS: dict[str, dict[str, str]] = {
     "ICRModel": {"icr_basis": "basis"},
     f"{PACKAGE}.analysis.patching": {"fast_path_applies": f"{PACKAGE}.model.forward.query_path_applies",
                                      "pearson": f"{PACKAGE}.analysis.stats.pearson"},
+    f"{PACKAGE}.analysis.patching.suffix": {  # the first release's suffix_patching names (one engine now)
+        "patch_heads": f"{PACKAGE}.analysis.patching.heads.patch_heads_v1",
+        "get_act_patch_attn_head_out_by_pos": f"{PACKAGE}.analysis.patching.dropins.get_act_patch_attn_head_out_by_pos"},
     f"{PACKAGE}.training.trainer": {"EVAL_SALT": f"{PACKAGE}.seeds.EVAL_SALT"},
     f"{PACKAGE}.training": {"EVAL_SALT": f"{PACKAGE}.seeds.EVAL_SALT"},
     f"{PACKAGE}.analysis.circuit": {"CircuitSeries": f"{PACKAGE}.analysis.circuit_series.CircuitSeries"},

@@ -1,12 +1,13 @@
-"""Function-vector heads and the suffix recomputation they run on: equal to hooked forwards, fast models only."""
+"""Function-vector heads and per-head patching on the engine's suffix strategy: equal to hooked forwards."""
 
+import importlib
 from dataclasses import replace
 
 import pytest
 import torch
 
 from icr_interp import build_model
-from icr_interp.analysis import suffix_patching as S
+from icr_interp.analysis import patching as P
 from icr_interp.analysis.function_vectors import FunctionVectorResult, function_vector_heads, mean_head_outputs
 from icr_interp.analysis.patching.metrics import LogitDiff
 from icr_interp.model import hooks as H
@@ -56,13 +57,13 @@ def test_dropin_equals_transformer_lens(kind):
     _, cache = model.run_with_cache(clean)
     metric = LogitDiff(torch.tensor([1, 2, 3]), torch.tensor([4, 5, 6]), torch.tensor([8, 7, 8]))
     ref = TLP.get_act_patch_attn_head_out_by_pos(model, corrupted, cache, metric)
-    ours = S.get_act_patch_attn_head_out_by_pos(model, corrupted, cache, metric, max_rows=40)  # chunks split cells
+    ours = P.get_act_patch_attn_head_out_by_pos(model, corrupted, cache, metric, max_rows=40)  # chunks split cells
     assert ref.abs().max() > 0.05
     torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-5)
     assert torch.equal(ours[:, :3], torch.full_like(ours[:, :3], float(metric(model(corrupted).detach()))))  # unchanged prefix
-    fast = S.get_act_patch_attn_head_out_by_pos(model, corrupted, cache, metric, read_pos=metric.query_pos)
-    torch.testing.assert_close(fast, ref, atol=1e-5, rtol=1e-5)  # the metric reads only the prediction rows
-    some = S.get_act_patch_attn_head_out_by_pos(model, corrupted, cache, metric, layers=[1])
+    full = P.get_act_patch_attn_head_out_by_pos(model, corrupted, cache, lambda lg: metric(lg))  # declares nothing
+    torch.testing.assert_close(full, ref, atol=1e-5, rtol=1e-5)  # every row recomputed and unembedded
+    some = P.get_act_patch_attn_head_out_by_pos(model, corrupted, cache, metric, layers=[1])
     torch.testing.assert_close(some[1], ref[1], atol=1e-5, rtol=1e-5)
     assert some[0].isnan().all() and _no_hooks_left(model)
 
@@ -146,7 +147,7 @@ def test_patch_heads_is_the_hooked_forward(toy, kind):
     task, batch, _ = toy
     clean, corrupted, _ = task.corrupt_pairs(batch, "relation", seed=2)
     model = _stock(kind, d_vocab=int(max(clean.tokens.max(), clean.answers.max(), corrupted.answers.max())) + 1)
-    result = S.patch_heads(model, clean, corrupted)
+    result = P.patch_heads(model, clean, corrupted)
     rows, pred = torch.arange(len(clean)), corrupted.layout.pred_pos
     with torch.no_grad():
         _, cache = model.run_with_cache(clean.tokens)
@@ -157,6 +158,9 @@ def test_patch_heads_is_the_hooked_forward(toy, kind):
                 return z
             lg = model.run_with_hooks(corrupted.tokens, fwd_hooks=[(H.hook(layer, "z"), hook)])[rows, pred]
             want = (lg[rows, clean.answers] - lg[rows, corrupted.answers]).mean()
-            assert float(result.raw[layer, head]) == pytest.approx(float(want), abs=1e-5)
-    assert result.values.shape == (3, 4) and result.top(1)[0] in [(a, b) for a in range(3) for b in range(4)]
+            raw = result.raw[result.components.index(f"{H.hook(layer, 'z')}:h{head}"), 0]
+            assert float(raw) == pytest.approx(float(want), abs=1e-5)
+    assert result.heads().shape == (3, 4) and result.top_heads(1)[0] in [(a, b) for a in range(3) for b in range(4)]
     assert isinstance(result.reliable, bool) and _no_hooks_left(model)
+    old = importlib.import_module("icr_interp.analysis.suffix_patching").patch_heads(model, clean, corrupted)
+    assert old.to_dict()["values"] == result.heads().tolist()  # the first release's path and dict (real_lm reads it)

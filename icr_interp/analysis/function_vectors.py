@@ -11,11 +11,11 @@ Heads with a large CIE carry the task (the relation, for IC-recall) from the con
 the paper sums the top heads' mean outputs into the *function vector*.  Here every head is patched alone.
 
 On a text task, the shuffled prompts are ``task.corrupt(batch, "shuffle")`` (the answers permuted among pairs
-of equal token length, so every span keeps its place).  Patches are run by the suffix recomputation
-(:mod:`icr_interp.analysis.suffix_patching`: one row through the blocks from the patched layer on) when the
-model supports it, else by the toolkit's patching engine
-(:func:`~icr_interp.analysis.patching.patch_activations` with one :class:`~icr_interp.analysis.patching.Patch`
-per head); both give what a hooked forward per head gives.
+of equal token length, so every span keeps its place).  Patches run through the patching engine
+(:func:`~icr_interp.analysis.patching.patch_activations`, one :class:`~icr_interp.analysis.patching.Patch` per
+head, the source run being the shuffled run with the heads' means at the prediction row); its metric reads
+only the prediction position, so each patch costs one row through the blocks from the patched layer on (the
+suffix strategy) and gives what a hooked forward per head gives.
 
 Example::
 
@@ -31,8 +31,8 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from icr_interp.analysis import suffix_patching as S
-from icr_interp.analysis.patching import Patch, patch_activations
+from icr_interp.analysis.patching.core import Patch
+from icr_interp.analysis.patching.engine import base_run, patch_activations
 from icr_interp.model import hooks as H
 from icr_interp.task.prompts import Batch
 from icr_interp.task.tokens import check_model_tokens
@@ -51,7 +51,7 @@ class FunctionVectorResult:
     accuracy_shuffled: float  # top-1 accuracy on the shuffled prompts
     n_prompts: int  # shuffled prompts patched
     n_mean: int  # clean prompts the mean activations average over
-    method: str  # "suffix" (suffix recomputation) or "engine" (patch_activations)
+    method: str  # "suffix" (the engine's cheapest strategy) or "engine" (its general hooked forward)
 
     def top(self, n: int = 10) -> list[tuple[int, int]]:
         """The ``n`` heads with the largest indirect effect, largest first."""
@@ -94,9 +94,26 @@ def _target_prob(logits: Float[Tensor, "row vocab"], target: Int[Tensor, " row"]
     return logits.float().softmax(-1).gather(-1, target[:, None])[:, 0]
 
 
+@dataclass(frozen=True)
+class _TargetProb:
+    """P(target) of each example at its prediction position; declares that position (the engine unembeds it only)."""
+
+    targets: Int[Tensor, " batch"]
+    pred: Int[Tensor, " batch"]
+
+    def read_positions(self, n_pos: int) -> Int[Tensor, " batch"]:
+        return self.pred
+
+    def on_rows(self, rows: Float[Tensor, "batch vocab"]) -> Float[Tensor, " batch"]:
+        return _target_prob(rows, self.targets.to(rows.device))
+
+    def __call__(self, logits: Float[Tensor, "batch pos vocab"]) -> Float[Tensor, " batch"]:
+        return self.on_rows(logits[torch.arange(len(self.pred), device=logits.device), self.pred.to(logits.device)])
+
+
 @torch.no_grad()
 def function_vector_heads(model: TLModel, clean: Batch, shuffled: Batch, *, mean_over: Batch | None = None,
-                          method: str | None = None, max_rows: int = S.DEFAULT_MAX_ROWS) -> FunctionVectorResult:
+                          method: str | None = None, max_rows: int = 4096) -> FunctionVectorResult:
     """Causal indirect effect of every head (Todd et al. 2024), batched over heads and prompts.
 
     Args:
@@ -105,30 +122,38 @@ def function_vector_heads(model: TLModel, clean: Batch, shuffled: Batch, *, mean
         shuffled: prompts with the context answers shuffled (``task.corrupt(clean, "shuffle")``); each keeps
             its own target, whose probability is measured.
         mean_over: other clean prompts to average head outputs over (the paper uses a separate set).
-        method: ``"suffix"`` (suffix recomputation; default when the model supports it) or ``"engine"``
-            (:func:`~icr_interp.analysis.patching.patch_activations`, any model).
+        method: ``"suffix"`` (the engine's cheapest exact strategy; default) or ``"engine"`` (the engine's
+            general hooked forward, for comparison).
         max_rows: rows per block call (memory bound).
 
     Returns:
         :class:`FunctionVectorResult` with the ``[layer head]`` indirect effects.
     """
     check_model_tokens(model, shuffled.tokens, "shuffled.tokens")
-    method = method or ("suffix" if S.supports(model) else "engine")
+    method = method or "suffix"
     if method not in ("suffix", "engine"):
         raise ValueError(f"method must be 'suffix' or 'engine', got {method!r}")
     means = mean_head_outputs(model, clean if mean_over is None else mean_over)  # [layer head d_head]
     n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
     dev = model.cfg.device
     sh = shuffled.to(dev)
-    logits, base = S.cache_run(model, sh.tokens)
+    hooks = [H.hook(layer, "z") for layer in range(n_layers)]
+    base = base_run(model, sh.tokens, hooks)
     pred = sh.layout.pred_pos
+    metric = _TargetProb(sh.answers, pred)
+    p_base = metric(base.logits)
     rows = torch.arange(len(sh), device=dev)
-    p_base = _target_prob(logits[rows, pred], sh.answers)
-    if method == "suffix":
-        probs = _suffix_probs(model, logits, base, sh, means, max_rows)
-    else:
-        probs = _engine_probs(model, sh, base, means)
+    source = {}
+    for layer, hook in enumerate(hooks):  # the base run's z with every head's prediction row set to its mean
+        z = base.cache[hook].clone()
+        z[rows, pred] = means[layer].to(z)
+        source[hook] = z
+    at_pred = torch.arange(sh.tokens.shape[1], device=dev)[None] == pred[:, None]
+    patches = [Patch(hook, at_pred, head=h) for hook in hooks for h in range(n_heads)]
+    probs = patch_activations(model, sh.tokens, source, patches, metric, base_run=base, max_rows=max_rows,
+                              strategy="general" if method == "engine" else None).reshape(n_layers, n_heads, -1)
     effect = probs - p_base  # [layer head batch]
+    logits = base.logits
     clean_logits = model(clean.tokens.to(dev))[torch.arange(len(clean), device=dev), clean.layout.pred_pos.to(dev)]
     n = len(sh)
     return FunctionVectorResult(
@@ -138,34 +163,3 @@ def function_vector_heads(model: TLModel, clean: Batch, shuffled: Batch, *, mean
                                                              .mean()),
         accuracy_shuffled=float((logits[rows, pred].argmax(-1) == sh.answers).float().mean()), n_prompts=n,
         n_mean=len(clean if mean_over is None else mean_over), method=method)
-
-
-def _suffix_probs(model: TLModel, logits: Tensor, base: dict, sh: Batch, means: Tensor,
-                  max_rows: int) -> Float[Tensor, "layer head batch"]:
-    """P(target) with each head's prediction-position z set to its mean: one suffix row per (head, prompt)."""
-    n_layers, n_heads, n = model.cfg.n_layers, model.cfg.n_heads, len(sh)
-    dev = logits.device
-    layer = torch.arange(n_layers, device=dev).repeat_interleave(n_heads * n)
-    head = torch.arange(n_heads, device=dev).repeat_interleave(n).repeat(n_layers)
-    example = torch.arange(n, device=dev).repeat(n_layers * n_heads)
-    positions = torch.arange(sh.tokens.shape[1], device=dev)[None] == sh.layout.pred_pos[example][:, None]
-    patches = S.ZPatches(example, layer, head, positions, means[layer, head])
-    out = S.run_z_patches(model, logits, base, patches, read_pos=sh.layout.pred_pos, max_rows=max_rows)
-    return _target_prob(out, sh.answers[example]).reshape(n_layers, n_heads, n)
-
-
-def _engine_probs(model: TLModel, sh: Batch, base: dict, means: Tensor) -> Float[Tensor, "layer head batch"]:
-    """The same through :func:`patch_activations`: a source run whose prediction-row z is every head's mean."""
-    n_layers, n_heads, n = model.cfg.n_layers, model.cfg.n_heads, len(sh)
-    rows = torch.arange(n, device=sh.tokens.device)
-    source = {}
-    for layer in range(n_layers):
-        z = base[H.hook(layer, "z")].clone()
-        z[rows, sh.layout.pred_pos] = means[layer].to(z)
-        source[H.hook(layer, "z")] = z
-    pred = torch.arange(sh.tokens.shape[1], device=rows.device)[None] == sh.layout.pred_pos[:, None]
-    patches = [Patch(H.hook(layer, "z"), pred, head=h) for layer in range(n_layers) for h in range(n_heads)]
-
-    def metric(lg: Tensor) -> Tensor:
-        return _target_prob(lg[rows, sh.layout.pred_pos], sh.answers)
-    return patch_activations(model, sh.tokens, source, patches, metric).reshape(n_layers, n_heads, n)

@@ -40,7 +40,13 @@ This package offers three layers:
 
 The generic engine is :func:`patch_activations`: a list of :class:`Patch`
 (hook, positions per example, optional head, optional source positions for
-patterns) in, one metric value per patch out.  Every intervention goes through
+patterns) in, one metric value per patch out.  Each patch is computed by the
+cheapest exact strategy of a table (``engine.STRATEGIES``): the one-layer
+shortcut above, the *suffix recomputation* (blocks from the patched layer on,
+positions from the patch on, the base run's keys and values before it: any
+deep causal model), or the general hooked forward; ``strategy="general"``
+forces the last.  A metric that declares the position it reads
+(:class:`LogitDiff` does) gets only that row recomputed and unembedded.  Every intervention goes through
 TransformerLens hooks (``run_with_hooks`` / ``model.hooks`` / ``run_with_cache``);
 no hook outlives the call.  Every entry point checks its token ids first
 (:func:`icr_interp.task.tokens.check_model_tokens`).
@@ -50,8 +56,12 @@ Modules, one job each:
 =================  ==========================================================
 ``metrics``        :class:`LogitDiff`, :func:`logit_diff_metric`
 ``core``           :class:`Patch`, hook kinds, the shared hooked-write primitives
-``engine``         :func:`patch_activations`, :func:`base_run`, the general path
+``engine``         :func:`patch_activations`, :func:`base_run`, the strategy table, the general path
 ``fast``           the one-layer recomputation (on :mod:`icr_interp.model.forward`)
+``suffix``         the suffix recomputation of deep models (blocks and positions after the patch)
+``heads``          :func:`patch_heads`: every head's ``z`` at one role, a ``[layer head]`` grid
+``floor``          :func:`recompute_floor`: the token-blocks a list of patches must recompute, and their time
+``screen``         :func:`screen_and_confirm`: AtP* screens every cell, exact patching confirms the top ones
 ``dropins``        the five ``get_act_patch_*`` equivalents of TransformerLens
 ``by_role``        :func:`patch_by_role`, :func:`patch_pattern_by_role`, :class:`RolePatchResult`
 ``attribution``    :func:`attribution_patch`
@@ -74,7 +84,8 @@ from icr_interp.analysis.patching.core import (DEFAULT_MAX_LOGITS_BYTES, DEFAULT
 from icr_interp.analysis.patching.dropins import (get_act_patch_attn_head_out_by_pos,
                                          get_act_patch_attn_head_pattern_dest_src_pos, get_act_patch_attn_out,
                                          get_act_patch_mlp_out, get_act_patch_resid_pre)
-from icr_interp.analysis.patching.engine import BaseRun, base_run, patch_activations
+from icr_interp.analysis.patching.engine import STRATEGIES, BaseRun, base_run, patch_activations, strategy_for
+from icr_interp.analysis.patching.heads import patch_heads
 from icr_interp.analysis.patching.metrics import LogitDiff, Metric, logit_diff_metric
 from icr_interp._moved import module_attr
 
@@ -84,6 +95,7 @@ __all__ = [
     "get_act_patch_attn_head_out_by_pos", "get_act_patch_attn_head_pattern_dest_src_pos", "RolePatchResult",
     "patch_by_role", "patch_pattern_by_role", "default_role_hooks", "role_masks", "attribution_patch",
     "HEAD_HOOKS", "PATTERN_HOOKS", "MEMORY_HOOKS", "DEFAULT_MAX_ROWS", "DEFAULT_MAX_LOGITS_BYTES",
+    "STRATEGIES", "strategy_for", "patch_heads",
 ]
 
 

@@ -75,6 +75,28 @@ class RolePatchResult:
         component, role = key
         return float(self.values[self.components.index(component), self.roles.index(role)])
 
+    def heads(self, role: str | None = None, site: str = "z") -> Float[Tensor, "layer head"]:
+        """The ``[layer head]`` grid of one role's per-head rows of ``site`` (NaN where a head was not patched)."""
+        col = self.roles.index(role if role is not None else self.roles[0])
+        cells = {}
+        for i, c in enumerate(self.components):
+            hook, _, head = c.partition(":h")
+            split = H.split(hook)
+            if head and split is not None and split[1] == site:
+                cells[split[0], int(head)] = float(self.values[i, col])
+        n_layers = 1 + max((layer for layer, _ in cells), default=-1)
+        n_heads = 1 + max((h for _, h in cells), default=-1)
+        grid = torch.full((n_layers, n_heads), math.nan)
+        for (layer, h), v in cells.items():
+            grid[layer, h] = v
+        return grid
+
+    def top_heads(self, n: int = 10, role: str | None = None, site: str = "z") -> list[tuple[int, int]]:
+        """The ``n`` heads whose patch restores the most (largest first), as ``(layer, head)``."""
+        grid = self.heads(role, site)
+        order = torch.nan_to_num(grid, nan=-math.inf).flatten().argsort(descending=True)[:n].tolist()
+        return [(i // grid.shape[1], i % grid.shape[1]) for i in order if not math.isnan(grid.flatten()[i])]
+
     def to_dict(self) -> dict:
         return dict(components=list(self.components), roles=list(self.roles), values=self.values.tolist(),
                     raw=self.raw.tolist(), clean_value=self.clean_value, corrupted_value=self.corrupted_value,

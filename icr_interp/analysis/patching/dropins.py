@@ -7,6 +7,8 @@ recomputed, instead of one forward pass (and one ``.item()``) per cell.
 ``**options`` go to ``patch_activations`` (``fast``, ``max_rows``, ``base_run``...).
 """
 
+from collections.abc import Sequence
+
 import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
@@ -61,15 +63,25 @@ def get_act_patch_mlp_out(model: TLModel, corrupted_tokens: Int[Tensor, "batch p
 
 
 def get_act_patch_attn_head_out_by_pos(model: TLModel, corrupted_tokens: Int[Tensor, "batch pos"],
-                                       clean_cache: Source, patching_metric: Metric,
+                                       clean_cache: Source, patching_metric: Metric, *,
+                                       layers: Sequence[int] | None = None,
                                        **options) -> Float[Tensor, "layer pos head"]:
-    """Patch each head's output ``z``, by position: ``[n_layers, pos, n_heads]`` (as ``transformer_lens``)."""
+    """Patch each head's output ``z``, by position: ``[n_layers, pos, n_heads]`` (as ``transformer_lens``).
+
+    ``layers`` restricts the grid to some layers (the others are NaN).
+    """
     check_model_tokens(model, corrupted_tokens, "corrupted_tokens")
     n_pos, dev, c = corrupted_tokens.shape[-1], corrupted_tokens.device, model.cfg
+    layers = list(range(c.n_layers)) if layers is None else list(layers)
     patches = [Patch(H.hook(layer, "z"), _onehot(n_pos, pos, dev), head=h)
-               for layer in range(c.n_layers) for pos in range(n_pos) for h in range(c.n_heads)]
-    return _grid(model, corrupted_tokens, clean_cache, patching_metric, patches, (c.n_layers, n_pos, c.n_heads),
-                 **options)
+               for layer in layers for pos in range(n_pos) for h in range(c.n_heads)]
+    values = _grid(model, corrupted_tokens, clean_cache, patching_metric, patches, (len(layers), n_pos, c.n_heads),
+                   **options)
+    if len(layers) == c.n_layers and layers == list(range(c.n_layers)):
+        return values
+    out = values.new_full((c.n_layers, *values.shape[1:]), float("nan"))
+    out[torch.tensor(layers, device=out.device)] = values
+    return out
 
 
 def get_act_patch_attn_head_pattern_dest_src_pos(model: TLModel, corrupted_tokens: Int[Tensor, "batch pos"],

@@ -10,6 +10,18 @@ from torch import Tensor
 Metric = Callable[[Float[Tensor, "batch pos vocab"]], Tensor | float]  # any callable from logits to a value
 
 
+def read_positions(metric: Metric, n_pos: int) -> Int[Tensor, " batch"] | None:
+    """The one position per example a metric declares it reads, or None (it may read every position).
+
+    A metric declares them with two methods: ``read_positions(n_pos)`` (a ``[batch]`` tensor) and
+    ``on_rows(rows)``, its value from the logits at those positions only (``[batch vocab]``).  The engine then
+    recomputes nothing after those positions and unembeds only those rows (:class:`LogitDiff` does this).
+    """
+    if not (callable(getattr(metric, "read_positions", None)) and callable(getattr(metric, "on_rows", None))):
+        return None
+    return metric.read_positions(n_pos)
+
+
 @dataclass(frozen=True)
 class LogitDiff:
     """Mean over the batch of ``logit[clean answer] - logit[corrupted answer]`` at the query.
@@ -24,11 +36,19 @@ class LogitDiff:
     clean_value: float | None = None  # raw metric on the clean run (normalisation)
     corrupted_value: float | None = None  # raw metric on the corrupted run (normalisation)
 
+    def read_positions(self, n_pos: int) -> Int[Tensor, " batch"]:
+        """The position read in each example (the query; the last position when ``query_pos`` is None)."""
+        if self.query_pos is not None:
+            return self.query_pos
+        return torch.full_like(self.clean_answers, n_pos - 1)
+
     def per_example(self, logits: Float[Tensor, "batch pos vocab"]) -> Float[Tensor, " batch"]:
         """The raw logit difference of each example (its mean is :meth:`raw`)."""
         rows = torch.arange(logits.shape[0], device=logits.device)
-        pos = torch.full_like(rows, logits.shape[1] - 1) if self.query_pos is None else self.query_pos.to(rows.device)
-        last = logits[rows, pos]  # [batch vocab]
+        return self._row_diff(logits[rows, self.read_positions(logits.shape[1]).to(rows.device)])
+
+    def _row_diff(self, last: Float[Tensor, "batch vocab"]) -> Float[Tensor, " batch"]:
+        rows = torch.arange(last.shape[0], device=last.device)
         clean, corrupted = self.clean_answers.to(rows.device), self.corrupted_answers.to(rows.device)
         return last[rows, clean] - last[rows, corrupted]
 
@@ -36,7 +56,13 @@ class LogitDiff:
         return self.per_example(logits).mean()
 
     def __call__(self, logits: Float[Tensor, "batch pos vocab"]) -> Float[Tensor, ""]:
-        value = self.raw(logits)
+        return self._normalised(self.raw(logits))
+
+    def on_rows(self, rows: Float[Tensor, "batch vocab"]) -> Float[Tensor, ""]:
+        """The metric from the logits at :meth:`read_positions` only (what the engine unembeds)."""
+        return self._normalised(self._row_diff(rows).mean())
+
+    def _normalised(self, value: Tensor) -> Tensor:
         if self.clean_value is None or self.corrupted_value is None:
             return value
         return (value - self.corrupted_value) / (self.clean_value - self.corrupted_value)
