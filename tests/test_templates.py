@@ -43,16 +43,29 @@ def score_one(row: torch.Tensor, has_bos: bool = True, k: int = K):
 
 
 def score_copies(row: torch.Tensor, n: int = 8):
-    """Score ``n`` copies of a row: one row cannot show a pairing (p >= 1/k!), a few can."""
+    """Score ``n`` copies of a row: identical prompts cannot show a pairing apart from position."""
     return score_rows(torch.stack([row] * n), standard_layout(n))
+
+
+def score_varied(beta: torch.Tensor, n: int = 16, seed: int = 0):
+    """Score ``n`` exactly pairwise rows whose pair weights ``beta`` are shuffled across pairs in each prompt
+    (content, not position, decides which pair gets which weight: one row cannot show a pairing, many can)."""
+    gen = torch.Generator().manual_seed(seed)
+    rows = [make_row(beta[p] / 2, beta[p] / 2) for p in (torch.randperm(len(beta), generator=gen) for _ in range(n))]
+    return score_rows(torch.stack(rows), standard_layout(n))
 
 
 # ------------------------------------------------------------- hand-made rows
 def test_exact_pairwise_row_with_unequal_betas():
     beta = torch.tensor([0.4, 0.3, 0.2, 0.1])
-    s = score_copies(make_row(beta / 2, beta / 2))
+    s = score_varied(beta)
     assert s.pairwise[0, 0] == pytest.approx(1.0, abs=1e-6)
     assert s.best[0][0] == "pairwise" and s.p_value[0, 0] == pytest.approx(1 / (1 + NULL_DRAWS))
+    # The same row copied: every prompt alike, so the position control cannot tell it from position (reported).
+    same = score_copies(make_row(beta / 2, beta / 2))
+    assert same.p_value[0, 0] == pytest.approx(1 / (1 + NULL_DRAWS)) and same.per_example.position_p[0, 0] == 1.0
+    assert s.per_example.position_p[0, 0] <= NULL_ALPHA
+    s = score_copies(make_row(beta / 2, beta / 2))
     # Alone, the row is the only one of 24 pairings scoring 1: p ~ 1/24 > NULL_ALPHA, so not yet "pairwise".
     one = score_one(make_row(beta / 2, beta / 2))
     assert one.p_value[0, 0] == pytest.approx(1 / 24, abs=0.01) and one.best[0][0] == "uniform"
@@ -84,12 +97,12 @@ def test_uniform_row_and_the_uniform_margin():
     # Exactly pairwise and off uniform (TV 0.06 > margin), but pairs 1-2 and 3-4 alike: half the pairs
     # cross blocks under a random pairing, each moving 0.03, so pairwise - null = 0.03 < NULL_MIN_EFFECT.
     beta = torch.tensor([0.28, 0.28, 0.22, 0.22])
-    s = score_copies(make_row(beta / 2, beta / 2))
+    s = score_varied(beta)
     assert s.pairwise[0, 0] - s.pairwise_null[0, 0] == pytest.approx(0.03, abs=1e-6)
     assert s.best[0][0] == "uniform" and s.tv[0, 0, TEMPLATES.index("uniform")] > UNIFORM_MARGIN
     # ... with clearly varying weights the across-pair freedom is used and the pairing shows (0.15).
     beta = torch.tensor([0.40, 0.40, 0.10, 0.10])
-    s = score_copies(make_row(beta / 2, beta / 2))
+    s = score_varied(beta, n=32)
     assert s.pairwise[0, 0] - s.pairwise_null[0, 0] == pytest.approx(0.15, abs=1e-6)
     assert s.best[0][0] == "pairwise"
 

@@ -7,6 +7,13 @@ One rule for :func:`~icr_interp.analysis.templates.score_templates`, the compose
    at ``alpha`` -- a smooth positional profile does not pass;
 3. the effect in attention mass is at least :data:`~icr_interp.analysis.pairing_test.PAIRING_MIN_MASS` --
    a perfect pairing of 0.1% of a head's attention is not the paper's pattern.
+
+The position-matched control (:mod:`icr_interp.analysis.position_control`: own prompt's pairs against the same
+pair index of other prompts) is reported beside them, not required: in a fixed layout a pairing whose weights
+are set by position (the fine-tuned reference model always suppresses the same pair: own vs other prompts
+-0.003) cannot be told from a positional profile, and requiring it would call the paper's own toy "not
+pairwise".  What it costs: on 54 random-weight toy models (576 heads) the three conditions let one head
+through (k = 3, effect 0.096 in attention mass), a head the position control rejects.
 """
 
 from dataclasses import dataclass
@@ -17,6 +24,7 @@ from torch import Tensor
 from icr_interp.analysis.adjacency_control import AdjacencyControl, adjacency_control
 from icr_interp.analysis.pairing_null import NULL_ALPHA, NULL_DRAWS, NULL_SEED
 from icr_interp.analysis.pairing_test import PAIRING_MIN_MASS, PairingTest, pairing_test_rows
+from icr_interp.analysis.position_control import PositionControl, position_control
 
 
 @dataclass(frozen=True)
@@ -25,6 +33,7 @@ class PairingEvidence:
 
     test: PairingTest
     control: AdjacencyControl
+    position: PositionControl
     alpha: float = NULL_ALPHA
     min_mass: float = PAIRING_MIN_MASS
 
@@ -40,6 +49,7 @@ class PairingEvidence:
         clo, chi = self.control.ci()
         return dict(**self.test.at(*idx), effect_mass_ci=[float(lo[idx]), float(hi[idx])],
                     adjacency=self.control.at(*idx), adjacency_margin_mass_ci=[float(clo[idx]), float(chi[idx])],
+                    position=self.position.at(*idx),
                     shown=bool(self.shown[idx]), rule=rule_text(self.alpha, self.min_mass))
 
 
@@ -48,9 +58,10 @@ def pairing_evidence(subject: Float[Tensor, "*lead batch pair"], answer: Float[T
                      seed: int = NULL_SEED, draws: int = NULL_DRAWS) -> PairingEvidence:
     """Run both tests on the same rows (masses in prompt order: pair i is the i-th pair of the prompt)."""
     return PairingEvidence(pairing_test_rows(subject, answer, seed=seed, draws=draws),
-                           adjacency_control(subject, answer, seed=seed, draws=draws), alpha, min_mass)
+                           adjacency_control(subject, answer, seed=seed, draws=draws),
+                           position_control(subject, answer, seed=seed, draws=draws), alpha, min_mass)
 
 
 def rule_text(alpha: float = NULL_ALPHA, min_mass: float = PAIRING_MIN_MASS) -> str:
-    return (f"pairwise = beats the re-pairing null (p <= {alpha:g}) and the adjacency control (p <= {alpha:g}) "
-            f"with effect >= {min_mass:g} in attention mass")
+    return (f"pairwise = beats the re-pairing null and the adjacency control (each p <= {alpha:g}) with effect "
+            f">= {min_mass:g} in attention mass")

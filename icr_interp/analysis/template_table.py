@@ -26,7 +26,8 @@ def format_table(scores) -> str:
     lines = [f"TemplateScores: {scores.n_examples} examples; {n_pairwise} of {len(heads)} heads pairwise ({rule_text()})",
              f"largest edge: L{top[0]}H{top[1]} effect {float(edge[top]):.4f} in attention mass "
              f"({float(per.effect[top]):.3f} renormalised, p {float(per.p_value[top]):.4g}; adjacency margin "
-             f"{float(per.adjacency[top]):.4f}, p {float(per.adjacency_p[top]):.4g}; best {per.best[top[0]][top[1]]})",
+             f"{float(per.adjacency[top]):.4f}, p {float(per.adjacency_p[top]):.4g}; position p "
+             f"{float(per.position_p[top]):.4g}; best {per.best[top[0]][top[1]]})",
              f"(*) head that matters: L{scores.layer}H{scores.head}, the last layer's head with the most pair mass "
              f"unless chosen; pairwise = 1 - TV to the pairwise family (a distance, not the test); null = it over "
              f"re-pairings; edge = pairing effect in attention mass; left of | per example, right mean row"]
@@ -39,13 +40,14 @@ def format_table(scores) -> str:
     else:
         shown = heads
     tv_cols = " ".join(f"{'tv_' + _SHORT[t]:>7}" for t in TEMPLATES)
-    lines.append(f"  L  H  {'pairwise':>8} {'null':>6} {'edge':>7} {'effect':>6} {'p':>6} {'adj':>7} {'p_adj':>6} "
+    lines.append(f"  L  H  {'pairwise':>8} {'null':>6} {'edge':>7} {'effect':>6} {'p':>6} {'adj':>7} {'p_adj':>6} {'p_pos':>6} "
                  f"{'balance':>7} {'pairmass':>8} {'best':>9} {tv_cols} | {'pairwise':>8} {'null':>6} {'edge':>7} "
                  f"{'pairmass':>8} {'best':>9}")
     for layer, head in shown:
         h = (layer, head)
         left = (f"{per.pairwise[h]:8.3f} {per.pairwise_null[h]:6.3f} {per.effect_mass[h]:7.4f} {per.effect[h]:6.3f} "
-                f"{per.p_value[h]:6.4f} {per.adjacency[h]:7.4f} {per.adjacency_p[h]:6.4f} {per.balance[h]:7.3f} "
+                f"{per.p_value[h]:6.4f} {per.adjacency[h]:7.4f} {per.adjacency_p[h]:6.4f} {per.position_p[h]:6.4f} "
+                f"{per.balance[h]:7.3f} "
                 f"{per.pair_mass[h]:8.3f} {per.best[layer][head]:>9}")
         right = (f"{mean.pairwise[h]:8.3f} {mean.pairwise_null[h]:6.3f} {mean.effect_mass[h]:7.4f} "
                  f"{mean.pair_mass[h]:8.3f} {mean.best[layer][head]:>9}")

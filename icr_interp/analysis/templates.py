@@ -46,9 +46,10 @@ on the rows renormalised over the pair tokens (no blind spot): ``effect`` and
 ``effect_mass`` (true pairing against derangements, renormalised and in attention
 mass) and its randomisation ``p_value``; beside it the adjacency-matched control
 (:mod:`icr_interp.analysis.adjacency_control`: pseudo-pairs ``(a_i, s_{i+1})``),
-``adjacency`` (margin in attention mass) and ``adjacency_p``.  A head is called
+``adjacency`` (margin in attention mass) and ``adjacency_p``; and the position-matched
+control (:mod:`icr_interp.analysis.position_control`), ``position_p``, reported only.  A head is called
 ``"pairwise"`` only when it passes the rule of :mod:`icr_interp.analysis.pairing_evidence`:
-``p_value <= NULL_ALPHA``, ``adjacency_p <= NULL_ALPHA`` and ``effect_mass >=
+``p_value`` and ``adjacency_p`` both ``<= NULL_ALPHA`` and ``effect_mass >=
 PAIRING_MIN_MASS``; otherwise by the nearest other template.  With ``k = 1``
 nothing is ever ``"pairwise"``.
 
@@ -180,6 +181,7 @@ class HeadScores:
     effect_mass: Float[Tensor, "layer head"]  # the same in attention mass (the "edge" of the table)
     adjacency: Float[Tensor, "layer head"]  # margin of the true pairs over pseudo-pairs (a_i, s_i+1), in mass
     adjacency_p: Float[Tensor, "layer head"]  # one-sided p that the true pairs beat the pseudo-pairs
+    position_p: Float[Tensor, "layer head"]  # p that own prompts' pairs beat other prompts' (reported, not required)
 
     def at(self, layer: int, head: int) -> dict:
         """Plain-data scores of one head."""
@@ -189,24 +191,24 @@ class HeadScores:
                     beta=self.beta[layer, head].tolist(), pairwise_null=float(self.pairwise_null[layer, head]),
                     p_value=float(self.p_value[layer, head]), effect=float(self.effect[layer, head]),
                     effect_mass=float(self.effect_mass[layer, head]), adjacency=float(self.adjacency[layer, head]),
-                    adjacency_p=float(self.adjacency_p[layer, head]))
+                    adjacency_p=float(self.adjacency_p[layer, head]), position_p=float(self.position_p[layer, head]))
 
 
 def _head_scores(tv, bal, mass_on_pairs, beta, null, p_value, effect, effect_mass, adjacency,
-                 adjacency_p, shown=None) -> HeadScores:
+                 adjacency_p, position_p, shown=None) -> HeadScores:
     """Summarise [layer head] tensors into a :class:`HeadScores` (tensors on CPU), applying the pairing rule.
 
     ``shown`` overrides the rule (the mean row takes the per-example call: it has no examples to test).
     """
-    tv, bal, mass_on_pairs, beta, null, p_value, effect, effect_mass, adjacency, adjacency_p = (
+    tv, bal, mass_on_pairs, beta, null, p_value, effect, effect_mass, adjacency, adjacency_p, position_p = (
         x.detach().cpu().float() for x in (tv, bal, mass_on_pairs, beta, null, p_value, effect, effect_mass,
-                                           adjacency, adjacency_p))
+                                           adjacency, adjacency_p, position_p))
     pairwise = 1 - tv[..., 0]
     if shown is None:
         shown = (p_value <= NULL_ALPHA) & (adjacency_p <= NULL_ALPHA) & (effect_mass >= PAIRING_MIN_MASS)
     best = tuple(tuple(row) for row in best_template(tv, shown))
     return HeadScores(pairwise, bal, mass_on_pairs, tv, beta, best, null, p_value, effect, effect_mass, adjacency,
-                      adjacency_p)
+                      adjacency_p, position_p)
 
 
 @dataclass(frozen=True, repr=False)
@@ -323,13 +325,13 @@ def _score(rows: Float[Tensor, "layer head batch pos"], layout: Layout) -> tuple
     t, c = ev.test, ev.control
     per_example = _head_scores(tv.mean(2), balance(mass).mean(2), mass.pair_mass.mean(2),
                                fit_pairwise(mass.subject, mass.answer).mean(2), permuted.mean((2, 3)), t.p_value,
-                               t.effect, t.effect_mass, c.margin_mass, c.p_value)
+                               t.effect, t.effect_mass, c.margin_mass, c.p_value, ev.position.p_value)
     mean = mass.mean(2)  # role-aligned mean row: [layer head (pair)]; its effects are of that one row
     one = pairing_evidence(mean.subject[..., None, :], mean.answer[..., None, :], draws=1)
     mean_row = _head_scores(template_tv(mean), balance(mean), mean.pair_mass, fit_pairwise(mean.subject, mean.answer),
                             pairing_scores(mean.subject, mean.answer, perms).mean(-1), t.p_value,
                             one.test.effect, one.test.effect_mass, one.control.margin_mass, c.p_value,
-                            shown=ev.shown.cpu())
+                            ev.position.p_value, shown=ev.shown.cpu())
     return per_example, mean_row
 
 
