@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from icr_interp.experiments.n_star import SearchRule, chain_summary, n_star, next_sizes, summarize
+from icr_interp.experiments.n_star import SearchRule, chain_summary, meets, n_star, next_sizes, summarize
 from icr_interp.experiments.fits import bootstrap_fits
 
 
@@ -156,3 +156,21 @@ def test_cached_only_replays_each_chain_as_far_as_its_own_runs_go(tmp_path):
     replay = run_search(chains, out, rule, cached_only=True, **opts)
     assert replay["seed 0"] == done["seed 0"] and n_star(replay["seed 0"], "accuracy", rule)["n_star"] == 6
     assert replay["seed 1"] == {}  # nothing of it was run
+
+
+def test_grid_from_n_min_and_the_walk_up_needs_no_reference():
+    rule = SearchRule(n_max=100, n_min=3, reference_first=False, tolerance=0.0)
+    assert rule.grid == [3, 6, 12, 24, 48, 96, 100]
+    runs = {}
+    while (todo := next_sizes(runs, rule, ("accuracy",))):
+        assert 100 not in todo or len(runs) == 6  # the reference is never run first
+        runs.update({n: dict(accuracy=float(n >= 20)) for n in todo})
+    assert n_star(runs, "accuracy", rule)["n_star"] == 20
+
+
+def test_fails_criterion_and_bad_n_min():
+    assert meets("fails", dict(accuracy=0.5), {}, SearchRule(target=0.9))
+    with pytest.raises(ValueError, match="criterion"):
+        meets("nope", dict(accuracy=0.5), {}, SearchRule())
+    with pytest.raises(ValueError, match="n_min"):
+        SearchRule(n_min=10, n_max=5)

@@ -150,3 +150,30 @@ def bootstrap_fits(points: list[tuple[int, float]], n_boot: int = 2000, seed: in
                better="tie" if abs(gap) < 1e-9 else ("polylog" if gap > 0 else "power"),
                polylog_better_fraction=wins / n_boot)
     return out
+
+
+def constant_fit(params, n_facts, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> dict:
+    """The constant ``c`` of ``params = c N log N`` (natural log) over (params, N) points, with a bootstrap interval.
+
+    The associative-memory laws (Nichani, Lee and Bietti 2024) have this form with a slope of one, so
+    only the constant is fitted: by least squares in log space, ``log c = mean(log params - log(N log N))``
+    (the geometric mean of the per-point constants).  The bootstrap resamples the points with
+    replacement and takes the central ``level`` interval of the refitted constants.
+
+    Returns:
+        ``constant``, ``ci_low``, ``ci_high``, ``level``, ``per_point`` (each point's own constant),
+        ``rmse`` (residual RMS of log c) and ``n_points``; the constant is None without a point with N >= 2.
+    """
+    p, n = np.asarray(params, dtype=float), np.asarray(n_facts, dtype=float)
+    keep = n >= 2  # N log N vanishes at N = 1: no constant there
+    out = dict(constant=None, ci_low=None, ci_high=None, level=level, per_point=[], rmse=None,
+               n_points=int(keep.sum()))
+    if not keep.any():
+        return out
+    logc = np.log(p[keep]) - np.log(n[keep] * np.log(n[keep]))
+    rng = np.random.default_rng(seed)
+    boot = np.exp(rng.choice(logc, size=(n_boot, len(logc)), replace=True).mean(1))
+    lo, hi = np.percentile(boot, [50 * (1 - level), 50 * (1 + level)])
+    out.update(constant=float(np.exp(logc.mean())), ci_low=float(lo), ci_high=float(hi),
+               per_point=[float(v) for v in np.exp(logc)], rmse=float(np.sqrt(np.mean((logc - logc.mean()) ** 2))))
+    return out
