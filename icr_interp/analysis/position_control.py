@@ -10,7 +10,9 @@ better or worse than re-paired ones by that function alone, the same in every pr
 This control keeps the positions and breaks the prompt: pair ``i``'s subject mass in prompt ``b`` against pair
 ``i``'s answer mass in another prompt ``b'`` (same pair index, so the same place in a toy prompt).  A positional
 profile, and anything else that does not tie the two masses within a prompt, balances the own prompt's pair
-no better than another prompt's.  With renormalised rows and ``D(b, b') = sum_i |s~_{b,i} - a~_{b',i}|``:
+no better than another prompt's.  Each role is normalised on its own, ``s~ = s / sum_i s_i`` and
+``a~ = a / sum_i a_i`` (a shared normaliser ``M`` would tie a prompt's subject and answer totals and make its
+own pairs look *less* balanced than other prompts'); with ``D(b, b') = sum_i |s~_{b,i} - a~_{b',i}|``:
 
     effect_b = (mean_{b' != b} D(b, b') - D(b, b)) / 2          (renormalised; times M_b in attention mass)
 
@@ -25,7 +27,6 @@ from jaxtyping import Float
 from torch import Tensor
 
 from icr_interp.analysis.pairing_null import NULL_DRAWS, NULL_SEED
-from icr_interp.analysis.pairing_test import renormalise
 
 _TIE_TOL = 1e-6
 _CHUNK = 1 << 22
@@ -51,7 +52,9 @@ def position_control(subject: Float[Tensor, "*lead batch pair"], answer: Float[T
     if subject.shape != answer.shape or subject.ndim < 2:
         raise ValueError(f"subject and answer must both be [..., batch, k]; got {list(subject.shape)} and "
                          f"{list(answer.shape)}")
-    s, a, mass = renormalise(subject.clamp_min(0).double(), answer.clamp_min(0).double())
+    subject, answer = subject.clamp_min(0).double(), answer.clamp_min(0).double()
+    mass = (subject + answer).sum(-1)
+    s, a = _profile(subject), _profile(answer)  # each role on its own: a shared normaliser would tie them
     n = s.shape[-2]
     if n < 2:
         zero = torch.zeros(s.shape[:-1], dtype=torch.float64, device=s.device)
@@ -71,3 +74,9 @@ def position_control(subject: Float[Tensor, "*lead batch pair"], answer: Float[T
         hits += (drawn <= observed[..., None] + _TIE_TOL).sum(-1)
     p = (1 + hits) / (1 + draws)
     return PositionControl(rows.mean(-1).float(), (rows * mass).mean(-1).float(), p.float(), (rows * mass).float())
+
+
+def _profile(mass: Tensor) -> Tensor:
+    """Masses scaled to sum to 1 over the pairs (zeros stay zeros)."""
+    total = mass.sum(-1, keepdim=True)
+    return torch.where(total > 0, mass / total.clamp_min(1e-30), torch.zeros_like(mass))
