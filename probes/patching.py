@@ -19,13 +19,12 @@ template scores as a table, the patching heatmaps and the circuit summary.
 
 With --model (a pretrained LM, e.g. smollm2-135m) the prompts are text built
 from the knowledge base with the templates (default "{s}: {a}\\n" per pair and
-"{s}:" for the query), tokenized by the model's own tokenizer.  It first prints an
-estimated time (calibrated on one forward), then runs phase by phase, printing a
-line per phase and saving each as it ends (Ctrl-C keeps what is done): the default
-grid per corruption (residual stream x role; attention and MLP output at the
-prediction; every head's z at the prediction), the template scores (scores.json),
-then report.html and patching.png.  --grid full adds every head x role and
-attention pattern x source role (attribution screens, exact patching confirms the
+"{s}:" for the query), tokenized by the model's own tokenizer.  It prints an estimated
+time (calibrated on one forward), then a line per phase, saving each as it ends
+(Ctrl-C keeps what is done): the default grid per corruption (residual stream x
+role; attention and MLP output, and every head's z, at the prediction), the template
+scores (scores.json), report.html and patching.png.  --grid full adds every head x
+role and pattern x source role (attribution screens, exact patching confirms the
 top cells) and the circuit summary (circuit.json).
 
 For a directory of checkpoints (subdirectories holding config.json, ordered by
@@ -77,9 +76,9 @@ def run_model(args) -> int:
     kb = text_probe.load_knowledge(args.csv, args.builtin)
     subject = text_probe.load_subject(args.model, kb, args.k, args.pair_template, args.query_template, args.device)
     batch, corruption_seed = text_probe.text_prompts(subject, args.n_prompts, args.seed, args.device)
-    info = dict(model=args.model, knowledge=str(args.csv or args.builtin), k=args.k,
-                pair_template=args.pair_template, query_template=args.query_template, n_prompts=args.n_prompts,
-                seed=args.seed, corruption_seed=corruption_seed, method=args.method)
+    info = dict(model=args.model, knowledge=str(args.csv or args.builtin), k=args.k, pair_template=args.pair_template,
+                query_template=args.query_template, n_prompts=args.n_prompts, seed=args.seed,
+                corruption_seed=corruption_seed, method=args.method)
     done = model_probe.run_model_probe(subject, batch, probing.KINDS[args.corruption], corruption_seed, args.out,
                                        info, grid=args.grid, method=args.method, eval_prompts=args.eval_prompts,
                                        seed=args.seed, circuit=args.grid == "full")
