@@ -102,3 +102,68 @@ def test_weight_probes_refuses_a_model_without_a_memory(task):
                                                       act_fn="relu"))
     with pytest.raises(ValueError, match="IC-recall model"):
         weight_probes(plain, task)
+
+
+# ----------------------------------------------------------------- OV read-out (Geva et al. 2023)
+def planted_extraction_model(task):
+    """A 1-layer attention-only model in one-hot coordinates whose head 0 maps each subject token to its
+    answer under relation 0 (an attribute-extraction OV circuit); head 1 is random."""
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    V = task.vocab.size
+    cfg = HookedTransformerConfig(n_layers=1, d_model=V, n_heads=2, d_head=V, n_ctx=task.n_ctx, d_vocab=V,
+                                  attn_only=True, normalization_type=None, act_fn="relu", seed=0)
+    model = HookedTransformer(cfg)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        model.embed.W_E.copy_(torch.eye(V))
+        model.pos_embed.W_pos.zero_()
+        model.unembed.W_U.copy_(torch.eye(V))
+        model.unembed.b_U.zero_()
+        attn = model.blocks[0].attn
+        for b in (attn.b_V, attn.b_O):
+            b.zero_()
+        s = task.vocab.subject_token(torch.arange(task.kb.n_subjects))
+        a = task.vocab.answer_token(task.kb.table[0])
+        W_V = torch.zeros(V, V)
+        W_V[s, a] = 1.0
+        attn.W_V[0].copy_(W_V)
+        attn.W_V[1].copy_(torch.randn(V, V, generator=gen))
+        attn.W_O.copy_(torch.eye(V).expand(2, V, V))
+    return model
+
+
+def test_ov_readout_finds_a_planted_extraction_head(task):
+    from icr_interp.analysis.ov_readout import ov_readout
+
+    model = planted_extraction_model(task)
+    batch = task.sample(64, seed=0)
+    batch = batch[batch.relations == 0]
+    out = ov_readout(model, batch)
+    assert out.rank[0, 0] == 0 and out.null_rank[0, 0] >= 1  # the right answer on top, another answer not
+    assert out.top(1)[0]["head"] == "L0H0" and out.rank[0, 1] > 0
+    assert out.copy_rank[0, 0] > 0  # it extracts, it does not copy
+    assert {"top", "rank", "null_rank"} <= set(out.to_dict())
+
+
+@pytest.mark.filterwarnings("ignore:.*share their first token")
+def test_head_ov_is_what_the_head_writes_when_it_attends_to_the_source(tiny_smol_llama):
+    from icr_interp.analysis.ov_readout import head_ov
+    from icr_interp.task.text import TextICRecallTask
+
+    model = tiny_smol_llama
+    task = TextICRecallTask(KnowledgeBase.builtin("countries"), model.tokenizer, n_pairs=2)
+    b = task.sample(4, seed=0)
+    rows, src = torch.arange(4), b.layout.query_pos
+
+    def one_hot(pattern, hook):  # every head's prediction row on the query subject's last token only
+        pattern[rows, :, b.layout.pred_pos] = 0.0
+        pattern[rows, :, b.layout.pred_pos, src] = 1.0
+        return pattern
+
+    with model.hooks(fwd_hooks=[("blocks.1.attn.hook_pattern", one_hot)]):
+        _, cache = model.run_with_cache(b.tokens)
+    written = torch.einsum("bhe,hef->bhf", cache["blocks.1.attn.hook_z"][rows, b.layout.pred_pos],
+                           model.blocks[1].attn.W_O)
+    predicted = head_ov(model.blocks[1].attn, model.blocks[1].ln1(cache["blocks.1.hook_resid_pre"])[rows, src])
+    assert torch.allclose(written, predicted, atol=1e-4)

@@ -236,7 +236,7 @@ def ov_probe(model: TLModel, task: ICRecallTask, layer: int) -> dict:
         copy = (v @ basis.context.T).argmax(-1) == tokens  # [head token]
         share = (v @ relation.T).norm(dim=-1) / v.norm(dim=-1).clamp_min(1e-12)
         logits = v @ model.W_U
-        rank = (logits > logits.gather(-1, tokens[None, :, None].expand(v.shape[0], -1, 1))).sum(-1).float()
+        rank = ((logits >= logits.gather(-1, tokens[None, :, None].expand(v.shape[0], -1, 1))).sum(-1) - 1).float()
         out[role] = dict(context_copy=copy.float().mean(-1).tolist(), relation_share=share.mean(-1).tolist(),
                          direct_answer_rank=rank.median(-1).values.tolist())
     return out
