@@ -197,3 +197,15 @@ def test_missing_named_baseline_is_said_once(tiny_smol_llama):
     said = [str(w.message) for w in caught]
     assert sum("no named baseline" in m for m in said) == 1 and not any("share their first" in m for m in said)
     assert curve.unnamed == ("motto",) and "no named baseline for motto" in str(curve)
+
+
+def test_sampling_refuses_prompts_too_large_to_tokenize(smol, monkeypatch):
+    from icr_interp.task import limits
+
+    kb = _kb([("x" * 5000, "r", "Lima")] + [(s, "r", a) for s, a in zip(("Peru", "Chile", "Kenya"),
+                                                                         ("Rome", "Cairo", "Oslo"))])
+    task = _quiet(kb, smol, n_pairs=2, prepend_bos=False)
+    assert len(task.sample(2, seed=0)) == 2
+    monkeypatch.setenv(limits.ENV, "64M")
+    with pytest.raises(ValueError, match=r"tokenizing 1000 prompts of up to \d+ bytes needs about .* ICR_INTERP_MAX"):
+        task.sample(1000, seed=0)

@@ -44,7 +44,7 @@ from icr_interp.task import text_corruptions as C
 from icr_interp.task import text_spans as T
 from icr_interp.task.knowledge import KnowledgeBase
 from icr_interp.task.prompts import Batch, CorruptedPairs, ICRecallTask, Layout, _check_count, _generator
-from icr_interp.task.text_fit import check_ids, check_length, resolve_model, targets_in_chunks
+from icr_interp.task.text_fit import check_ids, check_length, check_sample_bytes, resolve_model, targets_in_chunks
 
 TEXT_CORRUPTIONS = C.TEXT_CORRUPTIONS
 DEFAULT_PAIR_TEMPLATE, DEFAULT_QUERY_TEMPLATE = "{s}: {a}\n", "{s}:"
@@ -166,7 +166,7 @@ class TextICRecallTask(ICRecallTask):
         Targets and exclusions do not depend on k: they are kept, not recomputed (nor warned about again).
         """
         other = copy.copy(self)
-        other.n_pairs, other.n_redrawn, other._span_lengths = check_int(n_pairs, "n_pairs", 0), 0, None
+        other.n_pairs, other.n_redrawn = check_int(n_pairs, "n_pairs", 0), 0
         other._set_usable(warn=False)
         return other
 
@@ -175,6 +175,7 @@ class TextICRecallTask(ICRecallTask):
                device: str | torch.device = "cpu") -> Batch:
         """Prompts from the stream (prefix-stable, relations balanced): k + 1 distinct subjects per prompt."""
         _check_count(batch_size)
+        check_sample_bytes(self, batch_size)
         gens = B.prompt_generators(_generator(seed, generator), batch_size)
         relations = B.deal(self._usable, gens, self.balance)
         subjects = torch.stack([self._distinct(int(r), g) for r, g in zip(relations, gens)]) if batch_size else \

@@ -174,7 +174,9 @@ def corruptions(task, b: Batch, kind: str, gen: torch.Generator) -> tuple[Batch 
         rels = torch.tensor([f[0] for f in found if f is not None], dtype=torch.long)
         return task._build(rels, torch.stack([f[1] for f in found if f is not None]), b.query[ok]), ok
     groups, ok = shuffle_groups(b)
-    shown = [_shuffle_one(task, b, i, groups[i], gen) if ok[i] else None for i in range(len(b))]
+    shown = [(_shuffle_one(task, b, i, groups[i], gen) if ok[i] else None) for i in range(len(b))]
+    shown = [s if s is not None or not ok[i] else _shuffle_one(task, b, i, groups[i], torch.Generator().manual_seed(0))
+             for i, s in enumerate(shown)]  # the fallback ``corruptible`` reproduces
     ok = torch.tensor([s is not None for s in shown], dtype=torch.bool)
     if not ok.any():
         return None, ok

@@ -10,9 +10,11 @@ typing (anything with ``cfg`` and ``tokenizer``, a ``HookedTransformer`` or a Tr
 
 from collections.abc import Sequence
 
+from icr_interp.task import limits
 from icr_interp.task import text_spans as T
 
 TARGET_CHUNK = 4096  # facts tokenized per call when computing targets (bounds memory on a huge CSV)
+TOKEN_BYTES = 200  # a token in the tokenizer's Python output: its id, its offsets tuple, list slots (upper bound)
 
 
 def is_model(x) -> bool:
@@ -86,3 +88,15 @@ def targets_in_chunks(tokenizer, prompts: Sequence[str], follows: Sequence[str])
     for start in range(0, len(prompts), TARGET_CHUNK):
         out += T.first_tokens(tokenizer, prompts[start:start + TARGET_CHUNK], follows[start:start + TARGET_CHUNK])
     return out
+
+
+def check_sample_bytes(task, n_prompts: int) -> None:
+    """One line before tokenizing ``n_prompts`` prompts whose text (longest names, templates) would not fit in
+    memory: a byte-level tokenizer gives at most one token per byte, each :data:`TOKEN_BYTES` in its output."""
+    kb = task.kb
+    if getattr(task, "_longest", None) is None:
+        task._longest = tuple(max((len(x.encode()) for x in names), default=0) for names in (kb.subjects, kb.answers))
+    subject, answer = task._longest
+    chars = (len(task.prefix.encode()) + task.n_pairs * (len(task.pair_template.encode()) + subject + answer)
+             + len(task.query_template.encode()) + subject)
+    limits.check_bytes(n_prompts * chars * TOKEN_BYTES, f"tokenizing {n_prompts} prompts of up to {chars} bytes")

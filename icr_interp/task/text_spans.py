@@ -96,7 +96,7 @@ def token_span(offsets: Sequence[tuple[int, int]], span: Span, what: str) -> Spa
 def tokenize(tokenizer, texts: Sequence[str], offsets: bool = False):
     """User text tokenized as text only: no special tokens added, none recognised in the text."""
     return tokenizer(list(texts), add_special_tokens=False, split_special_tokens=True,
-                     return_offsets_mapping=offsets)
+                     return_offsets_mapping=offsets, return_attention_mask=False, return_token_type_ids=False)
 
 
 def encode_prompts(tokenizer, prompts: Sequence[tuple[str, list, Span]], bos_id: int | None = None) -> list[Encoded]:
