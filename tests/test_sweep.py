@@ -308,3 +308,20 @@ def test_ray_sweep_equals_local(local_sweep, tmp_path):
     strip = lambda r: {k: v for k, v in r.items() if k not in TIMING_FIELDS}  # noqa: E731
     assert [strip(r) for r in remote] == [strip(r) for r in local]
     assert len(load_results(tmp_path / "ray.jsonl")) == 2
+
+
+def test_records_are_versioned_and_old_ones_migrate(tmp_path):
+    from icr_interp.experiments.sweep import store
+
+    path = tmp_path / "r.jsonl"
+    old = {"key": "a", "accuracy": 0.5}  # written before records carried a format
+    path.write_text(json.dumps(old) + "\n")
+    assert load_results(path) == [{**old, "format": store.FORMAT}]
+    with store.ResultsStore(path) as s:
+        s.append({"key": "b", "accuracy": 1.0})
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert lines[0] == old and lines[1]["format"] == store.FORMAT == "icr_interp-sweep/1"  # old lines untouched
+    path.write_text(json.dumps({**old, "format": "icr_interp-sweep/9"}) + "\n")
+    with pytest.raises(ResultsError, match=r"r.jsonl:1: record format 'icr_interp-sweep/9' is not one") as info:
+        load_results(path)
+    assert "\n" not in str(info.value)

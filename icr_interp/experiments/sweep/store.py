@@ -18,6 +18,10 @@ started again on the same file skips every key already there.
   one line naming the file and the line.  A complete last record without its
   newline (an editor's save) gets one before the next append.  Records are
   strict JSON (NaN as ``null``).
+* **Versioned records**: every record written carries ``"format": "icr_interp-sweep/1"``
+  (:data:`FORMAT`).  A record without one was written before records were versioned (format 0) and is
+  read through :data:`MIGRATIONS` (0 -> 1: the field is added; no other field changed meaning); a format
+  this code does not know (a newer toolkit's) is a one-line :class:`ResultsError`, never guessed at.
 * **The CSV summary** (:func:`summary_path`: ``X.csv`` beside ``X.jsonl``, never the
   results file itself) holds every record of the file and is written while the
   lock is held, so concurrent sweeps leave the union; it replaces only a CSV a
@@ -44,6 +48,23 @@ class ResultsError(ValueError):
     """A results file holds something that is not a run's record (one line: file and line)."""
 
 
+FORMAT = "icr_interp-sweep/1"  # the format of the records this code writes
+# One rule per old format: (format read, what it becomes, the rule).  Format 0 = no "format" field.
+MIGRATIONS = (("icr_interp-sweep/0", FORMAT, lambda record: {**record, "format": FORMAT}),)
+
+
+def migrate(record: dict, where: str) -> dict:
+    """``record`` in the current :data:`FORMAT`, through the rules of :data:`MIGRATIONS` (ResultsError if unknown)."""
+    found = record.get("format", "icr_interp-sweep/0")
+    for source, target, rule in MIGRATIONS:
+        if found == source:
+            record, found = rule(record), target
+    if found != FORMAT:
+        raise ResultsError(f"{where}: record format {found!r:.60} is not one this version reads ({FORMAT}); "
+                           f"use the toolkit that wrote it or another --out")
+    return record
+
+
 def check_record(value, where: str) -> dict:
     """``value`` if it is a run record (object, string ``key``, numeric ``accuracy``); ResultsError otherwise."""
     if not isinstance(value, dict):
@@ -54,7 +75,7 @@ def check_record(value, where: str) -> dict:
     acc = value.get("accuracy")
     if isinstance(acc, bool) or not isinstance(acc, (int, float)):
         raise ResultsError(f"{where}: record {value['key']} has no numeric 'accuracy' (got {acc!r:.40})")
-    return value
+    return migrate(value, where)
 
 
 def parse(data: bytes, path: Path) -> tuple[list[dict], int | None]:
