@@ -41,7 +41,7 @@ def measure(s: int, r: int, k: int, seed: int, lr: float | None, steps: int, n_s
     task = ii.ICRecallTask(ii.KnowledgeBase.random(s, r, s, answer_overlap=1.0, seed=seed), n_pairs=k)
     model = ii.build_model(task, attention="positional", seed=seed)
     before = ii.evaluate(model, task, n_prompts=n_eval, seed=seed + 100)
-    # lr None: the parametrisation's recipe (0.1, cosine); a given lr runs constant (train.finetune)
+    # lr None: the parametrisation's recipe (0.1, cosine); a given lr runs constant (icr_interp.finetune)
     ii.finetune(model, task, n_samples=n_samples, steps=steps, lr=lr, progress=False)
     after = ii.evaluate(model, task, n_prompts=n_eval, seed=seed + 100)
     scores = ii.score_templates(model, task.sample(n_template, seed=seed + 200)).to_dict()

@@ -68,7 +68,7 @@ class ModelConfig:
     start: str = "answer"  # the starting attention: tilted toward answer slots, subject slots, or BOS (sink)
     init_tilt: float = 4.0  # the tilt: starting attention-logit bonus on the start's slots (2.0 in the first release)
     scales: dict = field(default_factory=lambda: asdict(MemoryScales()))  # memory thresholds/gains
-    pretrain: dict = field(default_factory=dict)  # options of the pretrained memory (pretrain.py)
+    pretrain: dict = field(default_factory=dict)  # options of the pretrained memory (model/memory/pretrained.py)
     memory_impl: str = "auto"  # dense | factored | sparse | auto (resolved at build: memory.choose_impl)
     attention: str = "full"  # W_Q / W_K parametrisation: full (d_model x d_head) | positional (positions only)
     trainable: Sequence[str] = TRAINABLE  # parameter names (last path component) that fine-tuning trains
@@ -108,7 +108,7 @@ class ICRModel(ModelBase):
     def __init__(self, cfg: HookedTransformerConfig, icr_config: ModelConfig, basis: ResidualBasis):
         super().__init__(cfg, move_to_device=False)
         self.icr_config = icr_config  # the resolved build config
-        self.icr_train = None  # TrainConfig of the last fine-tuning (train.finetune sets it)
+        self.icr_train = None  # TrainConfig of the last fine-tuning (training.trainer.finetune sets it)
         self.memory_fitted = icr_config.construction != "pretrained"  # a pretrained memory starts unfitted
         for name, value in _basis_tensors(basis).items():
             self.register_buffer(f"basis_{name}", value.clone(), persistent=False)  # moves with .to(device)

@@ -38,10 +38,9 @@ MAX_FACTS = 10**7  # the largest knowledge base a run may build (memory is ~O(fa
 # Fields added after sweeps were cached: left out of ``RunConfig.key`` while None (their default), so
 # the keys of configs written before them, and the cached results under those keys, stay valid.  This
 # holds only because None means what those configs ran: ``train.schedule`` None with a given lr is
-# constant (train.finetune), and every config before schedules existed gave its lr.
+# constant (training.trainer.finetune), and every config before schedules existed gave its lr.
 KEY_NEUTRAL = (("train", "schedule"), ("knowledge", "builtin"))
 MAX_PROMPTS = 10**6  # the largest training / evaluation set a run may draw
-RANDOM_FIELDS = ("n_subjects", "n_relations", "n_answers", "answer_overlap", "mapping")  # random base only
 PRESETS: dict = {}  # name -> RunConfig, registered by icr_interp.pipeline.presets
 
 

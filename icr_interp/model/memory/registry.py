@@ -90,7 +90,7 @@ def construct_memory(construction: str, kb: KnowledgeBase, vocab: Vocabulary, ba
     table = memory_table(construction, kb, vocab, n_pairs, scales)
     subjects = vocab.subject_token(torch.arange(kb.n_subjects))
     fix = crosstalk_free(basis, subjects) if table.normalise and scales.mixed_crosstalk_free else None
-    basis = fix[0] if fix else basis  # mixed on a random basis: crosstalk-free reads (mixed_memory.py)
+    basis = fix[0] if fix else basis  # mixed on a random basis: crosstalk-free reads (memory/table.py)
     memory = _IMPLEMENTATIONS[impl](table, basis, construction)
     memory.scales = asdict(scales)
     return memory.cancel_direct_path(fix[1]) if fix else memory

@@ -57,7 +57,7 @@ class MemoryScales:
     mixed_lookup_threshold: float = 1.5
     mixed_vote_gain: float = 2.0  # stage-I gain factor: the vote mass reaches 1 at half the uniform evidence
     mixed_logit_gain: float = 15.0  # top stage-II activation is 1 - 0.5, so the top logit stays 7.5 (10 x 0.75)
-    mixed_crosstalk_free: bool = True  # on a random basis, reads attention cannot disturb (mixed_memory.py)
+    mixed_crosstalk_free: bool = True  # on a random basis, reads attention cannot disturb (docs/theory.md §2b)
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ A checkpoint is a directory::
     config.json         format marker, library version, sha256 of the weights, metrics,
                         model / task / training / run config and the knowledge base
 
-Two modules, one job each:
+Three modules, one job each:
 
 * :mod:`~icr_interp.storage.checkpoint.schema` -- the config.json format, validation,
   rebuilding the task and model, :class:`CheckpointError`;
