@@ -46,6 +46,8 @@ _EXPORTS = {
     "TextICRecallTask": "task.text", "causal_template_test": "analysis.causal_template",
     "recall_curve": "analysis.recall", "function_vector_heads": "analysis.function_vectors",
     "evaluation_summary": "experiments.text_probe",
+    "pairing_test_rows": "analysis.pairing_test", "edge_knockout": "analysis.edge_knockout",
+    "pairing_verdict": "analysis.pairing_verdict",
 }
 _SUBPACKAGES = {"task", "tl", "model", "training", "analysis", "pipeline", "storage", "viz", "experiments", "cli",
                 "seeds", "version"}
@@ -56,7 +58,7 @@ __all__ = [
     "RunResult", "save_checkpoint", "load_checkpoint", "Checkpoint", "CheckpointError", "score_templates",
     "TemplateScores", "patching", "ablation", "circuit", "viz", "__version__",
     "load_pretrained_lm", "pretrained_lm_names", "TextICRecallTask", "causal_template_test", "recall_curve",
-    "function_vector_heads", "evaluation_summary",
+    "function_vector_heads", "evaluation_summary", "pairing_test_rows", "edge_knockout", "pairing_verdict",
 ]
 
 
