@@ -59,8 +59,8 @@ def test_merges_across_a_boundary_are_redrawn(smol):
 @given(names=st.lists(st.text("abejmnorsu", min_size=1, max_size=4), min_size=8, max_size=8, unique=True),
        template=st.sampled_from(["{s}{a}", "{s}={a}", "{s}: {a}\n", "{s} {a}"]))
 def test_no_position_ever_has_two_roles(smol, names, template):
-    kb = _kb([(s, "r", a) for s, a in zip(names[:4], names[4:])] + [(s, "q", a) for s, a in zip(names[:4],
-                                                                                                names[5:] + names[4:5])])
+    shifted = names[5:] + names[4:5]
+    kb = _kb([(s, "r", a) for s, a in zip(names[:4], names[4:])] + [(s, "q", a) for s, a in zip(names[:4], shifted)])
     try:
         task = _quiet(kb, smol, n_pairs=1, pair_template=template, query_template=template.split("{a}")[0],
                       prepend_bos=False)

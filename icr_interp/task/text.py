@@ -299,7 +299,8 @@ class TextICRecallTask(ICRecallTask):
             for r, name in enumerate(kb.relations):
                 if name in self.relation_phrases:
                     one = replace(kb, table=torch.where(torch.arange(kb.n_relations)[:, None] == r, kb.table, -1))
-                    out[r] = self._fact_targets(one, self.relation_phrases[name], lambda s, a: NAMED_ANSWER.format(a=a))[r]
+                    follow = lambda s, a: NAMED_ANSWER.format(a=a)  # noqa: E731
+                    out[r] = self._fact_targets(one, self.relation_phrases[name], follow)[r]
             table, _ = B.exclude_shared(replace(kb, table=torch.where(out >= 0, kb.table, -1)), out)
             self._named = torch.where(table >= 0, out, -1)
         return self._named

@@ -180,7 +180,8 @@ def corruptions(task, b: Batch, kind: str, gen: torch.Generator) -> tuple[Batch 
     ok = torch.tensor([s is not None for s in shown], dtype=torch.bool)
     if not ok.any():
         return None, ok
-    return task._build(b.relations[ok], b.subjects[ok], b.query[ok], torch.stack([s for s in shown if s is not None])), ok
+    new = torch.stack([s for s in shown if s is not None])
+    return task._build(b.relations[ok], b.subjects[ok], b.query[ok], new), ok
 
 
 def corruptible(task, b: Batch, kind: str) -> Bool[Tensor, " batch"]:
