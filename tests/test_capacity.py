@@ -59,7 +59,7 @@ def test_exact_capacity_matches_the_basis():
 
 
 def test_sweep_writes_rows_and_fit(tmp_path):
-    result = capacity_sweep(sizes=((24, 48),), memories=("pretrained",), pretrain_steps=40, tolerance=0.3,
+    result = capacity_sweep(sizes=((24, 48),), memories=("pretrained",), pretrain_steps=20, tolerance=0.5,
                             n_boot=50, log=lambda line: None).to_dict()
     rows = [r for r in result["rows"] if r["memory"] == "pretrained"]
     assert rows and all({"params", "n_star"} <= set(r) for r in result["rows"])
@@ -76,3 +76,11 @@ def test_sweep_refuses_bad_configs():
         capacity_sweep(memories=("nope",))
     with pytest.raises(ValueError, match="size"):
         capacity_sweep(sizes=((4, 8),))
+
+
+def test_ic_model_rows_count_attention_and_both_stages():
+    result = capacity_sweep(sizes=((24, 48),), memories=("ic_model",), pretrain_steps=10, finetune_steps=2,
+                            n_samples=32, eval_prompts=32, max_subjects=6, n_boot=20, log=lambda line: None)
+    row = next(r for r in result.rows if r["memory"] == "ic_model")
+    assert row["params"] == 4 * 24 * 24 + 4 * 48 * 24
+    assert all("ceiling" in run or run.get("skipped") for run in row["runs"].values())
