@@ -92,3 +92,10 @@ def test_the_stream_is_prefix_stable_and_balanced(smol):
     assert not torch.equal(free.sample(90, seed=5).relations, a.relations)
     named_a, named_b = task.named_relation_batch(30, seed=2), task.named_relation_batch(31, seed=2)
     assert torch.equal(named_a.query, named_b.query[:30])
+
+
+def test_zero_prompts_are_zero_pairs(smol):
+    task = _task(KnowledgeBase.from_csv(WORLD), smol)
+    assert task.sample_pairs(0, "relation", seed=0).n_requested == 0
+    assert len(task.sample_corruptible(0, seed=0).batch) == 0
+    assert task.corrupt_pairs(task.sample(0, seed=0), "query", seed=0).n_requested == 0

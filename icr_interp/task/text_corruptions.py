@@ -238,6 +238,9 @@ def sample_pairs(task, n: int, kind: str, gen: torch.Generator, device, max_draw
     """``n`` clean prompts with a layout-keeping corruption of ``kind`` and their twins, drawn from the stream
     until ``n`` have one; ``n_dropped`` counts the prompts drawn before the ``n``-th kept one that had none."""
     check_kind(kind)
+    if n == 0:
+        empty = task.sample(0, generator=gen, device=device)
+        return CorruptedPairs(empty, empty, 0)
     cleans, twins, dropped, n_kept, n_drawn = [], [], [], 0, 0
     while n_kept < n:
         if n_drawn >= max_draws * max(n, 1):
@@ -286,6 +289,8 @@ def sample_corruptible(task, n: int, kinds: tuple[str, ...], gen: torch.Generato
     drawn prompts were skipped and which relations and query subjects they had."""
     for kind in kinds:
         check_kind(kind)
+    if n == 0:
+        return Corruptible(task.sample(0, generator=gen, device=device), 0)
     kept, lost, n_kept, n_drawn = [], [], 0, 0
     while n_kept < n:
         if n_drawn >= max_draws * max(n, 1):
