@@ -6,17 +6,16 @@ largest edge (effect in attention mass of the true pairing over derangements) wi
 :data:`TOP_ROWS` heads with the largest edge (plus the starred head), with a line saying how many are left out.
 """
 
+from icr_interp.analysis.pairing_evidence import rule_text
+
 TOP_ROWS = 20  # rows shown when a model has more heads than MAX_ALL_ROWS
 MAX_ALL_ROWS = 32  # up to this many heads, every head gets its row
 
 _SHORT = dict(pairwise="pair", answers="ans", subjects="subj", uniform="unif", sink="sink")
 
 
-def format_table(scores) -> str:
-    """The table of a ``TemplateScores`` (see module docstring)."""
-    from icr_interp.analysis.pairing_evidence import rule_text
-    from icr_interp.analysis.templates import TEMPLATES
-
+def format_table(scores, templates: tuple) -> str:
+    """The table of a ``TemplateScores`` whose ``tv`` columns are ``templates`` (see module docstring)."""
     per, mean = scores.per_example, scores.mean_row
     n_layers, n_heads = scores.n_layers, scores.n_heads
     heads = [(layer, head) for layer in range(n_layers) for head in range(n_heads)]
@@ -39,7 +38,7 @@ def format_table(scores) -> str:
                      f"to_dict()['per_head'] has every head)")
     else:
         shown = heads
-    tv_cols = " ".join(f"{'tv_' + _SHORT[t]:>7}" for t in TEMPLATES)
+    tv_cols = " ".join(f"{'tv_' + _SHORT[t]:>7}" for t in templates)
     lines.append(f"  L  H  {'pairwise':>8} {'null':>6} {'edge':>7} {'effect':>6} {'p':>6} {'adj':>7} {'p_adj':>6} {'p_pos':>6} "
                  f"{'balance':>7} {'pairmass':>8} {'best':>9} {tv_cols} | {'pairwise':>8} {'null':>6} {'edge':>7} "
                  f"{'pairmass':>8} {'best':>9}")

@@ -274,7 +274,7 @@ class TemplateScores:
 
     def __str__(self) -> str:
         """The table: a count of pairwise heads, the largest edge, then every head (or the top rows of many)."""
-        return format_table(self)
+        return format_table(self, TEMPLATES)
 
     __repr__ = __str__
 
