@@ -12,6 +12,7 @@
 import io
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -60,11 +61,11 @@ def test_the_probe_prints_its_estimate_and_keeps_finished_phases_when_interrupte
 
     real, calls = probe_grid.run_part, []
 
-    def second_is_interrupted(*args):
+    def second_is_interrupted(*args, **kwargs):
         calls.append(args[-1])
         if len(calls) == 2:
             raise KeyboardInterrupt
-        return real(*args)
+        return real(*args, **kwargs)
 
     monkeypatch.setattr(probe_grid, "run_part", second_is_interrupted)
     out = tmp_path / "run"
@@ -73,6 +74,7 @@ def test_the_probe_prints_its_estimate_and_keeps_finished_phases_when_interrupte
     assert done.returncode == 130 and "interrupted" in done.stderr
     assert "[estimate] about" in done.stdout and "[calibrate] one forward of" in done.stdout
     assert "[1/5] query: resid done in" in done.stdout and "[2/5] query: prediction ..." in done.stdout
+    assert re.search(r"   resid: (\d+) of \1 cells patched", done.stdout)  # progress inside a phase
     saved = json.loads((out / "patching.json").read_text())
     assert saved["complete"] is False and list(saved["results"]["query"]) == [
         "n_prompts", "n_requested", "n_dropped", "resid"]
@@ -132,6 +134,11 @@ def test_exact_confirmation_equals_role_patching(tiny_smol_llama):
     task = TextICRecallTask(KnowledgeBase.builtin("countries"), tiny_smol_llama.tokenizer, n_pairs=2)
     clean, corrupted, _ = task.corrupt_pairs(task.sample(6, seed=1), "relation", seed=0)
     cells = [(H.hook(1, "z"), 2, "answers"), (H.hook(0, "pattern"), 1, "subjects"), (H.hook(0, "z"), 0, "query")]
+    lines = []
+    part = G.run_part(tiny_smol_llama, clean, corrupted, "resid", log=lines.append, n_chunks=2)
+    ref = patch_by_role(tiny_smol_llama, clean, corrupted, hooks=G.part_grid(tiny_smol_llama, "resid")[0])
+    assert len(lines) == 2 and part.components == ref.components and part.roles == ref.roles
+    assert torch.allclose(part.values, ref.values, atol=1e-5, equal_nan=True)
     got = G.exact_cells(tiny_smol_llama, clean, corrupted, cells)
     for (hook, head, role), value in zip(cells, got.tolist()):
         ref = patch_by_role(tiny_smol_llama, clean, corrupted, hooks=[hook], roles=[role])

@@ -94,11 +94,15 @@ def run_model_probe(subject, batch, kinds: tuple[str, ...], corruption_seed: int
     phases = Phases(plan_phases(model, batch, pairs, cal, grid, circuit, eval_prompts), log=log)
     phases.announce(cal)
     say = phases.log
-    patch = G.run_part if method == "exact" else (
-        lambda m, c, x, part: attribution_patch(m, c, x, hooks=G.part_grid(m, part)[0], roles=G.part_grid(m, part)[1]))
+    def patch(clean, corrupted, part):
+        if method == "exact":
+            return G.run_part(model, clean, corrupted, part, log=say)
+        return attribution_patch(model, clean, corrupted, hooks=G.part_grid(model, part)[0],
+                                 roles=G.part_grid(model, part)[1])
+
     for kind, (clean, corrupted, _) in pairs.items():
         for part in G.DEFAULT_PARTS:
-            results[kind][part] = phases.run(f"{kind}: {part}", lambda: patch(model, clean, corrupted, part))
+            results[kind][part] = phases.run(f"{kind}: {part}", lambda: patch(clean, corrupted, part))
             save_patching()
             say(part_summary(kind, part, results[kind][part], len(clean), n))
         if grid == "full":

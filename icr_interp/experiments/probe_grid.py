@@ -22,6 +22,7 @@ correlation between screened and exact values over every confirmed cell.
 """
 
 import math
+import time
 import warnings
 from dataclasses import dataclass, field
 
@@ -48,14 +49,32 @@ def part_grid(model, part: str) -> tuple[list[str], list[str] | None]:
     raise ValueError(f"unknown grid part {part!r}; parts: {', '.join(DEFAULT_PARTS)}")
 
 
-def run_part(model, clean, corrupted, part: str):
-    """The :class:`~icr_interp.analysis.patching.RolePatchResult` of one part of the default grid."""
-    from icr_interp.analysis.patching import patch_by_role
+def run_part(model, clean, corrupted, part: str, log=None, n_chunks: int = 6):
+    """The :class:`~icr_interp.analysis.patching.RolePatchResult` of one part of the default grid.
+
+    What :func:`~icr_interp.analysis.patching.patch_by_role` computes, with its two base runs made once and the
+    cells patched in ``n_chunks`` engine calls, so that ``log`` (if given) gets a progress line after each.
+    """
+    from icr_interp.analysis.patching import patch_activations
+    from icr_interp.analysis.patching.by_role import components, grid_masks, result, role_patch, setup
 
     hooks, roles = part_grid(model, part)
+    start = time.perf_counter()
     with warnings.catch_warnings():  # the result carries its reliability and range notes; the probe prints them
         warnings.simplefilter("ignore", RuntimeWarning)
-        return patch_by_role(model, clean, corrupted, hooks=hooks, roles=roles)
+        rows = components(model, hooks)
+        s = setup(model, clean, corrupted, None, hooks, False)
+        masks, query = grid_masks(s, roles)
+        patches = [role_patch(hook, head, m.to(query.device), query) for _, hook, head in rows for m in masks.values()]
+        step = len(masks) * max(1, math.ceil(len(rows) / n_chunks))  # whole rows per chunk
+        raw = []
+        for i in range(0, len(patches), step):
+            raw.append(patch_activations(model, s.base.tokens, s.source_cache, patches[i:i + step], s.metric,
+                                         base_run=s.run))
+            if log is not None:
+                log(f"   {part}: {min(i + step, len(patches))} of {len(patches)} cells patched "
+                    f"({time.perf_counter() - start:.0f} s)")
+        return result(rows, list(masks), torch.cat(raw), s, False, "exact")
 
 
 def _first_change(clean, corrupted) -> torch.Tensor:
