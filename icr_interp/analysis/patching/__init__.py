@@ -85,7 +85,9 @@ from icr_interp.analysis.patching.dropins import (get_act_patch_attn_head_out_by
                                          get_act_patch_attn_head_pattern_dest_src_pos, get_act_patch_attn_out,
                                          get_act_patch_mlp_out, get_act_patch_resid_pre)
 from icr_interp.analysis.patching.engine import STRATEGIES, BaseRun, base_run, patch_activations, strategy_for
+from icr_interp.analysis.patching.floor import Floor, recompute_floor, seconds_per_token_block
 from icr_interp.analysis.patching.heads import patch_heads
+from icr_interp.analysis.patching.screen import ScreenResult, screen_and_confirm
 from icr_interp.analysis.patching.metrics import LogitDiff, Metric, logit_diff_metric
 from icr_interp._moved import module_attr
 
@@ -95,7 +97,8 @@ __all__ = [
     "get_act_patch_attn_head_out_by_pos", "get_act_patch_attn_head_pattern_dest_src_pos", "RolePatchResult",
     "patch_by_role", "patch_pattern_by_role", "default_role_hooks", "role_masks", "attribution_patch",
     "HEAD_HOOKS", "PATTERN_HOOKS", "MEMORY_HOOKS", "DEFAULT_MAX_ROWS", "DEFAULT_MAX_LOGITS_BYTES",
-    "STRATEGIES", "strategy_for", "patch_heads",
+    "STRATEGIES", "strategy_for", "patch_heads", "Floor", "recompute_floor", "seconds_per_token_block",
+    "ScreenResult", "screen_and_confirm",
 ]
 
 

@@ -49,8 +49,9 @@ def components(model: TLModel, hooks: Sequence[str]) -> list[tuple[str, str, int
             raise ValueError(f"unknown hook name {hook!r}")
         if kind(hook) == "pos":
             out.append((hook, hook, None))
-        else:
-            out += [(f"{hook}:h{h}", hook, h) for h in range(model.cfg.n_heads)]
+        else:  # grouped-query attention: keys and values have their own (fewer) heads
+            kv = hook.endswith(("hook_k", "hook_v")) and getattr(model.cfg, "n_key_value_heads", None)
+            out += [(f"{hook}:h{h}", hook, h) for h in range(kv or model.cfg.n_heads)]
     return out
 
 
