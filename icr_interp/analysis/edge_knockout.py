@@ -142,11 +142,13 @@ def edge_knockout(model: TLModel, batch: Batch, source: str, target: str, layers
 
 
 def knockout_profile(model: TLModel, batch: Batch, window: int = 1, groups: Iterable[tuple] = GROUPS,
-                     seed: int = 0) -> dict:
-    """``{"source -> target": [KnockoutResult per window start]}``: a window of ``window`` layers slid over depth."""
+                     seed: int = 0, stride: int = 1) -> dict:
+    """``{"source -> target": [KnockoutResult per window start]}``: a window of ``window`` layers slid over depth
+    by ``stride`` layers (the last window always ends at the last layer)."""
     n = model.cfg.n_layers
-    if not 1 <= window <= n:
-        raise ValueError(f"window must be in [1, {n}], got {window}")
+    if not 1 <= window <= n or stride < 1:
+        raise ValueError(f"window must be in [1, {n}] and stride >= 1, got {window}, {stride}")
+    starts = sorted(set(range(0, n - window + 1, stride)) | {n - window})
     clean = prediction_margin(model, batch)
     return {f"{s} -> {t}": [edge_knockout(model, batch, s, t, range(start, start + window), seed=seed, clean=clean)
-                            for start in range(n - window + 1)] for s, t in groups}
+                            for start in starts] for s, t in groups}

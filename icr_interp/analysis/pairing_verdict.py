@@ -91,7 +91,7 @@ def _pooled_masses(model: TLModel, task, n_prompts: int, seeds) -> tuple[RoleMas
 
 
 def pairing_verdict(model: TLModel, task, n_prompts: int = 128, seeds=(0, 1, 2), *, knockout_window: int = 1,
-                    binding: bool = True) -> PairingVerdict:
+                    knockout_stride: int = 1, binding: bool = True) -> PairingVerdict:
     """Decide where ``model`` pairs on ``task``'s prompts (see module docstring).
 
     Args:
@@ -99,7 +99,8 @@ def pairing_verdict(model: TLModel, task, n_prompts: int = 128, seeds=(0, 1, 2),
         task: an ``ICRecallTask`` or ``TextICRecallTask`` (anything with ``sample(n, seed=)``).
         n_prompts: prompts per seed (>= 2).
         seeds: prompt seeds; the tests pool ``n_prompts * len(seeds)`` prompts.
-        knockout_window: layers per window of the knockout profile (run on the first seed's prompts).
+        knockout_window, knockout_stride: layers per window of the knockout profile and the step between
+            windows (run on the first seed's prompts).
         binding: whether to run the binding interchange (first seed's prompts; needs k >= 2).
     """
     seeds = tuple(seeds)
@@ -120,7 +121,7 @@ def pairing_verdict(model: TLModel, task, n_prompts: int = 128, seeds=(0, 1, 2),
                 per_depth=[cev.at(layer) for layer in range(n_layers)], shown=bool(cev.shown[-1]))
     first = batches[0]
     whole = knockout_profile(model, first, window=n_layers)
-    profile = knockout_profile(model, first, window=knockout_window)
+    profile = knockout_profile(model, first, window=knockout_window, stride=knockout_stride)
     k = first.layout.answer_pos.shape[1]
     curve = binding_interchange(model, first).to_dict() if binding and k >= 2 else None
     if pairwise:
