@@ -18,7 +18,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import Parser, out_dir, positive, save_figure, seed, setup_threads, write_json  # noqa: E402
 
-from icr_interp.experiments.capacity import MEMORIES, QUICK_SIZES, SIZES, capacity_sweep, plot_capacity  # noqa: E402
+from icr_interp.experiments.capacity import (MEMORIES, QUICK_SIZES, SIZES, capacity_sweep, plot_capacity,  # noqa: E402
+                                             plot_probe_series)
 
 
 def size(text: str) -> tuple[int, int]:
@@ -38,11 +39,16 @@ def main(argv=None) -> int:
     p.add_argument("--target", type=float, default=0.99)
     p.add_argument("--pretrain-steps", type=positive, default=1500)
     p.add_argument("--seed", type=seed, default=0)
+    p.add_argument("--probe-series", action="store_true",
+                   help="instead: weight-only probes beside behaviour over the paper preset's fine-tuning")
+    p.add_argument("--every", type=positive, default=20, help="--probe-series: steps between rows")
     p.add_argument("--threads", type=positive, default=None)
     p.add_argument("--out", default="case_studies/results/capacity")
     args = p.parse_args(argv)
     setup_threads(args.threads)
     out = out_dir(p, args.out)
+    if args.probe_series:
+        return probe_series_main(args, out)
     sizes = tuple(args.sizes or (QUICK_SIZES if args.quick else SIZES))
     t0 = time.perf_counter()
     try:
@@ -59,6 +65,25 @@ def main(argv=None) -> int:
     for row in result["rows"]:
         print(f"  {row['memory']:12s} d={row['d_model']:4d} m={row['neurons']:5d} params={row['params']:7d} "
               f"N*={row['n_star']}")
+    return 0
+
+
+def probe_series_main(args, out: Path) -> int:
+    """The paper preset fine-tuned, its three weight-only probes logged beside behaviour."""
+    from icr_interp.analysis.weight_probes import probe_series
+    from icr_interp.pipeline.config import RunConfig
+    from icr_interp.pipeline.runner import build
+
+    config = RunConfig.from_preset("paper", seed=args.seed)
+    task, model = build(config)
+    t0 = time.perf_counter()
+    series = probe_series(model, task, every=args.every, config=config.train)
+    write_json(out / "weight_probes.json", dict(args=vars(args), series=series, seconds=time.perf_counter() - t0))
+    save_figure(plot_probe_series(series), out / "weight_probes.png")
+    for row in series:
+        print(f"step {row['step']:4d}: memory {row['memory']['accuracy']:.3f} (behaviour {row['behaviour_recall']:.3f}); "
+              f"QK effect {row['qk']['pairwise_effect']:+.3f} (measured {row['measured_pairwise_effect']:+.3f}); "
+              f"accuracy {row['accuracy']:.3f}")
     return 0
 
 

@@ -167,3 +167,13 @@ def test_head_ov_is_what_the_head_writes_when_it_attends_to_the_source(tiny_smol
                            model.blocks[1].attn.W_O)
     predicted = head_ov(model.blocks[1].attn, model.blocks[1].ln1(cache["blocks.1.hook_resid_pre"])[rows, src])
     assert torch.allclose(written, predicted, atol=1e-4)
+
+
+def test_probe_series_logs_weights_beside_behaviour(task):
+    from icr_interp.analysis.weight_probes import probe_series
+
+    series = probe_series(build_model(task), task, every=10, n_prompts=64, steps=20, n_samples=128, lr=0.01)
+    assert [row["step"] for row in series] == [0, 10, 20]
+    last = series[-1]
+    assert abs(last["qk"]["pairwise_effect"] - last["measured_pairwise_effect"]) < 1e-4
+    assert abs(last["memory"]["accuracy"] - last["behaviour_recall"]) <= 0.01

@@ -246,14 +246,49 @@ class WeightProbeTracker:
     """Logs :func:`weight_probes` over training (a ``finetune`` callback) or over any checkpoint series.
 
     ``tracker(step, model)`` appends ``{"step": step, **probes.to_dict()}`` every ``every`` steps
-    (and at step 0); ``tracker.series`` holds the rows.
+    (and at step 0); with ``behaviour`` also what the model *does* on the same prompts (it runs them):
+    ``behaviour_recall`` (:func:`behavioural_recall`), ``measured_pairwise_effect`` (the measured rows'
+    within-pair effect) and ``accuracy`` (on the QK probe's prompts).  ``tracker.series`` holds the rows.
     """
 
-    def __init__(self, task: ICRecallTask, every: int = 10, n_prompts: int = QK_PROMPTS, seed: int = QK_SEED):
-        self.task, self.every, self.n_prompts, self.seed = task, every, n_prompts, seed
+    def __init__(self, task: ICRecallTask, every: int = 10, n_prompts: int = QK_PROMPTS, seed: int = QK_SEED,
+                 behaviour: bool = False):
+        self.task, self.every, self.n_prompts, self.seed, self.behaviour = task, every, n_prompts, seed, behaviour
         self.series: list[dict] = []
 
     def __call__(self, step: int, model: TLModel, history=None) -> None:
-        if step % self.every == 0:
-            probes = weight_probes(model, self.task, self.n_prompts, self.seed)
-            self.series.append(dict(step=step, **probes.to_dict()))
+        if step % self.every:
+            return
+        row = dict(step=step, **weight_probes(model, self.task, self.n_prompts, self.seed).to_dict())
+        if self.behaviour:
+            from icr_interp.analysis.attention import query_rows
+            from icr_interp.training.trainer import prediction_logits
+
+            batch = self.task.sample(self.n_prompts, seed=self.seed).to(model.W_E.device)
+            with torch.no_grad():
+                rows = query_rows(model, batch)[-1]
+                accuracy = float((prediction_logits(model, batch).argmax(-1) == batch.answers).float().mean())
+            row.update(behaviour_recall=behavioural_recall(model, self.task, self.seed), accuracy=accuracy,
+                       measured_pairwise_effect=pairwise_effect(rows, batch)["pairwise_effect"])
+        self.series.append(row)
+
+
+def probe_series(model: TLModel, task: ICRecallTask, every: int = 10, n_prompts: int = QK_PROMPTS,
+                 **finetune_options) -> list[dict]:
+    """Fine-tune ``model`` (in place) and log the three probes beside behaviour every ``every`` steps.
+
+    Args:
+        model, task: an IC-recall model (memory fitted) and its task.
+        every: steps between rows (the last step is always logged).
+        n_prompts: prompts of the QK probe and of the behavioural accuracy.
+        **finetune_options: passed to :func:`icr_interp.finetune` (steps, n_samples, lr...).
+    """
+    from icr_interp.training.trainer import finetune
+
+    tracker = WeightProbeTracker(task, every=every, n_prompts=n_prompts, behaviour=True)
+    history = finetune(model, task, callback=tracker, progress=False, **finetune_options)
+    last = history.step[-1] + 1 if history.step else 0
+    if not tracker.series or tracker.series[-1]["step"] != last:
+        tracker.every = 1
+        tracker(last, model)
+    return tracker.series

@@ -268,3 +268,23 @@ def _solve_nlogn(y: float) -> float:
     for _ in range(50):
         n = max(2.0, n - (n * math.log(n) - y) / (math.log(n) + 1))
     return n
+
+
+def plot_probe_series(series: list[dict]):
+    """The weight-only probes beside behaviour over fine-tuning (rows of
+    :func:`icr_interp.analysis.weight_probes.probe_series`); returns a matplotlib Figure."""
+    from icr_interp.viz.figures import new_figure
+
+    fig, axes = new_figure(10, 3.2, ncols=3)
+    steps = [row["step"] for row in series]
+    panels = (("memory recall", [r["memory"]["accuracy"] for r in series], [r["behaviour_recall"] for r in series]),
+              ("QK within-pair effect", [r["qk"]["pairwise_effect"] for r in series],
+               [r["measured_pairwise_effect"] for r in series]),
+              ("OV context copy (answer slot)", [r["ov"]["answer"]["context_copy"][0] for r in series],
+               [r["accuracy"] for r in series]))
+    for ax, (title, weights, behaviour) in zip(axes[0], panels):
+        ax.plot(steps, weights, "o-", label="weights only")
+        ax.plot(steps, behaviour, "x--", label="behaviour" if "OV" not in title else "IC-recall accuracy")
+        ax.set(title=title, xlabel="fine-tuning step")
+        ax.legend(fontsize=7)
+    return fig
