@@ -1,7 +1,10 @@
 """The converted-model cache: its layout, what it checks, and how it is written.
 
-Layout: ``<root>/<name>/v<FORMAT>-<sha256[:16] of the GGUF>/{weights.safetensors, meta.json, tokenizer/}``,
-root = ``cache_dir`` argument, else ``$ICR_INTERP_CACHE/pretrained``, else ``~/.cache/icr_interp/pretrained``.
+Layout: ``<root>/<name>/v<FORMAT>-<sha256[:16] of the GGUF>/{weights.safetensors, meta.json, tokenizer/}``
+(TransformerLens 3.x's ``HookedTransformer`` parameters) and, on TransformerLens 4.x,
+``b<FORMAT>-<sha16>/{hf/, meta.json, tokenizer/}`` (the transformers model, ``save_pretrained``, that the
+``TransformerBridge`` wraps); root = ``cache_dir`` argument, else ``$ICR_INTERP_CACHE/pretrained``, else
+``~/.cache/icr_interp/pretrained``.
 
 What it guards against:
 
@@ -39,8 +42,9 @@ from icr_interp.storage import atomic
 
 CACHE_FORMAT = 2  # bump when the cached layout or the conversion changes; old folders are then ignored
 WEIGHTS, META, TOKENIZER = "weights.safetensors", "meta.json", "tokenizer"
-MEMBERS = frozenset({WEIGHTS, META, TOKENIZER})  # all that a version folder of ours holds
-_VERSION_DIR = re.compile(rf"^v{CACHE_FORMAT}-[0-9a-f]{{16}}$")
+HF = "hf"  # the transformers model of a bridge version (TransformerLens 4.x)
+MEMBERS = frozenset({WEIGHTS, META, TOKENIZER, HF})  # all that a version folder of ours holds
+KINDS = ("v", "b")  # folder prefixes: TransformerLens parameters, the transformers model for the bridge
 # meta.json's fields that a load needs, with their types
 _META_FIELDS = {"format": int, "name": str, "cfg": dict, "source": dict, "weights": dict}
 _SOURCE_FIELDS = {"sha256": str, "size": int}
@@ -108,27 +112,37 @@ def read_meta(version_dir: Path) -> dict:
 
 
 def verify_weights(version_dir: Path, meta: dict) -> None:
-    """:class:`BrokenCache` unless ``weights.safetensors`` has the size and sha256 that ``meta.json`` records."""
-    path, want = version_dir / WEIGHTS, meta["weights"]
+    """:class:`BrokenCache` unless the weights file has the size and sha256 that ``meta.json`` records."""
+    want = meta["weights"]
+    file = want.get("file", WEIGHTS)
+    if not isinstance(file, str) or not (version_dir / file).resolve().is_relative_to(version_dir.resolve()):
+        raise BrokenCache(version_dir, f"{META} names no weights file inside the folder")
+    path = version_dir / file
     try:
         size = path.stat().st_size
         if size != want["size"]:
-            raise BrokenCache(version_dir, f"{WEIGHTS} has {size} bytes, {META} records {want['size']}")
+            raise BrokenCache(version_dir, f"{file} has {size} bytes, {META} records {want['size']}")
         if sha256_file(path) != want["sha256"]:
-            raise BrokenCache(version_dir, f"{WEIGHTS} does not match the sha256 {META} records")
+            raise BrokenCache(version_dir, f"{file} does not match the sha256 {META} records")
     except OSError as e:
-        raise BrokenCache(version_dir, f"{WEIGHTS}: {e.strerror or e}") from None
+        raise BrokenCache(version_dir, f"{file}: {e.strerror or e}") from None
 
 
-def versions(model_path: Path) -> list[Path]:
-    """The version folders of this cache format under ``<root>/<name>``, by name."""
+def version_name(kind: str, sha: str) -> str:
+    """The folder name of a version: its kind (:data:`KINDS`), the cache format and the GGUF's sha256[:16]."""
+    return f"{kind}{CACHE_FORMAT}-{sha[:16]}"
+
+
+def versions(model_path: Path, kind: str = "v") -> list[Path]:
+    """The version folders of one kind and this cache format under ``<root>/<name>``, by name."""
+    pattern = re.compile(rf"^{re.escape(kind)}{CACHE_FORMAT}-[0-9a-f]{{16}}$")
     try:
-        return sorted(d for d in model_path.iterdir() if _VERSION_DIR.match(d.name) and d.is_dir())
+        return sorted(d for d in model_path.iterdir() if pattern.match(d.name) and d.is_dir())
     except OSError:
         return []
 
 
-def find_cache(name: str, cache_dir: str | os.PathLike | None = None) -> Path | None:
+def find_cache(name: str, cache_dir: str | os.PathLike | None = None, kind: str = "v") -> Path | None:
     """The cached version folder a load of ``name`` would use now, or ``None`` (a conversion is due).
 
     The folder is named after the GGUF's sha256: the registry's pinned one, else (a file source without a
@@ -137,14 +151,14 @@ def find_cache(name: str, cache_dir: str | os.PathLike | None = None) -> Path | 
     """
     from icr_interp.model.lm import source as S
 
-    spec, found = get_spec(name), versions(model_dir(name, cache_dir))
+    spec, found = get_spec(name), versions(model_dir(name, cache_dir), kind)
     if not found:
         return None
     sha = spec.sha256
     if sha is None and S.source_installed(name):
         sha = S.sha256_file(S.locate_source(name))
     if sha is not None:
-        return next((d for d in found if d.name == f"v{CACHE_FORMAT}-{sha[:16]}"), None)
+        return next((d for d in found if d.name == version_name(kind, sha)), None)
     return found[-1]
 
 
@@ -232,12 +246,13 @@ def save_weights(tensors: dict, path: Path, metadata: dict[str, str]) -> None:
     save_file(tensors, str(path), metadata=metadata)
 
 
-def write_version(tmp: Path, tensors: dict, tokenizer, meta: dict) -> None:
-    """Fill the staging folder ``tmp``: weights, tokenizer, and ``meta.json`` recording the weights' checksum."""
-    save_weights(tensors, tmp / WEIGHTS, {"name": meta["name"], "format": str(CACHE_FORMAT)})
+def write_version(tmp: Path, write_weights, tokenizer, meta: dict) -> None:
+    """Fill the staging folder ``tmp``: the weights (``write_weights(tmp)`` writes them and returns their path
+    relative to ``tmp``), the tokenizer, and ``meta.json`` recording the weights' checksum."""
+    file = write_weights(tmp)
     tokenizer.save_pretrained(tmp / TOKENIZER)
     started = time.perf_counter()
-    weights = {"size": (tmp / WEIGHTS).stat().st_size, "sha256": sha256_file(tmp / WEIGHTS)}
+    weights = {"file": file, "size": (tmp / file).stat().st_size, "sha256": sha256_file(tmp / file)}
     meta = {**meta, "format": CACHE_FORMAT, "weights": weights,
             "checksum_seconds": round(time.perf_counter() - started, 3),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}

@@ -19,7 +19,7 @@ import importlib.metadata as md
 import os
 import platform
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -65,8 +65,32 @@ def _check_source_sha(spec: PretrainedLMSpec, source: Path) -> str:
     return sha
 
 
-def convert_to_cache(spec: PretrainedLMSpec, model_path: Path) -> Path:
-    """Convert the GGUF and publish a new version folder under ``model_path``; returns that folder."""
+def tl_payload(spec: PretrainedLMSpec, hf_model) -> tuple[dict, Callable[[Path], str]]:
+    """What a TransformerLens 3.x version holds: ``(cfg dict, writer of the converted parameters)``."""
+    HookedTransformer, HookedTransformerConfig = V.tl_classes()
+    cfg_dict = V.tl_cfg_dict(spec, hf_model)
+    model = HookedTransformer(HookedTransformerConfig(**cfg_dict, init_weights=False))
+    with torch.no_grad():
+        model.load_and_process_state_dict(V.convert_weights(spec, hf_model, model.cfg), fold_ln=False,
+                                          center_writing_weights=False, center_unembed=False,
+                                          fold_value_biases=False)
+    # load_state_dict copied into separate parameters, so tied W_E / W_U no longer share storage (safetensors
+    # refuses shared storage) and no extra copy is needed
+    tensors = {k: p.detach().contiguous() for k, p in model.named_parameters()}
+
+    def write(tmp: Path) -> str:
+        C.save_weights(tensors, tmp / C.WEIGHTS, {"name": spec.name, "format": str(C.CACHE_FORMAT)})
+        return C.WEIGHTS
+
+    return cfg_dict, write
+
+
+def convert_to_cache(spec: PretrainedLMSpec, model_path: Path, kind: str = "v", payload=tl_payload) -> Path:
+    """Convert the GGUF and publish a new version folder of ``kind`` under ``model_path``; returns that folder.
+
+    ``payload(spec, hf_model)`` gives the config dict to record and the writer of the weights (default: the
+    TransformerLens parameters; :mod:`~icr_interp.model.lm.bridge` passes the transformers model's).
+    """
     C.check_destination(model_path, spec.cache_mb)  # before any minute of converting
     C.remove_stale_staging(model_path)
     if spec.assemble is None:  # a file in a wheel: the version is named after its sha256 (checked here)
@@ -75,29 +99,20 @@ def convert_to_cache(spec: PretrainedLMSpec, model_path: Path) -> Path:
         S.materialize_source(spec.name, model_path)  # raises the one-line install instruction
     else:
         sha = spec.sha256  # the wheel's assemble() checks it
-    final = model_path / f"v{C.CACHE_FORMAT}-{sha[:16]}"
-    HookedTransformer, HookedTransformerConfig = V.tl_classes()
+    final = model_path / C.version_name(kind, sha)
     tmp = C.staging_folder(final)
     try:
         source = S.materialize_source(spec.name, tmp.parent)  # an assembled GGUF lies in the staging folder
         hf_model, tokenizer = V.read_gguf(spec.name, source)
-        cfg_dict = V.tl_cfg_dict(spec, hf_model)
-        model = HookedTransformer(HookedTransformerConfig(**cfg_dict, init_weights=False))
-        with torch.no_grad():
-            model.load_and_process_state_dict(V.convert_weights(spec, hf_model, model.cfg), fold_ln=False,
-                                              center_writing_weights=False, center_unembed=False,
-                                              fold_value_biases=False)
-        del hf_model
-        # load_state_dict copied into separate parameters, so tied W_E / W_U no longer share storage
-        # (safetensors refuses shared storage) and no extra copy is needed
-        tensors = {k: p.detach().contiguous() for k, p in model.named_parameters()}
+        cfg_dict, write_weights = payload(spec, hf_model)
         st = source.stat()
         meta = {"name": spec.name, "architecture": spec.architecture, "cfg": cfg_dict,
                 "source": {"distribution": spec.distribution, "file": spec.filename, "size": st.st_size,
                            "sha256": sha}, "versions": _versions()}
         if spec.assemble is not None:
             source.unlink()  # the assembled copy is not part of the cache
-        C.write_version(tmp, tensors, tokenizer, meta)
+        C.write_version(tmp, write_weights, tokenizer, meta)
+        del hf_model, write_weights
         return C.publish(tmp, final)
     except BaseException as e:
         C.drop_staging(tmp)
@@ -135,11 +150,17 @@ def bos_tokenizer(tokenizer_dir: Path, prepend_bos: bool):
     return tokenizer
 
 
-def set_bos_rule(model, tokenizer, prepend_bos: bool) -> None:
-    """Give ``model`` ``tokenizer`` with the BOS rule as the truth: ``cfg.default_prepend_bos`` and the tokenizer
-    agree (``set_tokenizer`` pads/eos-fixes it but would rebuild it with ``add_bos_token=True``)."""
-    model.set_tokenizer(tokenizer)
-    model.tokenizer = tokenizer
+def keep_bos_rule(model, prepend_bos: bool) -> None:
+    """Make ``prepend_bos`` the truth on a model whose tokenizer TransformerLens has set up.
+
+    TransformerLens (3.x's ``set_tokenizer``, 4.x's boot) rebuilds the tokenizer with ``add_bos_token=True``
+    (and fills in pad/eos); the rule is put back on that tokenizer, and ``cfg.default_prepend_bos`` and
+    ``cfg.tokenizer_prepends_bos`` follow, so that ``model.tokenizer(text)``, ``to_tokens(text)`` and the
+    config agree: SmolLM2 no BOS, Gemma ``<bos>``.
+    """
+    tokenizer = model.tokenizer
+    if tokenizer.bos_token is not None and getattr(tokenizer, "add_bos_token", None) != prepend_bos:
+        tokenizer.add_bos_token = prepend_bos
     model.cfg.default_prepend_bos = prepend_bos
     model.cfg.tokenizer_prepends_bos = len(tokenizer.encode("")) > 0
 
@@ -155,20 +176,21 @@ def _build(spec: PretrainedLMSpec, meta: dict, tensors: dict[str, torch.Tensor],
     if set(tensors) != expected:
         raise PretrainedLMError(f"cached weights do not match the model: {sorted(set(tensors) ^ expected)[:4]}")
     model.load_state_dict({k: v.to(dtype) for k, v in tensors.items()}, strict=False, assign=True)
-    set_bos_rule(model, bos_tokenizer(tokenizer_dir, spec.prepend_bos), spec.prepend_bos)
+    model.set_tokenizer(bos_tokenizer(tokenizer_dir, spec.prepend_bos))
+    keep_bos_rule(model, spec.prepend_bos)
     if torch.device(device).type != "cpu":
         model.to(device, print_details=False)
     return model.eval()
 
 
-def ready_version(spec: PretrainedLMSpec, cache_dir) -> Path:
+def ready_version(spec: PretrainedLMSpec, cache_dir, kind: str = "v", payload=tl_payload) -> Path:
     """The checked cache folder of ``spec`` (converted first when missing, re-converted when broken)."""
     model_path = C.model_dir(spec.name, cache_dir)
     C.remove_stale_staging(model_path)
     for attempt in (1, 2):
-        version_dir = C.find_cache(spec.name, cache_dir)
+        version_dir = C.find_cache(spec.name, cache_dir, kind)
         if version_dir is None:
-            version_dir = convert_to_cache(spec, model_path)
+            version_dir = convert_to_cache(spec, model_path, kind, payload)
         try:
             C.verify_weights(version_dir, C.read_meta(version_dir))
             return version_dir
