@@ -48,6 +48,7 @@ _EXPORTS = {
     "evaluation_summary": "experiments.text_probe",
     "pairing_test_rows": "analysis.pairing_test", "edge_knockout": "analysis.edge_knockout",
     "pairing_verdict": "analysis.pairing_verdict",
+    "capacity_sweep": "experiments.capacity", "weight_probes": "analysis.weight_probes",
 }
 _SUBPACKAGES = {"task", "tl", "model", "training", "analysis", "pipeline", "storage", "viz", "experiments", "cli",
                 "seeds", "version"}
@@ -59,6 +60,7 @@ __all__ = [
     "TemplateScores", "patching", "ablation", "circuit", "viz", "__version__",
     "load_pretrained_lm", "pretrained_lm_names", "TextICRecallTask", "causal_template_test", "recall_curve",
     "function_vector_heads", "evaluation_summary", "pairing_test_rows", "edge_knockout", "pairing_verdict",
+    "capacity_sweep", "weight_probes",
 ]
 
 

@@ -21,10 +21,10 @@ probe can be run at every checkpoint for the cost of a few matrix products, and 
       score_j = (x_q W_Q + b_Q) . (x_j W_K + b_K) / sqrt(d_head),   row = softmax_{j <= q}(score)
 
   exact for the first layer (no LayerNorm in these models), a clean-embedding approximation for later
-  ones.  The rows are scored against the pairwise template and its re-pairing null
-  (:mod:`icr_interp.analysis.pairing_null`): ``pairwise_effect`` is the within-pair effect, the pairwise
-  score of the true pairing minus its mean over re-pairings; zero for any row that does not care which
-  subject goes with which answer (a random model's near-uniform rows).
+  ones.  The rows are scored by the pairing test (:mod:`icr_interp.analysis.pairing_test`): ``pairwise_effect``
+  is the within-pair effect in attention mass, how much more balanced each answer is with its own subject
+  than with re-paired ones; zero in expectation for any row that does not care which subject goes with which
+  answer (a random model's rows).  The template score and its re-pairing null ride along.
 * **OV** (:func:`ov_probe`).  What attending to a subject or an answer slot writes: ``v_t = (W_E[t] +
   W_pos[slot]) W_V W_O`` per head, read three ways -- which token the memory's stage I reads back
   (``context_copy``: argmax of ``v_t . context[t']`` is t), how much lands on the relation directions
@@ -43,7 +43,8 @@ import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from icr_interp.analysis.pairing_null import pairing_test, pairings
+from icr_interp.analysis.pairing_null import pairings
+from icr_interp.analysis.pairing_test import pairing_test_rows
 from icr_interp.analysis.pairwise_form import pairing_scores
 from icr_interp.task.prompts import Batch, ICRecallTask
 from icr_interp.tl.compat import TLModel
@@ -57,7 +58,7 @@ class WeightProbes:
     """The three weight-only probes of one model (see module docstring)."""
 
     memory: dict  # accuracy, n_facts, per_relation, margin
-    qk: dict  # pairwise_effect (mean over heads of the last layer), per_head, p_value, pairwise, pairwise_null
+    qk: dict  # pairwise_effect (mean over the last layer's heads), per_head, effect, p_value, pairwise, pairwise_null
     ov: dict  # per role (subject, answer): per-head context_copy, relation_share, direct_answer_rank
     meta: dict = field(default_factory=dict)  # layer read, prompts, relation scale
 
@@ -66,7 +67,7 @@ class WeightProbes:
 
     def __str__(self) -> str:
         return (f"memory recall {self.memory['accuracy']:.3f} over {self.memory['n_facts']} facts; "
-                f"QK pairwise effect {self.qk['pairwise_effect']:+.3f} (p={self.qk['p_value']:.3g}); "
+                f"QK pairwise effect {self.qk['pairwise_effect']:+.3f} (p={min(self.qk['p_value']):.3g}); "
                 f"OV context copy subject {_mean(self.ov['subject']['context_copy']):.2f} "
                 f"answer {_mean(self.ov['answer']['context_copy']):.2f}")
 
@@ -195,20 +196,21 @@ def qk_rows(model: TLModel, tokens: Int[Tensor, "batch pos"], query_pos: Int[Ten
 
 def pairwise_effect(rows: Float[Tensor, "head batch pos"], batch: Batch) -> dict:
     """Within-pair effect of query rows (one layer's, as :func:`~icr_interp.analysis.attention.query_rows`
-    gives them): pairwise score of the true pairing minus its re-pairing null.
+    gives them), by the pairing test (:func:`~icr_interp.analysis.pairing_test.pairing_test_rows`: is each
+    answer balanced with its own subject more than with re-paired ones?).
 
-    Returns ``pairwise_effect`` (mean over heads), ``per_head``, ``pairwise``, ``pairwise_null`` (per head)
-    and ``p_value`` (randomisation over examples, the mean-over-heads effect; :func:`pairing_test`).
+    Returns ``pairwise_effect`` (the effect in attention mass, mean over heads), ``per_head`` (it, per head),
+    ``effect`` (renormalised over the pair tokens, per head), ``p_value`` (per head), and the template
+    scores ``pairwise`` / ``pairwise_null`` (per head: the pairwise score and its mean over re-pairings).
     """
     lay = batch.layout
     sub = rows.gather(2, lay.subject_pos[None].expand(rows.shape[0], -1, -1).to(rows.device))  # [head batch pair]
     ans = rows.gather(2, lay.answer_pos[None].expand(rows.shape[0], -1, -1).to(rows.device))
+    test = pairing_test_rows(sub, ans)
     scores = pairing_scores(sub, ans, pairings(sub.shape[-1]))  # [head batch perm]
-    true, null = scores[..., 0], scores.mean(-1)
-    p = pairing_test(true.mean(0), scores.mean(0))
-    effect = (true - null).mean(-1)
-    return dict(pairwise_effect=float(effect.mean()), per_head=effect.tolist(), pairwise=true.mean(-1).tolist(),
-                pairwise_null=null.mean(-1).tolist(), p_value=float(p))
+    return dict(pairwise_effect=float(test.effect_mass.mean()), per_head=test.effect_mass.tolist(),
+                effect=test.effect.tolist(), p_value=test.p_value.tolist(),
+                pairwise=scores[..., 0].mean(-1).tolist(), pairwise_null=scores.mean((-1, -2)).tolist())
 
 
 @torch.no_grad()
