@@ -86,3 +86,19 @@ def test_stock_model_and_errors(reference):
         causal_template_test(stock, batch[:4], heads=[(0, 0)], metric="logit_diff")
     with pytest.raises(ValueError, match="beta"):
         causal_template_test(stock, batch[:4], heads=[(0, 0)], beta="flat")
+
+
+def test_a_model_at_chance_gets_a_reliability_warning(reference):
+    """Targets the model does not predict (at chance on them): the recovered fractions mean nothing, and the
+    result says so (as patch_by_role does)."""
+    from dataclasses import replace
+
+    model, _, batch = reference
+    wrong = replace(batch, answers=batch.answers.roll(1))  # another prompt's answer: accuracy near 0
+    with pytest.warns(RuntimeWarning, match="unreliable: the model is near chance"):
+        r = causal_template_test(model, wrong, heads=[(0, 0)], n_null=0)
+    assert not r.reliable and "near chance" in r.reason and "UNRELIABLE" in str(r)
+    assert r.to_dict()["reliable"] is False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # its own targets: no warning
+        assert causal_template_test(model, batch, heads=[(0, 0)], n_null=0).reliable

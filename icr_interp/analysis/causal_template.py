@@ -38,6 +38,7 @@ Example::
     print(result)   # recovered fraction per template; result.beats_null
 """
 
+import warnings
 from dataclasses import dataclass, field
 from collections.abc import Sequence
 
@@ -45,6 +46,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from icr_interp.analysis import reliability
 from icr_interp.analysis.pairwise_form import fit_pairwise
 from icr_interp.model import hooks as H
 from icr_interp.model.forward import unembed
@@ -75,6 +77,9 @@ class CausalTemplateResult:
     within_span: str  # how a role's weight is spread over its span
     n_examples: int
     per_example: dict = field(default_factory=dict, repr=False)  # template name -> [batch] metric (CPU)
+    reliable: bool = True  # the clean - ablated gap stands out of its spread and the model is above chance
+    reason: str = ""  # why the recovered fractions are unreliable ("" when reliable)
+    warnings: list = field(default_factory=list)  # recovered fractions outside the sane range
 
     @property
     def null_mean(self) -> float:
@@ -89,13 +94,15 @@ class CausalTemplateResult:
         return dict(heads=[list(h) for h in self.heads], metric=self.metric, clean=self.clean, base=self.base,
                     values=dict(self.values), recovered=dict(self.recovered), null_recovered=list(self.null_recovered),
                     null_mean=self.null_mean, beats_null=self.beats_null, accuracy=dict(self.accuracy),
-                    beta=self.beta, within_span=self.within_span, n_examples=self.n_examples)
+                    beta=self.beta, within_span=self.within_span, n_examples=self.n_examples,
+                    reliable=self.reliable, reason=self.reason, warnings=list(self.warnings))
 
     def __str__(self) -> str:
         heads = ", ".join(f"L{layer}H{head}" for layer, head in self.heads)
         lines = [f"CausalTemplateResult: {self.n_examples} examples, heads {heads}; metric {self.metric} "
                  f"(clean {self.clean:.3f}, heads ablated {self.base:.3f}); beta {self.beta}, within span "
-                 f"{self.within_span}", f"  {'template':>10} {'recovered':>9} {'accuracy':>8}"]
+                 f"{self.within_span}"] + ([] if self.reliable else [f"UNRELIABLE: {self.reason}"])
+        lines.append(f"  {'template':>10} {'recovered':>9} {'accuracy':>8}")
         for name in self.recovered:
             lines.append(f"  {name:>10} {self.recovered[name]:9.3f} {self.accuracy[name]:8.3f}")
         if self.null_recovered:
@@ -108,7 +115,8 @@ class CausalTemplateResult:
 
 def causal_template_test(model: TLModel, batch: Batch, heads: Sequence[tuple[int, int]], *,
                          corrupted: Batch | None = None, metric: str | None = None, beta: str = "fit",
-                         within_span: str = "last", n_null: int = N_NULL, seed: int = 0) -> CausalTemplateResult:
+                         within_span: str = "last", n_null: int = N_NULL, seed: int = 0,
+                         n_answers: int | None = None) -> CausalTemplateResult:
     """Overwrite the chosen heads' prediction rows with templates and measure the logit difference recovered.
 
     Args:
@@ -122,9 +130,13 @@ def causal_template_test(model: TLModel, batch: Batch, heads: Sequence[tuple[int
         within_span: ``"last"`` or ``"uniform"`` (module docstring).
         n_null: re-paired null templates drawn (0: none; needs k >= 2).
         seed: seeds the null's re-pairings and ``beta="random"``.
+        n_answers: size of the answer set, for the chance check (default: distinct targets in the batches).
 
     Returns:
-        :class:`CausalTemplateResult`.
+        :class:`CausalTemplateResult`; ``reliable`` and ``reason`` by the toolkit's rule
+        (:mod:`icr_interp.analysis.reliability`, as :func:`~icr_interp.analysis.patching.patch_by_role`): the
+        clean - ablated gap must stand out of its spread over the examples and the model must be above chance
+        on the prompts, else a ``RuntimeWarning`` says why.
     """
     heads = _check_heads(model, heads)
     metric = metric or ("logprob" if corrupted is None else "logit_diff")
@@ -165,13 +177,29 @@ def causal_template_test(model: TLModel, batch: Batch, heads: Sequence[tuple[int
     clean_v, base_v = float(clean_m.mean()), float(base_m.mean())
     gap = clean_v - base_v
     frac = lambda m: (float(m.mean()) - base_v) / gap if gap != 0 else float("nan")  # noqa: E731
+    trust, notes = _trust(b, corrupted, clean_m, base_m, clean_acc, n_answers,
+                          {n: frac(m) for n, (m, _) in results.items()})
     return CausalTemplateResult(
         heads=tuple(heads), metric=metric, clean=clean_v,
         base=base_v, values={n: float(m.mean()) for n, (m, _) in results.items()},
         recovered={n: frac(m) for n, (m, _) in results.items()}, null_recovered=tuple(frac(m) for m in nulls),
         accuracy={"clean": clean_acc, "base": base_acc, **{n: acc for n, (_, acc) in results.items()}},
         beta=beta, within_span=within_span, n_examples=len(b),
-        per_example={"clean": clean_m.cpu(), "base": base_m.cpu(), **{n: m.cpu() for n, (m, _) in results.items()}})
+        per_example={"clean": clean_m.cpu(), "base": base_m.cpu(), **{n: m.cpu() for n, (m, _) in results.items()}},
+        reliable=trust.reliable, reason=trust.reason, warnings=notes)
+
+
+def _trust(b: Batch, corrupted: Batch | None, clean_m: Tensor, base_m: Tensor, clean_acc: float,
+           n_answers: int | None, recovered: dict) -> tuple[reliability.Reliability, list[str]]:
+    """The toolkit's reliability rule on the clean vs heads-ablated runs (a RuntimeWarning when it fails), and
+    the recovered fractions outside the sane range (listed only: a template can overshoot on purpose)."""
+    answers = set(b.answers.tolist()) | (set() if corrupted is None else set(corrupted.answers.tolist()))
+    n_answers = n_answers or len(answers)
+    trust = reliability.assess(clean_m, base_m, float(clean_m.mean()), float(base_m.mean()), clean_acc,
+                               1.0 / max(1, n_answers), len(b))
+    if not trust.reliable:
+        warnings.warn(f"recovered fractions are unreliable: {trust.reason}", RuntimeWarning, stacklevel=3)
+    return trust, reliability.out_of_range(torch.tensor(list(recovered.values())), list(recovered))
 
 
 # ---------------------------------------------------------------- pieces
