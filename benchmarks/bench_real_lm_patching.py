@@ -1,9 +1,12 @@
-"""Per-head patching on SmolLM2-135M: suffix recomputation against TransformerLens, same prompts, same cells.
+"""Per-head patching on SmolLM2-135M: the engine against TransformerLens, same prompts, sampled cells.
+
+Superseded for the reported ratio by ``benchmarks/bench_engine.py --parts heads`` (the same cells on both sides,
+no extrapolation); kept for the memory comparison (each side in its own process).
 
 ``transformer_lens.patching.get_act_patch_attn_head_out_by_pos`` runs one forward pass per (layer, position,
-head) cell.  :func:`icr_interp.analysis.suffix_patching.get_act_patch_attn_head_out_by_pos` runs every cell's
+head) cell.  :func:`icr_interp.analysis.patching.get_act_patch_attn_head_out_by_pos` runs every cell's
 samples stacked, each through the blocks from its layer on and at the positions from its position on (the
-metric, a logit difference at each prediction position, lets it unembed only those rows: ``read_pos``).
+metric, a logit difference at each prediction position, declares those rows: only they are unembedded).
 
 A full grid takes TransformerLens hours on two cores, so both sides are timed on a subset and extrapolated
 (printed as such): ours on ``--layers`` (all positions and heads; the default, layer 15, runs 15 of the 30
@@ -53,12 +56,11 @@ def _cells(args, n_pos: int, n_heads: int):
 
 
 def part_ours(args) -> dict:
-    from icr_interp.analysis import suffix_patching as S
+    from icr_interp.analysis import patching as S
 
     model, clean, corrupted, cache, metric = _setup(args)
     start, cpu = time.perf_counter(), time.process_time()
-    out = S.get_act_patch_attn_head_out_by_pos(model, corrupted.tokens, cache, metric, layers=args.layers,
-                                               read_pos=clean.layout.pred_pos)
+    out = S.get_act_patch_attn_head_out_by_pos(model, corrupted.tokens, cache, metric, layers=args.layers)
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     cells = _cells(args, corrupted.tokens.shape[1], model.cfg.n_heads)
     return dict(seconds=seconds, cpu_seconds=cpu, n_cells=len(args.layers) * corrupted.tokens.shape[1] * model.cfg.n_heads,
