@@ -60,8 +60,9 @@ def main(argv=None) -> int:
     write_json(out / "capacity.json", dict(args={k: v for k, v in vars(args).items()}, **result))
     save_figure(plot_capacity(result), out / "capacity.png")
     fit = result["fit"]
-    print(f"fit: params = {fit['constant']:.3g} N ln N (95% CI {fit['ci_low']:.3g}-{fit['ci_high']:.3g}); "
-          f"anchor 0.35; {result['wall_seconds']:.0f} s")
+    shown = (f"params = {fit['constant']:.3g} N ln N (95% CI {fit['ci_low']:.3g}-{fit['ci_high']:.3g})"
+             if fit["constant"] is not None else "none (no size reached the target)")
+    print(f"fit: {shown}; anchor 0.35; {result['wall_seconds']:.0f} s")
     for row in result["rows"]:
         print(f"  {row['memory']:12s} d={row['d_model']:4d} m={row['neurons']:5d} params={row['params']:7d} "
               f"N*={row['n_star']}")

@@ -84,3 +84,19 @@ def test_ic_model_rows_count_attention_and_both_stages():
     row = next(r for r in result.rows if r["memory"] == "ic_model")
     assert row["params"] == 4 * 24 * 24 + 4 * 48 * 24
     assert all("ceiling" in run or run.get("skipped") for run in row["runs"].values())
+
+
+def test_case_study_writes_the_pinned_json(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "case_studies" / "capacity.py"
+    spec = importlib.util.spec_from_file_location("capacity_case", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    assert script.main(["--sizes", "24:48", "--pretrain-steps", "10", "--out", str(tmp_path)]) == 0
+    data = json.loads((tmp_path / "capacity.json").read_text())
+    assert all({"params", "n_star"} <= set(row) for row in data["rows"])
+    assert {"constant", "ci_low", "ci_high"} <= set(data["fit"]) and (tmp_path / "capacity.png").exists()
+    with pytest.raises(SystemExit):
+        script.main(["--sizes", "24x48", "--out", str(tmp_path)])
