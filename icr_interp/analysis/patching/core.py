@@ -101,6 +101,7 @@ class Run:
     source: Source  # source-run activations by hook name
     fast: bool  # one-layer path available
     max_rows: int  # rows per recomputation chunk
+    read: Tensor | None = None  # [batch] the one position per example the metric reads (None: all)
 
     def src(self, hook: str) -> Tensor:
         try:

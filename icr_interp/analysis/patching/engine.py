@@ -138,10 +138,10 @@ def patch_activations(model: TLModel, tokens: Int[Tensor, "batch pos"], source_c
         raise ValueError(f"unknown hook names {unknown}")
     hooks = list(dict.fromkeys(p.hook for p in patches))
     base = _checked_base(model, tokens, hooks, allowed, base_run)
-    run = Run(model, tokens, base.logits, base.cache, source_cache, "fast" in allowed, max_rows)
     batch, n_pos = tokens.shape
     read = read_positions(metric, n_pos)
     read = None if read is None else read.to(tokens.device)
+    run = Run(model, tokens, base.logits, base.cache, source_cache, "fast" in allowed, max_rows, read)
     base_value = torch.as_tensor(metric(base.logits))
     per_example = 1 if read is not None else n_pos
     row_bytes = base.logits.shape[-1] * base.logits.element_size()

@@ -68,6 +68,14 @@ def mlp_logits(run: Run, resid_mid: Float[Tensor, "row d_model"], hook: str | No
     return torch.cat(out)
 
 
+def _read_only(run: Run, rows: Tensor, s: Tensor, p: Tensor) -> tuple[Tensor, Tensor]:
+    """The (sample, position) pairs the metric reads (all of them when it declares no read positions)."""
+    if run.read is None:
+        return s, p
+    keep = p == run.read[rows[s]]
+    return s[keep], p[keep]
+
+
 def recompute_attn_in(run: Run, hook: str, entry: Tensor, rows: Tensor) -> Iterator:
     """Patch at attention's input: rerun attention, then the MLP at positions >= the first patched one."""
     n_pos, block = run.tokens.shape[1], run.model.blocks[0]
@@ -76,6 +84,8 @@ def recompute_attn_in(run: Run, hook: str, entry: Tensor, rows: Tensor) -> Itera
     later = torch.arange(n_pos, device=rows.device)[None] >= first[:, None]
     if run.model.cfg.attention_dir != "causal":
         later = torch.ones_like(later)  # bidirectional: every position sees the patch
+    if run.read is not None:  # the metric reads one row per example: only it goes through the MLP
+        later = later & (torch.arange(n_pos, device=rows.device)[None] == run.read[rows][:, None])
     for sl in chunks(len(rows), run.max_rows // n_pos):
         x = run.base[H.hook(0, "resid_pre")][rows[sl]]
         fwd = [] if hook.endswith("hook_resid_pre") else [(hook, where_hook(entry[sl], run.src(hook)[rows[sl]]))]
@@ -89,7 +99,7 @@ def recompute_attn_in(run: Run, hook: str, entry: Tensor, rows: Tensor) -> Itera
 
 def recompute_attn_out(run: Run, hook: str, entry: Tensor, rows: Tensor) -> Iterator:
     """Patch at attention's output: recompute the patched destination rows only."""
-    s_all, p_all = patched_positions(hook, entry).nonzero(as_tuple=True)
+    s_all, p_all = _read_only(run, rows, *patched_positions(hook, entry).nonzero(as_tuple=True))
     for sl in chunks(len(s_all), run.max_rows):
         s, p = s_all[sl], p_all[sl]
         b = rows[s]
@@ -122,7 +132,7 @@ def attn_out_rows(run: Run, hook: str, entry: Tensor, s: Tensor, b: Tensor,
 
 def recompute_mlp(run: Run, hook: str, entry: Tensor, rows: Tensor) -> Iterator:
     """Patch at the MLP's input or inside it: recompute the MLP at the patched positions."""
-    s_all, p_all = entry.nonzero(as_tuple=True)
+    s_all, p_all = _read_only(run, rows, *entry.nonzero(as_tuple=True))
     for sl in chunks(len(s_all), run.max_rows):
         s, p = s_all[sl], p_all[sl]
         b = rows[s]
@@ -134,7 +144,7 @@ def recompute_mlp(run: Run, hook: str, entry: Tensor, rows: Tensor) -> Iterator:
 
 def recompute_post(run: Run, hook: str, entry: Tensor, rows: Tensor) -> Iterator:
     """Patch after the MLP: only the unembedding of the patched rows."""
-    s, p = entry.nonzero(as_tuple=True)
+    s, p = _read_only(run, rows, *entry.nonzero(as_tuple=True))
     b = rows[s]
     post = run.src(hook)[b, p]
     if H.site_of(hook) == "mlp_out":
