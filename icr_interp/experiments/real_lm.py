@@ -174,7 +174,7 @@ def run_real_lm(model, cfg: RealLMConfig, out: str | Path, progress: Callable[[s
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    task = TextICRecallTask(cfg.knowledge_base(), model.tokenizer, cfg.k, cfg.pair_template, cfg.query_template)
+    task = TextICRecallTask(cfg.knowledge_base(), model, cfg.k, cfg.pair_template, cfg.query_template)
     results: dict = dict(config=asdict(cfg), excluded=task.excluded, example_prompt=task.prompt_text(
         task.sample(1, seed=cfg.seed), 0), timings={})
     sample = task.sample(min(cfg.n_prompts, 32), seed=cfg.seed)

@@ -57,7 +57,7 @@ def load_subject(name: str, kb, n_pairs: int, pair_template: str, query_template
     from icr_interp.task.text import TextICRecallTask
 
     model = load_pretrained_lm(name, device=device)
-    task = TextICRecallTask(kb, model.tokenizer, n_pairs=n_pairs, pair_template=pair_template,
+    task = TextICRecallTask(kb, model, n_pairs=n_pairs, pair_template=pair_template,
                             query_template=query_template)
     return ModelSubject(model, task, name)
 

@@ -119,10 +119,21 @@ def scores_section(scores, n_prompts: int | None = None) -> str:
     d = scores.to_dict() if hasattr(scores, "to_dict") else scores
     if isinstance(d, dict) and {"per_head", "templates", "layer", "head"} <= set(d):
         n = d.get("n_examples", n_prompts)
-        caption = (f"scored on {n} prompts; * = the head that matters (layer {d['layer']}, head {d['head']}); "
-                   "pairwise = 1 - TV to the nearest pairwise template; null = the same score with the pairs "
-                   "re-paired; p = the test that the pairing beats its null; balance = within-pair balance")
-        body = tables.scores_table(d, caption)
+        caption = (f"scored on {n} prompts; * = the head the headline reports (layer {d['layer']}, head "
+                   f"{d['head']}: by default the last layer's head with the most attention on the context pairs, "
+                   "not a head chosen by its score); pairwise = 1 - TV to the nearest pairwise template; null = the "
+                   "same score with the pairs re-paired; p = the test that the pairing beats its null; balance = "
+                   "within-pair balance")
+        rows = d["per_head"]
+        edges = sorted(rows, key=lambda r: r["pairwise_null"] - r["pairwise"])
+        n_pair = sum(r["best"] == "pairwise" for r in rows)
+        lead = (f"<p><b>{n_pair} of {len(rows)} heads</b> are pairwise by the null rule (below the table); the "
+                f"largest edge (pairwise - null) is {edges[0]['pairwise'] - edges[0]['pairwise_null']:+.3f}, at "
+                f"L{edges[0]['layer']}H{edges[0]['head']}."
+                + (" Rows are sorted by that edge, largest first." if len(rows) > 40 else "") + "</p>\n")
+        if len(rows) > 40:  # a deep model: the heads that matter first
+            d = dict(d, per_head=edges)
+        body = lead + tables.scores_table(d, caption)
     else:
         body = f'<div class="scores">{tables.value_html(d)}</div>'
     return "<h2>Template scores</h2>\n" + body
@@ -130,9 +141,15 @@ def scores_section(scores, n_prompts: int | None = None) -> str:
 
 def role_patching_section(results: dict, n_prompts: int) -> str:
     """Heatmaps of role patching: ``{kind: {"by_role": RolePatchResult, "pattern_by_role": RolePatchResult}}``."""
+    grid = any("resid" in res for res in results.values())
+    what = ("three panels per corruption: the residual stream entering each layer patched at each prompt role; "
+            "each layer's attention and MLP output patched at the prediction position; each head's output (z) "
+            "patched at the prediction position" if grid else
+            "by hook x prompt role (and the query's attention row by source role)")
     parts = ["<h2>Activation patching</h2>",
-             "<p>Clean activations patched into corrupted prompts, by hook x prompt role (and the query's "
-             "attention row by source role); 0 = corrupted, 1 = clean.</p>"]
+             f"<p>Clean activations patched into corrupted prompts, {what}; the colour is the logit difference "
+             "(clean answer - corrupted answer) at the prediction, normalised so that 0 = the corrupted run and "
+             "1 = the clean run: a cell near 1 carries everything the corruption changed.</p>"]
     for kind, res in results.items():
         n = res.get("n_prompts", n_prompts)
         if "by_role" in res:
