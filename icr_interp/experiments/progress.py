@@ -110,7 +110,8 @@ class Phases:
         self.timings[name] = round(time.perf_counter() - start, 2)
         if self.save is not None:
             self.save(name, result)
-        self.log(f"[{i}/{len(self.plan)}] {name} done in {fmt_seconds(self.timings[name])}")
+        vs = f" (estimated {fmt_seconds(estimate)}: x{self.timings[name] / estimate:.2f})" if estimate else ""
+        self.log(f"[{i}/{len(self.plan)}] {name} done in {fmt_seconds(self.timings[name])}{vs}")
         return result
 
     @property
