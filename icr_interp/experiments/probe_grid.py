@@ -15,17 +15,18 @@ token-blocks, the floor a time estimate multiplies by the measured time per toke
 
 **Full grid** (``--grid full``, :func:`screen_and_confirm`): every head's ``z`` x every role and every
 head's query-row attention pattern x every source role -- thousands of cells, too many to patch exactly.
-Attribution patching (one forward and one backward, Nanda 2023; AtP*, Kramar et al. 2024) *screens* every
-cell; exact patching *confirms* the top ones and a random control sample of the rest, and the result says how
-far the screen can be trusted: the recall of the exact top-k by the screen's top-k, and the Spearman rank
-correlation between screened and exact values over every confirmed cell.
+Attribution patching (one forward and one backward; AtP*, Kramar et al. 2024) *screens* every cell; exact
+patching *confirms* the top ones and audits a random sample of the rest, and the result says how far the
+screen can be trusted: the recall of the exact top-k, and the Spearman rank correlation of screened and exact
+values (the engine's :func:`icr_interp.analysis.patching.screen_and_confirm`).
+
+:func:`per_prompt_cells` and :func:`restored_interval` give chosen cells per prompt and their effect with a
+bootstrap interval over prompts (the case study's intervals).
 """
 
 import math
 import time
 import warnings
-from dataclasses import dataclass, field
-
 import torch
 
 from icr_interp.model import hooks as H
@@ -122,107 +123,21 @@ def grid_blocks(model, clean, corrupted, hooks: list[str], roles: list[str] | No
     return total
 
 
-def _ranks(x: torch.Tensor) -> torch.Tensor:
-    """Average ranks (ties share their mean rank)."""
-    order = x.argsort()
-    ranks = torch.empty_like(x)
-    ranks[order] = torch.arange(len(x), dtype=x.dtype)
-    for value in x.unique():
-        tied = x == value
-        if int(tied.sum()) > 1:
-            ranks[tied] = ranks[tied].mean()
-    return ranks
-
-
-def spearman(a, b) -> float:
-    """Spearman rank correlation of two equal-length sequences (NaN for fewer than 3 values or no spread)."""
-    a, b = torch.as_tensor(a, dtype=torch.float64), torch.as_tensor(b, dtype=torch.float64)
-    if len(a) < 3:
-        return math.nan
-    ra, rb = _ranks(a), _ranks(b)
-    ra, rb = ra - ra.mean(), rb - rb.mean()
-    denom = float(ra.norm() * rb.norm())
-    return float((ra * rb).sum()) / denom if denom > 0 else math.nan
-
-
-@dataclass
-class ScreenResult:
-    """Attribution screening of a fine grid, its top cells confirmed by exact patching."""
-
-    screened: object  # the attribution RolePatchResult of every cell
-    cells: list[dict] = field(default_factory=list)  # confirmed cells: component, role, attribution, exact, top
-    top_k: int = 10
-    recall: float = math.nan  # fraction of the exact top-k (by |effect|, among confirmed cells) in the screen's
-    rank_correlation: float = math.nan  # Spearman of attribution vs exact over every confirmed cell
-
-    def to_dict(self) -> dict:
-        return dict(screened=self.screened.to_dict(), cells=self.cells, top_k=self.top_k,
-                    recall_of_exact_top_k=self.recall, spearman=self.rank_correlation,
-                    n_cells=int(self.screened.values.numel()), n_confirmed=len(self.cells))
-
-    def __str__(self) -> str:
-        lines = [f"attribution screened {self.screened.values.numel()} cells; exact patching confirmed "
-                 f"{len(self.cells)} (the screen's top {self.top_k} x 2 and a random control); "
-                 f"recall of the exact top {self.top_k}: {self.recall:.2f}, Spearman {self.rank_correlation:.2f}",
-                 f"{'cell':<44} {'attribution':>11} {'exact':>7}"]
-        for c in sorted(self.cells, key=lambda c: -abs(c["exact"]))[:self.top_k]:
-            lines.append(f"{c['component'] + ' x ' + c['role']:<44} {c['attribution']:>11.3f} {c['exact']:>7.3f}")
-        return "\n".join(lines)
-
-
 def fine_hooks(model) -> list[str]:
     """Every layer's per-head ``z`` and attention pattern: the full grid's rows (one per head each)."""
     return [H.hook(layer, site) for layer in range(model.cfg.n_layers) for site in ("z", "pattern")]
 
 
-def exact_cells(model, clean, corrupted, cells: list[tuple[str, int | None, str]]) -> torch.Tensor:
-    """Exact normalised patching of the named ``(hook, head, role)`` cells only, in one engine call."""
-    from icr_interp.analysis.patching import patch_activations
-    from icr_interp.analysis.patching.by_role import grid_masks, role_patch, setup
+def screen_and_confirm(model, clean, corrupted, top_k: int = 10, seed: int = 0):
+    """The full grid (every head's z x role, every head's query-row pattern x source role) screened by AtP* and
+    its top ``2 * top_k`` cells plus ``top_k`` random others patched exactly
+    (:func:`icr_interp.analysis.patching.screen_and_confirm`; its result reports the recall of the exact top-k
+    and the Spearman rank correlation of estimate and exact effect)."""
+    from icr_interp.analysis.patching import screen_and_confirm as screen
 
-    s = setup(model, clean, corrupted, None, sorted({c[0] for c in cells}), False)
-    masks, query = grid_masks(s, sorted({c[2] for c in cells}))
-    patches = [role_patch(hook, head, masks[role].to(query.device), query) for hook, head, role in cells]
-    raw = patch_activations(model, s.base.tokens, s.source_cache, patches, s.metric, base_run=s.run).float().cpu()
-    gap = s.m_clean - s.m_corr
-    return (raw - s.m_corr) / (gap if gap != 0 else math.nan)
-
-
-def screen_and_confirm(model, clean, corrupted, top_k: int = 10, n_control: int = 10, seed: int = 0,
-                       screen=None) -> ScreenResult:
-    """Screen every (head, role) and (head pattern, source role) cell by attribution; confirm exactly the
-    screen's top ``2 * top_k`` (by |effect|) and ``n_control`` random other cells.
-
-    ``screen``: the attribution function (default the AtP* screen of :mod:`icr_interp.analysis.patching`
-    where there is one, else its ``attribution_patch``), called as ``screen(model, clean, corrupted, hooks=)``.
-    """
-    from icr_interp.analysis import patching
-
-    screen = screen or getattr(patching, "atp_star", None) or patching.attribution_patch
-    screened = screen(model, clean, corrupted, hooks=fine_hooks(model))
-    values = screened.values.float().nan_to_num()
-    flat = values.abs().flatten()
-    n_roles = values.shape[1]
-    top = flat.argsort(descending=True)[:2 * top_k].tolist()
-    rest = [i for i in range(len(flat)) if i not in set(top)]
-    gen = torch.Generator().manual_seed(seed)
-    control = [rest[i] for i in torch.randperm(len(rest), generator=gen)[:n_control].tolist()]
-    chosen = top + control
-
-    def cell(i: int) -> tuple[str, int | None, str]:
-        label, role = screened.components[i // n_roles], screened.roles[i % n_roles]
-        hook, _, head = label.partition(":h")
-        return hook, int(head) if head else None, role
-
-    exact = exact_cells(model, clean, corrupted, [cell(i) for i in chosen]) if chosen else torch.zeros(0)
-    cells = [dict(component=screened.components[i // n_roles], role=screened.roles[i % n_roles],
-                  attribution=float(values.flatten()[i]), exact=float(e), top=i in top[:top_k])
-             for i, e in zip(chosen, exact.tolist())]
-    k = min(top_k, len(cells))
-    exact_top = sorted(range(len(cells)), key=lambda j: -abs(cells[j]["exact"]))[:k]
-    recall = sum(cells[j]["top"] for j in exact_top) / k if k else math.nan
-    rho = spearman([c["attribution"] for c in cells], [c["exact"] for c in cells])
-    return ScreenResult(screened, cells, top_k, recall, rho)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return screen(model, clean, corrupted, hooks=fine_hooks(model), k=top_k, seed=seed)
 
 
 class PerPrompt:
