@@ -48,10 +48,13 @@ class Floor:
 
 
 @torch.no_grad()
-def seconds_per_token_block(model: TLModel, tokens: Int[Tensor, "batch pos"], repeats: int = 3) -> float:
+def seconds_per_token_block(model: TLModel, tokens: Int[Tensor, "batch pos"], repeats: int = 3,
+                            min_tokens: int = 512) -> float:
     """Measured time of one block at one position: the best of ``repeats`` forwards of the blocks alone
-    (no embedding, no unembedding), divided by ``n_layers * batch * pos``."""
+    (no embedding, no unembedding), divided by ``n_layers * batch * pos``.  The prompts are repeated up to
+    ``min_tokens`` tokens, so that the measure is of a well-filled batch (the floor is then the stricter)."""
     tokens = check_model_tokens(model, tokens).to(model.cfg.device)
+    tokens = tokens.repeat(max(1, -(-min_tokens // tokens.numel())), 1)
     best = float("inf")
     for _ in range(max(1, repeats)):
         start = time.perf_counter()
