@@ -9,6 +9,7 @@
   when no head beats its null; an evaluation prints accuracy with its interval and explains its ceiling.
 """
 
+import base64
 import io
 import json
 import math
@@ -208,3 +209,14 @@ def test_evaluation_summary_is_readable():
     text = str(EvaluationSummary(52 / 64, 52, 64, low, high, 1 / 197, 197, 0.993, 0.83))
     assert "0.812 (52 of 64 prompts; 95% CI 0.700-0.889)" in text and "chance 0.0051 (1 of 197 answers)" in text
     assert "ceiling 0.993: the best accuracy any model could reach" in text and "[" not in text
+
+
+def test_query_rows_of_many_heads_are_one_bounded_figure():
+    from icr_interp.viz import grids, report
+
+    rows = torch.rand(6, 9, 5)
+    page = report.query_rows_section(rows, ["s1", "a1", "s2", "a2", "query"], 20)
+    assert page.count("<img") == 1 and "L20H8" in page  # the table names every head; one grid draws them
+    png = base64.b64decode(re.search(r'src="data:image/png;base64,([^"]+)"', page).group(1))
+    assert max(Image.open(io.BytesIO(png)).size) <= grids.MAX_PIXELS
+    assert report.query_rows_section(rows[:, :2], ["s1", "a1", "s2", "a2", "query"], 0).count("<img") == 4

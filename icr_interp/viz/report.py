@@ -83,6 +83,9 @@ def attention_section(views: list[tuple[str, AttentionView]], intro: str = "", h
     return "\n".join(parts)
 
 
+MAX_HEAD_FIGURES = 4  # heads drawn one figure pair each; more heads get one grid of small bar charts
+
+
 def query_rows_section(rows: Float[Tensor, "batch head slot"], labels: list[str], layer: int,
                        max_examples: int = 32) -> str:
     """One layer's query rows: the mean row per head (table and bars) and the first prompts (heatmap)."""
@@ -92,6 +95,11 @@ def query_rows_section(rows: Float[Tensor, "batch head slot"], labels: list[str]
     shown = min(n, max_examples)
     parts = [f"<h3>Layer {layer}: query attention row</h3>",
              tables.matrix_table(mean, names, labels, caption=f"mean query row over {n} prompts (role-aligned)")]
+    if len(names) > MAX_HEAD_FIGURES:  # a real model's many heads: one bounded grid of bar charts
+        from icr_interp.viz.grids import plot_head_grid
+
+        parts.append(_figure_block(plot_head_grid({layer: rows}, labels, n), f"layer {layer}: mean query rows"))
+        return "\n".join(parts)
     for h, name in enumerate(names):
         bars = figures.plot_query_attention(mean[h], labels, title=f"{name}: mean query row ({n} prompts)")
         heat = figures.plot_query_attention(rows[:max_examples, h], labels,
