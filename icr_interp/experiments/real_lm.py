@@ -9,7 +9,7 @@ b. **templates**: every (layer, head) at the prediction position against the pai
    pairwise - null >= 0.05), heads ranked by ``pairwise - pairwise_null``;
 c. **patching by head**: each head's clean ``z`` at the prediction position patched into relation-swapped
    prompts (relation inference) and query-swapped ones (lookup), by suffix recomputation
-   (:func:`~icr_interp.analysis.suffix_patching.patch_heads`);
+   (:func:`~icr_interp.analysis.patching.patch_heads`, the engine's suffix strategy);
 d. **function vectors**: every head's causal indirect effect (Todd et al. 2024) and the overlap of the top
    heads of (b), (c) and (d), with what chance would give;
 e. **causal template test** (``causal_template_test``) on the top relation-inference heads and on the top
@@ -27,7 +27,7 @@ import torch
 from icr_interp.analysis.causal_template import causal_template_test
 from icr_interp.analysis.function_vectors import function_vector_heads
 from icr_interp.analysis.recall import recall_curve
-from icr_interp.analysis.suffix_patching import patch_heads
+from icr_interp.analysis.patching import patch_heads
 from icr_interp.analysis.templates import score_templates
 from icr_interp.task.knowledge import KnowledgeBase
 from icr_interp.task.text import DEFAULT_PAIR_TEMPLATE, DEFAULT_QUERY_TEMPLATE, TextICRecallTask
@@ -97,8 +97,11 @@ def phase_patching(model, task: TextICRecallTask, cfg: RealLMConfig) -> dict:
     out = {}
     for i, kind in enumerate(("relation", "query")):
         pairs = task.sample_pairs(cfg.n_prompts, kind, seed=cfg.seed + 2 + i)
-        out[kind] = patch_heads(model, pairs.clean, pairs.corrupted).to_dict()
-        out[kind]["n_dropped"] = pairs.n_dropped
+        res = patch_heads(model, pairs.clean, pairs.corrupted)
+        out[kind] = dict(values=res.heads().tolist(), clean_value=res.clean_value,
+                         corrupted_value=res.corrupted_value, reliable=res.reliable, reason=res.reason,
+                         top=[list(h) for h in res.top_heads(max(10, cfg.top_n))], n_prompts=len(pairs.clean),
+                         n_dropped=pairs.n_dropped)
         top = out[kind]["top"][:cfg.top_n]
         runs = per_prompt_cells(model, pairs.clean, pairs.corrupted, [(hook(l, "z"), h, "prediction") for l, h in top])
         ci = restored_interval(runs["patched"], runs["clean"], runs["corrupted"], seed=cfg.seed)
