@@ -88,7 +88,7 @@ def phase_templates(model, task: TextICRecallTask, cfg: RealLMConfig) -> dict:
                 n_examples=scores.n_examples)
 
 
-def phase_patching(model, task: TextICRecallTask, cfg: RealLMConfig) -> dict:
+def phase_patching(model, task: TextICRecallTask, cfg: RealLMConfig, log: Callable[[str], None] = print) -> dict:
     """(c) Every head's z at the prediction position, relation swap and query swap; the top heads' effects
     with 95% bootstrap intervals over prompts (:func:`~icr_interp.experiments.probe_grid.restored_interval`)."""
     from icr_interp.experiments.probe_grid import per_prompt_cells, restored_interval
@@ -107,6 +107,7 @@ def phase_patching(model, task: TextICRecallTask, cfg: RealLMConfig) -> dict:
         ci = restored_interval(runs["patched"], runs["clean"], runs["corrupted"], seed=cfg.seed)
         out[kind]["top_ci"] = [dict(layer=l, head=h, value=v, lo=lo, hi=hi)
                                for (l, h), v, lo, hi in zip(top, ci["value"], ci["lo"], ci["hi"])]
+        log(f"   {kind} swap: {model.cfg.n_layers * model.cfg.n_heads} heads patched on {len(pairs.clean)} prompts")
     return out
 
 
@@ -129,11 +130,16 @@ def phase_function_vectors(model, task: TextICRecallTask, cfg: RealLMConfig) -> 
     return function_vector_heads(model, pairs.clean, pairs.corrupted).to_dict()
 
 
-def phase_causal(model, task: TextICRecallTask, cfg: RealLMConfig, head_sets: dict) -> dict:
+def phase_causal(model, task: TextICRecallTask, cfg: RealLMConfig, head_sets: dict,
+                 log: Callable[[str], None] = print) -> dict:
     """(e) The causal template test (relation-swap logit difference) on each named set of heads."""
     pairs = task.sample_pairs(cfg.n_prompts, "relation", seed=cfg.seed + 5)
-    return {name: causal_template_test(model, pairs.clean, heads=[tuple(h) for h in heads], corrupted=pairs.corrupted,
-                                       n_null=cfg.n_null, seed=cfg.seed).to_dict() for name, heads in head_sets.items()}
+    out = {}
+    for name, heads in head_sets.items():
+        out[name] = causal_template_test(model, pairs.clean, heads=[tuple(h) for h in heads], corrupted=pairs.corrupted,
+                                         n_null=cfg.n_null, seed=cfg.seed).to_dict()
+        log(f"   {name}: pairwise template recovers {out[name]['recovered']['pairwise']:.3f}")
+    return out
 
 
 def verdict(results: dict) -> dict:
@@ -193,7 +199,7 @@ def run_real_lm(model, cfg: RealLMConfig, out: str | Path, progress: Callable[[s
     phase("recall", lambda: recall_intervals(recall_curve(model, task, range(cfg.max_k + 1), n_prompts=cfg.n_prompts,
                                                           seed=cfg.seed, batch_size=32).to_dict(), cfg.seed))
     phase("templates", lambda: phase_templates(model, task, cfg))
-    phase("patching", lambda: phase_patching(model, task, cfg))
+    phase("patching", lambda: phase_patching(model, task, cfg, phases.log))
     phase("function_vectors", lambda: phase_function_vectors(model, task, cfg))
     n_total = model.cfg.n_layers * model.cfg.n_heads
     tops = dict(function_vectors=[tuple(h) for h in results["function_vectors"]["top"][:cfg.top_n]],
@@ -204,7 +210,8 @@ def run_real_lm(model, cfg: RealLMConfig, out: str | Path, progress: Callable[[s
                           for a, b in (("function_vectors", "relation"), ("function_vectors", "pairwise"),
                                        ("relation", "pairwise"), ("relation", "query"))}
     phase("causal", lambda: phase_causal(model, task, cfg, dict(relation_heads=tops["relation"][:cfg.top_causal],
-                                                               pairwise_heads=tops["pairwise"][:cfg.top_causal])))
+                                                               pairwise_heads=tops["pairwise"][:cfg.top_causal]),
+                                        phases.log))
     results["verdict"] = verdict(results)
     results["timings"]["total"], results["timings"]["estimate"] = round(phases.elapsed, 1), round(phases.estimate, 1)
     (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
