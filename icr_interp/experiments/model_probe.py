@@ -79,21 +79,22 @@ def run_model_probe(subject, batch, kinds: tuple[str, ...], corruption_seed: int
         raise ValueError(f"grid must be 'default' or 'full', got {grid!r}")
     model, task, n = subject.model, subject.task, len(batch)
     pairs = {kind: task.corrupt_pairs(batch, kind, seed=corruption_seed) for kind in kinds}
-    for kind, (clean, _, dropped) in pairs.items():
+    for kind, (clean, _, _) in pairs.items():
         if len(clean) == 0:
             raise ValueError(f"none of the {n} prompts has a {kind} swap that keeps its token spans")
     results = {kind: dict(n_prompts=len(p[0]), n_requested=n, n_dropped=p[2]) for kind, p in pairs.items()}
     written: dict[str, Path] = {}
 
     def save_patching(complete: bool = False) -> None:
-        data = dict(**info, grid=grid, complete=complete, results={
-            k: {name: _dict(v) for name, v in r.items()} for k, r in results.items()})
+        data = dict(**info, grid=grid, complete=complete, timings=dict(phases.timings), estimate=phases.plan,
+                    results={k: {name: _dict(v) for name, v in r.items()} for k, r in results.items()})
         written["patching.json"] = write_json(out / "patching.json", json_safe(data))
 
     cal = calibrate(model, batch.tokens)
     phases = Phases(plan_phases(model, batch, pairs, cal, grid, circuit, eval_prompts), log=log)
     phases.announce(cal)
     say = phases.log
+
     def patch(clean, corrupted, part):
         if method == "exact":
             return G.run_part(model, clean, corrupted, part, log=say)

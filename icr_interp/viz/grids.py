@@ -74,7 +74,8 @@ def plot_probe_grid(parts: dict, kind: str, n_prompts: int, n_requested: int | N
         _heatmap(fig, ax, data, labels, title, ylabel)
     first = next(iter(parts.values()))
     fewer = f" (of {n_requested} asked)" if n_requested is not None and n_requested != n_prompts else ""
-    fig.suptitle(f"{kind} swap: exact patching, mean of {n_prompts} prompts{fewer}; 0 = corrupted "
+    method = first.get("method", "exact")
+    fig.suptitle(f"{kind} swap: {method} patching, mean of {n_prompts} prompts{fewer}; 0 = corrupted "
                  f"(logit diff {first['corrupted_value']:.2f}), 1 = clean ({first['clean_value']:.2f})"
                  + ("" if first.get("reliable", True) else "\n" + textwrap.fill(
                      "UNRELIABLE: " + str(first.get("reason", "")), width=int(14 * sum(widths)),
