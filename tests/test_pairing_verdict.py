@@ -66,6 +66,7 @@ def test_one_layer_fine_tuned_toy_pairs_in_a_head(task):
     assert knock["logit_diff_ci"][1] < -1.0 and knock["accuracy_change"] < -0.3
     assert v.evidence["knockout_all_layers"]["answer -> own_subject"]["logit_diff_change"] == 0.0  # one layer
     assert all(s["p_value"] <= 0.01 for s in v.evidence["top_head_per_seed"])
+    assert v.evidence["token_distances"] == dict(true_pairs=1.0, pseudo_pairs=1.0)  # the control is matched
 
 
 def test_hand_built_two_layer_split_pairs_by_composition(task):

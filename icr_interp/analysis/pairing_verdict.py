@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from icr_interp.analysis.adjacency_control import pseudo_pair_distances
 from icr_interp.analysis.attention import query_rows
 from icr_interp.analysis.binding import binding_interchange
 from icr_interp.analysis.composed_pairing import composed_masses
@@ -135,5 +136,6 @@ def pairing_verdict(model: TLModel, task, n_prompts: int = 128, seeds=(0, 1, 2),
                     knockout_all_layers={name: rs[0].to_dict() for name, rs in whole.items()},
                     knockout_profile={name: [r.to_dict() for r in rs] for name, rs in profile.items()},
                     knockout_window=knockout_window, binding=curve,
+                    token_distances=pseudo_pair_distances(first.layout),
                     groups=[f"{s} -> {t}" for s, t in GROUPS])
     return PairingVerdict(word, pairwise, evidence)
