@@ -48,8 +48,8 @@ def part_by_role(model, task, args) -> None:
     from icr_interp.model import hooks as H
 
     pairs = task.sample_pairs(args.n_prompts, args.corruption, seed=args.seed)
-    hooks = [H.hook(layer, site) for layer in args.role_layers for site in ("resid_pre", "attn_out", "mlp_out")]
-    hooks += [H.hook(args.role_layers[-1], "z")]
+    # the default role hooks (resid_pre, every head's z, attn_out, mlp_out) at a spread of layers
+    hooks = [H.hook(layer, site) for layer in args.role_layers for site in ("resid_pre", "z", "attn_out", "mlp_out")]
     calls = {}
     for name, strategy in (("engine", None), ("general", "general")):
         with warnings.catch_warnings():
