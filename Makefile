@@ -46,8 +46,11 @@ test-all: test test-slow
 test-tl4:
 	test -x .venv-tl4/bin/python || $(PYTHON) -m venv .venv-tl4
 	.venv-tl4/bin/python -c "import torch" 2>/dev/null || .venv-tl4/bin/python -m pip install -q "$(TORCH_SPEC)"
-	.venv-tl4/bin/python -m pip install -q -e ".[dev]" "transformer-lens==4.3.0"
-	TQDM_DISABLE=1 .venv-tl4/bin/python -m pytest tests/test_tl4_smoke.py tests/test_compat.py tests/test_model.py
+	.venv-tl4/bin/python -m pip install -q -e ".[dev,lm]" "transformer-lens==4.3.0"
+	# the bridge (test_bridge*: tiny Llama and Gemma 3 models, no download; the parity test compares the text
+	# analyses with .venv's 3.x and needs SmolLM2's tokenizer from `make setup`'s cache)
+	TQDM_DISABLE=1 .venv-tl4/bin/python -m pytest tests/test_tl4_smoke.py tests/test_compat.py tests/test_model.py \
+		tests/test_bridge.py tests/test_bridge_parity.py
 
 bench: setup
 	$(PY) benchmarks/bench_patching.py
