@@ -13,6 +13,7 @@ the defaults.  Run ``python benchmarks/bench_patching.py --help`` for options.
 """
 
 import argparse
+import time
 import os
 import sys
 
