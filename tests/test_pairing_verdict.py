@@ -67,6 +67,8 @@ def test_one_layer_fine_tuned_toy_pairs_in_a_head(task):
     assert v.evidence["knockout_all_layers"]["answer -> own_subject"]["logit_diff_change"] == 0.0  # one layer
     assert all(s["p_value"] <= 0.01 for s in v.evidence["top_head_per_seed"])
     assert v.evidence["token_distances"] == dict(true_pairs=1.0, pseudo_pairs=1.0)  # the control is matched
+    assert v.evidence["robustness"]["top_head_interval_clears_floor"]
+    assert v.evidence["robustness"]["top_head_seeds_passing"] == 2
 
 
 def test_hand_built_two_layer_split_pairs_by_composition(task):

@@ -61,7 +61,9 @@ class PairingVerdict:
                  + (f" {self.pairwise_heads[:8]}" if self.pairwise_heads else ""),
                  f"  top head L{top['layer']}H{top['head']}: effect {top['effect_mass']:.4f} in mass "
                  f"[{top['effect_mass_ci'][0]:.4f}, {top['effect_mass_ci'][1]:.4f}], p {top['p_value']:.4g}; "
-                 f"adjacency margin {top['adjacency']['margin_mass']:.4f}, p {top['adjacency']['p_value']:.4g}",
+                 f"adjacency margin {top['adjacency']['margin_mass']:.4f}, p {top['adjacency']['p_value']:.4g}; "
+                 f"position p {top['position']['p_value']:.4g}; seeds passing alone "
+                 f"{e['robustness']['top_head_seeds_passing']} of {len(e['seeds'])}",
                  f"  composed row: effect {comp['effect_mass']:.4f} in mass [{comp['effect_mass_ci'][0]:.4f}, "
                  f"{comp['effect_mass_ci'][1]:.4f}], p {comp['p_value']:.4g}; adjacency p "
                  f"{comp['adjacency']['p_value']:.4g}; pair mass {comp['pair_mass']:.3f}"]
@@ -125,6 +127,11 @@ def pairing_verdict(model: TLModel, task, n_prompts: int = 128, seeds=(0, 1, 2),
     profile = knockout_profile(model, first, window=knockout_window, stride=knockout_stride)
     k = first.layout.answer_pos.shape[1]
     curve = binding_interchange(model, first).to_dict() if binding and k >= 2 else None
+    floor = ev.min_mass
+    robust = dict(  # does the call survive its uncertainty? (reported; the word follows the rule)
+        top_head_interval_clears_floor=top["effect_mass_ci"][0] >= floor,
+        top_head_seeds_passing=sum(s["p_value"] <= ev.alpha and s["effect_mass"] >= floor for s in per_seed),
+        composed_interval_clears_floor=comp["full_depth"]["effect_mass_ci"][0] >= floor)
     if pairwise:
         word = VERDICTS[0]
     elif n_layers >= 2 and comp["shown"]:
@@ -132,7 +139,7 @@ def pairing_verdict(model: TLModel, task, n_prompts: int = 128, seeds=(0, 1, 2),
     else:
         word = VERDICTS[2]
     evidence = dict(rule=rule_text(), n_prompts=n_prompts * len(seeds), seeds=list(seeds), n_heads=n_layers * n_heads,
-                    top_head=top, top_head_per_seed=per_seed, composed=comp,
+                    top_head=top, top_head_per_seed=per_seed, composed=comp, robustness=robust,
                     knockout_all_layers={name: rs[0].to_dict() for name, rs in whole.items()},
                     knockout_profile={name: [r.to_dict() for r in rs] for name, rs in profile.items()},
                     knockout_window=knockout_window, binding=curve,
