@@ -161,6 +161,9 @@ def keep_bos_rule(model, prepend_bos: bool) -> None:
     tokenizer = model.tokenizer
     if tokenizer.bos_token is not None and getattr(tokenizer, "add_bos_token", None) != prepend_bos:
         tokenizer.add_bos_token = prepend_bos
+    # TransformerLens 3.9's to_str_tokens adds a batch axis (and then fails) when the tokenizer's name_or_path
+    # contains "gemma"; ours names a cache folder, not a Hub id, so it is given a neutral one
+    tokenizer.name_or_path = "icr_interp-pretrained-lm"
     model.cfg.default_prepend_bos = prepend_bos
     model.cfg.tokenizer_prepends_bos = len(tokenizer.encode("")) > 0
 
