@@ -212,7 +212,7 @@ def patch_by_role(model: TLModel, clean: Batch, corrupted: Batch, metric: Metric
         roles: role names (:mod:`icr_interp.task.roles`) or a dict name -> ``[batch pos]`` mask.
         noising: patch corrupted activations into the clean run instead of clean into corrupted.
         n_answers: size of the answer set, for the chance check (default: distinct targets in the batches).
-        **options: passed to :func:`patch_activations`.
+        **options: passed to :func:`patch_activations` (``strategy="general"`` forces the hooked forward).
 
     Returns:
         A :class:`RolePatchResult` (normalised: 0 = corrupted, 1 = clean), with ``reliable`` and ``reason``.
