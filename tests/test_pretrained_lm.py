@@ -168,11 +168,11 @@ def test_smollm2_cached_load_reuses_cache_bit_for_bit(smol_first_load, monkeypat
     def forbidden(*args, **kwargs):
         raise AssertionError("the cached load touched the GGUF / transformers model")
 
-    from icr_interp.model.lm import convert, load
+    from icr_interp.model.lm import convert, prepare
 
     real_tok = AutoTokenizer.from_pretrained.__func__
     monkeypatch.setattr(convert, "read_gguf", forbidden)
-    monkeypatch.setattr(load, "convert_to_cache", forbidden)
+    monkeypatch.setattr(prepare, "convert_to_cache", forbidden)
     monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", forbidden)
     monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", classmethod(
         lambda cls, *a, **k: forbidden() if "gguf_file" in k else real_tok(cls, *a, **k)))

