@@ -87,6 +87,16 @@ def test_ic_model_rows_count_attention_and_both_stages():
 
 
 def test_case_study_writes_the_pinned_json(tmp_path):
+    script = _script()
+    assert script.main(["--sizes", "24:48", "--pretrain-steps", "10", "--out", str(tmp_path)]) == 0
+    data = json.loads((tmp_path / "capacity.json").read_text())
+    assert all({"params", "n_star"} <= set(row) for row in data["rows"])
+    assert {"constant", "ci_low", "ci_high"} <= set(data["fit"]) and (tmp_path / "capacity.png").exists()
+    with pytest.raises(SystemExit):
+        script.main(["--sizes", "24x48", "--out", str(tmp_path)])
+
+
+def _script():
     import importlib.util
     from pathlib import Path
 
@@ -94,9 +104,31 @@ def test_case_study_writes_the_pinned_json(tmp_path):
     spec = importlib.util.spec_from_file_location("capacity_case", path)
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
-    assert script.main(["--sizes", "24:48", "--pretrain-steps", "10", "--out", str(tmp_path)]) == 0
-    data = json.loads((tmp_path / "capacity.json").read_text())
-    assert all({"params", "n_star"} <= set(row) for row in data["rows"])
-    assert {"constant", "ci_low", "ci_high"} <= set(data["fit"]) and (tmp_path / "capacity.png").exists()
-    with pytest.raises(SystemExit):
-        script.main(["--sizes", "24x48", "--out", str(tmp_path)])
+    return script
+
+
+def test_size_argument_parses_d_colon_m_and_nothing_else():
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    size = _script().size
+
+    @settings(max_examples=60, deadline=None)
+    @given(st.integers(0, 10**6), st.integers(0, 10**6))
+    def roundtrip(d, m):
+        assert size(f"{d}:{m}") == (d, m)
+
+    @settings(max_examples=60, deadline=None)
+    @given(st.text(max_size=12))
+    def junk(text):
+        parts = text.split(":")
+        try:
+            if len(parts) == 2 and [int(p) for p in parts]:
+                return  # a D:M int() reads (signs, spaces, "1_0"): the sweep's config refuses bad values
+        except ValueError:
+            pass
+        with pytest.raises(ValueError, match="D:M"):
+            size(text)
+
+    roundtrip()
+    junk()
