@@ -86,8 +86,12 @@ def text_prompts(subject: ModelSubject, n_prompts: int, seed: int, device: str =
 
 
 def _edges(scores) -> list[dict]:
-    """Every head's row of ``scores.to_dict()["per_head"]`` with its ``edge`` (pairwise - pairwise null)."""
-    return [dict(r, edge=r["pairwise"] - r["pairwise_null"]) for r in scores.to_dict()["per_head"]]
+    """Every head's row of ``scores.to_dict()["per_head"]`` with its ``edge``: the pairing effect in attention
+    mass where the scores give it (``effect_mass``), else pairwise - pairwise null."""
+    return [dict(r, edge=r.get("effect_mass", r["pairwise"] - r["pairwise_null"])) for r in scores.to_dict()["per_head"]]
+
+
+RULE = "p <= 0.01 against the re-paired null and edge >= 0.05"  # the rule's words where the scores do not say
 
 
 def report_layers(scores, n: int = REPORT_LAYERS) -> tuple[list[int], str]:
@@ -109,7 +113,8 @@ def report_layers(scores, n: int = REPORT_LAYERS) -> tuple[list[int], str]:
     layers = list(dict.fromkeys(r["layer"] for r in pool))[:n]
     if significant:
         return sorted(layers), (f"drawn: layers {', '.join(map(str, sorted(layers)))}, holding the heads whose "
-                                f"prediction row beats its pairing null ({len(significant)} heads in all)")
+                                f"prediction row beats its pairing null ({len(significant)} "
+                                f"head{'s' if len(significant) != 1 else ''} in all)")
     return sorted(layers), (f"no head's prediction row beats its pairing null (largest edge {ranked[0]['edge']:+.3f}, "
                             f"L{ranked[0]['layer']}H{ranked[0]['head']}); layers {', '.join(map(str, sorted(layers)))} "
                             "are drawn only as those of the largest edges, which are not significant")
@@ -125,9 +130,9 @@ def scores_summary(scores, top: int = 10) -> str:
     d = scores.to_dict()
     pairwise = [r for r in rows if r["best"] == "pairwise"]
     lines = [f"template scores of {len(rows)} heads' prediction rows on {d['n_examples']} prompts: "
-             f"{len(pairwise)} pairwise by the null rule (p <= 0.01 against the re-paired null and edge >= 0.05); "
-             f"largest edge (pairwise - null) {rows[0]['edge']:+.3f} at L{rows[0]['layer']}H{rows[0]['head']}",
-             f"top {min(top, len(rows))} heads by edge (every head: scores.json):",
+             f"{len(pairwise)} pairwise by the null rule ({d.get('pairing_rule', RULE)}); "
+             f"largest edge {rows[0]['edge']:+.3f} at L{rows[0]['layer']}H{rows[0]['head']}",
+             f"top {min(top, len(rows))} heads by edge:",
              f"  {'head':<7} {'pairwise':>8} {'null':>6} {'edge':>7} {'p':>6} {'pair mass':>9}  best"]
     star = (d["layer"], d["head"])
     shown = rows[:top] + [r for r in rows[top:] if (r["layer"], r["head"]) == star]
@@ -136,6 +141,8 @@ def scores_summary(scores, top: int = 10) -> str:
         lines.append(f" {mark}{'L%dH%d' % (r['layer'], r['head']):<7} {r['pairwise']:>8.3f} "
                      f"{r['pairwise_null']:>6.3f} {r['edge']:>+7.3f} {r['p_value']:>6.3f} {r['pair_mass']:>9.3f}  "
                      f"{r['best']}")
+    lines.append("edge = " + ("the pairing effect in attention mass" if "effect_mass" in rows[0] else
+                              "pairwise - re-paired null") + "; every head and column: scores.json")
     lines.append(f"* L{star[0]}H{star[1]}: the head the headline scores reports -- by default the last layer's head "
                  "with the most attention on the context pairs (pair mass), not a head chosen by its edge")
     return "\n".join(lines)

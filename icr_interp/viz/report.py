@@ -133,11 +133,14 @@ def scores_section(scores, n_prompts: int | None = None) -> str:
                    "same score with the pairs re-paired; p = the test that the pairing beats its null; balance = "
                    "within-pair balance")
         rows = d["per_head"]
-        edges = sorted(rows, key=lambda r: r["pairwise_null"] - r["pairwise"])
+        def edge(r):  # the pairing effect in attention mass where the scores give it
+            return r.get("effect_mass", r["pairwise"] - r["pairwise_null"])
+
+        edges = sorted(rows, key=lambda r: -edge(r))
         n_pair = sum(r["best"] == "pairwise" for r in rows)
+        what = "pairing effect in attention mass" if "effect_mass" in rows[0] else "pairwise - null"
         lead = (f"<p><b>{n_pair} of {len(rows)} heads</b> are pairwise by the null rule (below the table); the "
-                f"largest edge (pairwise - null) is {edges[0]['pairwise'] - edges[0]['pairwise_null']:+.3f}, at "
-                f"L{edges[0]['layer']}H{edges[0]['head']}."
+                f"largest edge ({what}) is {edge(edges[0]):+.3f}, at L{edges[0]['layer']}H{edges[0]['head']}."
                 + (" Rows are sorted by that edge, largest first." if len(rows) > 40 else "") + "</p>\n")
         if len(rows) > 40:  # a deep model: the heads that matter first
             d = dict(d, per_head=edges)
