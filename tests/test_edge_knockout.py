@@ -91,6 +91,13 @@ def test_effective_row_of_one_layer_is_half_the_residual_half_the_combined_row()
     torch.testing.assert_close(rows[0], expected, atol=1e-5, rtol=0)
     assert torch.allclose(rows.sum(-1), torch.ones(1, 8), atol=1e-5)
     assert composed_pairing(model, batch).pair_mass.shape == (1,)
+    # Without the sink (BOS here): the BOS column is gone and the rest of the combined row is renormalised.
+    dropped = effective_rows(model, batch, drop_sink=True)[0]
+    combined = torch.einsum("bhp,h->bp", pattern, shares)
+    combined[:, 0] = 0
+    expected = 0.5 * combined / combined.sum(-1, keepdim=True)
+    expected[torch.arange(8), batch.layout.pred_pos] += 0.5
+    torch.testing.assert_close(dropped, expected, atol=1e-5, rtol=0)
 
 
 def test_text_prompts_with_multi_token_spans(tiny_smol_llama):
