@@ -31,9 +31,26 @@ def _load(args):
     from icr_interp.task.knowledge import KnowledgeBase
     from icr_interp.task.text import TextICRecallTask
 
-    model = load_pretrained_lm(args.model)
+    model = _random_like(args.model) if args.random_weights else load_pretrained_lm(args.model)
     task = TextICRecallTask(KnowledgeBase.builtin("countries"), model.tokenizer, n_pairs=args.k)
     return model, task
+
+
+def _random_like(name: str):
+    """The model's architecture and tokenizer with random weights (a timing proxy that loads no LM weights)."""
+    import json
+
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+    from transformers import AutoTokenizer
+
+    from icr_interp.model import pretrained_lm
+
+    cache = pretrained_lm.find_cache(name)
+    cfg = json.loads((cache / "meta.json").read_text())["cfg"]
+    cfg.update(n_ctx=256, seed=0)
+    model = HookedTransformer(HookedTransformerConfig(**cfg))
+    model.set_tokenizer(AutoTokenizer.from_pretrained(cache / "tokenizer"))
+    return model.eval()
 
 
 def _load_line() -> str:
@@ -138,6 +155,8 @@ def main(argv=None) -> None:
     ap.add_argument("--head-layers", type=int, nargs="+", default=[5, 20])
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--random-weights", action="store_true",
+                    help="the model's shapes and tokenizer with random weights (timing proxy; values are not the LM's)")
     args = ap.parse_args(argv)
     print(f"start: {_load_line()}")
     model, task = _load(args)

@@ -141,8 +141,12 @@ def _run_suffix(run: Run, groups: Sequence[Group], ids: Tensor, group_of: Tensor
             fwd.append((groups[g].hook, _writer(run, groups[g], local[ids[sl]], sl, start, T)))
         past_k = base[H.hook(block_layer, "k")][ex[:n], :start]
         past_v = base[H.hook(block_layer, "v")][ex[:n], :start]
-        with model.hooks(fwd_hooks=fwd):
-            x[:n] = model.blocks[block_layer](x[:n], past_kv_cache_entry=_kv_entry(past_k, past_v))
+        block = model.blocks[block_layer]
+        if fwd:  # model.hooks resets every hook point on exit: only where a patch is written
+            with model.hooks(fwd_hooks=fwd):
+                x[:n] = block(x[:n], past_kv_cache_entry=_kv_entry(past_k, past_v))
+        else:
+            x[:n] = block(x[:n], past_kv_cache_entry=_kv_entry(past_k, past_v))
     return model.ln_final(x) if hasattr(model, "ln_final") else x
 
 
