@@ -118,7 +118,8 @@ def test_patching_writes_a_self_contained_report(patched, reference_checkpoint):
     # accuracy: evaluate() on the held-out stream of the run's seed (none recorded: 0)
     ck = load_checkpoint(reference_checkpoint)
     expected = evaluate(ck.model, ck.task, n_prompts=256, seed=0)
-    assert f'<b id="accuracy">{expected["accuracy"]:.4f}</b> on 256 fresh held-out prompts (evaluate seed 0)' in page
+    assert f'<b id="accuracy">{expected["accuracy"]:.4f}</b> (95% interval ' in page
+    assert "on 256 fresh held-out prompts (evaluate seed 0)" in page
     assert expected["accuracy"] > 0.9
     # template scores: an HTML table with one row per head, the numbers of score_templates on the same prompts
     from icr_interp import score_templates

@@ -440,7 +440,8 @@ def test_report_module_renders_only(tmp_path):
     evaluation = {"accuracy": 0.96875, "loss": 0.125, "n_prompts": 64}
     path = report.write_report(tmp_path / "r.html", "given numbers", [report.accuracy_section(evaluation, seed=3)])
     page = path.read_text(encoding="utf-8")
-    assert '<b id="accuracy">0.9688</b> on 64 fresh held-out prompts (evaluate seed 3)' in page
+    assert '<b id="accuracy">0.9688</b> (95% interval 0.893-0.991) on 64 fresh held-out prompts (evaluate seed 3)' \
+        in page
 
 
 def test_every_viz_module_is_small():

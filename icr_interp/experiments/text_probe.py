@@ -112,9 +112,9 @@ def report_layers(scores, n: int = REPORT_LAYERS) -> tuple[list[int], str]:
     pool = significant or ranked
     layers = list(dict.fromkeys(r["layer"] for r in pool))[:n]
     if significant:
-        return sorted(layers), (f"drawn: layers {', '.join(map(str, sorted(layers)))}, holding the heads whose "
-                                f"prediction row beats its pairing null ({len(significant)} "
-                                f"head{'s' if len(significant) != 1 else ''} in all)")
+        which = f"layer{'s' if len(layers) > 1 else ''} {', '.join(map(str, sorted(layers)))}"
+        return sorted(layers), (f"{which}, holding the heads whose prediction row beats its pairing null "
+                                f"({len(significant)} head{'s' if len(significant) != 1 else ''} in all)")
     return sorted(layers), (f"no head's prediction row beats its pairing null (largest edge {ranked[0]['edge']:+.3f}, "
                             f"L{ranked[0]['layer']}H{ranked[0]['head']}); layers {', '.join(map(str, sorted(layers)))} "
                             "are drawn only as those of the largest edges, which are not significant")

@@ -160,7 +160,8 @@ def batch_info(model: TLModel, batch: Batch, vocab, example: int) -> dict:
     target = voc.to_str(answer) if voc is not None else str(int(answer))
     kb = getattr(vocab, "kb", None)
     relation = kb.relations[r] if kb is not None else voc.names[voc.relation_token(r)] if voc is not None else f"{r}"
-    info[f"example {example}"] = " ".join(role_labels(vocab, batch, example))
+    shown = role_labels(vocab, batch, example)[:int(batch.layout.pred_pos[example]) + 1]  # no padding after
+    info[f"example {example}"] = " ".join(shown)
     info[f"example {example}: hidden relation"] = relation
     info[f"example {example}: answer"] = target
     return info

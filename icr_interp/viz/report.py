@@ -66,8 +66,14 @@ def accuracy_section(evaluation: dict, seed: int | None = None, stored: float | 
     """
     where = f"{evaluation['n_prompts']} fresh held-out prompts" + (f" (evaluate seed {seed})" if seed is not None
                                                                   else "")
-    line = (f'<p class="headline">Held-out accuracy: <b id="accuracy">{evaluation["accuracy"]:.4f}</b> '
-            f"on {where}; loss {evaluation['loss']:.4f} nats.</p>")
+    n, acc, z = evaluation["n_prompts"], evaluation["accuracy"], 1.96
+    centre, half = acc + z * z / (2 * n), z * (acc * (1 - acc) / n + z * z / (4 * n * n)) ** 0.5  # Wilson
+    ceiling = evaluation.get("ceiling")
+    best = (f"; the best any model could reach on these prompts (Bayes ceiling) is {ceiling:.3f}"
+            if isinstance(ceiling, float) else "")
+    line = (f'<p class="headline">Held-out accuracy: <b id="accuracy">{acc:.4f}</b> '
+            f"(95% interval {(centre - half) / (1 + z * z / n):.3f}-{(centre + half) / (1 + z * z / n):.3f}) "
+            f"on {where}; loss {evaluation['loss']:.4f} nats{best}.</p>")
     if stored is not None:
         line += f"<p>Accuracy recorded in the checkpoint at training time: {stored:.4f}.</p>"
     return "<h2>Accuracy</h2>\n" + line
