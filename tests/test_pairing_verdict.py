@@ -82,6 +82,7 @@ def test_hand_built_two_layer_split_pairs_by_composition(task):
     assert v.verdict == "pairwise by composition" and v.pairwise_heads == [], str(v)
     comp = v.evidence["composed"]
     assert comp["full_depth"]["effect_mass_ci"][0] >= PAIRING_MIN_MASS and not comp["per_depth"][0]["shown"]
+    assert comp["full_depth"]["position"]["p_value"] <= 0.01  # content-driven weights: own prompt's pairs
 
 
 def test_two_layer_fine_tuned_toy_pairs_in_its_heads_and_uses_both_layers(task):
