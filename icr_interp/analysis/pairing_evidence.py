@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from jaxtyping import Float
 from torch import Tensor
 
+from icr_interp.analysis.bootstrap import bootstrap_mean_ci
 from icr_interp.analysis.adjacency_control import AdjacencyControl, adjacency_control
 from icr_interp.analysis.pairing_null import NULL_ALPHA, NULL_DRAWS, NULL_SEED
 from icr_interp.analysis.pairing_test import PAIRING_MIN_MASS, PairingTest, pairing_test_rows
@@ -45,10 +46,10 @@ class PairingEvidence:
 
     def at(self, *idx) -> dict:
         """Plain data of one leading index, with 95% bootstrap intervals of the effects in attention mass."""
-        lo, hi = self.test.ci()
-        clo, chi = self.control.ci()
-        return dict(**self.test.at(*idx), effect_mass_ci=[float(lo[idx]), float(hi[idx])],
-                    adjacency=self.control.at(*idx), adjacency_margin_mass_ci=[float(clo[idx]), float(chi[idx])],
+        lo, hi = bootstrap_mean_ci(self.test.rows_mass[idx])  # this index only: [layer head boot batch] is large
+        clo, chi = bootstrap_mean_ci(self.control.rows_mass[idx])
+        return dict(**self.test.at(*idx), effect_mass_ci=[float(lo), float(hi)],
+                    adjacency=self.control.at(*idx), adjacency_margin_mass_ci=[float(clo), float(chi)],
                     position=self.position.at(*idx),
                     shown=bool(self.shown[idx]), rule=rule_text(self.alpha, self.min_mass))
 
