@@ -153,6 +153,59 @@ def test_hook_table():
         H.hook(0, "hook_pattern")
 
 
+def _hook_name_collections(path: Path) -> list[str]:
+    """Literal tuples/lists/sets/dicts in ``path`` holding two or more hook leaf names (``"hook_z"``), or module-level
+    constants holding two or more site names of the table (``("z", "pattern")``; for a dict, among its values)."""
+    from icr_interp.model import hooks as H
+
+    tree, found = ast.parse(path.read_text()), []
+
+    def strings(node, keys: bool = True) -> list[str]:
+        items = (node.keys if keys else node.values) if isinstance(node, ast.Dict) else node.elts
+        return [e.value for e in items if isinstance(e, ast.Constant) and isinstance(e.value, str)]
+
+    collections = (ast.Tuple, ast.List, ast.Set, ast.Dict)
+    for node in ast.walk(tree):
+        if isinstance(node, collections) and sum(".hook_" in v or v.startswith("hook_") for v in strings(node)) >= 2:
+            found.append(f"{path.relative_to(REPO)}:{node.lineno}")
+    for node in tree.body:  # module-level constants of site names
+        if isinstance(node, (ast.Assign, ast.AnnAssign)) and isinstance(node.value, collections):
+            if sum(v in H.TABLE for v in strings(node.value, keys=False)) >= 2:  # a dict's keys may be labels
+                found.append(f"{path.relative_to(REPO)}:{node.lineno}")
+    return found
+
+
+def test_no_module_but_the_hook_table_classifies_hook_names():
+    """One table of sites (model/hooks.py): no other library module lists hook names (the 4.x mirror of
+    TransformerLens's own HookedTransformer, which *declares* those hook points, aside)."""
+    exempt = {PKG / "model" / "hooks.py", PKG / "tl" / "mirror.py"}
+    offenders = [hit for p in MODULES if p not in exempt for hit in _hook_name_collections(p)]
+    assert offenders == []
+
+
+def test_the_hook_collection_check_can_fail(tmp_path):
+    bad = REPO / "icr_interp" / "_probe_check_tmp.py"
+    try:
+        bad.write_text('HEADS = ("hook_z", "hook_q")\nSITES = ["z", "pattern"]\n')
+        assert len(_hook_name_collections(bad)) == 2  # the leaf names, then the module-level site names
+    finally:
+        bad.unlink()
+
+
+def test_the_table_classifies_every_site():
+    from icr_interp.model import hooks as H
+    from icr_interp.model.memory.base import MemoryModule
+
+    assert H.kind("blocks.2.attn.hook_pattern") == H.kind("blocks.0.attn.hook_attn_scores") == "pattern"
+    assert H.kind("blocks.1.attn.hook_z") == "head" and H.kind("blocks.0.hook_resid_pre") == H.kind("hook_embed") == "pos"
+    assert H.stage("blocks.0.attn.hook_z") == "attn_out" and H.stage("blocks.0.hook_mlp_in") is None
+    assert H.kv_heads("blocks.4.attn.hook_k") and not H.kv_heads("blocks.4.attn.hook_q")
+    assert not H.windowed("blocks.0.attn.hook_rot_k") and H.windowed("blocks.0.attn.hook_k")
+    memory = MemoryModule("pair")
+    assert H.MEMORY_HOOK_POINTS == tuple(n for n, _ in memory.named_modules() if n.startswith("hook_"))
+    assert {H.TABLE[s].job for s in H.TABLE if H.TABLE[s].job} == {"relation_inference", "answer_lookup"}
+
+
 def test_memory_registry():
     from icr_interp.model import memory as M
 

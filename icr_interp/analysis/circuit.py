@@ -314,12 +314,12 @@ def ablate_component(model: TLModel, batch: Batch, component: Component,
     mask, query = masks[component.role], masks["prediction"]
 
     def hook(act: Tensor, hook) -> Tensor:
-        if H.site_of(component.hook) == "pattern":  # [batch head dest src]
+        if H.kind(component.hook) == "pattern":  # [batch head dest src]
             where = query[:, None, :, None] & mask[:, None, None, :]
         else:  # [batch pos ...]
             where = mask[(...,) + (None,) * (act.ndim - 2)]
         if component.head is not None:  # [batch head ...] patterns, [batch pos head ...] per-head activations
-            axis = 1 if H.site_of(component.hook) in ("pattern", "attn_scores") else 2
+            axis = 1 if H.kind(component.hook) == "pattern" else 2
             shape = [1] * act.ndim
             shape[axis] = act.shape[axis]
             where = where & (torch.arange(act.shape[axis], device=act.device) == component.head).reshape(shape)

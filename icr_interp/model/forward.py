@@ -20,10 +20,9 @@ from torch import Tensor
 from icr_interp.model import hooks as H
 from icr_interp.tl.compat import TLModel, apply_softcap
 
-_ATTN_HOOKS = ("hook_q", "hook_k", "hook_v", "hook_z", "hook_attn_scores", "hook_pattern", "hook_result")
+_ATTN_HOOKS = H.ATTN_LEAVES
 # The last block's own hook points, which the query-only path does not call: a hook there needs the full forward.
-_BLOCK_HOOKS = ("hook_resid_pre", "hook_attn_out", "hook_resid_mid", "hook_mlp_in", "hook_mlp_out", "hook_resid_post",
-                "hook_attn_in", "hook_q_input", "hook_k_input", "hook_v_input")
+_BLOCK_HOOKS = H.BLOCK_LEAVES
 
 
 def query_path_applies(model: TLModel) -> bool:
@@ -57,7 +56,7 @@ def unembed(model: TLModel, resid: Float[Tensor, "row d_model"]) -> Float[Tensor
     128 MB per step at 10^6 facts) to match Hugging Face's bfloat16 accumulation order.
     """
     u = model.unembed
-    if any(getattr(u, name).fwd_hooks or getattr(u, name).bwd_hooks for name in ("hook_in", "hook_out")
+    if any(getattr(u, name).fwd_hooks or getattr(u, name).bwd_hooks for name in H.UNEMBED_LEAVES
            if hasattr(u, name)):
         logits = u(resid[:, None])[:, 0]
     else:

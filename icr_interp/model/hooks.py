@@ -2,10 +2,14 @@
 
 TransformerLens names a hook by its module path: ``blocks.{layer}.attn.hook_pattern``. The library never builds
 those strings anywhere else: it names a *site* (``"pattern"``, ``"z"``, ``"relation"``) and a layer, and
-:func:`hook` spells the name. :data:`SITES` is the table; it holds TransformerLens's own block hooks and the
+:func:`hook` spells the name. :data:`TABLE` is the one table, a :class:`Site` per row with its columns (path,
+kind of axes, the one-layer forward's stage, memory or not, job): TransformerLens's own block hooks and the
 associative memory's stage hooks (:mod:`icr_interp.model.memory`), which live under the last block's ``mlp``.
+Patching, the fast paths, the query-only forward, the circuit summary and ablation read their classifications
+from it (:func:`kind`, :func:`stage`, :data:`ATTN_LEAVES`, :data:`BLOCK_LEAVES`); no other module lists hook
+names (tests/test_architecture.py checks).
 
-The memory's two jobs have one hook each (:data:`STAGE_OUTPUTS`): relation inference writes
+The memory's two jobs have one hook each (the ``job`` column of :data:`TABLE`): relation inference writes
 ``mlp.hook_relation`` (stage I's ``d_model``-wide output) and answer lookup writes the block's
 ``hook_mlp_out`` (stage II's output). Their N-wide neuron hooks (``hook_rel_post``, ``hook_post``) patched whole
 are the same patch -- each stage's output is a linear read-out of its neurons -- and caching them costs
@@ -16,21 +20,65 @@ default, for any HookedTransformer (a stock model has no memory hooks; they are 
 """
 
 import re
+from dataclasses import dataclass
 
-# site -> hook path under ``blocks.{layer}``
-SITES: dict[str, str] = {
-    "resid_pre": "hook_resid_pre", "resid_mid": "hook_resid_mid", "resid_post": "hook_resid_post",
-    "attn_out": "hook_attn_out", "mlp_out": "hook_mlp_out",
-    "q": "attn.hook_q", "k": "attn.hook_k", "v": "attn.hook_v", "z": "attn.hook_z", "result": "attn.hook_result",
-    "attn_scores": "attn.hook_attn_scores", "pattern": "attn.hook_pattern",
-    # the associative memory's own hook points (declared once, in icr_interp.model.memory.base)
-    "rel_pre": "mlp.hook_rel_pre", "rel_post": "mlp.hook_rel_post", "relation": "mlp.hook_relation",
-    "mlp_pre": "mlp.hook_pre", "mlp_post": "mlp.hook_post",
+@dataclass(frozen=True)
+class Site:
+    """One hook site of a block: where it sits, what its activation's axes are, what it does in the forward."""
+
+    path: str  # hook path under ``blocks.{layer}`` (e.g. ``"attn.hook_pattern"``)
+    kind: str  # axes after batch: "position" [batch pos ...], "head" [batch pos head ...], "pattern" [batch head dest src]
+    stage: str | None  # the one-layer forward's part it feeds (icr_interp.analysis.patching.fast); None: general path
+    memory: bool = False  # an associative memory's own hook point (icr_interp.model.memory.base declares them)
+    job: str | None = None  # the IC-recall job whose output it carries (the memory's two stages)
+    windowed: bool = True  # its position axis is the query's (rotary keys are not: they see the past too)
+    qk: bool = False  # feeds the attention scores only (a query or a key): the QK fix recomputes it through softmax
+    kv: bool = False  # has one head per key/value head (grouped-query attention), not per query head
+
+
+# site -> Site: every block hook the library names (TransformerLens's own, then the memory's).
+TABLE: dict[str, Site] = {
+    "resid_pre": Site("hook_resid_pre", "position", "attn_in"),
+    "attn_in": Site("hook_attn_in", "head", None),
+    "q_input": Site("hook_q_input", "head", None),
+    "k_input": Site("hook_k_input", "head", None),
+    "v_input": Site("hook_v_input", "head", None),
+    "q": Site("attn.hook_q", "head", "attn_in", qk=True),
+    "k": Site("attn.hook_k", "head", "attn_in", qk=True, kv=True),
+    "v": Site("attn.hook_v", "head", "attn_in", kv=True),
+    "rot_q": Site("attn.hook_rot_q", "head", None, windowed=False),
+    "rot_k": Site("attn.hook_rot_k", "head", None, windowed=False),
+    "attn_scores": Site("attn.hook_attn_scores", "pattern", "attn_in"),
+    "pattern": Site("attn.hook_pattern", "pattern", "attn_out"),
+    "z": Site("attn.hook_z", "head", "attn_out"),
+    "result": Site("attn.hook_result", "head", "attn_out"),
+    "attn_out": Site("hook_attn_out", "position", "attn_out"),
+    "resid_mid": Site("hook_resid_mid", "position", "mlp"),
+    "mlp_in": Site("hook_mlp_in", "position", None),
+    "mlp_out": Site("hook_mlp_out", "position", "post", job="answer_lookup"),
+    "resid_post": Site("hook_resid_post", "position", "post"),
+    "rel_pre": Site("mlp.hook_rel_pre", "position", "mlp", memory=True),
+    "rel_post": Site("mlp.hook_rel_post", "position", "mlp", memory=True),
+    "relation": Site("mlp.hook_relation", "position", "mlp", memory=True, job="relation_inference"),
+    "mlp_pre": Site("mlp.hook_pre", "position", "mlp", memory=True),
+    "mlp_post": Site("mlp.hook_post", "position", "mlp", memory=True),
 }
-MEMORY_HOOK_POINTS = ("hook_rel_pre", "hook_rel_post", "hook_relation", "hook_pre", "hook_post")  # on the memory
-# The memory stages' outputs: the hooks that carry relation inference and answer lookup.
-STAGE_OUTPUTS: dict[str, str] = {"relation_inference": "relation", "answer_lookup": "mlp_out"}
+SITES: dict[str, str] = {site: s.path for site, s in TABLE.items()}  # site -> hook path
+MEMORY_HOOK_POINTS = tuple(s.path.rpartition(".")[2] for s in TABLE.values() if s.memory)  # on the memory module
 MEMORY_SITES = ("relation",)  # memory hooks patched by role by default (stage I's output; stage II is mlp_out)
+# Leaf names by where they live: the attention module's own hook points, and the block's.
+ATTN_LEAVES = tuple(s.path.partition(".")[2] for s in TABLE.values() if s.path.startswith("attn."))
+BLOCK_LEAVES = tuple(s.path for s in TABLE.values() if "." not in s.path)
+UNEMBED_LEAVES = ("hook_in", "hook_out")  # the unembedding's own hook points, where a model has them (TL 4.x)
+QK_SITES = tuple(site for site, s in TABLE.items() if s.qk)
+
+
+def leaves(kind: str) -> tuple[str, ...]:
+    """Leaf names (``hook_z``) of the block sites whose activations have axes of ``kind`` (position, head, pattern)."""
+    return tuple(s.path.rpartition(".")[2] for s in TABLE.values() if s.kind == kind and not s.memory)
+
+
+_LEAF_KIND = {s.path.rpartition(".")[2]: s.kind for s in TABLE.values() if not s.memory}
 
 _NAME = re.compile(r"^blocks\.(\d+)\.(.+)$")
 _PATHS = {path: site for site, path in SITES.items()}
@@ -49,6 +97,34 @@ def split(name: str) -> tuple[int, str] | None:
     if match is None or match.group(2) not in _PATHS:
         return None
     return int(match.group(1)), _PATHS[match.group(2)]
+
+
+def kind(name: str) -> str:
+    """``"pattern"`` ([batch head dest src]), ``"head"`` ([batch pos head ...]) or ``"pos"`` ([batch pos ...]).
+
+    Read from the table by the hook's leaf name, so names outside blocks (``hook_embed``) are per position.
+    """
+    k = _LEAF_KIND.get(name.rpartition(".")[2], "position")
+    return "pos" if k == "position" else k
+
+
+def stage(name: str) -> str | None:
+    """The one-layer forward's part a block hook feeds (``"attn_in"``, ``"attn_out"``, ``"mlp"``, ``"post"``), or
+    None where only the general path is exact."""
+    parts = split(name)
+    return None if parts is None else TABLE[parts[1]].stage
+
+
+def windowed(name: str) -> bool:
+    """Whether a hook's position axis is the query's (False for rotary keys, which see every past position)."""
+    parts = split(name)
+    return parts is None or TABLE[parts[1]].windowed
+
+
+def kv_heads(name: str) -> bool:
+    """Whether a hook's head axis counts key/value heads (``hook_k``, ``hook_v`` under grouped-query attention)."""
+    parts = split(name)
+    return parts is not None and TABLE[parts[1]].kv
 
 
 def site_of(name: str) -> str | None:

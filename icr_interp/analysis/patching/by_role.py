@@ -50,7 +50,7 @@ def components(model: TLModel, hooks: Sequence[str]) -> list[tuple[str, str, int
         if kind(hook) == "pos":
             out.append((hook, hook, None))
         else:  # grouped-query attention: keys and values have their own (fewer) heads
-            kv = hook.endswith(("hook_k", "hook_v")) and getattr(model.cfg, "n_key_value_heads", None)
+            kv = H.kv_heads(hook) and getattr(model.cfg, "n_key_value_heads", None)
             out += [(f"{hook}:h{h}", hook, h) for h in range(kv or model.cfg.n_heads)]
     return out
 

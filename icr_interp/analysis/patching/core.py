@@ -12,10 +12,9 @@ from icr_interp.tl.compat import ActivationCache, TLModel
 
 Source = ActivationCache | dict  # source-run activations by hook name
 
-# Per-head activations are [batch pos head ...]; patterns are [batch head dest src].
-HEAD_HOOKS = ("hook_q", "hook_k", "hook_v", "hook_z", "hook_result", "hook_rot_q", "hook_rot_k",
-              "hook_q_input", "hook_k_input", "hook_v_input", "hook_attn_in")
-PATTERN_HOOKS = ("hook_pattern", "hook_attn_scores")
+# Per-head activations are [batch pos head ...]; patterns are [batch head dest src] (icr_interp.model.hooks.TABLE).
+HEAD_HOOKS = H.leaves("head")
+PATTERN_HOOKS = H.leaves("pattern")
 # Memory stages patched by role (why only stage I's output: icr_interp.model.hooks).
 MEMORY_HOOKS = tuple(H.SITES[site].rpartition(".")[2] for site in H.MEMORY_SITES)
 DEFAULT_MAX_ROWS = 2048  # residual rows pushed through the MLP per chunk (bounds memory)
@@ -39,12 +38,7 @@ class Patch:
     src: Bool[Tensor, "batch pos"] | None = None  # source positions, patterns only (None: all)
 
 
-def kind(hook: str) -> str:
-    """``"pattern"``, ``"head"`` (per-head activation) or ``"pos"`` (per-position activation)."""
-    leaf = hook.split(".")[-1]
-    if leaf in PATTERN_HOOKS:
-        return "pattern"
-    return "head" if leaf in HEAD_HOOKS else "pos"
+kind = H.kind  # "pattern", "head" (per-head activation) or "pos" (per-position activation), from the site table
 
 
 def entry_masks(patches: Sequence[Patch], batch: int, n_pos: int, n_heads: int,

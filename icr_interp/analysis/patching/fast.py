@@ -29,20 +29,12 @@ from icr_interp.analysis.patching.core import Run, chunks, patched_positions, wh
 
 
 def fast_class(hook: str, model: TLModel) -> str | None:
-    """Which part of the one-layer forward a hook sits in (None: use the general path)."""
+    """Which part of the one-layer forward a hook sits in (None: use the general path); the site table's stage."""
     layer_site = H.split(hook)
     if layer_site is None or layer_site[0] != 0:
         return None
-    site = layer_site[1]
-    if site in ("resid_pre", "q", "k", "v", "attn_scores"):
-        return "attn_in"
-    if site in ("z", "pattern", "result", "attn_out"):
-        return "attn_out"
-    if model.cfg.attn_only:
-        return None
-    if site == "resid_mid" or H.SITES[site].startswith("mlp."):
-        return "mlp"
-    return "post" if site in ("mlp_out", "resid_post") else None
+    stage = H.stage(hook)
+    return None if stage in ("mlp", "post") and model.cfg.attn_only else stage
 
 
 def base_hooks(model: TLModel, hooks: Sequence[str], fast: bool) -> set[str]:

@@ -41,7 +41,7 @@ from icr_interp.model import hooks as H
 from icr_interp.task.prompts import Batch
 from icr_interp.tl.compat import TLModel
 
-QK_SITES = ("q", "k")  # hooks whose patches the QK fix recomputes through the softmax
+QK_SITES = H.QK_SITES  # hooks whose patches the QK fix recomputes through the softmax (the site table's qk column)
 
 
 @dataclass

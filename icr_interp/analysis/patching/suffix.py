@@ -31,8 +31,6 @@ from icr_interp.model.forward import unembed
 from icr_interp.tl.compat import TLModel
 
 DEFAULT_MAX_ROWS = 4096  # residual rows (samples x suffix positions) pushed through a block at once
-# hooks whose position axis is not the suffix window (rotary keys see the past too): the general strategy
-_UNWINDOWED = ("hook_rot_q", "hook_rot_k")
 
 
 def supports(model: TLModel) -> bool:
@@ -45,7 +43,8 @@ def supports(model: TLModel) -> bool:
 
 def applies(model: TLModel, hook: str) -> bool:
     """Whether a patch of ``hook`` can be recomputed by suffix (a hook inside a block of a supported model)."""
-    return H.split(hook) is not None and hook.rpartition(".")[2] not in _UNWINDOWED and supports(model)
+    # a hook whose position axis is not the suffix window (rotary keys see the past too) takes the general strategy
+    return H.split(hook) is not None and H.windowed(hook) and supports(model)
 
 
 def base_hooks(model: TLModel, hooks: Sequence[str]) -> set[str]:
