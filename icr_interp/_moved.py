@@ -1,7 +1,9 @@
 """The alias table: where each name of the flat package (0.1) lives now, and the one place old names resolve.
 
 Release 0.2 moved the flat modules into layered subpackages (``task``, ``model``, ``training``, ``analysis``,
-``run``, ``storage``, ``experiments``, ``tl``, ``viz``). Old import paths keep working through
+``pipeline``, ``storage``, ``experiments``, ``tl``, ``viz``).  Every alias here is removed in release
+:data:`REMOVED_IN`, and its warning says so.  An alias never points from a lower layer of the import contract to
+a higher one (a string import would hide an upward import from the contract; tests/test_architecture.py checks). Old import paths keep working through
 :class:`MovedFinder`, a PEP 451 finder on ``sys.meta_path``: importing ``icr_interp.templates`` returns the module
 object of ``icr_interp.analysis.templates`` (one module, two names, so monkeypatching either patches both) and
 warns once per old name with a :class:`DeprecationWarning` that names the new path. Submodules of moved packages
@@ -16,6 +18,7 @@ import sys
 import warnings
 
 PACKAGE = "icr_interp"
+REMOVED_IN = "0.4"  # the release that removes every alias of this table
 
 # old module (relative to the package) -> new module. Old packages carry their submodules with them.
 MOVED: dict[str, str] = {
@@ -56,7 +59,7 @@ MOVED_ATTRS: dict[str, dict[str, str]] = {
     f"{PACKAGE}.training.trainer": {"EVAL_SALT": f"{PACKAGE}.seeds.EVAL_SALT"},
     f"{PACKAGE}.training": {"EVAL_SALT": f"{PACKAGE}.seeds.EVAL_SALT"},
     f"{PACKAGE}.analysis.circuit": {"CircuitSeries": f"{PACKAGE}.analysis.circuit_series.CircuitSeries"},
-    f"{PACKAGE}.analysis.job_split": {"fine_tuned": f"{PACKAGE}.experiments.shapes.fine_tuned"},
+    f"{PACKAGE}.pipeline.presets": {"Preset": f"{PACKAGE}.pipeline.config.RunConfig"},
     f"{PACKAGE}.experiments.sweep": {"one_line_error": f"{PACKAGE}.experiments.sweep.executors.failure_text"},
 }
 
@@ -81,8 +84,8 @@ def warn_moved(old: str, new: str, stacklevel: int = 3) -> None:
     if old in _warned:
         return
     _warned.add(old)
-    warnings.warn(f"{old} moved to {new} in icr_interp 0.2; import it from there", DeprecationWarning,
-                  stacklevel=stacklevel)
+    warnings.warn(f"{old} moved to {new} in icr_interp 0.2; import it from there (the old name is removed in "
+                  f"{REMOVED_IN})", DeprecationWarning, stacklevel=stacklevel)
 
 
 def resolve(old_attr: str):

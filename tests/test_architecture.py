@@ -235,7 +235,34 @@ def test_old_import_paths_resolve_to_the_same_module_with_a_warning(old, new):
         module = importlib.import_module(old)
     assert module is importlib.import_module(new)
     if not old.startswith("icr_interp.patching"):  # ii.patching is a kept public name
-        assert any(issubclass(w.category, DeprecationWarning) and new in str(w.message) for w in caught)
+        assert any(issubclass(w.category, DeprecationWarning) and new in str(w.message)
+                   and f"removed in {moved.REMOVED_IN}" in str(w.message) for w in caught)
+
+
+def _layer_rank(module: str) -> int | None:
+    """Position of ``module``'s layer in the import contract (0 = top), or None outside the layers."""
+    import tomllib
+
+    layers = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"][0]["layers"]
+    for rank, layer in enumerate(layers):
+        if any(module == m or module.startswith(m + ".") for m in re.split(r"\s*[:|]\s*", layer)):
+            return rank
+    return None
+
+
+def test_no_alias_points_from_a_lower_layer_to_a_higher_one():
+    """A renamed attribute resolved by string (``module_attr``) is an import the contract cannot see: it must not
+    go upward (e.g. analysis.job_split.fine_tuned -> experiments.shapes, removed)."""
+    from icr_interp._moved import MOVED_ATTRS
+
+    upward = []
+    for owner, names in MOVED_ATTRS.items():
+        for old, new in names.items():
+            low, high = _layer_rank(owner), _layer_rank(new.rpartition(".")[0])
+            if low is not None and high is not None and high < low:
+                upward.append(f"{owner}.{old} -> {new}")
+    assert upward == []
+    assert _layer_rank("icr_interp.experiments.shapes") < _layer_rank("icr_interp.analysis.job_split")  # can fail
 
 
 def test_kept_names_and_root_exports_do_not_warn():

@@ -116,9 +116,3 @@ def format_jobs(jobs: dict) -> str:
     lines += [f"{c.ljust(width)}  {r:8.3f}  {q:6.3f}" for c, r, q in zip(jobs["components"], jobs["relation"],
                                                                         jobs["lookup"])]
     return "\n".join(lines)
-
-
-def __getattr__(name: str):
-    from icr_interp._moved import module_attr
-
-    return module_attr(__name__, name)  # fine_tuned moved to icr_interp.experiments.shapes

@@ -55,9 +55,6 @@ DESCRIPTIONS = {
     "tiny": "for tests: 16 subjects, 4 relations, 16 shared answers, k=2",
 }
 
-Preset = RunConfig  # the first release's name: a preset is now a RunConfig
-
-
 def build_from_preset(name: str | RunConfig, seed: int = 0,
                       device: str | torch.device = "cpu") -> tuple[KnowledgeBase, ICRecallTask, ICRModel]:
     """The knowledge base, task and (not yet fine-tuned; memory fitted if pretrained) model of a preset.
@@ -70,3 +67,9 @@ def build_from_preset(name: str | RunConfig, seed: int = 0,
     config = get_preset(name).with_overrides(seed=seed)
     task, model = build(config, device)
     return task.kb, task, model
+
+
+def __getattr__(name: str):
+    from icr_interp._moved import module_attr
+
+    return module_attr(__name__, name)  # Preset: the first release's name; a preset is now a RunConfig
