@@ -144,6 +144,15 @@ def test_damaged_weights_are_detected_and_reconverted(tiny, damage):
     assert not [p for p in (cache / "tiny").iterdir() if p.name.startswith(atomic.STAGING)]
 
 
+def test_a_missing_tokenizer_is_a_broken_version_reconverted(tiny):
+    hf, source, cache, calls = tiny
+    L.load_pretrained_lm("tiny", cache_dir=cache)
+    shutil.rmtree(C.find_cache("tiny", cache) / C.TOKENIZER)
+    with pytest.warns(UserWarning, match="tokenizer/ is missing"):
+        model = L.load_pretrained_lm("tiny", cache_dir=cache)
+    assert calls == ["tiny", "tiny"] and model.tokenizer is not None
+
+
 def test_damaged_weights_without_the_source_say_what_to_delete(tiny, monkeypatch):
     hf, source, cache, calls = tiny
     L.load_pretrained_lm("tiny", cache_dir=cache)

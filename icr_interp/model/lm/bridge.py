@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 
 from icr_interp.model.lm import cache as C
-from icr_interp.model.lm.bos import bos_tokenizer, keep_bos_rule
-from icr_interp.model.lm.prepare import ready_version
+from icr_interp.model.lm.bos import keep_bos_rule
+from icr_interp.model.lm.prepare import ready_with_tokenizer
 from icr_interp.model.lm.registry import PretrainedLMError, PretrainedLMSpec
 
 HF_WEIGHTS = f"{C.HF}/model.safetensors"  # what transformers' save_pretrained writes (safetensors, tied ones once)
@@ -55,7 +55,6 @@ def load_bridge(spec: PretrainedLMSpec, cache_dir, device: torch.device, dtype: 
     """``spec``'s model as a ``TransformerBridge`` from the cache (converted from the GGUF the first time)."""
     from transformers import AutoModelForCausalLM
 
-    version_dir = ready_version(spec, cache_dir, kind="b", payload=hf_payload)
+    version_dir, tokenizer = ready_with_tokenizer(spec, cache_dir, kind="b", payload=hf_payload)
     hf_model = AutoModelForCausalLM.from_pretrained(version_dir / C.HF, dtype=dtype, local_files_only=True)
-    tokenizer = bos_tokenizer(version_dir / C.TOKENIZER, spec.prepend_bos)
     return boot(spec, hf_model.eval(), tokenizer, device, dtype)

@@ -25,8 +25,8 @@ from jaxtyping import Float
 from icr_interp.model.lm import cache as C
 from icr_interp.model.lm import convert as V
 from icr_interp.model.lm import source as S
-from icr_interp.model.lm.bos import bos_tokenizer, keep_bos_rule
-from icr_interp.model.lm.prepare import ready_version
+from icr_interp.model.lm.bos import keep_bos_rule
+from icr_interp.model.lm.prepare import ready_with_tokenizer
 from icr_interp.model.lm.registry import PretrainedLMError, PretrainedLMSpec, get_spec
 
 _FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
@@ -64,8 +64,7 @@ def check_load_args(name, device, dtype) -> torch.device:
     return resolved
 
 
-def _build(spec: PretrainedLMSpec, meta: dict, tensors: dict[str, torch.Tensor], tokenizer_dir: Path, device,
-           dtype):
+def _build(spec: PretrainedLMSpec, meta: dict, tensors: dict[str, torch.Tensor], tokenizer, device, dtype):
     """A ``HookedTransformer`` from a cached config and its parameters, without random init or copies."""
     HookedTransformer, HookedTransformerConfig = V.tl_classes()
     # the registry's truth over what an older cache recorded
@@ -75,7 +74,7 @@ def _build(spec: PretrainedLMSpec, meta: dict, tensors: dict[str, torch.Tensor],
     if set(tensors) != expected:
         raise PretrainedLMError(f"cached weights do not match the model: {sorted(set(tensors) ^ expected)[:4]}")
     model.load_state_dict({k: v.to(dtype) for k, v in tensors.items()}, strict=False, assign=True)
-    model.set_tokenizer(bos_tokenizer(tokenizer_dir, spec.prepend_bos))
+    model.set_tokenizer(tokenizer)
     keep_bos_rule(model, spec.prepend_bos)
     if torch.device(device).type != "cpu":
         model.to(device, print_details=False)
@@ -113,11 +112,10 @@ def load_pretrained_lm(name: str, cache_dir: str | os.PathLike | None = None, de
         from icr_interp.model.lm.bridge import load_bridge
 
         return load_bridge(spec, cache_dir, device, dtype)
-    version_dir = ready_version(spec, cache_dir)
+    version_dir, tokenizer = ready_with_tokenizer(spec, cache_dir)
     from safetensors.torch import load_file
 
-    return _build(spec, C.read_meta(version_dir), load_file(str(version_dir / C.WEIGHTS)),
-                  version_dir / C.TOKENIZER, device, dtype)
+    return _build(spec, C.read_meta(version_dir), load_file(str(version_dir / C.WEIGHTS)), tokenizer, device, dtype)
 
 
 @torch.no_grad()

@@ -18,6 +18,7 @@ import torch
 from icr_interp.model.lm import cache as C
 from icr_interp.model.lm import convert as V
 from icr_interp.model.lm import source as S
+from icr_interp.model.lm.bos import bos_tokenizer
 from icr_interp.model.lm.registry import PretrainedLMError, PretrainedLMSpec
 
 
@@ -106,6 +107,8 @@ def ready_version(spec: PretrainedLMSpec, cache_dir, kind: str = "v", payload=tl
             version_dir = convert_to_cache(spec, model_path, kind, payload)
         try:
             C.verify_weights(version_dir, C.read_meta(version_dir))
+            if not (version_dir / C.TOKENIZER).is_dir():
+                raise C.BrokenCache(version_dir, f"{C.TOKENIZER}/ is missing")
             return version_dir
         except C.BrokenCache as broken:
             if attempt == 2 or not S.source_installed(spec.name):
@@ -114,3 +117,22 @@ def ready_version(spec: PretrainedLMSpec, cache_dir, kind: str = "v", payload=tl
             warnings.warn(f"{broken}; converting again", stacklevel=3)
             C.discard_broken(broken)
     raise AssertionError("unreachable")
+
+
+def ready_with_tokenizer(spec: PretrainedLMSpec, cache_dir, kind: str = "v", payload=tl_payload):
+    """``(checked version folder, its tokenizer with the BOS rule)``: the tokenizer (seconds for Gemma's 262k
+    tokens) is read in a thread while the weights' checksum is computed; read again if the version changed."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    guess, tokenizer = C.find_cache(spec.name, cache_dir, kind), None
+    with ThreadPoolExecutor(1) as pool:
+        future = pool.submit(bos_tokenizer, guess / C.TOKENIZER, spec.prepend_bos) if guess is not None else None
+        version_dir = ready_version(spec, cache_dir, kind, payload)
+        if future is not None:
+            try:
+                tokenizer = future.result() if version_dir == guess else None
+            except Exception:  # the folder was broken or replaced meanwhile: read below from the checked one
+                tokenizer = None
+    if tokenizer is None:
+        tokenizer = bos_tokenizer(version_dir / C.TOKENIZER, spec.prepend_bos)
+    return version_dir, tokenizer
