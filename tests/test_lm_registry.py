@@ -139,12 +139,14 @@ needs_gemma = pytest.mark.skipif(not S.source_installed("gemma-3-270m"), reason=
 def test_gemma_270m_logits_equal_transformers_and_it_recalls():
     started = time.perf_counter()
     model = L.load_pretrained_lm("gemma-3-270m")  # the user cache (make setup converts it)
-    assert time.perf_counter() - started < 30  # measured 5-9 s under load; the bound is 15 s
+    assert time.perf_counter() - started < 30  # measured 8.9 s at load 1.3-1.9; the bound is 15 s
     assert (model.cfg.n_layers, model.cfg.n_heads, model.cfg.d_head, model.cfg.d_vocab) == (18, 4, 256, 262144)
     assert model.cfg.default_prepend_bos and model.to_str_tokens("France")[0] == "<bos>"
     hf, _ = L.load_hf_model("gemma-3-270m")
     derived = V.gemma3_cfg_dict(hf.config)  # the named config agrees with the checkpoint's own
-    assert all(model.cfg.to_dict()[k] == v for k, v in derived.items() if k not in ("n_ctx", "attn_scale"))
+    named = model.cfg.to_dict()  # n_ctx: TransformerLens's safe default 8192 (the checkpoint: 32768)
+    assert all(named[k] == pytest.approx(v) if isinstance(v, float) else named[k] == v
+               for k, v in derived.items() if k not in ("n_ctx", "attn_scale"))
     prompt = "France: Paris\nJapan: Tokyo\nItaly: Rome\nKenya:"
     pairs = L.logits_both("gemma-3-270m", [prompt, PROMPTS[1]], model=model, hf_model=hf)
     assert max(float((tl - ref).abs().max()) for tl, ref in pairs) < 1e-3
