@@ -79,3 +79,24 @@ def test_the_cheapest_strategy_is_chosen():
     assert E.strategy_for(toy, H.hook(0, "z"), ("suffix", "general")) == "suffix"
     with pytest.raises(ValueError, match="strategy must be one of"):
         P.patch_activations(toy, torch.zeros(1, 3, dtype=torch.long), {}, [], lambda x: x.sum(), strategy="magic")
+
+
+def test_a_bridge_takes_the_general_strategy_and_the_result_says_so(monkeypatch):
+    """On TransformerLens 4.x's TransformerBridge only hooks reach inside blocks: every patch is a general forward,
+    with the same values, and the role-patching result states the fallback (here the bridge is simulated)."""
+    from icr_interp.analysis.patching import by_role
+    from icr_interp.pipeline.config import RunConfig
+    from icr_interp.pipeline.runner import build
+
+    task, model = build(RunConfig.from_preset("tiny", seed=4))
+    clean, corrupted, _ = task.corrupt_pairs(task.sample(32, seed=0), "relation", seed=1)
+    hooks = [H.hook(0, "resid_pre"), H.hook(0, "z")]
+    plain = P.patch_by_role(model, clean, corrupted, hooks=hooks)
+    assert plain.strategies == {"fast": 2} and plain.note == ""
+    monkeypatch.setattr(E, "is_bridge", lambda m: True)
+    monkeypatch.setattr(by_role, "is_bridge", lambda m: True)
+    assert {E.strategy_for(model, h) for h in hooks} == {"general"}
+    bridged = P.patch_by_role(model, clean, corrupted, hooks=hooks)
+    assert bridged.strategies == {"general": 2} and bridged.note == E.BRIDGE_FALLBACK
+    assert "note: TransformerBridge" in str(bridged) and bridged.to_dict()["note"] == E.BRIDGE_FALLBACK
+    torch.testing.assert_close(bridged.values, plain.values, atol=1e-5, rtol=0)

@@ -12,6 +12,7 @@ False and ``reason`` says why.  Normalised values outside
 import math
 import warnings
 from dataclasses import dataclass, field
+from collections import Counter
 from collections.abc import Sequence
 
 import einops
@@ -24,9 +25,10 @@ from icr_interp.model import hooks as H
 from icr_interp.analysis import reliability
 
 from icr_interp.task import roles as R
-from icr_interp.tl.compat import TLModel
+from icr_interp.tl.compat import TLModel, is_bridge
 from icr_interp.analysis.patching.core import Patch, kind
-from icr_interp.analysis.patching.engine import BaseRun, base_run, patch_activations
+from icr_interp.analysis.patching.engine import BRIDGE_FALLBACK, BaseRun, base_run, patch_activations, strategy_for
+from icr_interp.analysis.patching.engine import allowed_strategies
 from icr_interp.analysis.patching.metrics import LogitDiff, Metric
 from icr_interp.task.prompts import Batch, Layout
 
@@ -71,6 +73,8 @@ class RolePatchResult:
     reason: str = ""  # why the normalised values are unreliable ("" when reliable)
     reliability: dict = field(default_factory=dict)  # the numbers behind it (Reliability.to_dict)
     warnings: list[str] = field(default_factory=list)  # normalised values outside the sane range
+    strategies: dict = field(default_factory=dict)  # recompute strategy -> number of hooks it computed
+    note: str = ""  # how the engine ran, where it is not the cheapest path (e.g. the TransformerBridge fallback)
 
     def __getitem__(self, key: tuple[str, str]) -> float:
         component, role = key
@@ -102,7 +106,8 @@ class RolePatchResult:
         return dict(components=list(self.components), roles=list(self.roles), values=self.values.tolist(),
                     raw=self.raw.tolist(), clean_value=self.clean_value, corrupted_value=self.corrupted_value,
                     mode=self.mode, method=self.method, reliable=self.reliable, reason=self.reason,
-                    reliability=dict(self.reliability), warnings=list(self.warnings))
+                    reliability=dict(self.reliability), warnings=list(self.warnings),
+                    strategies=dict(self.strategies), note=self.note)
 
     def __str__(self) -> str:
         width = max(len(c) for c in self.components) if self.components else 10
@@ -113,7 +118,7 @@ class RolePatchResult:
         lines.append(" " * width + "  " + "  ".join(r.rjust(w) for r, w in zip(self.roles, cols)))
         for c, row in zip(self.components, self.values.tolist()):
             lines.append(c.ljust(width) + "  " + "  ".join(f"{v:{w}.3f}" for v, w in zip(row, cols)))
-        return "\n".join(lines + [f"warning: {w}" for w in self.warnings])
+        return "\n".join(lines + [f"warning: {w}" for w in self.warnings] + ([f"note: {self.note}"] if self.note else []))
 
 
 @dataclass(frozen=True)
@@ -223,7 +228,11 @@ def patch_by_role(model: TLModel, clean: Batch, corrupted: Batch, metric: Metric
     masks, query = grid_masks(s, roles)
     patches = [role_patch(hook, head, m.to(query.device), query) for _, hook, head in rows for m in masks.values()]
     raw = patch_activations(model, s.base.tokens, s.source_cache, patches, s.metric, base_run=s.run, **options)
-    return result(rows, list(masks), raw, s, noising, "exact")
+    out = result(rows, list(masks), raw, s, noising, "exact")
+    allowed = allowed_strategies(options.get("strategy"), options.get("fast"))
+    out.strategies = dict(Counter(strategy_for(model, hook, allowed) for hook in dict.fromkeys(hooks)))
+    out.note = BRIDGE_FALLBACK if is_bridge(model) else ""
+    return out
 
 
 def patch_pattern_by_role(model: TLModel, clean: Batch, corrupted: Batch, metric: Metric | None = None,

@@ -34,9 +34,11 @@ from icr_interp.analysis.patching.core import (DEFAULT_MAX_LOGITS_BYTES, DEFAULT
 from icr_interp.analysis.patching.metrics import Metric, read_positions
 from icr_interp.model.forward import query_path_applies
 from icr_interp.task.tokens import check_model_tokens
-from icr_interp.tl.compat import TLModel
+from icr_interp.tl.compat import TLModel, is_bridge
 
 STRATEGIES = ("fast", "suffix", "general")  # cheapest first; each patch takes the first that applies
+BRIDGE_FALLBACK = ("TransformerBridge: every patch ran as a general hooked forward (the fast and suffix "
+                   "strategies run HookedTransformer blocks directly); exact, but slower")
 
 
 @dataclass(frozen=True)
@@ -49,7 +51,14 @@ class BaseRun:
 
 
 def strategy_for(model: TLModel, hook: str, allowed: Sequence[str] = STRATEGIES) -> str:
-    """The cheapest exact strategy of ``allowed`` for a patch of ``hook`` (``general`` always applies)."""
+    """The cheapest exact strategy of ``allowed`` for a patch of ``hook`` (``general`` always applies).
+
+    On TransformerLens 4.x's ``TransformerBridge`` the blocks are a transformers model's, which only hooks reach
+    into: the fast and suffix strategies run blocks themselves, so every patch falls back to ``general``
+    (:data:`BRIDGE_FALLBACK`, stated in every role-patching result).
+    """
+    if is_bridge(model):
+        return "general"
     if "fast" in allowed and query_path_applies(model) and F.fast_class(hook, model) is not None:
         return "fast"
     if "suffix" in allowed and S.applies(model, hook):
@@ -57,7 +66,7 @@ def strategy_for(model: TLModel, hook: str, allowed: Sequence[str] = STRATEGIES)
     return "general"
 
 
-def _allowed(strategy: str | None, fast: bool | None) -> tuple[str, ...]:
+def allowed_strategies(strategy: str | None, fast: bool | None) -> tuple[str, ...]:
     if strategy is None or strategy == "auto":
         return tuple(s for s in STRATEGIES if not (s == "fast" and fast is False))
     if strategy not in STRATEGIES:
@@ -131,7 +140,7 @@ def patch_activations(model: TLModel, tokens: Int[Tensor, "batch pos"], source_c
     Returns:
         ``[patch, *metric_shape]``: what one hooked forward per patch would give.
     """
-    allowed = _allowed(strategy, fast)
+    allowed = allowed_strategies(strategy, fast)
     tokens = check_model_tokens(model, tokens).to(model.cfg.device)
     unknown = sorted({p.hook for p in patches} - set(model.hook_dict))
     if unknown:
