@@ -78,7 +78,7 @@ def run_model(args) -> int:
     batch, corruption_seed = text_probe.text_prompts(subject, args.n_prompts, args.seed, args.device)
     info = dict(model=args.model, knowledge=str(args.csv or args.builtin), k=args.k, pair_template=args.pair_template,
                 query_template=args.query_template, n_prompts=args.n_prompts, seed=args.seed,
-                corruption_seed=corruption_seed, method=args.method)
+                corruption_seed=corruption_seed, method=args.method, corruptions=list(probing.KINDS[args.corruption]))
     done = model_probe.run_model_probe(subject, batch, probing.KINDS[args.corruption], corruption_seed, args.out,
                                        info, grid=args.grid, method=args.method, eval_prompts=args.eval_prompts,
                                        seed=args.seed, circuit=args.grid == "full")

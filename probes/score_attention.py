@@ -41,7 +41,7 @@ def run(args) -> int:
     if args.kind == "model":  # a pretrained LM on text prompts (--model, --csv/--builtin, templates)
         kb = text_probe.load_knowledge(args.csv, args.builtin)
         ck = text_probe.load_subject(args.model, kb, args.k, args.pair_template, args.query_template, args.device)
-        batch, _ = text_probe.text_prompts(ck, args.n_prompts, args.seed, args.device)
+        batch, _ = text_probe.text_prompts(ck, args.n_prompts, args.seed, args.device, corruptions=())
         name, source = args.model, dict(model=args.model, knowledge=str(args.csv or args.builtin), k=args.k)
     else:
         ck = load_checkpoint(args.checkpoint, device=args.device)

@@ -73,15 +73,26 @@ def prompt_bytes(model, n_prompts: int, n_pos: int) -> int:
     return limits.prompt_bytes(n_prompts, n_pos) + 3 * limits.FLOAT_BYTES * n_prompts * per_prompt
 
 
-def text_prompts(subject: ModelSubject, n_prompts: int, seed: int, device: str = "cpu"):
+def text_prompts(subject: ModelSubject, n_prompts: int, seed: int, device: str = "cpu",
+                 corruptions: tuple[str, ...] = ("relation", "query")):
     """``(batch, corruption_seed)``: ``n_prompts`` prompts from ``derive_seed(seed, "analysis")`` and the seed
-    of their corruptions, refused in one line (before sampling them all) if their analyses would not fit."""
+    of their corruptions, refused in one line (before sampling them all) if their analyses would not fit.
+
+    The prompts are those of the stream that have a layout-keeping corruption of every kind in ``corruptions``
+    (:meth:`~icr_interp.task.text.TextICRecallTask.sample_corruptible`), so each corruption keeps every prompt
+    asked for; a warning says how many drawn prompts were skipped and which relations prevented them.  With
+    ``corruptions=()`` they are the stream's first ``n_prompts`` (nothing selected).
+    """
     from icr_interp.task import limits
 
     probe = subject.task.sample(min(n_prompts, 8), seed=derive_seed(seed, "analysis"))
     limits.check_bytes(prompt_bytes(subject.model, n_prompts, probe.tokens.shape[1] + 8),
                        f"analysing {n_prompts} prompts")
-    batch = subject.task.sample(n_prompts, seed=derive_seed(seed, "analysis"), device=device)
+    if corruptions:
+        batch, _ = subject.task.sample_corruptible(n_prompts, tuple(corruptions), seed=derive_seed(seed, "analysis"),
+                                                   device=device)
+    else:
+        batch = subject.task.sample(n_prompts, seed=derive_seed(seed, "analysis"), device=device)
     return batch, derive_seed(seed, "corrupt")
 
 
