@@ -327,10 +327,9 @@ def train_and_save(config, out: Path, device: str = "cpu", force: bool = False):
                   f"mean row (null {r['mean_row_pairwise_null']:.3f}, best {r['mean_row_best']}); "
                   f"balance {r['balance']:.3f}")
     if before.get("templates") or after.get("templates"):
-        from icr_interp.analysis.pairing_null import NULL_ALPHA, NULL_MIN_EFFECT
+        from icr_interp.analysis.pairing_evidence import rule_text
 
-        print(f"  (best: the nearest template in total variation; 'pairwise' only where the pairing beats its null "
-              f"with p <= {NULL_ALPHA:g} and pairwise - null >= {NULL_MIN_EFFECT:g})")
+        print(f"  (best: the nearest template in total variation; {rule_text()})")
     save_checkpoint(out, result.model, result.task, run_config=config, force=force, preset=config.name,
                     seed=config.seed, before=before, after=after,
                     history=result.history.to_dict())

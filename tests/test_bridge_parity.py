@@ -35,23 +35,8 @@ def _flat(value, prefix="") -> dict:
     return {}
 
 
-def with_bridge_fallback(monkeypatch) -> bool:
-    """Make the patching engine's suffix recomputation refuse a bridge, as the engine should
-    (``compat.is_bridge``): every patch then takes the general hooked path.  True if the engine lacked it."""
-    from icr_interp.analysis.patching import suffix
-    from icr_interp.tl import compat
-
-    probe = type("TransformerBridge", (), {"__module__": "transformer_lens.model_bridge.x"})
-    if not compat.is_bridge(probe()):
-        raise AssertionError("compat.is_bridge does not recognise a bridge")
-    supports = suffix.supports
-    monkeypatch.setattr(suffix, "supports", lambda model: not compat.is_bridge(model) and supports(model))
-    return True
-
-
-def analyses(cache_dir: str, fallback: bool = False) -> dict:
-    """``{analysis: {"numbers": {path: value}} or {"error": "Type: first line"}}`` on the registered tiny LM
-    (``fallback``: with the engine's suffix strategy refused on a bridge, :func:`with_bridge_fallback`)."""
+def analyses(cache_dir: str) -> dict:
+    """``{analysis: {"numbers": {path: value}} or {"error": "Type: first line"}}`` on the registered tiny LM."""
     from transformers import AutoTokenizer
 
     sys.path.insert(0, str(ROOT / "tests"))
@@ -59,6 +44,7 @@ def analyses(cache_dir: str, fallback: bool = False) -> dict:
 
     from icr_interp import evaluate, load_pretrained_lm, score_templates
     from icr_interp.analysis.causal_template import causal_template_test
+    from icr_interp.analysis.edge_knockout import edge_knockout
     from icr_interp.analysis.function_vectors import function_vector_heads
     from icr_interp.analysis.patching.by_role import patch_by_role
     from icr_interp.analysis.recall import recall_curve
@@ -72,8 +58,6 @@ def analyses(cache_dir: str, fallback: bool = False) -> dict:
     tokenizer = AutoTokenizer.from_pretrained(C.find_cache("smollm2-135m") / C.TOKENIZER)
     monkeypatch = pytest.MonkeyPatch()
     register_tiny(monkeypatch, Path(cache_dir), tiny_llama(len(tokenizer)), tokenizer, name="tiny-parity")
-    if fallback:
-        with_bridge_fallback(monkeypatch)
     model = load_pretrained_lm("tiny-parity", cache_dir=Path(cache_dir) / "cache")
     task = TextICRecallTask(KnowledgeBase.builtin("countries"), model, 2)
     relation = task.sample_pairs(8, "relation", seed=2)
@@ -85,6 +69,7 @@ def analyses(cache_dir: str, fallback: bool = False) -> dict:
         "patch_by_role": lambda: patch_by_role(model, relation.clean, relation.corrupted).to_dict(),
         "patch_heads": lambda: patch_heads(model, relation.clean, relation.corrupted).to_dict(),
         "function_vector_heads": lambda: function_vector_heads(model, shuffle.clean, shuffle.corrupted).to_dict(),
+        "edge_knockout": lambda: edge_knockout(model, relation.clean, "prediction", "answers", [1]).to_dict(),
         "causal_template_test": lambda: causal_template_test(
             model, relation.clean, heads=[(1, 0), (1, 2)], corrupted=relation.corrupted, n_null=2, seed=0).to_dict(),
     }
@@ -121,7 +106,8 @@ def compare(three: dict, four: dict) -> dict:
         elif "error" in got:
             verdicts[name] = f"fails on the bridge: {got['error']}"
         else:
-            a, b = ref["numbers"], got["numbers"]
+            # how the engine ran differs by design (suffix on 3.x, general on the bridge); the numbers must not
+            a, b = ({k: v for k, v in d["numbers"].items() if not k.startswith(".strategies")} for d in (ref, got))
             nan_same = {k for k in a if a[k] != a[k] and b.get(k, 0) != b.get(k, 0)}
             diffs = [abs(a[k] - b[k]) for k in a if k in b and k not in nan_same]
             worst = max(diffs, default=0.0)
@@ -131,12 +117,11 @@ def compare(three: dict, four: dict) -> dict:
     return verdicts
 
 
-# Measured on 4.3 against 3.9 (this test's tiny model): evaluate, recall_curve and causal_template_test give
-# 3.x's numbers; the patching engine's suffix strategy (patch_by_role, patch_heads, function_vector_heads) runs
-# on the bridge without an error but gives other numbers (max |diff| 6.3), because it calls blocks with a
-# key/value entry the bridge's blocks ignore: with the engine's ``compat.is_bridge`` check (the fallback
-# below) they equal 3.x's; score_templates fails in combined_rows.ov_norms on grouped-query W_V (``per_head``).
-KNOWN_FAILURES = {"score_templates"}  # analyses owned elsewhere that do not run on the bridge yet
+# Before the engine's bridge fallback (engine.strategy_for: general on a TransformerBridge) the suffix strategy
+# ran on the bridge without an error but gave other numbers (max |diff| 6.3: it calls blocks with a key/value
+# entry the bridge's blocks ignore); score_templates failed in combined_rows.ov_norms on grouped-query W_V
+# until it read per-query-head weights (compat.per_head).
+KNOWN_FAILURES: set[str] = set()  # analyses that do not run on the bridge yet
 
 
 @pytest.fixture(scope="module")
@@ -149,7 +134,7 @@ def both_lines(tmp_path_factory):
     if C.find_cache("smollm2-135m") is None:
         pytest.skip("SmolLM2's tokenizer is not in the cache (make setup converts it)")
     tmp = tmp_path_factory.mktemp("parity")
-    return _other_line(tmp), analyses(str(tmp / "four"), fallback=True)
+    return _other_line(tmp), analyses(str(tmp / "four"))
 
 
 def test_text_analyses_on_the_bridge_equal_transformer_lens_3(both_lines):
@@ -157,12 +142,12 @@ def test_text_analyses_on_the_bridge_equal_transformer_lens_3(both_lines):
     assert (three["model"], four["model"]) == ("HookedTransformer", "TransformerBridge")
     verdicts = compare(three, four)
     print(json.dumps(verdicts, indent=1))
-    # with the engine's fallback every analysis that runs on the bridge gives 3.x's numbers within 1e-4
+    # every analysis gives 3.x's numbers within 1e-4 (patching through the engine's general strategy)
     assert not [name for name, v in verdicts.items() if v.startswith("differs")], verdicts
     failing = {name for name, v in verdicts.items() if v != "same"}
     assert failing <= KNOWN_FAILURES, verdicts
-    for must_run in ("evaluate", "recall_curve", "patch_by_role", "patch_heads", "function_vector_heads",
-                     "causal_template_test"):
+    for must_run in ("evaluate", "recall_curve", "score_templates", "patch_by_role", "patch_heads",
+                     "function_vector_heads", "edge_knockout", "causal_template_test"):
         assert verdicts[must_run] == "same", verdicts
 
 

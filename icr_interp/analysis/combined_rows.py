@@ -24,7 +24,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from icr_interp.tl.compat import TLModel
+from icr_interp.tl.compat import TLModel, per_head
 
 
 def ov_norms(model: TLModel) -> Float[Tensor, "layer head"]:
@@ -32,7 +32,8 @@ def ov_norms(model: TLModel) -> Float[Tensor, "layer head"]:
 
     ``||W_V W_O||_F^2 = tr(W_V^T W_V W_O W_O^T)``: two ``d_head x d_head`` Gram matrices.
     """
-    W_V, W_O = model.W_V.detach(), model.W_O.detach()  # [layer head d_model d_head], [layer head d_head d_model]
+    # per query head on both TransformerLens lines (a TransformerBridge gives W_V per key/value head)
+    W_V, W_O = per_head(model, "W_V").detach(), per_head(model, "W_O").detach()  # [layer head d_model d_head], [.. d_model]
     gram_v = einops.einsum(W_V, W_V, "l h d e, l h d f -> l h e f")
     gram_o = einops.einsum(W_O, W_O, "l h e d, l h f d -> l h e f")
     return (gram_v * gram_o).sum((-1, -2)).clamp_min(0).sqrt()

@@ -5,8 +5,8 @@ templates), each a library call, with one JSON of everything and three figures:
 
 a. **recall**: top-1 accuracy against k (``recall_curve``) beside the zero-shot and named-relation baselines;
 b. **templates**: every (layer, head) at the prediction position against the pairwise template with its
-   pairing null (``score_templates``; the toolkit's rule: ``best == "pairwise"`` needs p <= 0.01 and
-   pairwise - null >= 0.05), heads ranked by ``pairwise - pairwise_null``;
+   pairing null (``score_templates``; the toolkit's rule: ``best == "pairwise"`` needs
+   the rule of :func:`icr_interp.analysis.pairing_evidence.rule_text`), heads ranked by their pairing edge;
 c. **patching by head**: each head's clean ``z`` at the prediction position patched into relation-swapped
    prompts (relation inference) and query-swapped ones (lookup), by suffix recomputation
    (:func:`~icr_interp.analysis.patching.patch_heads`, the engine's suffix strategy);

@@ -81,11 +81,14 @@ def matrix_table(matrix, row_labels: list[str], col_labels: list[str], caption: 
 
 def score_rule(d: dict) -> str:
     """The rule that decides a head's "best" template, in words, with the thresholds ``d`` was scored under."""
+    if "pairing_rule" in d:  # scores of this release: the pairing test and its controls (analysis.pairing_evidence)
+        rule = d["pairing_rule"]
+    else:  # scores written before the pairing test
+        rule = (f"the pairing beats its null (pairwise scores of the same rows re-paired) with p <= "
+                f"{d.get('null_alpha', 0.01):g} and by pairwise - null >= {d.get('null_min_effect', 0.05):g}")
     return (f"best = the template nearest in total variation (TV), except that \"pairwise\" must earn its name: "
-            f"the pairing beats its null (pairwise scores of the same rows re-paired) with p <= "
-            f"{d.get('null_alpha', 0.01):g} and by pairwise - null >= {d.get('null_min_effect', 0.05):g}, and the "
-            f"uniform template is more than {d.get('uniform_margin', 0.02):g} further away; otherwise the nearest "
-            "other template")
+            f"{rule}, and the uniform template is more than {d.get('uniform_margin', 0.02):g} further away; "
+            "otherwise the nearest other template")
 
 
 def scores_table(scores, caption: str | None = None) -> str:
