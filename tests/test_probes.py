@@ -135,8 +135,8 @@ def test_patching_writes_a_self_contained_report(patched, reference_checkpoint):
                        f"{scores['pair_mass']:.3f}", scores["best"]]
     # every score beside its null and p-value, and the rule that decided "best" under the table
     assert "<th>null</th>" in table and "<th>p</th>" in table
-    assert re.search(r'<p class="rule">best = the template nearest in total variation.*pairwise - null &gt;= 0.05',
-                     page)
+    assert re.search(r'<p class="rule">best = the template nearest in total variation.*re-pairing null and '
+                     r"the adjacency control \(each p &lt;= 0.01\) with effect &gt;= 0.05 in attention mass", page)
     # a cell zero by construction is marked and explained, never "nan"
     assert "zero by construction" in page and ">nan<" not in page
     # no network: nothing fetched, the bundle inline once, heatmaps inline
