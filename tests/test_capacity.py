@@ -97,14 +97,9 @@ def test_case_study_writes_the_pinned_json(tmp_path):
 
 
 def _script():
-    import importlib.util
-    from pathlib import Path
+    from _scripts import load  # restores whichever _common (probes' or case studies') was imported before
 
-    path = Path(__file__).resolve().parent.parent / "case_studies" / "capacity.py"
-    spec = importlib.util.spec_from_file_location("capacity_case", path)
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    return script
+    return load("case_studies", "capacity.py")
 
 
 def test_size_argument_parses_d_colon_m_and_nothing_else():

@@ -1,8 +1,6 @@
 """Corruptions on partial knowledge bases: prompts without a relation (or query) swap are dropped and counted."""
 
-import importlib.util
 import json
-import sys
 import warnings
 from pathlib import Path
 
@@ -124,13 +122,9 @@ def test_circuit_summary_patches_each_job_on_its_own_prompts(partial):
 # ------------------------------------------------------------------ probes/patching.py
 def run_patching(*args, capsys) -> tuple[int, str, str]:
     """``probes/patching.py``'s main in this process: exit code, stdout, stderr."""
-    sys.path.insert(0, str(REPO / "probes"))
-    try:
-        spec = importlib.util.spec_from_file_location("probe_patching_partial", REPO / "probes" / "patching.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(REPO / "probes"))
+    from _scripts import load  # its own folder's _common, whichever a test imported before
+
+    module = load("probes", "patching.py")
     capsys.readouterr()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
