@@ -369,4 +369,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from icr_interp.plumbing import exit_process
+
+    exit_process(main())

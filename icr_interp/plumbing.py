@@ -134,3 +134,20 @@ def _interrupted(e: BaseException) -> bool:
     """Whether a failure follows a Ctrl-C: libraries with lazy imports (transformers) turn the KeyboardInterrupt
     raised inside an import into an import error of their own, without chaining it."""
     return bool(_SIGINTS) or isinstance(e.__cause__ or e.__context__, KeyboardInterrupt)
+
+
+def exit_process(code: int) -> None:
+    """End a script's process with ``code`` (a script's ``if __name__ == "__main__"`` line).
+
+    An interrupted run (130) leaves through ``os._exit`` after flushing: when Ctrl-C lands inside an extension
+    module's import, CPython can keep an "unhandled KeyboardInterrupt" mark that run_main's handling does not
+    clear, and its finalisation would then kill the process with SIGINT (exit status -2 instead of 130).
+    """
+    import os
+
+    if code == EXIT_INTERRUPTED:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+

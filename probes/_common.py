@@ -18,7 +18,8 @@ import argparse
 from pathlib import Path
 from typing import Callable
 
-from icr_interp.plumbing import OneLineParser, UsageError, int_arg, one_line, run_main, seed_arg  # noqa: F401
+from icr_interp.plumbing import (OneLineParser, UsageError, exit_process, int_arg, one_line, run_main,  # noqa: F401
+                                 seed_arg)
 
 DEFAULT_N_PROMPTS = 128
 DEFAULT_LM_PROMPTS = 32  # a real LM: 30 layers x 9 heads of patching on 2 cores

@@ -11,7 +11,6 @@ subjects, answers or both, each head, and the memory's relation vector.
 Prints the table and writes DIR/ablation.json.
 """
 
-import sys
 
 import _common as C
 
@@ -54,4 +53,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    C.exit_process(main())

@@ -34,7 +34,6 @@ DIR/patching_series.csv and DIR/patching_series.png (effect of each component
 against the step).
 """
 
-import sys
 
 import _common as C
 
@@ -146,4 +145,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    C.exit_process(main())

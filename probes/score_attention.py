@@ -15,7 +15,6 @@ the rows of the first prompts).  With --html, also DIR/report.html: a
 self-contained report (circuitsvis views, figures, scores table) that opens offline.
 """
 
-import sys
 
 import _common as C
 
@@ -65,4 +64,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    C.exit_process(main())
