@@ -139,9 +139,10 @@ def _interrupted(e: BaseException) -> bool:
 def exit_process(code: int) -> None:
     """End a script's process with ``code`` (a script's ``if __name__ == "__main__"`` line).
 
-    An interrupted run (130) leaves through ``os._exit`` after flushing: when Ctrl-C lands inside an extension
-    module's import, CPython can keep an "unhandled KeyboardInterrupt" mark that run_main's handling does not
-    clear, and its finalisation would then kill the process with SIGINT (exit status -2 instead of 130).
+    An interrupted run (130) leaves through ``os._exit`` after flushing: once, a run that printed ``interrupted``
+    and returned 130 still died by SIGINT during the interpreter's finalisation (exit status -2; Ctrl-C had
+    landed while torch was importing; the likely cause, CPython's "unhandled KeyboardInterrupt" mark set inside an
+    extension's import, is not proven).  Nothing runs between the return and ``os._exit``.
     """
     import os
 
