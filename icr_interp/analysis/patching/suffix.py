@@ -38,7 +38,15 @@ def supports(model: TLModel) -> bool:
     positional scheme that needs only the residual stream and the past keys and values."""
     c = model.cfg
     return c.positional_embedding_type != "shortformer" and c.attention_dir == "causal" \
-        and all(hasattr(b, "attn") for b in model.blocks)
+        and all(hasattr(b, "attn") for b in model.blocks) and _takes_past_kv(model.blocks[0])
+
+
+def _takes_past_kv(block) -> bool:
+    """Whether a block's forward takes the past key-value entry the suffix recomputation hands it
+    (TransformerLens 3.x's blocks do; the 4.x mirror's and a TransformerBridge's do not: general strategy)."""
+    import inspect
+
+    return "past_kv_cache_entry" in inspect.signature(block.forward).parameters
 
 
 def applies(model: TLModel, hook: str) -> bool:
