@@ -28,7 +28,7 @@ from torch import Tensor
 
 from icr_interp.analysis.bootstrap import bootstrap_mean_ci
 from icr_interp.analysis.pairing_null import NULL_DRAWS, NULL_SEED
-from icr_interp.analysis.pairing_test import renormalise
+from icr_interp.analysis.pairing_test import check_masses, renormalise
 from icr_interp.task.prompts import Layout
 
 _CHUNK = 1 << 22
@@ -57,9 +57,7 @@ class AdjacencyControl:
 def adjacency_control(subject: Float[Tensor, "*lead batch pair"], answer: Float[Tensor, "*lead batch pair"], *,
                       draws: int = NULL_DRAWS, seed: int = NULL_SEED) -> AdjacencyControl:
     """Compare the true pairs ``(s_i, a_i)`` with the pseudo-pairs ``(a_i, s_{i+1})`` (masses in prompt order)."""
-    if subject.shape != answer.shape or subject.ndim < 2:
-        raise ValueError(f"subject and answer must both be [..., batch, k]; got {list(subject.shape)} and "
-                         f"{list(answer.shape)}")
+    check_masses(subject, answer)
     s, a, mass = renormalise(subject.clamp_min(0).double(), answer.clamp_min(0).double())
     k = s.shape[-1]
     if k < 2:

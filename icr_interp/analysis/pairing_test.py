@@ -79,6 +79,13 @@ class PairingTest:
                     pair_mass=float(self.pair_mass[idx]))
 
 
+def check_masses(subject: Tensor, answer: Tensor) -> None:
+    """The one input check of the pairing statistics: ``subject`` and ``answer`` both ``[..., batch, k]``."""
+    if subject.shape != answer.shape or subject.ndim < 2:
+        raise ValueError(f"subject and answer must both be [..., batch, k]; got {list(subject.shape)} and "
+                         f"{list(answer.shape)}")
+
+
 def renormalise(subject: Float[Tensor, "*lead pair"],
                 answer: Float[Tensor, "*lead pair"]) -> tuple[Tensor, Tensor, Tensor]:
     """``(s / M, a / M, M)``; a row without pair mass becomes all zeros (it is balanced under every pairing)."""
@@ -112,9 +119,7 @@ def pairing_test_rows(subject: Float[Tensor, "*lead batch pair"], answer: Float[
         :class:`PairingTest`: the effect (renormalised and in attention mass), its p-value, and the TV
         distance to the pairwise family kept apart from it.
     """
-    if subject.shape != answer.shape or subject.ndim < 2:
-        raise ValueError(f"subject and answer must both be [..., batch, k]; got {list(subject.shape)} and "
-                         f"{list(answer.shape)}")
+    check_masses(subject, answer)
     if subject.shape[-2] == 0:
         raise ValueError("pairing_test_rows needs at least one row")
     if not (torch.isfinite(subject).all() and torch.isfinite(answer).all()):

@@ -27,6 +27,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from icr_interp.analysis.pairing_null import NULL_DRAWS, NULL_SEED
+from icr_interp.analysis.pairing_test import check_masses
 
 _TIE_TOL = 1e-6
 _CHUNK = 1 << 22
@@ -49,9 +50,7 @@ class PositionControl:
 def position_control(subject: Float[Tensor, "*lead batch pair"], answer: Float[Tensor, "*lead batch pair"], *,
                      draws: int = NULL_DRAWS, seed: int = NULL_SEED) -> PositionControl:
     """Compare each prompt's own pairs with the same pair index of the other prompts (needs >= 2 prompts)."""
-    if subject.shape != answer.shape or subject.ndim < 2:
-        raise ValueError(f"subject and answer must both be [..., batch, k]; got {list(subject.shape)} and "
-                         f"{list(answer.shape)}")
+    check_masses(subject, answer)
     subject, answer = subject.clamp_min(0).double(), answer.clamp_min(0).double()
     mass = (subject + answer).sum(-1)
     s, a = _profile(subject), _profile(answer)  # each role on its own: a shared normaliser would tie them
