@@ -101,7 +101,11 @@ def run_main(prog: str, body: Callable[[], int], failures: tuple[type[BaseExcept
 
 def _run(prog: str, body: Callable[[], int], failures: tuple[type[BaseException], ...]) -> int:
     try:
-        return body()
+        code = body()
+        if _SIGINTS:  # a Ctrl-C that a library swallowed (seen once: the run went on and exited 0) still counts
+            print(f"{prog}: interrupted", file=sys.stderr)
+            return EXIT_INTERRUPTED
+        return code
     except SystemExit as e:  # argparse: --help (0) or a bad argument (2)
         return e.code if isinstance(e.code, int) else int(e.code is not None)
     except UsageError as e:
