@@ -171,8 +171,10 @@ def test_patching_report_renders_offline_in_headless_chromium(browser, patched, 
     views = [browser.find_element(By.ID, f"view-{i}") for i in range(3)]  # prompts 0-2, coloured by their row
     assert all("query:" in v.text and "L0H0" in v.text for v in views)
     text = browser.execute_script("return document.body.innerText")
-    shown = re.search(r"Held-out accuracy: ([01]\.\d{4}) on 256 fresh held-out prompts", text)
+    shown = re.search(r"Held-out accuracy: ([01]\.\d{4}) \(95% interval ([01]\.\d{3})-([01]\.\d{3})\) "
+                      r"on 256 fresh held-out prompts", text)
     assert shown and float(shown.group(1)) > 0.9
+    assert float(shown.group(2)) <= float(shown.group(1)) <= float(shown.group(3))
     # the prediction rows: one per prompt with its hidden relation and answer, then the mean with its spread
     table = browser.find_element(By.CSS_SELECTOR, "table.rows")
     assert "hidden relation \u2192 answer" in table.text and "over all 16 prompts (\u00b1 s.d.)" in table.text
