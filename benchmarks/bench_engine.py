@@ -61,7 +61,7 @@ def part_by_role(model, task, args) -> None:
     import torch
     import warnings
 
-    from icr_interp.analysis import patching as P
+    from icr_interp.analysis.causal import patching as P
     from icr_interp.model import hooks as H
 
     pairs = task.sample_pairs(args.n_prompts, args.corruption, seed=args.seed)
@@ -91,8 +91,8 @@ def part_heads(model, task, args) -> None:
     import torch
     import transformer_lens.patching as TLP
 
-    from icr_interp.analysis import patching as P
-    from icr_interp.analysis.patching.metrics import LogitDiff
+    from icr_interp.analysis.causal import patching as P
+    from icr_interp.analysis.causal.patching.metrics import LogitDiff
 
     pairs = task.sample_pairs(args.head_prompts, args.corruption, seed=args.seed)
     clean, corrupted = pairs.clean, pairs.corrupted
@@ -121,8 +121,8 @@ def part_heads(model, task, args) -> None:
 def part_floor(model, task, args) -> None:
     import warnings
 
-    from icr_interp.analysis import patching as P
-    from icr_interp.analysis.patching.by_role import components, grid_masks, role_patch, setup
+    from icr_interp.analysis.causal import patching as P
+    from icr_interp.analysis.causal.patching.by_role import components, grid_masks, role_patch, setup
     from icr_interp.model import hooks as H
 
     pairs = task.sample_pairs(args.n_prompts, args.corruption, seed=args.seed)

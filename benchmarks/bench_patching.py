@@ -1,4 +1,4 @@
-"""Benchmark: icr_interp.analysis.patching vs transformer_lens.patching on a 10^4-triplet model.
+"""Benchmark: icr_interp.analysis.causal.patching vs transformer_lens.patching on a 10^4-triplet model.
 
 Builds an IC-recall model storing >= 10^4 triplets (1250 subjects x 8
 relations), a batch of prompts and their corruptions, then times each of the
@@ -23,7 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import torch  # noqa: E402
 import transformer_lens.patching as tl_patching  # noqa: E402
 
-import icr_interp.analysis.patching as icr_patching  # noqa: E402
+import icr_interp.analysis.causal.patching as icr_patching  # noqa: E402
 from timing import timed  # noqa: E402  (benchmarks/timing.py: the shared timing helper)
 from icr_interp import ICRecallTask, KnowledgeBase, build_model  # noqa: E402
 

@@ -4,7 +4,7 @@ Superseded for the reported ratio by ``benchmarks/bench_engine.py --parts heads`
 no extrapolation); kept for the memory comparison (each side in its own process).
 
 ``transformer_lens.patching.get_act_patch_attn_head_out_by_pos`` runs one forward pass per (layer, position,
-head) cell.  :func:`icr_interp.analysis.patching.get_act_patch_attn_head_out_by_pos` runs every cell's
+head) cell.  :func:`icr_interp.analysis.causal.patching.get_act_patch_attn_head_out_by_pos` runs every cell's
 samples stacked, each through the blocks from its layer on and at the positions from its position on (the
 metric, a logit difference at each prediction position, declares those rows: only they are unembedded).
 
@@ -32,7 +32,7 @@ def _setup(args):
     import torch
 
     torch.set_num_threads(args.threads)
-    from icr_interp.analysis.patching.metrics import LogitDiff
+    from icr_interp.analysis.causal.patching.metrics import LogitDiff
     from icr_interp.model.pretrained_lm import load_pretrained_lm
     from icr_interp.task.knowledge import KnowledgeBase
     from icr_interp.task.text import TextICRecallTask
@@ -56,7 +56,7 @@ def _cells(args, n_pos: int, n_heads: int):
 
 
 def part_ours(args) -> dict:
-    from icr_interp.analysis import patching as S
+    from icr_interp.analysis.causal import patching as S
 
     model, clean, corrupted, cache, metric = _setup(args)
     start, cpu = time.perf_counter(), time.process_time()

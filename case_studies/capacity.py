@@ -71,7 +71,7 @@ def main(argv=None) -> int:
 
 def probe_series_main(args, out: Path) -> int:
     """The paper preset fine-tuned, its three weight-only probes logged beside behaviour."""
-    from icr_interp.analysis.weight_probes import probe_series
+    from icr_interp.analysis.weights.weight_probes import probe_series
     from icr_interp.pipeline.config import RunConfig
     from icr_interp.pipeline.runner import build
 

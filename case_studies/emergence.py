@@ -23,7 +23,7 @@ from icr_interp import finetune, viz  # noqa: E402
 
 from icr_interp.storage import fsio
 from icr_interp.pipeline.config import RunConfig  # noqa: E402
-from icr_interp.analysis.dynamics import TemplateTracker  # noqa: E402
+from icr_interp.analysis.scoring.dynamics import TemplateTracker  # noqa: E402
 from icr_interp.pipeline.runner import build, measure  # noqa: E402
 from icr_interp.pipeline.presets import PRESETS  # noqa: E402
 from icr_interp.seeds import derive_seed  # noqa: E402

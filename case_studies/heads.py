@@ -6,7 +6,7 @@ For every knowledge-base shape and seed, build the model with ``--heads`` heads
 (and ``--layers`` layers), fine-tune it with the library defaults, and report
 the start and final accuracy, each head's template scores beside their null
 (``pairwise_null``), each layer's OV-weighted combined row, and the verdict of
-:func:`icr_interp.analysis.job_split.head_split`: ``per head`` (every head balanced),
+:func:`icr_interp.analysis.causal.job_split.head_split`: ``per head`` (every head balanced),
 ``split across heads`` (one-sided heads whose combination is balanced) or
 ``mixed``.
 

@@ -7,7 +7,7 @@ start and final accuracy and every head's template scores beside their null
 output and attention output at the query, each layer's query-row pattern on the
 context, and the memory's stages, for the relation swap (relation inference
 must change) and the query swap (the lookup must change):
-:func:`icr_interp.analysis.job_split.job_locations`.
+:func:`icr_interp.analysis.causal.job_split.job_locations`.
 
     python case_studies/layers.py --shapes 48x6x3 --seeds 0 1 --layers 2 --heads 1
 """
@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import out_dir, positive, write_json  # noqa: E402
 from heads import each_run, parse, parser, report  # noqa: E402
 
-from icr_interp.analysis.job_split import format_jobs, job_locations  # noqa: E402
+from icr_interp.analysis.causal.job_split import format_jobs, job_locations  # noqa: E402
 
 
 def main(argv=None) -> int:

@@ -18,7 +18,7 @@ from _common import Parser, out_dir, positive, save_figure, seed, setup_threads,
 
 from icr_interp import finetune, viz  # noqa: E402
 from icr_interp.pipeline.config import RunConfig  # noqa: E402
-from icr_interp.analysis.dynamics import TemplateTracker  # noqa: E402
+from icr_interp.analysis.scoring.dynamics import TemplateTracker  # noqa: E402
 from icr_interp.pipeline.runner import build, measure  # noqa: E402
 from icr_interp.seeds import derive_seed  # noqa: E402
 from icr_interp.viz.figures import new_figure  # noqa: E402

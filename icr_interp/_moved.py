@@ -29,10 +29,12 @@ MOVED: dict[str, str] = {
     "memory": "model.memory", "sparse_memory": "model.memory.sparse", "mixed_memory": "model.memory.reads",
     "pretrain": "model.memory.pretrained",
     "train": "training.trainer",
-    "attention": "analysis.attention", "templates": "analysis.templates", "pairing_null": "analysis.pairing_null",
-    "combined_rows": "analysis.combined_rows", "reliability": "analysis.reliability", "stats": "analysis.stats",
-    "ablation": "analysis.ablation", "circuit": "analysis.circuit", "layer_roles": "analysis.job_split",
-    "dynamics": "analysis.dynamics", "patching": "analysis.patching",
+    "attention": "analysis.scoring.attention", "templates": "analysis.scoring.templates",
+    "pairing_null": "analysis.scoring.pairing_null", "combined_rows": "analysis.scoring.combined_rows",
+    "reliability": "analysis.causal.reliability", "stats": "analysis.stats",
+    "ablation": "analysis.causal.ablation", "circuit": "analysis.causal.circuit",
+    "layer_roles": "analysis.causal.job_split", "dynamics": "analysis.scoring.dynamics",
+    "patching": "analysis.causal.patching",
     "config": "pipeline.config", "presets": "pipeline.presets",
     "fsio": "storage.fsio", "checkpoint": "storage.checkpoint",
     "sweep": "experiments.sweep", "sample_search": "experiments.n_star", "scaling": "experiments.fits",
@@ -40,25 +42,56 @@ MOVED: dict[str, str] = {
 }
 
 # Modules renamed inside a subpackage: old path (relative to the package) -> new one.
-RENAMED: dict[str, str] = {"viz.legacy": "viz.model_report",
-                           "analysis.suffix_patching": "analysis.patching.suffix"}  # now one engine strategy
+RENAMED: dict[str, str] = {
+    "viz.legacy": "viz.model_report",
+    "analysis.suffix_patching": "analysis.causal.patching.suffix",  # now one engine strategy
+    # analysis/ grouped by meaning (issue 29 item 4): attention scoring, causal analyses, weight-only probes;
+    # a renamed package carries its submodules (analysis.patching.engine -> analysis.causal.patching.engine)
+    "analysis.attention": "analysis.scoring.attention",
+    "analysis.templates": "analysis.scoring.templates",
+    "analysis.template_table": "analysis.scoring.template_table",
+    "analysis.pairing_null": "analysis.scoring.pairing_null",
+    "analysis.pairwise_form": "analysis.scoring.pairwise_form",
+    "analysis.combined_rows": "analysis.scoring.combined_rows",
+    "analysis.dynamics": "analysis.scoring.dynamics",
+    "analysis.pairing_test": "analysis.scoring.pairing_test",
+    "analysis.adjacency_control": "analysis.scoring.adjacency_control",
+    "analysis.position_control": "analysis.scoring.position_control",
+    "analysis.pairing_evidence": "analysis.scoring.pairing_evidence",
+    "analysis.composed_pairing": "analysis.scoring.composed_pairing",
+    "analysis.patching": "analysis.causal.patching",
+    "analysis.circuit": "analysis.causal.circuit",
+    "analysis.circuit_series": "analysis.causal.circuit_series",
+    "analysis.ablation": "analysis.causal.ablation",
+    "analysis.reliability": "analysis.causal.reliability",
+    "analysis.function_vectors": "analysis.causal.function_vectors",
+    "analysis.causal_template": "analysis.causal.causal_template",
+    "analysis.edge_knockout": "analysis.causal.edge_knockout",
+    "analysis.binding": "analysis.causal.binding",
+    "analysis.pairing_verdict": "analysis.causal.pairing_verdict",
+    "analysis.job_split": "analysis.causal.job_split",
+    "analysis.weight_probes": "analysis.weights.weight_probes",
+    "analysis.ov_readout": "analysis.weights.ov_readout",
+}
 
 # Module names that stay public at the top level without a warning (``ii.patching`` is the documented spelling).
-KEPT = {"patching": "analysis.patching", "ablation": "analysis.ablation", "circuit": "analysis.circuit",
+KEPT = {"patching": "analysis.causal.patching", "ablation": "analysis.causal.ablation",
+        "circuit": "analysis.causal.circuit",
         "viz": "viz"}
 
 # Renamed attributes: owner (a module's dotted name, or a class name) -> {old name: new dotted name}. A module
 # owner resolves them in its ``__getattr__`` through :func:`module_attr`; a class through :func:`moved_attr`.
 MOVED_ATTRS: dict[str, dict[str, str]] = {
     "ICRModel": {"icr_basis": "basis"},
-    f"{PACKAGE}.analysis.patching": {"fast_path_applies": f"{PACKAGE}.model.forward.query_path_applies",
+    f"{PACKAGE}.analysis.causal.patching": {"fast_path_applies": f"{PACKAGE}.model.forward.query_path_applies",
                                      "pearson": f"{PACKAGE}.analysis.stats.pearson"},
-    f"{PACKAGE}.analysis.patching.suffix": {  # the first release's suffix_patching names (one engine now)
-        "patch_heads": f"{PACKAGE}.analysis.patching.heads.patch_heads_v1",
-        "get_act_patch_attn_head_out_by_pos": f"{PACKAGE}.analysis.patching.dropins.get_act_patch_attn_head_out_by_pos"},
+    f"{PACKAGE}.analysis.causal.patching.suffix": {  # the first release's suffix_patching names (one engine now)
+        "patch_heads": f"{PACKAGE}.analysis.causal.patching.heads.patch_heads_v1",
+        "get_act_patch_attn_head_out_by_pos":
+            f"{PACKAGE}.analysis.causal.patching.dropins.get_act_patch_attn_head_out_by_pos"},
     f"{PACKAGE}.training.trainer": {"EVAL_SALT": f"{PACKAGE}.seeds.EVAL_SALT"},
     f"{PACKAGE}.training": {"EVAL_SALT": f"{PACKAGE}.seeds.EVAL_SALT"},
-    f"{PACKAGE}.analysis.circuit": {"CircuitSeries": f"{PACKAGE}.analysis.circuit_series.CircuitSeries"},
+    f"{PACKAGE}.analysis.causal.circuit": {"CircuitSeries": f"{PACKAGE}.analysis.causal.circuit_series.CircuitSeries"},
     f"{PACKAGE}.pipeline.presets": {"Preset": f"{PACKAGE}.pipeline.config.RunConfig"},
     f"{PACKAGE}.experiments.sweep": {"one_line_error": f"{PACKAGE}.experiments.sweep.executors.failure_text"},
 }
@@ -66,13 +99,20 @@ MOVED_ATTRS: dict[str, dict[str, str]] = {
 _warned: set[str] = set()
 
 
+def _renamed_prefix(rel: str) -> str | None:
+    """The longest key of RENAMED that is ``rel`` or a package above it (a renamed package keeps its submodules)."""
+    hits = [old for old in RENAMED if rel == old or rel.startswith(old + ".")]
+    return max(hits, key=len) if hits else None
+
+
 def new_name(old: str) -> str | None:
     """The current dotted name of ``old`` (a full dotted module name), or None if it did not move."""
     rel = old[len(PACKAGE) + 1:] if old.startswith(PACKAGE + ".") else None
     if rel is None:
         return None
-    if rel in RENAMED:
-        return f"{PACKAGE}.{RENAMED[rel]}"
+    renamed = _renamed_prefix(rel)
+    if renamed is not None:
+        return f"{PACKAGE}.{RENAMED[renamed]}{rel[len(renamed):]}"
     head, _, tail = rel.partition(".")
     if head not in MOVED:
         return None
@@ -133,7 +173,7 @@ class MovedFinder(importlib.abc.MetaPathFinder):
         if new is None:
             return None
         head = fullname[len(PACKAGE) + 1:].partition(".")[0]
-        if head not in KEPT or fullname[len(PACKAGE) + 1:] in RENAMED:
+        if head not in KEPT or _renamed_prefix(fullname[len(PACKAGE) + 1:]) is not None:
             warn_moved(fullname, new, stacklevel=6)
         return importlib.util.spec_from_loader(fullname, _AliasLoader(new))
 

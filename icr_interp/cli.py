@@ -327,7 +327,7 @@ def train_and_save(config, out: Path, device: str = "cpu", force: bool = False):
                   f"mean row (null {r['mean_row_pairwise_null']:.3f}, best {r['mean_row_best']}); "
                   f"balance {r['balance']:.3f}")
     if before.get("templates") or after.get("templates"):
-        from icr_interp.analysis.pairing_evidence import rule_text
+        from icr_interp.analysis.scoring.pairing_evidence import rule_text
 
         print(f"  (best: the nearest template in total variation; {rule_text()})")
     save_checkpoint(out, result.model, result.task, run_config=config, force=force, preset=config.name,

@@ -5,7 +5,7 @@ Usage::
     python probes/ablate.py CHECKPOINT [--method mean|zero|resample] [--n-prompts N] [--seed S]
                             [--out DIR] [--force] [--device cpu|cuda]
 
-Samples N prompts and runs icr_interp.analysis.ablation.standard_ablations on them: the
+Samples N prompts and runs icr_interp.analysis.causal.ablation.standard_ablations on them: the
 values at subject / answer / query positions, the query row restricted to
 subjects, answers or both, each head, and the memory's relation vector.
 Prints the table and writes DIR/ablation.json.
@@ -15,7 +15,7 @@ Prints the table and writes DIR/ablation.json.
 import _common as C
 
 PROG = "ablate.py"
-METHODS = ("mean", "zero", "resample")  # icr_interp.analysis.ablation.METHODS
+METHODS = ("mean", "zero", "resample")  # icr_interp.analysis.causal.ablation.METHODS
 
 
 def build_parser() -> C.OneLineParser:
@@ -31,7 +31,7 @@ def check(args) -> None:
 
 def run(args) -> int:
     from icr_interp import load_checkpoint
-    from icr_interp.analysis import ablation
+    from icr_interp.analysis.causal import ablation
     from icr_interp.experiments import checkpoint_analysis as probing
     from icr_interp.storage.fsio import write_json
 

@@ -10,8 +10,8 @@ Usage::
 
 For one checkpoint: samples N prompts, corrupts them (relation swap and/or
 query swap), patches clean into corrupted by hook x role and the query's
-attention row by source role (icr_interp.analysis.patching), prints the tables and the
-circuit summary (icr_interp.analysis.circuit), and writes DIR/patching.json,
+attention row by source role (icr_interp.analysis.causal.patching), prints the tables and the
+circuit summary (icr_interp.analysis.causal.circuit), and writes DIR/patching.json,
 DIR/patching.png (one heatmap per corruption), DIR/circuit.json and
 DIR/report.html: a self-contained page (opens offline) with the model's
 held-out accuracy on M fresh prompts, the circuitsvis attention view, the
@@ -88,7 +88,7 @@ def run_model(args) -> int:
 def run_one(args) -> int:
     from icr_interp import load_checkpoint
     from icr_interp.experiments import checkpoint_analysis as probing
-    from icr_interp.analysis.circuit import JOB_OF, circuit_summary
+    from icr_interp.analysis.causal.circuit import JOB_OF, circuit_summary
     from icr_interp.storage.fsio import write_bytes, write_json, write_text
     from icr_interp.viz.model_report import checkpoint_report
 
@@ -119,7 +119,7 @@ def run_one(args) -> int:
 
 def run_series(args) -> int:
     from icr_interp.experiments import checkpoint_analysis as probing
-    from icr_interp.analysis.circuit import JOB_OF
+    from icr_interp.analysis.causal.circuit import JOB_OF
     from icr_interp.storage.fsio import write_bytes, write_json, write_text
     from icr_interp.seeds import derive_seed
     from icr_interp.viz import figures

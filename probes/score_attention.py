@@ -8,7 +8,7 @@ Usage::
                                      [--pair-template T] [--query-template T] [same options]
 
 Samples N prompts, scores every head's query attention row against the
-templates (icr_interp.analysis.templates: pairwise, answers, subjects, uniform, sink;
+templates (icr_interp.analysis.scoring.templates: pairwise, answers, subjects, uniform, sink;
 per example and for the mean row), prints the table and writes
 DIR/scores.json and DIR/attention.png (per head: the mean query row by role and
 the rows of the first prompts).  With --html, also DIR/report.html: a

@@ -1,4 +1,4 @@
-"""Ablations (icr_interp.analysis.ablation) on the fine-tuned reference model: what the model cannot do without."""
+"""Ablations (icr_interp.analysis.causal.ablation) on the fine-tuned reference model: what the model cannot do without."""
 
 import json
 import math
@@ -9,7 +9,7 @@ import torch
 from icr_interp.tl.compat import HookedTransformer, HookedTransformerConfig
 
 from icr_interp import ICRecallTask, KnowledgeBase, build_model, load_checkpoint, save_checkpoint
-from icr_interp.analysis import ablation as A
+from icr_interp.analysis.causal import ablation as A
 from icr_interp.training.trainer import finetune
 
 N_PROMPTS = 256

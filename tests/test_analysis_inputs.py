@@ -4,9 +4,9 @@ from dataclasses import replace
 
 import pytest
 
-from icr_interp.analysis import circuit
-from icr_interp.analysis.ablation import standard_ablations
-from icr_interp.analysis.templates import score_templates
+from icr_interp.analysis.causal import circuit
+from icr_interp.analysis.causal.ablation import standard_ablations
+from icr_interp.analysis.scoring.templates import score_templates
 from icr_interp.model.builder import build_model
 
 

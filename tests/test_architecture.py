@@ -35,7 +35,7 @@ def test_the_import_contract_holds():
     assert exe, "import-linter is a [dev] dependency (make setup installs it)"
     done = subprocess.run([exe, "--no-cache"], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
-    assert "1 kept, 0 broken" in done.stdout
+    assert "2 kept, 0 broken" in done.stdout
 
 
 def test_the_contract_fails_on_an_upward_import(tmp_path):
@@ -49,6 +49,20 @@ def test_the_contract_fails_on_an_upward_import(tmp_path):
     done = subprocess.run([exe, "--no-cache"], cwd=copy, capture_output=True, text=True, timeout=120,
                           env={"PYTHONPATH": str(copy), "PATH": "/usr/bin:/bin"})
     assert done.returncode != 0 and "BROKEN" in done.stdout.upper()
+
+
+def test_attention_scoring_may_not_import_a_causal_analysis(tmp_path):
+    """The analysis layer's own contract can fail: a scoring module that imports a causal analysis breaks it."""
+    exe = shutil.which("lint-imports", path=str(Path(sys.executable).parent))
+    copy = tmp_path / "repo"
+    shutil.copytree(PKG, copy / "icr_interp", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(REPO / "pyproject.toml", copy / "pyproject.toml")
+    rows = copy / "icr_interp" / "analysis" / "scoring" / "attention.py"
+    rows.write_text(rows.read_text() + "\nfrom icr_interp.analysis.causal import reliability  # noqa\n")
+    done = subprocess.run([exe, "--no-cache"], cwd=copy, capture_output=True, text=True, timeout=120,
+                          env={"PYTHONPATH": str(copy), "PATH": "/usr/bin:/bin"})
+    assert done.returncode != 0 and "analysis: attention scoring below causal analyses" in done.stdout
+    assert "1 kept, 1 broken" in done.stdout
 
 
 def _imports(path: Path) -> set[str]:
@@ -217,8 +231,8 @@ def test_memory_registry():
         M.register("dense")(lambda table, basis, construction: None)
 
 
-OLD_PATHS = {"icr_interp.templates": "icr_interp.analysis.templates", "icr_interp.knowledge": "icr_interp.task.knowledge",
-             "icr_interp.patching.core": "icr_interp.analysis.patching.core",
+OLD_PATHS = {"icr_interp.templates": "icr_interp.analysis.scoring.templates", "icr_interp.knowledge": "icr_interp.task.knowledge",
+             "icr_interp.patching.core": "icr_interp.analysis.causal.patching.core",
              "icr_interp.checkpoint.schema": "icr_interp.storage.checkpoint.schema",
              "icr_interp.sweep": "icr_interp.experiments.sweep", "icr_interp.train": "icr_interp.training.trainer",
              "icr_interp.memory": "icr_interp.model.memory"}
@@ -262,7 +276,7 @@ def test_no_alias_points_from_a_lower_layer_to_a_higher_one():
             if low is not None and high is not None and high < low:
                 upward.append(f"{owner}.{old} -> {new}")
     assert upward == []
-    assert _layer_rank("icr_interp.experiments.shapes") < _layer_rank("icr_interp.analysis.job_split")  # can fail
+    assert _layer_rank("icr_interp.experiments.shapes") < _layer_rank("icr_interp.analysis.causal.job_split")  # can fail
 
 
 def test_kept_names_and_root_exports_do_not_warn():
@@ -275,7 +289,7 @@ def test_kept_names_and_root_exports_do_not_warn():
         from icr_interp.task import Batch, ICRecallTask, Layout  # noqa: F401 (old path, same package name)
         from icr_interp.model import ICRModel, build_model  # noqa: F401
         from icr_interp.pipeline import run  # noqa: F401
-    assert callable(ii.run) and ii.patching.__name__ == "icr_interp.analysis.patching"
+    assert callable(ii.run) and ii.patching.__name__ == "icr_interp.analysis.causal.patching"
 
 
 def test_importing_the_package_is_light():

@@ -43,12 +43,12 @@ def analyses(cache_dir: str) -> dict:
     from test_lm_cache import register_tiny, tiny_llama
 
     from icr_interp import evaluate, load_pretrained_lm, score_templates
-    from icr_interp.analysis.causal_template import causal_template_test
-    from icr_interp.analysis.edge_knockout import edge_knockout
-    from icr_interp.analysis.function_vectors import function_vector_heads
-    from icr_interp.analysis.patching.by_role import patch_by_role
+    from icr_interp.analysis.causal.causal_template import causal_template_test
+    from icr_interp.analysis.causal.edge_knockout import edge_knockout
+    from icr_interp.analysis.causal.function_vectors import function_vector_heads
+    from icr_interp.analysis.causal.patching.by_role import patch_by_role
     from icr_interp.analysis.recall import recall_curve
-    from icr_interp.analysis.patching.heads import patch_heads
+    from icr_interp.analysis.causal.patching.heads import patch_heads
     from icr_interp.model.lm import cache as C
     from icr_interp.task.knowledge import KnowledgeBase
     from icr_interp.task.text import TextICRecallTask

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from icr_interp import build_model
-from icr_interp.analysis.weight_probes import memory_probe
+from icr_interp.analysis.weights.weight_probes import memory_probe
 from icr_interp.experiments.capacity import capacity_sweep, exact_capacity, plot_capacity
 from icr_interp.experiments.fits import constant_fit
 from icr_interp.experiments.n_star import SearchRule, capacity, search

@@ -10,7 +10,7 @@ import warnings
 import pytest
 import torch
 
-from icr_interp.analysis.causal_template import causal_template_test
+from icr_interp.analysis.causal.causal_template import causal_template_test
 from icr_interp.model.builder import build_model
 from icr_interp.task.knowledge import KnowledgeBase
 from icr_interp.task.prompts import ICRecallTask

@@ -10,10 +10,10 @@ from icr_interp.tl.compat import HookedTransformer, HookedTransformerConfig
 
 from icr_interp import ICRecallTask, KnowledgeBase, build_model, load_checkpoint, save_checkpoint
 
-from icr_interp.analysis import ablation
-from icr_interp.analysis import patching as P
-from icr_interp.analysis.circuit_series import CircuitSeries
-from icr_interp.analysis.circuit import (CircuitRow, CircuitSummary, Component, circuit_components,
+from icr_interp.analysis.causal import ablation
+from icr_interp.analysis.causal import patching as P
+from icr_interp.analysis.causal.circuit_series import CircuitSeries
+from icr_interp.analysis.causal.circuit import (CircuitRow, CircuitSummary, Component, circuit_components,
                                 circuit_summary)
 from icr_interp.training.trainer import finetune
 
@@ -67,7 +67,7 @@ def test_ablation_columns(reference):
         assert s[comp, "accuracy_drop"] == pytest.approx(s.base_accuracy - s[comp, "ablated_accuracy"])
     assert s["stage_I", "accuracy_drop"] > 0.5
     assert s["pattern", "accuracy_drop"] < 0.05  # the mean row is as good as each prompt's own
-    # The value columns are icr_interp.analysis.ablation's own ablations.
+    # The value columns are icr_interp.analysis.causal.ablation's own ablations.
     for comp, role in (("subjects", "subjects"), ("answers", "answers")):
         assert s[comp, "ablated_accuracy"] == ablation.ablate_role_values(model, batch, role, "mean").accuracy
     assert s["stage_I", "ablated_accuracy"] == ablation.ablate_hook(model, batch, "blocks.0.mlp.hook_relation",

@@ -13,7 +13,7 @@ import torch
 
 from icr_interp import cli
 from icr_interp.storage.checkpoint import load_checkpoint
-from icr_interp.analysis.templates import RoleMass
+from icr_interp.analysis.scoring.templates import RoleMass
 from icr_interp.cli import main
 from icr_interp.viz.labels import position_labels
 from icr_interp.viz.query_table import pair_balance

@@ -319,8 +319,8 @@ def test_cli_sweep_on_random_results_files_exits_cleanly(tmp_path, lines, capsys
 def test_bad_token_ids_are_one_line_value_errors_at_the_analysis_entry_points(models, bad_id):
     from dataclasses import replace
 
-    from icr_interp.analysis import patching
-    from icr_interp.analysis.templates import score_templates
+    from icr_interp.analysis.causal import patching
+    from icr_interp.analysis.scoring.templates import score_templates
 
     task, a, _ = models
     clean = task.sample(4, seed=0)

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 import icr_interp as ii
-from icr_interp.analysis.binding import binding_interchange, swap_pairs
-from icr_interp.analysis.composed_pairing import composed_pairing, effective_rows
-from icr_interp.analysis.edge_knockout import GROUPS, edge_knockout, edge_mask, knockout_profile, prediction_margin
+from icr_interp.analysis.causal.binding import binding_interchange, swap_pairs
+from icr_interp.analysis.scoring.composed_pairing import composed_pairing, effective_rows
+from icr_interp.analysis.causal.edge_knockout import GROUPS, edge_knockout, edge_mask, knockout_profile, prediction_margin
 from icr_interp.tl.compat import HookedTransformer, HookedTransformerConfig
 
 

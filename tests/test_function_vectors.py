@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from icr_interp import build_model
-from icr_interp.analysis import patching as P
-from icr_interp.analysis.function_vectors import FunctionVectorResult, function_vector_heads, mean_head_outputs
-from icr_interp.analysis.patching.metrics import LogitDiff
+from icr_interp.analysis.causal import patching as P
+from icr_interp.analysis.causal.function_vectors import FunctionVectorResult, function_vector_heads, mean_head_outputs
+from icr_interp.analysis.causal.patching.metrics import LogitDiff
 from icr_interp.model import hooks as H
 from icr_interp.task.knowledge import KnowledgeBase
 from icr_interp.task.prompts import ICRecallTask

@@ -11,9 +11,9 @@ import torch
 import torch.nn.functional as F
 
 import icr_interp as ii
-from icr_interp.analysis.combined_rows import combine_rows, ov_shares
+from icr_interp.analysis.scoring.combined_rows import combine_rows, ov_shares
 from icr_interp.model.builder import MAX_LAYERS, ModelConfig, resolve_config
-from icr_interp.analysis.templates import score_rows, score_templates
+from icr_interp.analysis.scoring.templates import score_rows, score_templates
 
 SMALL = dict(n_subjects=16, n_relations=4, k=3)  # d_model 128: a 2-layer fine-tune takes seconds
 STEPS, N_SAMPLES = 80, 512  # measured: 2 layers 0.48-0.74 -> 0.96-0.99 on seeds 1-5 (layers_heads_results.md)
@@ -130,7 +130,7 @@ def test_heads_and_layers_case_studies_run_and_reuse(tmp_path):
 
 
 def test_split_verdict():
-    from icr_interp.analysis.job_split import split_verdict
+    from icr_interp.analysis.causal.job_split import split_verdict
 
     t = torch.tensor
     assert split_verdict(t([0.9, 0.85]), t([0.5, 0.5]), 0.9) == "per head"

@@ -6,12 +6,12 @@ import math
 import pytest
 import torch
 
-from icr_interp.analysis.adjacency_control import adjacency_control
-from icr_interp.analysis.pairing_evidence import pairing_evidence
-from icr_interp.analysis.pairing_null import NULL_ALPHA, NULL_DRAWS, pairing_test, pairings
-from icr_interp.analysis.pairing_test import PAIRING_MIN_MASS, pairing_test_rows, row_effects
-from icr_interp.analysis.pairwise_form import pairing_scores, pairwise_tv
-from icr_interp.analysis.position_control import position_control
+from icr_interp.analysis.scoring.adjacency_control import adjacency_control
+from icr_interp.analysis.scoring.pairing_evidence import pairing_evidence
+from icr_interp.analysis.scoring.pairing_null import NULL_ALPHA, NULL_DRAWS, pairing_test, pairings
+from icr_interp.analysis.scoring.pairing_test import PAIRING_MIN_MASS, pairing_test_rows, row_effects
+from icr_interp.analysis.scoring.pairwise_form import pairing_scores, pairwise_tv
+from icr_interp.analysis.scoring.position_control import position_control
 
 
 def dirichlet(alpha: float, shape: tuple, slots: int, gen: torch.Generator) -> torch.Tensor:

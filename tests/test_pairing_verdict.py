@@ -6,9 +6,9 @@ import pytest
 import torch
 
 import icr_interp as ii
-from icr_interp.analysis.composed_pairing import effective_rows
-from icr_interp.analysis.pairing_test import PAIRING_MIN_MASS
-from icr_interp.analysis.pairing_verdict import VERDICTS, pairing_verdict
+from icr_interp.analysis.scoring.composed_pairing import effective_rows
+from icr_interp.analysis.scoring.pairing_test import PAIRING_MIN_MASS
+from icr_interp.analysis.causal.pairing_verdict import VERDICTS, pairing_verdict
 from icr_interp.tl.compat import HookedTransformer, HookedTransformerConfig
 
 STEPS, N_SAMPLES = 80, 512  # the 2-layer fine-tune of tests/test_layers_heads.py: seconds

@@ -10,7 +10,7 @@ import torch
 from icr_interp import ICRecallTask, KnowledgeBase, build_model, save_checkpoint
 
 from icr_interp.experiments import checkpoint_analysis as probing
-from icr_interp.analysis.circuit import circuit_summary
+from icr_interp.analysis.causal.circuit import circuit_summary
 
 REPO = Path(__file__).resolve().parents[1]
 N_PAIRS = 2

@@ -12,10 +12,10 @@ import transformer_lens.patching as tl_patching  # noqa: E402
 
 from icr_interp import Batch, ICRecallTask, KnowledgeBase, Layout, build_model, forward  # noqa: E402
 
-from icr_interp.analysis import ablation
-from icr_interp.analysis import patching as P  # noqa: E402
+from icr_interp.analysis.causal import ablation
+from icr_interp.analysis.causal import patching as P  # noqa: E402
 from icr_interp.analysis import stats  # noqa: E402
-from icr_interp.analysis import reliability
+from icr_interp.analysis.causal import reliability
 from icr_interp.training.trainer import finetune  # noqa: E402
 
 # Untrained fixtures are at chance: their role patching warns that it is unreliable (asserted where it matters).
@@ -368,10 +368,10 @@ PUBLIC = ("role_masks", "LogitDiff", "logit_diff_metric", "Patch", "BaseRun",
 def test_every_first_release_name_is_still_exported():
     import importlib
 
-    module = importlib.import_module("icr_interp.analysis.patching")
+    module = importlib.import_module("icr_interp.analysis.causal.patching")
     assert set(PUBLIC) <= set(module.__all__)
     for name in PUBLIC + MOVED:
-        exec(f"from icr_interp.analysis.patching import {name}", {})
+        exec(f"from icr_interp.analysis.causal.patching import {name}", {})
     assert P.fast_path_applies is forward.query_path_applies  # one check of when the one-layer path applies
     assert P.pearson is stats.pearson
     assert P.pearson(torch.tensor([1.0, 2.0, 3.0, float("nan")]), torch.tensor([2.0, 4.0, 7.0, 1.0])) == \

@@ -5,8 +5,8 @@ import warnings
 import pytest
 import torch
 
-from icr_interp.analysis import patching as P
-from icr_interp.analysis.patching.screen import screen_and_confirm, spearman
+from icr_interp.analysis.causal import patching as P
+from icr_interp.analysis.causal.patching.screen import screen_and_confirm, spearman
 from icr_interp.model import hooks as H
 from icr_interp.task.knowledge import KnowledgeBase
 from icr_interp.task.prompts import ICRecallTask

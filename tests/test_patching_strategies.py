@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from icr_interp.analysis import patching as P
-from icr_interp.analysis.patching import engine as E
+from icr_interp.analysis.causal import patching as P
+from icr_interp.analysis.causal.patching import engine as E
 from icr_interp.model import hooks as H
 
 SITES = ("resid_pre", "q", "k", "v", "attn_scores", "pattern", "z", "attn_out", "resid_mid", "mlp_pre", "mlp_post",
@@ -84,7 +84,7 @@ def test_the_cheapest_strategy_is_chosen():
 def test_a_bridge_takes_the_general_strategy_and_the_result_says_so(monkeypatch):
     """On TransformerLens 4.x's TransformerBridge only hooks reach inside blocks: every patch is a general forward,
     with the same values, and the role-patching result states the fallback (here the bridge is simulated)."""
-    from icr_interp.analysis.patching import by_role
+    from icr_interp.analysis.causal.patching import by_role
     from icr_interp.pipeline.config import RunConfig
     from icr_interp.pipeline.runner import build
 

@@ -118,7 +118,7 @@ def test_grid_blocks_count_only_what_a_patch_changes(tiny_smol_llama):
 
 
 def test_chunked_parts_and_per_prompt_cells_equal_role_patching(tiny_smol_llama):
-    from icr_interp.analysis.patching import patch_by_role
+    from icr_interp.analysis.causal.patching import patch_by_role
     from icr_interp.experiments import probe_grid as G
     from icr_interp.model import hooks as H
     from icr_interp.task.knowledge import KnowledgeBase

@@ -110,7 +110,7 @@ def test_local_sweep_writes_one_line_per_run(local_sweep, tmp_path):
         assert r["n_triplets"] == 64 and r["construction"] == "pair" and flat(r)["steps"] == 20
         assert RunConfig.from_dict(r["config"]).key == r["key"]
         assert abs(sum(r["query_attention"]) - 1.0) < 1e-5
-        if importlib.util.find_spec("icr_interp.analysis.templates") is not None:
+        if importlib.util.find_spec("icr_interp.analysis.scoring.templates") is not None:
             names = ("pairwise", "balance", "pair_mass")
             assert all(0.0 <= r[n] <= 1.0 and 0.0 <= r[f"mean_row_{n}"] <= 1.0 for n in names)
             assert r["best"] in ("pairwise", "answers", "subjects", "uniform", "sink")

@@ -10,12 +10,12 @@ from jaxtyping import jaxtyped
 from icr_interp.tl.compat import HookedTransformer, HookedTransformerConfig
 
 from icr_interp import Batch, ICRecallTask, KnowledgeBase, Layout, build_model, load_checkpoint
-from icr_interp.analysis.templates import (NULL_ALPHA, NULL_DRAWS, NULL_MAX_PERMUTATIONS, NULL_MIN_EFFECT, TEMPLATES,
+from icr_interp.analysis.scoring.templates import (NULL_ALPHA, NULL_DRAWS, NULL_MAX_PERMUTATIONS, NULL_MIN_EFFECT, TEMPLATES,
                                   UNIFORM_MARGIN, RoleMass, fit_pairwise, pairing_scores, pairings, pairwise_tv,
                                   query_rows, query_rows_from_cache, score_rows, score_templates, template_tv)
 from icr_interp.training.trainer import finetune
-from icr_interp.analysis.pairing_test import PAIRING_MIN_MASS
-from icr_interp.analysis.template_table import TOP_ROWS
+from icr_interp.analysis.scoring.pairing_test import PAIRING_MIN_MASS
+from icr_interp.analysis.scoring.template_table import TOP_ROWS
 
 K = 4  # context pairs of the hand-made rows
 
@@ -433,7 +433,7 @@ def test_bad_token_ids_are_one_line_errors(stock, bad, match):
 
 
 def test_rows_helpers_are_reexported_from_attention():
-    from icr_interp.analysis import attention
+    from icr_interp.analysis.scoring import attention
     assert query_rows is attention.query_rows and query_rows_from_cache is attention.query_rows_from_cache
 
 

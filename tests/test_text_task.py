@@ -216,8 +216,8 @@ def stock(tokenizer):
 
 
 def test_scores_sum_masses_over_spans(stock, task):
-    from icr_interp.analysis.attention import query_rows
-    from icr_interp.analysis.templates import RoleMass, score_templates
+    from icr_interp.analysis.scoring.attention import query_rows
+    from icr_interp.analysis.scoring.templates import RoleMass, score_templates
 
     batch = task.sample(16, seed=4)
     rows = query_rows(stock, batch)  # [layer head batch pos] at pred_pos
@@ -233,7 +233,7 @@ def test_scores_sum_masses_over_spans(stock, task):
 
 
 def test_patching_and_circuit_on_text(stock, task):
-    from icr_interp.analysis import circuit, patching
+    from icr_interp.analysis.causal import circuit, patching
     from icr_interp.training.trainer import evaluate
 
     with warnings.catch_warnings():
@@ -262,7 +262,7 @@ def test_sample_pairs_draws_until_enough(task):
 
 
 def test_head_effects_prefilter_matches_exact_patching(stock, task):
-    from icr_interp.analysis import patching
+    from icr_interp.analysis.causal import patching
     from icr_interp.analysis.head_search import head_effects
 
     with warnings.catch_warnings():

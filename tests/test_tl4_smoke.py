@@ -4,7 +4,7 @@ One model on a knowledge base no other test uses (64 subjects x 8 relations,
 64 shared answers, knowledge seed 5, k = 4) with a strong answer tilt
 (``init_tilt=4``), so that it starts far from the task: import, build,
 fine-tune to >= 0.95 held-out accuracy, checkpoint round trip with identical
-logits, template scores, the five ``icr_interp.analysis.patching`` drop-ins equal to
+logits, template scores, the five ``icr_interp.analysis.causal.patching`` drop-ins equal to
 ``transformer_lens.patching`` within 1e-4 (and faster), a circuitsvis view.
 Measured (TransformerLens 3.9 and 4.3 give the same numbers bit for bit):
 accuracy 0.465 -> 0.996, per-example pairwise 0.887 (balance 0.773), mean
@@ -23,7 +23,7 @@ import transformer_lens.patching as tl_patching  # noqa: E402
 import icr_interp  # noqa: E402
 from icr_interp import ICRecallTask, KnowledgeBase, build_model, evaluate, finetune, viz  # noqa: E402
 from icr_interp.tl import compat
-from icr_interp.analysis import patching as P  # noqa: E402
+from icr_interp.analysis.causal import patching as P  # noqa: E402
 
 DROP_INS = ("get_act_patch_resid_pre", "get_act_patch_attn_out", "get_act_patch_mlp_out",
             "get_act_patch_attn_head_out_by_pos", "get_act_patch_attn_head_pattern_dest_src_pos")

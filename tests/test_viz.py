@@ -187,7 +187,7 @@ def png_images(page: str) -> list[Image.Image]:
 
 @pytest.fixture(scope="module")
 def scores(model, batch):
-    templates = pytest.importorskip("icr_interp.analysis.templates")
+    templates = pytest.importorskip("icr_interp.analysis.scoring.templates")
     return templates.score_templates(model, batch).to_dict()
 
 
@@ -268,8 +268,8 @@ def test_report_renders_template_scores_as_a_table(tmp_path, task, model, batch,
 
 
 def test_full_report_computes_scores_and_patching(tmp_path, task, model, batch):
-    templates = pytest.importorskip("icr_interp.analysis.templates")
-    patching = pytest.importorskip("icr_interp.analysis.patching")
+    templates = pytest.importorskip("icr_interp.analysis.scoring.templates")
+    patching = pytest.importorskip("icr_interp.analysis.causal.patching")
     path = viz.full_report(tmp_path / "full.html", model, task, batch, seed=1)
     page = path.read_text(encoding="utf-8")
     corrupted = task.corrupt(batch, "relation", seed=1)
@@ -435,8 +435,8 @@ def test_report_module_renders_only(tmp_path):
     tree = ast.parse(inspect.getsource(report))
     imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)} | {
         a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
-    assert not imported & {"icr_interp.analysis.templates", "icr_interp.analysis.patching", "icr_interp.training.trainer", "icr_interp.analysis.circuit",
-                           "icr_interp.analysis.attention"}
+    assert not imported & {"icr_interp.analysis.scoring.templates", "icr_interp.analysis.causal.patching", "icr_interp.training.trainer", "icr_interp.analysis.causal.circuit",
+                           "icr_interp.analysis.scoring.attention"}
     evaluation = {"accuracy": 0.96875, "loss": 0.125, "n_prompts": 64}
     path = report.write_report(tmp_path / "r.html", "given numbers", [report.accuracy_section(evaluation, seed=3)])
     page = path.read_text(encoding="utf-8")

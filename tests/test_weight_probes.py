@@ -1,11 +1,11 @@
-"""Weight-only probes (icr_interp.analysis.weight_probes) against behaviour on tiny models."""
+"""Weight-only probes (icr_interp.analysis.weights.weight_probes) against behaviour on tiny models."""
 
 import pytest
 import torch
 
 from icr_interp import build_model, finetune
-from icr_interp.analysis.attention import query_rows
-from icr_interp.analysis.weight_probes import (WeightProbeTracker, behavioural_recall, memory_correct,
+from icr_interp.analysis.scoring.attention import query_rows
+from icr_interp.analysis.weights.weight_probes import (WeightProbeTracker, behavioural_recall, memory_correct,
                                                pairwise_effect, per_fact_prompts, weight_probes)
 from icr_interp.task.knowledge import KnowledgeBase
 from icr_interp.task.prompts import ICRecallTask
@@ -134,7 +134,7 @@ def planted_extraction_model(task):
 
 
 def test_ov_readout_finds_a_planted_extraction_head(task):
-    from icr_interp.analysis.ov_readout import ov_readout
+    from icr_interp.analysis.weights.ov_readout import ov_readout
 
     model = planted_extraction_model(task)
     batch = task.sample(64, seed=0)
@@ -148,7 +148,7 @@ def test_ov_readout_finds_a_planted_extraction_head(task):
 
 @pytest.mark.filterwarnings("ignore:.*share their first token")
 def test_head_ov_is_what_the_head_writes_when_it_attends_to_the_source(tiny_smol_llama):
-    from icr_interp.analysis.ov_readout import head_ov
+    from icr_interp.analysis.weights.ov_readout import head_ov
     from icr_interp.task.text import TextICRecallTask
 
     model = tiny_smol_llama
@@ -170,7 +170,7 @@ def test_head_ov_is_what_the_head_writes_when_it_attends_to_the_source(tiny_smol
 
 
 def test_probe_series_logs_weights_beside_behaviour(task):
-    from icr_interp.analysis.weight_probes import probe_series
+    from icr_interp.analysis.weights.weight_probes import probe_series
 
     series = probe_series(build_model(task), task, every=10, n_prompts=64, steps=20, n_samples=128, lr=0.01)
     assert [row["step"] for row in series] == [0, 10, 20]

@@ -1,7 +1,7 @@
 """Which heads carry a job: attribution patching over every head, exact patching of the ones it ranks first.
 
 On a pretrained LM exact patching of every head is expensive (30 layers x 9 heads, one patched run each),
-so attribution patching (:func:`~icr_interp.analysis.patching.attribution_patch`: one forward and one
+so attribution patching (:func:`~icr_interp.analysis.causal.patching.attribution_patch`: one forward and one
 backward give a first-order estimate for all heads) is the prefilter, and the ``top`` heads it ranks first
 by absolute effect -- plus any ``also`` -- are patched exactly.  The agreement of the two on those heads is
 reported (Pearson and Spearman correlation, sign agreement, largest gap), so a reader sees how far the
@@ -10,7 +10,7 @@ two top-``top`` sets as well.
 
 Each head's effect is its output (``hook_z``) at a role's positions (default: the prediction position)
 patched clean -> corrupted (denoising), normalised 0 = corrupted run, 1 = clean run, with the reliability
-of :func:`~icr_interp.analysis.patching.by_role.setup` (a swap that barely moves the output is flagged).
+of :func:`~icr_interp.analysis.causal.patching.by_role.setup` (a swap that barely moves the output is flagged).
 
 :func:`function_vector_effects` is the field's standard for in-context-learning heads (Todd et al. 2024,
 "Function vectors in large language models"): each head's mean output at the prediction position over
@@ -32,8 +32,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from icr_interp.analysis.patching import attribution_patch, patch_activations
-from icr_interp.analysis.patching.by_role import role_patch, setup
+from icr_interp.analysis.causal.patching import attribution_patch, patch_activations
+from icr_interp.analysis.causal.patching.by_role import role_patch, setup
 from icr_interp.model import hooks as H
 from icr_interp.plumbing import check_int
 from icr_interp.task import roles as R

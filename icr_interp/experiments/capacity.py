@@ -10,7 +10,7 @@ N = S R.  Memories:
 * ``pretrained`` -- the pretrained memory (:mod:`icr_interp.model.memory.pretrained`), ``neurons`` per
   stage, on random unit embeddings (the residual basis turns random below the exact width, as in
   Nichani, Lee and Bietti 2024).  Recall: the weight-only memory probe
-  (:func:`icr_interp.analysis.weight_probes.memory_probe`), every stored (s, r) from clean embeddings.
+  (:func:`icr_interp.analysis.weights.weight_probes.memory_probe`), every stored (s, r) from clean embeddings.
   Only stage II (the lookup) is fitted: stage I's loss reads disjoint parameters, so under Adam
   stage II's training is the toolkit's pretraining in law, without the cost of sampling prompts.
   Parameters: ``m d`` (the anchor's count: m . d ~ 0.35 N log N for an MLP memory).
@@ -34,7 +34,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from icr_interp.analysis.weight_probes import memory_probe
+from icr_interp.analysis.weights.weight_probes import memory_probe
 from icr_interp.experiments.fits import constant_fit
 from icr_interp.experiments.n_star import SearchRule, capacity, search
 from icr_interp.model.builder import build_model
@@ -272,7 +272,7 @@ def _solve_nlogn(y: float) -> float:
 
 def plot_probe_series(series: list[dict]):
     """The weight-only probes beside behaviour over fine-tuning (rows of
-    :func:`icr_interp.analysis.weight_probes.probe_series`); returns a matplotlib Figure."""
+    :func:`icr_interp.analysis.weights.weight_probes.probe_series`); returns a matplotlib Figure."""
     from icr_interp.viz.figures import new_figure
 
     fig, axes = new_figure(10, 3.2, ncols=3)

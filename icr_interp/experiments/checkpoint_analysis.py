@@ -215,16 +215,16 @@ def role_patching(model, task, batch, kinds: tuple[str, ...], seed: int, method:
         model, task, batch: the model, its task (makes the corruptions), the clean prompts.
         kinds: corruption kinds (``"relation"``, ``"query"``).
         seed: seeds the corruptions.
-        method: ``"exact"`` (:func:`icr_interp.analysis.patching.patch_by_role`) or ``"attribution"``
-            (:func:`~icr_interp.analysis.patching.attribution_patch`, a first-order estimate).
+        method: ``"exact"`` (:func:`icr_interp.analysis.causal.patching.patch_by_role`) or ``"attribution"``
+            (:func:`~icr_interp.analysis.causal.patching.attribution_patch`, a first-order estimate).
 
     Returns:
         ``{kind: {"by_role": RolePatchResult, "pattern_by_role": RolePatchResult, "n_prompts": int,
         "n_dropped": int}}``: each kind patches the prompts that have its corruption
         (:meth:`~icr_interp.task.prompts.ICRecallTask.corrupt_pairs`); ``n_dropped`` counts the others.
     """
-    from icr_interp.analysis.attention import pattern_name
-    from icr_interp.analysis.patching import attribution_patch, patch_by_role, patch_pattern_by_role
+    from icr_interp.analysis.scoring.attention import pattern_name
+    from icr_interp.analysis.causal.patching import attribution_patch, patch_by_role, patch_pattern_by_role
 
     if method not in ("exact", "attribution"):
         raise ValueError(f"method must be 'exact' or 'attribution', got {method!r}")
@@ -261,8 +261,8 @@ def circuit_series(entries: list[CheckpointEntry], n_prompts: int, seed: int, de
                    jobs: tuple[str, ...] = ("relation", "lookup")):
     """Circuit summaries (of ``jobs``) of a series' checkpoints, all on the same prompts (:func:`probe_prompts`)."""
     from icr_interp.storage.checkpoint import load_checkpoint
-    from icr_interp.analysis.circuit import circuit_summary
-    from icr_interp.analysis.circuit_series import CircuitSeries
+    from icr_interp.analysis.causal.circuit import circuit_summary
+    from icr_interp.analysis.causal.circuit_series import CircuitSeries
 
     summaries = []
     for entry in entries:
@@ -282,7 +282,7 @@ def attention_png(model, batch, layers: list[int] | None = None, note: str = "")
     ``layers`` default: every layer of a model with at most :data:`~icr_interp.viz.grids.MAX_LAYERS`, else
     that many evenly spaced ones (first and last included), said in the figure.
     """
-    from icr_interp.analysis.attention import query_rows
+    from icr_interp.analysis.scoring.attention import query_rows
     from icr_interp.viz import figures, grids
     from icr_interp.viz.labels import slot_labels
     from icr_interp.viz.views import gather_slots

@@ -67,9 +67,9 @@ def run_model_probe(subject, batch, kinds: tuple[str, ...], corruption_seed: int
                     grid: str = "default", method: str = "exact", eval_prompts: int = 64, seed: int = 0,
                     circuit: bool = True, log: Callable[[str], None] | None = None) -> dict:
     """Every phase of the probe (module docstring); returns ``{"results", "scores", "summary", "written"}``."""
-    from icr_interp.analysis.circuit import JOB_OF, circuit_summary
-    from icr_interp.analysis.patching import attribution_patch
-    from icr_interp.analysis.templates import score_templates
+    from icr_interp.analysis.causal.circuit import JOB_OF, circuit_summary
+    from icr_interp.analysis.causal.patching import attribution_patch
+    from icr_interp.analysis.scoring.templates import score_templates
     from icr_interp.experiments import text_probe
     from icr_interp.storage.fsio import write_bytes, write_json, write_text
     from icr_interp.viz import figures, grids

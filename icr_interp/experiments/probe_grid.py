@@ -18,7 +18,7 @@ head's query-row attention pattern x every source role -- thousands of cells, to
 Attribution patching (one forward and one backward; AtP*, Kramar et al. 2024) *screens* every cell; exact
 patching *confirms* the top ones and audits a random sample of the rest, and the result says how far the
 screen can be trusted: the recall of the exact top-k, and the Spearman rank correlation of screened and exact
-values (the engine's :func:`icr_interp.analysis.patching.screen_and_confirm`).
+values (the engine's :func:`icr_interp.analysis.causal.patching.screen_and_confirm`).
 
 :func:`per_prompt_cells` and :func:`restored_interval` give chosen cells per prompt and their effect with a
 bootstrap interval over prompts (the case study's intervals).
@@ -51,13 +51,13 @@ def part_grid(model, part: str) -> tuple[list[str], list[str] | None]:
 
 
 def run_part(model, clean, corrupted, part: str, log=None, n_chunks: int = 6):
-    """The :class:`~icr_interp.analysis.patching.RolePatchResult` of one part of the default grid.
+    """The :class:`~icr_interp.analysis.causal.patching.RolePatchResult` of one part of the default grid.
 
-    What :func:`~icr_interp.analysis.patching.patch_by_role` computes, with its two base runs made once and the
+    What :func:`~icr_interp.analysis.causal.patching.patch_by_role` computes, with its two base runs made once and the
     cells patched in ``n_chunks`` engine calls, so that ``log`` (if given) gets a progress line after each.
     """
-    from icr_interp.analysis.patching import patch_activations
-    from icr_interp.analysis.patching.by_role import components, grid_masks, result, role_patch, setup
+    from icr_interp.analysis.causal.patching import patch_activations
+    from icr_interp.analysis.causal.patching.by_role import components, grid_masks, result, role_patch, setup
 
     hooks, roles = part_grid(model, part)
     start = time.perf_counter()
@@ -94,7 +94,7 @@ def grid_blocks(model, clean, corrupted, hooks: list[str], roles: list[str] | No
     corrupted prompt nothing differs (attention is causal); ``resid_pre`` of layer 0 differs only at the
     differing tokens themselves.
     """
-    from icr_interp.analysis.patching.core import kind
+    from icr_interp.analysis.causal.patching.core import kind
     from icr_interp.task import roles as R
 
     c = model.cfg
@@ -131,9 +131,9 @@ def fine_hooks(model) -> list[str]:
 def screen_and_confirm(model, clean, corrupted, top_k: int = 10, seed: int = 0):
     """The full grid (every head's z x role, every head's query-row pattern x source role) screened by AtP* and
     its top ``2 * top_k`` cells plus ``top_k`` random others patched exactly
-    (:func:`icr_interp.analysis.patching.screen_and_confirm`; its result reports the recall of the exact top-k
+    (:func:`icr_interp.analysis.causal.patching.screen_and_confirm`; its result reports the recall of the exact top-k
     and the Spearman rank correlation of estimate and exact effect)."""
-    from icr_interp.analysis.patching import screen_and_confirm as screen
+    from icr_interp.analysis.causal.patching import screen_and_confirm as screen
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
@@ -162,8 +162,8 @@ class PerPrompt:
 def per_prompt_cells(model, clean, corrupted, cells: list[tuple[str, int | None, str]]) -> dict:
     """Each prompt's logit difference under each ``(hook, head, role)`` patch (clean into corrupted), and on the
     clean and corrupted runs: ``{"patched": [cell prompt], "clean": [prompt], "corrupted": [prompt]}``."""
-    from icr_interp.analysis.patching import patch_activations
-    from icr_interp.analysis.patching.by_role import grid_masks, role_patch, setup
+    from icr_interp.analysis.causal.patching import patch_activations
+    from icr_interp.analysis.causal.patching.by_role import grid_masks, role_patch, setup
 
     metric = PerPrompt(clean.answers, corrupted.answers, corrupted.layout.pred_pos)
     s = setup(model, clean, corrupted, None, sorted({c[0] for c in cells}), False)

@@ -12,7 +12,8 @@ import warnings
 import torch
 
 from icr_interp.seeds import derive_seed
-from icr_interp.analysis import attention, circuit, templates
+from icr_interp.analysis.scoring import attention, templates
+from icr_interp.analysis.causal import circuit
 from icr_interp.experiments import checkpoint_analysis as probing
 from icr_interp.pipeline import RunConfig
 from icr_interp.pipeline import runner as pipeline

@@ -6,10 +6,10 @@ templates), each a library call, with one JSON of everything and three figures:
 a. **recall**: top-1 accuracy against k (``recall_curve``) beside the zero-shot and named-relation baselines;
 b. **templates**: every (layer, head) at the prediction position against the pairwise template with its
    pairing null (``score_templates``; the toolkit's rule: ``best == "pairwise"`` needs
-   the rule of :func:`icr_interp.analysis.pairing_evidence.rule_text`), heads ranked by their pairing edge;
+   the rule of :func:`icr_interp.analysis.scoring.pairing_evidence.rule_text`), heads ranked by their pairing edge;
 c. **patching by head**: each head's clean ``z`` at the prediction position patched into relation-swapped
    prompts (relation inference) and query-swapped ones (lookup), by suffix recomputation
-   (:func:`~icr_interp.analysis.patching.patch_heads`, the engine's suffix strategy);
+   (:func:`~icr_interp.analysis.causal.patching.patch_heads`, the engine's suffix strategy);
 d. **function vectors**: every head's causal indirect effect (Todd et al. 2024) and the overlap of the top
    heads of (b), (c) and (d), with what chance would give;
 e. **causal template test** (``causal_template_test``) on the top relation-inference heads and on the top
@@ -24,11 +24,11 @@ from collections.abc import Callable
 
 import torch
 
-from icr_interp.analysis.causal_template import causal_template_test
-from icr_interp.analysis.function_vectors import function_vector_heads
+from icr_interp.analysis.causal.causal_template import causal_template_test
+from icr_interp.analysis.causal.function_vectors import function_vector_heads
 from icr_interp.analysis.recall import recall_curve
-from icr_interp.analysis.patching import patch_heads
-from icr_interp.analysis.templates import score_templates
+from icr_interp.analysis.causal.patching import patch_heads
+from icr_interp.analysis.scoring.templates import score_templates
 from icr_interp.task.knowledge import KnowledgeBase
 from icr_interp.task.text import DEFAULT_PAIR_TEMPLATE, DEFAULT_QUERY_TEMPLATE, TextICRecallTask
 

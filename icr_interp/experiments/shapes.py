@@ -4,13 +4,13 @@
 :func:`fine_tuned` is :func:`icr_interp.run`'s three steps for a model of ``n_layers`` x ``n_heads`` on a task
 (build, fine-tune, evaluate before and after), with a saved state to reuse instead of training again. The
 analyses of the result (which head reads subjects and which answers, where each job sits) are
-:mod:`icr_interp.analysis.job_split`'s.
+:mod:`icr_interp.analysis.causal.job_split`'s.
 """
 
 from pathlib import Path
 
-from icr_interp.analysis.job_split import head_split
-from icr_interp.analysis.templates import score_templates
+from icr_interp.analysis.causal.job_split import head_split
+from icr_interp.analysis.scoring.templates import score_templates
 from icr_interp.model.builder import ICRModel, build_model
 from icr_interp.seeds import offset_seed
 from icr_interp.task.knowledge import KnowledgeBase

@@ -109,7 +109,7 @@ def report_layers(scores, n: int = REPORT_LAYERS) -> tuple[list[int], str]:
     """The layers a report of a deep model draws, and one line saying why those.
 
     The layers of the heads whose prediction row is "pairwise" by the pairing-null rule
-    (:func:`icr_interp.analysis.templates.score_templates`: ``best == "pairwise"``, i.e. it beats its re-paired
+    (:func:`icr_interp.analysis.scoring.templates.score_templates`: ``best == "pairwise"``, i.e. it beats its re-paired
     null), those with the largest edge (pairwise - null) first, up to ``n``.  Where no head beats its null the
     note says so, and the ``n`` layers of the largest edges are drawn only to show what the rows look like.
     A model with ``n`` layers or fewer is drawn whole.

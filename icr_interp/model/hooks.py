@@ -28,7 +28,7 @@ class Site:
 
     path: str  # hook path under ``blocks.{layer}`` (e.g. ``"attn.hook_pattern"``)
     kind: str  # axes after batch: "position" [batch pos ...], "head" [batch pos head ...], "pattern" [batch head dest src]
-    stage: str | None  # the one-layer forward's part it feeds (icr_interp.analysis.patching.fast); None: general path
+    stage: str | None  # the one-layer forward's part it feeds (icr_interp.analysis.causal.patching.fast); None: general path
     memory: bool = False  # an associative memory's own hook point (icr_interp.model.memory.base declares them)
     job: str | None = None  # the IC-recall job whose output it carries (the memory's two stages)
     windowed: bool = True  # its position axis is the query's (rotary keys are not: they see the past too)
@@ -151,7 +151,7 @@ def memory_hooks(model, sites=MEMORY_SITES) -> list[str]:
 def component_hooks(model) -> list[str]:
     """resid_pre, per-head z, attn_out and mlp_out of every layer, plus the memory's stage hooks if present.
 
-    The default set of role patching (:func:`icr_interp.analysis.patching.patch_by_role`); attention-only
+    The default set of role patching (:func:`icr_interp.analysis.causal.patching.patch_by_role`); attention-only
     blocks have no MLP output to patch.
     """
     names = []

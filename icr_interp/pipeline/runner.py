@@ -59,7 +59,7 @@ def build(config: RunConfig, device: str | torch.device = "cpu") -> tuple[ICReca
 
 def measure(model: ICRModel, task: ICRecallTask, config: RunConfig) -> dict:
     """Held-out accuracy, loss and query row, plus the headline template scores (``"templates"``)."""
-    from icr_interp.analysis.templates import score_templates  # analyses sit downstream of training
+    from icr_interp.analysis.scoring.templates import score_templates  # analyses sit downstream of training
 
     out = evaluate(model, task, n_prompts=config.eval.n_prompts, seed=config.seed)
     if config.eval.n_template > 0:

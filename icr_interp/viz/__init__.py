@@ -23,7 +23,7 @@ One job per module:
 
 Submodules load on first use (PEP 562): ``icr_interp.viz.labels`` does not pull in circuitsvis or
 matplotlib.  Every analysis reads the last layer unless told otherwise
-(:func:`icr_interp.analysis.attention.resolve_layer`).
+(:func:`icr_interp.analysis.scoring.attention.resolve_layer`).
 """
 
 import importlib

@@ -110,7 +110,7 @@ def plot_role_patching(by_role, pattern_by_role, kind: str, n_prompts: int) -> F
     """One heatmap of a corruption's role patching: hook rows, then query-row pattern rows, x roles.
 
     Args:
-        by_role, pattern_by_role: :class:`~icr_interp.analysis.patching.RolePatchResult` (same roles).
+        by_role, pattern_by_role: :class:`~icr_interp.analysis.causal.patching.RolePatchResult` (same roles).
         kind: the corruption (``"relation"`` or ``"query"``), for the title.
         n_prompts: prompts the effects are averaged over, for the title.
     """
@@ -166,7 +166,7 @@ def plot_circuit_series(series, columns: tuple[str, ...] = ("relation", "lookup"
     """Every circuit component against the training step, one panel per column.
 
     Args:
-        series: a :class:`~icr_interp.analysis.circuit_series.CircuitSeries`.
+        series: a :class:`~icr_interp.analysis.causal.circuit_series.CircuitSeries`.
         columns: which columns of the circuit summaries (patching effects, ablation).
         n_prompts: prompts each checkpoint was measured on, for the titles.
     """

@@ -15,7 +15,7 @@ hidden relation and answer, the mean row with its spread, and circuitsvis token 
 import os
 from pathlib import Path
 
-from icr_interp.analysis.attention import query_row, resolve_layer
+from icr_interp.analysis.scoring.attention import query_row, resolve_layer
 from icr_interp.tl.compat import TLModel
 from icr_interp.task.prompts import Batch, ICRecallTask
 from icr_interp.viz import report
@@ -39,7 +39,7 @@ def save_report(path: str | os.PathLike, model: TLModel, batch: Batch, *, scores
         path: the HTML file; written atomically.
         model: any HookedTransformer.
         batch: prompts with their layout.
-        scores: template scores (:class:`~icr_interp.analysis.templates.TemplateScores`, its dict, or any dict).
+        scores: template scores (:class:`~icr_interp.analysis.scoring.templates.TemplateScores`, its dict, or any dict).
         patching: patching results (a dict or object with ``to_dict()``; see
             :func:`~icr_interp.viz.patching_panels`).
         vocab: a task or vocabulary for token strings (``None``: token ids).
@@ -129,7 +129,7 @@ def checkpoint_report(checkpoint, batch: Batch, results: dict, summary=None, *, 
     :class:`icr_interp.experiments.text_probe.ModelSubject`); ``layers`` limits the attention drawn and
     ``layers_note`` says why those; ``scores`` (template scores already computed for ``batch``) saves a forward.
     """
-    from icr_interp.analysis.templates import score_templates
+    from icr_interp.analysis.scoring.templates import score_templates
     from icr_interp.training.trainer import evaluate
 
     model, task = checkpoint.model, checkpoint.task
@@ -171,12 +171,13 @@ def full_report(path: str | os.PathLike, model: TLModel, task: ICRecallTask, bat
                 corruptions: tuple[str, ...] = ("relation", "query"), seed: int = 0, **options) -> Path:
     """Compute template scores and role patching for ``batch``, then :func:`save_report` them.
 
-    Scores come from :func:`icr_interp.analysis.templates.score_templates`; for every
-    corruption kind, :func:`icr_interp.analysis.patching.patch_by_role` (hook x role)
-    and :func:`~icr_interp.analysis.patching.patch_pattern_by_role` (query-row pattern x
+    Scores come from :func:`icr_interp.analysis.scoring.templates.score_templates`; for every
+    corruption kind, :func:`icr_interp.analysis.causal.patching.patch_by_role` (hook x role)
+    and :func:`~icr_interp.analysis.causal.patching.patch_pattern_by_role` (query-row pattern x
     source role) on ``task.corrupt(batch, kind, seed)``.
     """
-    from icr_interp.analysis import patching, templates  # analyses sit upstream of views; import when used
+    from icr_interp.analysis.causal import patching  # analyses sit upstream of views; import when used
+    from icr_interp.analysis.scoring import templates
 
     scores = templates.score_templates(model, batch)
     results = {}

@@ -2,12 +2,12 @@
 
 Rows are the mean query row over held-out prompts of one fixed layout (``task.layout(1)``), so positions
 and roles coincide; each context pair's mass ``s + a`` and within-pair balance ``2 min(s, a) / (s + a)``
-come from :class:`icr_interp.analysis.templates.RoleMass` and :func:`~icr_interp.analysis.templates.balance`.
+come from :class:`icr_interp.analysis.scoring.templates.RoleMass` and :func:`~icr_interp.analysis.scoring.templates.balance`.
 """
 
 import torch
 
-from icr_interp.analysis.templates import RoleMass, balance
+from icr_interp.analysis.scoring.templates import RoleMass, balance
 from icr_interp.task.prompts import ICRecallTask
 from icr_interp.viz.labels import position_labels
 

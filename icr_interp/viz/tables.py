@@ -95,7 +95,7 @@ def scores_table(scores, caption: str | None = None) -> str:
     """Template scores of every head as one table: per example (score, null, p), TV to each template, mean row.
 
     Args:
-        scores: a :class:`~icr_interp.analysis.templates.TemplateScores` or its ``to_dict()``.
+        scores: a :class:`~icr_interp.analysis.scoring.templates.TemplateScores` or its ``to_dict()``.
         caption: the table caption (say how many prompts were scored).
 
     The head that matters (the scores' headline) is marked with ``*`` and bold.  Every pairwise score stands
@@ -143,7 +143,7 @@ def zero_by_construction(component: str, job: str, value) -> bool:
 
 
 def circuit_table(summary, caption: str | None = None) -> str:
-    """A :class:`~icr_interp.analysis.circuit.CircuitSummary` (or its ``to_dict()``) as a table, verdict below.
+    """A :class:`~icr_interp.analysis.causal.circuit.CircuitSummary` (or its ``to_dict()``) as a table, verdict below.
 
     A job that was not measured reads "not measured"; a cell that is zero by construction
     (:func:`zero_by_construction`) is marked and explained under the table.

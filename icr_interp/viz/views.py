@@ -1,7 +1,7 @@
 """circuitsvis attention views of IC-recall prompts, tokens labelled by role, rendering offline.
 
 A view is built from one example of a :class:`~icr_interp.task.prompts.Batch`: its
-attention pattern at one layer (by default the last, :func:`icr_interp.analysis.attention.resolve_layer`)
+attention pattern at one layer (by default the last, :func:`icr_interp.analysis.scoring.attention.resolve_layer`)
 and its token strings prefixed by their role (:func:`role_labels`): ``s2:s13``
 is the second context subject, token ``s13``; ``a2:a40`` its answer;
 ``query:s3`` the query subject.  Positions come from each example's own layout
@@ -28,7 +28,7 @@ from circuitsvis.utils.render import RenderedHTML
 from jaxtyping import Float
 from torch import Tensor
 
-from icr_interp.analysis.attention import pattern_name, query_row, query_rows, resolve_layer
+from icr_interp.analysis.scoring.attention import pattern_name, query_row, query_rows, resolve_layer
 from icr_interp.task.prompts import Batch, ICRecallTask
 from icr_interp.task.tokens import check_model_tokens
 from icr_interp.task.vocab import Vocabulary

@@ -1,0 +1,65 @@
+"""The null of the pairwise score: the same rows with the pairing scrambled, and a test against it.
+
+A near-uniform attention row is close to the pairwise family without caring
+which subject goes with which answer.  The null keeps everything about the
+rows except the pairing: the pairwise score of the rows when pair ``i`` is
+``(s_i, a_pi(i))``, averaged over permutations ``pi`` of the k pairs
+(:func:`pairings`; the scores themselves are
+:func:`icr_interp.analysis.scoring.pairwise_form.pairing_scores`).  :func:`pairing_test` asks, by
+randomisation over examples, whether the true pairing scores higher than the
+null.  Derivation and what each kind of row gives: docs/theory.md, "Template
+scores against a null".
+"""
+
+import itertools
+import math
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+NULL_MAX_PERMUTATIONS = 720  # the null enumerates all k! pairings up to this many (k <= 6), else samples this many
+NULL_DRAWS = 2000  # randomisation draws of the test over examples (p-value resolution 1 / 2001)
+NULL_ALPHA = 0.01  # "pairwise" needs the true pairing to beat the null at this level ...
+NULL_MIN_EFFECT = 0.05  # ... and by at least this much score: pairwise - pairwise_null
+NULL_SEED = 0  # seeds the permutation sample (k > 6) and the randomisation draws: same rows, same p-value
+_TIE_TOL = 1e-6  # draws within this of the observed statistic count as ties (float sums of one set of numbers)
+_CHUNK = 1 << 22  # elements per chunk of the draw tensors (bounds memory, not a per-example loop)
+
+
+def pairings(k: int, generator: torch.Generator | None = None) -> Int[Tensor, "perm pair"]:
+    """The permutations ``pi`` of ``k`` pairs the null averages over (row ``pi``: pair i's answer is ``a_pi(i)``).
+
+    All ``k!`` (identity first) when ``k! <= NULL_MAX_PERMUTATIONS``; otherwise
+    that many uniform random permutations drawn from ``generator`` (default:
+    seeded with :data:`NULL_SEED`), an unbiased sample of the same average.
+    """
+    if math.factorial(k) <= NULL_MAX_PERMUTATIONS:
+        return torch.tensor(list(itertools.permutations(range(k))), dtype=torch.long).reshape(-1, k)
+    gen = generator if generator is not None else torch.Generator().manual_seed(NULL_SEED)
+    return torch.rand(NULL_MAX_PERMUTATIONS, k, generator=gen).argsort(-1)
+
+
+def pairing_test(true: Float[Tensor, "*lead batch"], permuted: Float[Tensor, "*lead batch perm"],
+                 generator: torch.Generator | None = None) -> Float[Tensor, "*lead"]:
+    """One-sided randomisation p-value that the true pairing scores above the null, over examples.
+
+    Statistic: ``mean_b (true_b - mean_pi permuted_b(pi))``.  Under "the model
+    ignores the pairing" each example's true score is one uniform draw of its
+    ``permuted`` scores, so each of :data:`NULL_DRAWS` draws gives every
+    example its own random pairing; ``p = (1 + #{draw >= observed}) / (1 +
+    NULL_DRAWS)``.
+    """
+    gen = generator if generator is not None else torch.Generator().manual_seed(NULL_SEED)
+    null = permuted.mean(-1)
+    observed = (true - null).mean(-1)
+    n_batch, n_perm = permuted.shape[-2:]
+    picks = torch.randint(n_perm, (NULL_DRAWS, n_batch), generator=gen).to(permuted.device)
+    examples = torch.arange(n_batch, device=permuted.device)
+    step = max(1, _CHUNK // max(1, permuted[..., 0].numel()))
+    beats = torch.zeros_like(observed)
+    for chunk in picks.split(step):
+        drawn = permuted[..., examples, chunk]  # [*lead draw batch]: example b re-paired by its own draw
+        stat = (drawn - null[..., None, :]).mean(-1)
+        beats += (stat >= observed[..., None] - _TIE_TOL).sum(-1)
+    return (1 + beats) / (1 + NULL_DRAWS)
