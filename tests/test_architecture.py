@@ -144,9 +144,9 @@ def test_one_one_line_formatter():
 
 def test_the_code_imports_no_old_name():
     """Library, probes, case studies and benchmarks use the layered paths, never the alias table's old ones."""
-    from icr_interp._moved import MOVED
+    from icr_interp._moved import MOVED, RENAMED
 
-    old = {f"icr_interp.{name}" for name in MOVED}
+    old = {f"icr_interp.{name}" for name in [*MOVED, *RENAMED]}
     offenders = []
     for folder in ("icr_interp", "probes", "case_studies", "benchmarks"):
         for path in (REPO / folder).rglob("*.py"):
@@ -235,7 +235,11 @@ OLD_PATHS = {"icr_interp.templates": "icr_interp.analysis.scoring.templates", "i
              "icr_interp.patching.core": "icr_interp.analysis.causal.patching.core",
              "icr_interp.checkpoint.schema": "icr_interp.storage.checkpoint.schema",
              "icr_interp.sweep": "icr_interp.experiments.sweep", "icr_interp.train": "icr_interp.training.trainer",
-             "icr_interp.memory": "icr_interp.model.memory"}
+             "icr_interp.memory": "icr_interp.model.memory",
+             # analysis/ grouped by meaning: a renamed package's submodules follow it
+             "icr_interp.analysis.patching.engine": "icr_interp.analysis.causal.patching.engine",
+             "icr_interp.analysis.pairing_test": "icr_interp.analysis.scoring.pairing_test",
+             "icr_interp.analysis.weight_probes": "icr_interp.analysis.weights.weight_probes"}
 
 
 @pytest.mark.parametrize("old,new", sorted(OLD_PATHS.items()))
