@@ -120,6 +120,43 @@ def test_sigkill_during_saves_always_leaves_a_loadable_checkpoint(models, pristi
     assert sorted(os.listdir(tmp_path)) == ["ck"]
 
 
+def test_a_save_killed_after_another_was_killed_between_its_swaps_loses_nothing(models, pristine, tmp_path,
+                                                                                monkeypatch):
+    """Two kills in a row, each at the worst instant (found by the SIGKILL test above, one run in a few dozen).
+
+    The first save is killed after its weights are in and before its config.json: the old weights live only in
+    its staging directory. The second save, killed right after clearing stale staging directories, must not have
+    deleted them: it first puts them back (storage.checkpoint.files._roll_back_interrupted)."""
+    from icr_interp.storage import atomic
+    from icr_interp.storage.checkpoint import files
+
+    task, a, b = models
+    ck = Path(shutil.copytree(pristine, tmp_path / "ck"))
+    tokens = task.sample(8, seed=0).tokens
+    real_replace, calls = os.replace, []
+
+    def killed_between_swaps(src, dst):  # swap_members renames the weights in, then config.json: die before that
+        calls.append(Path(dst).name)
+        if Path(dst).name == "config.json":
+            raise KeyboardInterrupt
+        real_replace(src, dst)
+
+    monkeypatch.setattr(atomic.os, "replace", killed_between_swaps)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(ck, b, task, force=True)
+    monkeypatch.setattr(atomic.os, "replace", real_replace)
+    assert calls == ["model.safetensors", "config.json"] and len(atomic.backups(ck / "model.safetensors")) == 1
+    assert torch.equal(load_checkpoint(ck).model(tokens), a(tokens))  # the old weights, from the backup
+
+    def killed_after_clearing(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(files, "_replace_in_place", killed_after_clearing)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(ck, b, task, force=True)
+    assert torch.equal(load_checkpoint(ck).model(tokens), a(tokens))  # the weights config.json names are back
+
+
 def _dead_staging_dir(parent: Path) -> Path:
     """A staging directory of ours whose maker has exited (what a killed save leaves)."""
     before = set(parent.iterdir())

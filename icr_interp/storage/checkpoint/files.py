@@ -91,6 +91,7 @@ def save_checkpoint(path: str | Path, model, task, *, run_config=None, force: bo
         if target.exists():
             with lock_dir(target):
                 check_writable(target, force=force)  # another save may have changed it while we waited
+                _roll_back_interrupted(target)  # before the stale staging directory (and its backup) goes
                 atomic.remove_stale(target, locked=True)  # an earlier save's, killed or failed mid-swap
                 _replace_in_place(target, data, text)
         else:
@@ -122,6 +123,27 @@ def _write_new(path: Path, data: bytes, text: str) -> None:
         atomic.publish_dir(tmp, path)
     finally:
         atomic.remove_if_ours(tmp.parent)  # ours, and gone already unless the write failed
+
+
+def _roll_back_interrupted(path: Path) -> None:
+    """Put back the weights config.json names when an earlier save was killed between its two swaps.
+
+    Such a save leaves its new weights beside the old config.json, and the old weights only in its staging
+    directory, where a load finds them (:func:`read_consistent`).  The next save clears stale staging
+    directories; without this step, a kill of *that* save before its own swaps would leave no copy of the
+    weights config.json names.  Called under the checkpoint's lock; one atomic rename.
+    """
+    try:
+        want = _config_of(_config_bytes(path), path)["weights_sha256"]
+        if sha256(path / WEIGHTS) == want:
+            return
+        for candidate in atomic.backups(path / WEIGHTS):
+            if sha256(candidate) == want:
+                os.replace(candidate, path / WEIGHTS)
+                atomic.fsync_dir(path)
+                return
+    except (CheckpointError, OSError, KeyError, TypeError):
+        return  # nothing readable to restore; check_writable has already judged the directory
 
 
 def _replace_in_place(path: Path, data: bytes, text: str) -> None:
