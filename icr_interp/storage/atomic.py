@@ -380,6 +380,12 @@ def swap_members(directory: str | Path, staged: Iterable[tuple[str, Path]]) -> N
         remove_if_ours(tmp)
 
 
+def restore_backup(backup: str | Path, member: str | Path) -> None:
+    """Put a backup left by an interrupted :func:`swap_members` back in place of ``member`` (one atomic rename)."""
+    os.replace(backup, member)
+    fsync_dir(Path(member).parent)
+
+
 def backups(path: str | Path) -> list[Path]:
     """Previous versions of member ``path`` that an interrupted :func:`swap_members` left, newest first."""
     path = Path(path)

@@ -139,8 +139,7 @@ def _roll_back_interrupted(path: Path) -> None:
             return
         for candidate in atomic.backups(path / WEIGHTS):
             if sha256(candidate) == want:
-                os.replace(candidate, path / WEIGHTS)
-                atomic.fsync_dir(path)
+                atomic.restore_backup(candidate, path / WEIGHTS)
                 return
     except (CheckpointError, OSError, KeyError, TypeError):
         return  # nothing readable to restore; check_writable has already judged the directory
