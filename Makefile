@@ -49,8 +49,8 @@ test-tl4:
 	.venv-tl4/bin/python -m pip install -q -e ".[dev,lm]" "transformer-lens==4.3.0"
 	# the bridge (test_bridge*: tiny Llama and Gemma 3 models, no download; the parity test compares the text
 	# analyses with .venv's 3.x and needs SmolLM2's tokenizer from `make setup`'s cache)
-	TQDM_DISABLE=1 .venv-tl4/bin/python -m pytest tests/test_tl4_smoke.py tests/test_compat.py tests/test_model.py \
-		tests/test_bridge.py tests/test_bridge_parity.py
+	TQDM_DISABLE=1 .venv-tl4/bin/python -m pytest tests/tl/test_tl4_smoke.py tests/tl/test_compat.py tests/model/test_builder.py \
+		tests/model/lm/test_bridge.py tests/model/lm/test_bridge_parity.py
 
 bench: setup
 	$(PY) benchmarks/bench_patching.py

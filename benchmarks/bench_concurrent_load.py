@@ -18,7 +18,7 @@ Prints the counts out of N and the save and load rates.  Example::
 
     python benchmarks/bench_concurrent_load.py --loads 3000
 
-A short version runs in the test suite (tests/test_reliability2.py).
+A short version runs in the test suite (tests/safety/test_bad_input_regressions.py).
 """
 
 import argparse

@@ -4,7 +4,7 @@ Fine-tunes the reference base (64 subjects x 8 relations, k = 4) for ``--steps``
 2 x 2 (layers x heads), taking turns ``--repeats`` times, and prints the best time of each and its ratio to the
 one-layer model with as many heads.  The goal is at most 2x.  Since the two-layer path runs the last layer at the
 query only and the first block from token tables (icr_interp.model.forward), that ratio measures what depth
-itself costs; tests/test_layers_heads.py checks that the logits equal the full forward.
+itself costs; tests/model/test_layers_heads.py checks that the logits equal the full forward.
 """
 
 import argparse

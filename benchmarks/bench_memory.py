@@ -20,7 +20,7 @@ One run measures, and prints as numbers and ratios:
 
 Every (N, implementation) runs in its own spawned process, so each peak RSS
 belongs to one configuration.  Correctness (sparse == factored == dense) is
-tested in tests/test_sparse_memory.py, not here.  About 4-5 minutes on two
+tested in tests/model/test_memory_sparse.py, not here.  About 4-5 minutes on two
 cores with the defaults; ``--quick`` (10^4 and 10^5 only) about one.
 """
 

@@ -8,7 +8,7 @@ One run measures, and prints as numbers and ratios:
    (batch x 1 x d_model in, forward + backward w.r.t. the input, weights
    frozen as in fine-tuning) at ``--n-triplets`` stored facts: the dense
    ``AssociativeMemory`` (eight batch x d_model x n_neurons matmuls, FLOPs
-   counted from the shapes; tests/test_memory.py checks the count against
+   counted from the shapes; tests/model/test_memory.py checks the count against
    ``FlopCounterMode``) as a fraction of the peak, and the ``FactoredMemory``
    (far fewer FLOPs) with its speed-up over dense;
 3. **training step** -- ``batch_logits(fast=True)`` + cross-entropy + backward
@@ -18,7 +18,7 @@ One run measures, and prints as numbers and ratios:
    (64 subjects x 8 relations).
 
 Correctness (factored == dense outputs and input gradients, fast == full loss
-and gradients) is tested in tests/test_memory.py, not here: this only measures.
+and gradients) is tested in tests/model/test_memory.py, not here: this only measures.
 
 Timings on a shared 2-core machine are noisy: each is repeated with the
 shared helper ``benchmarks/timing.py`` (best and median, taking turns); the peak is timed
@@ -126,7 +126,7 @@ def active_neurons(memory, x: torch.Tensor) -> tuple[float, float]:
 
 
 def bench_memory(model, task, batch, repeats: int, peak_size: int) -> dict:
-    """Dense vs factored memory on the same query inputs (their equality: tests/test_memory.py).
+    """Dense vs factored memory on the same query inputs (their equality: tests/model/test_memory.py).
 
     The peak matmul takes turns with the two memories, so all three see the same load.
     """

@@ -154,6 +154,16 @@ def module_attr(module: str, name: str):
     return getattr(importlib.import_module(where), attr)
 
 
+def submodule_attr(package: str, name: str):
+    """For a package's ``__getattr__``: a submodule that moved away (``ii.analysis.templates``), warning once."""
+    old = f"{package}.{name}"
+    new = new_name(old)
+    if new is None:
+        raise AttributeError(f"module {package!r} has no attribute {name!r}")
+    warn_moved(old, new, stacklevel=4)
+    return importlib.import_module(new)
+
+
 class _AliasLoader(importlib.abc.Loader):
     def __init__(self, new: str):
         self.new = new

@@ -31,7 +31,7 @@ SALTS = {  # purpose -> XOR salt (0: the run seed itself)
 EVAL_SALT = SALTS["eval"]  # the held-out stream's salt, by its first name
 
 # Streams of the first release drawn with a fixed *offset* instead of a salt. Changing them would change every
-# pinned number (tests/test_reference_pinned.py), so they keep their values and get names here.
+# pinned number (tests/safety/test_reference_pinned.py), so they keep their values and get names here.
 OFFSETS = {  # purpose -> added to the run seed
     "attention_start": 1,  # the random part of the attention start (build_model)
     "minibatch_order": 7919,  # the order fine-tuning visits a fixed training set (finetune)

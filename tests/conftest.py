@@ -6,7 +6,7 @@ arguments, return value and dataclass fields, shapes included (``batch`` must
 agree across the arguments of one call).  The hook only instruments modules
 imported *after* it is installed; pytest imports this file before any test
 module, and the assertion below fails loudly if something imported the
-package earlier.  ``tests/test_model.py::test_shape_checker_is_active`` proves
+package earlier.  ``tests/model/test_builder.py::test_shape_checker_is_active`` proves
 the checker is live.
 
 beartype rather than typeguard: typeguard 4 parses jaxtyping's shape strings
@@ -39,13 +39,13 @@ from icr_interp.task.prompts import ICRecallTask  # noqa: E402
 N_SUBJECTS, N_RELATIONS, N_ANSWERS, N_PAIRS = 16, 4, 16, 2
 
 # The slow tier (`make test-slow`, also run by .ci/run): tests that need tens of seconds or more on two shared
-# cores, named here by file and function so that files owned by others need no edit.  `make test` runs the rest
+# cores, named here by file basename (unique across tests/) and function.  `make test` runs the rest
 # in under five minutes (docs/results.md, "Test suite tiers").  Tests in our own files carry @pytest.mark.slow.
 SLOW = {  # seconds measured on 2 cores at load ~8 (2026-12-03); about half that on a quiet machine
     "test_real_facts_start.py::test_builtin_countries_does_not_end_below_its_start",  # 106 s
     "test_real_facts_start.py::test_people_base_answer_start_climbs_to_its_ceiling",  # 17 s
     "test_real_facts_start.py::test_hand_written_csv_does_not_end_below_its_start",  # 13 s
-    "test_pretrain.py::test_pretrained_memory_learns_and_rewards_the_pairwise_pattern",  # 59 s
+    "test_memory_pretrained.py::test_pretrained_memory_learns_and_rewards_the_pairwise_pattern",  # 59 s
     "test_sweep.py::test_workers_die_with_a_killed_sweep",  # 56 s
     "test_sweep.py::test_resume_after_sigkill_mid_sweep",  # 18 s
     # the three users of the local_sweep fixture (50 s to build), so that the fast tier never builds it

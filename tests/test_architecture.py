@@ -301,3 +301,29 @@ def test_importing_the_package_is_light():
             "'ray') if m in sys.modules]; print(heavy)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.stdout.strip() == "[]", done.stderr[-1000:]
+
+
+def test_tests_mirror_the_package():
+    """tests/<layer>/.../test_<module>.py follows icr_interp/<layer>/...; tests/safety/ (what the toolkit must
+    never lose or let through) and tests/scripts/ (probes, case studies, the notebook, the command line) are the
+    two cross-cutting folders. Basenames are unique: pytest imports test files by basename (no __init__.py)."""
+    tests = REPO / "tests"
+    folders = {p.relative_to(tests) for p in tests.rglob("*") if p.is_dir() and "__pycache__" not in p.parts
+               and p.parts[len(tests.parts)] != "data"}
+    strays = [str(f) for f in folders if f.parts[0] not in {"safety", "scripts"} and not (PKG / f).is_dir()]
+    assert strays == []
+    names = [p.name for p in tests.rglob("test_*.py")]
+    assert len(names) == len(set(names)) and len(names) > 50
+    assert [p.name for p in tests.glob("test_*.py")] == ["test_architecture.py"]  # the one package-wide file
+
+
+def test_a_moved_analysis_module_is_still_an_attribute_of_the_package_with_a_warning():
+    import icr_interp as ii
+    import icr_interp._moved as moved
+    from icr_interp.analysis.scoring import templates
+
+    moved._warned.discard("icr_interp.analysis.templates")
+    with pytest.warns(DeprecationWarning, match="analysis.templates moved to icr_interp.analysis.scoring.templates"):
+        assert ii.analysis.templates is templates
+    with pytest.raises(AttributeError, match="has no attribute 'nonsense'"):
+        ii.analysis.nonsense

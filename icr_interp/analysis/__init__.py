@@ -22,3 +22,10 @@ Grouped by what a measurement reads (issue 29): the subpackages form a layered c
 * Shared by all three, at this level: the input check (:mod:`inputs`), small statistics (:mod:`stats`,
   :mod:`bootstrap`) and behaviour against its baselines (:mod:`recall`).
 """
+
+
+def __getattr__(name: str):
+    """``ii.analysis.templates`` and the other modules that moved into a group still resolve, with a warning."""
+    from icr_interp._moved import submodule_attr
+
+    return submodule_attr(__name__, name)

@@ -18,7 +18,7 @@ is on the reads themselves.  Selection keeps a margin of a worst-case fp32
 error bound of the reads (``_slack``), so every omitted neuron has
 pre-activation <= 0 in the dense memory too, hence output 0 and gradient 0:
 logits, loss and gradients equal the dense memory's to float rounding
-(tests/test_sparse_memory.py; derivation in docs/theory.md).  The kept
+(tests/model/test_memory_sparse.py; derivation in docs/theory.md).  The kept
 neurons are recomputed with autograd from gathered rows, so gradients reach
 ``x`` through both stages exactly as in the dense memory.  Cost per row: the
 two dense reads (O(vocab * d_model)) plus O(candidates * d_model), instead of

@@ -24,7 +24,7 @@ Format history:
   error, not a convention.
 
 The rule for /1 fills in exactly those two conventions, so a /1 checkpoint
-rebuilds the same model, bit for bit (tests/test_reliability2.py loads the
+rebuilds the same model, bit for bit (tests/safety/test_bad_input_regressions.py loads the
 two checkpoints in tests/data that the 0.1 release wrote).
 """
 

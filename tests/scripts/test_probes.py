@@ -20,7 +20,7 @@ from icr_interp.training.trainer import evaluate
 import _scripts
 from _browser import REMOTE, offline_chromium, open_offline
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 SCRIPTS = ("patching.py", "ablate.py", "score_attention.py")
 

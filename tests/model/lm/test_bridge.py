@@ -3,7 +3,7 @@
 Tiny random Llama and Gemma 3 models with SmolLM2's tokenizer are registered in place of GGUF models: the bridge
 is booted offline, its logits equal transformers', the toolkit's hook names fire, the BOS rule holds, a later
 load reads only the cache, and broken cached weights are re-converted as on 3.x.  Skipped on 3.x (where
-``load_pretrained_lm`` returns a ``HookedTransformer``; tests/test_lm_registry.py covers that).
+``load_pretrained_lm`` returns a ``HookedTransformer``; tests/model/lm/test_registry.py covers that).
 """
 
 import os
@@ -15,8 +15,7 @@ from icr_interp.model.lm import cache as C
 from icr_interp.model.lm import load as L
 from icr_interp.tl import compat
 
-from test_lm_cache import register_tiny, smol_tokenizer, tiny_llama  # noqa: F401  (fixture)
-from test_lm_registry import PROMPTS, tiny_gemma
+from _tiny_lms import PROMPTS, register_tiny, smol_tokenizer, tiny_gemma, tiny_llama  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.skipif(compat.TL_LINE != 4, reason="the TransformerBridge path is TransformerLens 4.x's")
 

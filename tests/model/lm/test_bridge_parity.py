@@ -5,7 +5,7 @@ and loaded through ``load_pretrained_lm``: a ``HookedTransformer`` on 3.x, a ``T
 compatibility mode on 4.x.  :func:`analyses` runs each text-path analysis on it and returns its numbers, or the
 one-line error it raised.  On 4.x the test runs it here and in ``.venv``'s interpreter (3.x) and compares:
 numbers within 1e-4, and the analyses that do not run on the bridge named with their error (the report in
-/work/brief/out/gemma.md lists them).  ``python tests/test_bridge_parity.py OUT.json`` writes one line's numbers.
+/work/brief/out/gemma.md lists them).  ``python tests/model/lm/test_bridge_parity.py OUT.json`` writes one line's numbers.
 """
 
 import json
@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 TOL = 1e-4
 
 
@@ -40,7 +40,7 @@ def analyses(cache_dir: str) -> dict:
     from transformers import AutoTokenizer
 
     sys.path.insert(0, str(ROOT / "tests"))
-    from test_lm_cache import register_tiny, tiny_llama
+    from _tiny_lms import register_tiny, tiny_llama
 
     from icr_interp import evaluate, load_pretrained_lm, score_templates
     from icr_interp.analysis.causal.causal_template import causal_template_test

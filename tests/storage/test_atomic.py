@@ -11,7 +11,7 @@ import pytest
 
 from icr_interp.storage import atomic, fsio
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_only_atomic_renames_files_into_place():

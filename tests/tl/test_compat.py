@@ -4,7 +4,7 @@ Runs on either line.  On 3.x the mirror is built beside TransformerLens's own
 ``HookedTransformer`` and must match it exactly: hook names and order,
 ``state_dict`` keys, seeded initial weights, logits and every cached
 activation, bit for bit.  On both lines the golden hook names of
-``tests/test_model.py`` hold, the mirror's ``hook_attn_scores`` is really
+``tests/model/test_builder.py`` hold, the mirror's ``hook_attn_scores`` is really
 pre-softmax, and a checkpoint written under the *other* line (by the other
 virtual environment's interpreter: ``.venv-tl4`` from ``.venv`` and back)
 loads here with identical logits.
@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from test_model import GOLDEN_HOOKS
+from _golden_hooks import GOLDEN_HOOKS
 
 import icr_interp
 from icr_interp import ICRecallTask, KnowledgeBase, build_model, load_checkpoint
@@ -28,7 +28,7 @@ from icr_interp.tl import compat
 from icr_interp.tl.config import MirrorConfig
 from icr_interp.tl.mirror import MirrorTransformer
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 STOCK = dict(n_layers=2, d_model=32, n_heads=2, d_head=16, d_mlp=64, d_vocab=50, n_ctx=8, act_fn="gelu",
              normalization_type="LN", device="cpu")  # the stock model of test_patching / test_templates
 FLAGS = ("use_attn_result", "use_split_qkv_input", "use_attn_in", "use_hook_mlp_in")

@@ -21,7 +21,7 @@ import torch
 
 from icr_interp.storage.checkpoint import load_checkpoint
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).resolve().parents[1] / "data"
 GOLDEN = {"legacy_tiny_pair": 1, "legacy_tiny_mixed": 1, "pre_fastfwd_two_layer": 2, "pre_fastfwd_positional": 2}
 
 

@@ -23,7 +23,7 @@ from PIL import Image
 
 from _scripts import run_main
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).resolve().parents[1] / "data"
 
 
 # ------------------------------------------------------------------ phases, estimate, interrupt

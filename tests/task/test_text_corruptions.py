@@ -16,7 +16,7 @@ from icr_interp.task.knowledge import KnowledgeBase
 from icr_interp.task.text import TextICRecallTask
 
 SMOL = sorted(Path.home().glob(".cache/icr_interp/pretrained/smollm2-135m/v*/tokenizer"))
-WORLD = Path(__file__).parent / "data" / "world_facts.csv"  # written by hand: 44 countries, 5 relations
+WORLD = Path(__file__).resolve().parents[1] / "data" / "world_facts.csv"  # written by hand: 44 countries, 5 relations
 
 
 @pytest.fixture(scope="module")

@@ -57,7 +57,7 @@ def all_contexts(kb: KnowledgeBase, k: int):
 
 
 def ideal_input(model, task, query, relation, context):
-    """What uniform attention over the 2k context tokens writes at the query (tests/test_memory.py)."""
+    """What uniform attention over the 2k context tokens writes at the query (tests/model/test_memory.py)."""
     basis, v = model.basis, task.vocab
     answers = task.kb.table[relation[:, None], context]
     return (basis.token[v.subject_token(query)] + basis.context[v.subject_token(context)].sum(1)

@@ -18,27 +18,8 @@ from icr_interp.model.lm import load as L
 from icr_interp.model.lm import registry as R
 from icr_interp.model.lm import source as S
 
-from test_lm_cache import register_tiny, smol_tokenizer, tiny_llama  # noqa: F401  (fixture)
-
-PROMPTS = ["Greece: Athens\nItaly: Rome\nJapan:", "The capital of Burkina Faso is Ouagadougou."]
+from _tiny_lms import PROMPTS, register_tiny, smol_tokenizer, tiny_gemma, tiny_llama  # noqa: F401  (fixture)
 LM_PACKAGE = Path(V.__file__).parent
-
-
-def tiny_gemma(vocab: int):
-    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
-
-    torch.manual_seed(1)
-    hf = Gemma3ForCausalLM(Gemma3TextConfig(
-        vocab_size=vocab, hidden_size=64, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,
-        num_key_value_heads=1, head_dim=16, max_position_embeddings=128, sliding_window=4, query_pre_attn_scalar=32,
-        layer_types=["sliding_attention", "sliding_attention", "full_attention"],
-        rope_parameters={"full_attention": {"rope_type": "default", "rope_theta": 1e6},
-                         "sliding_attention": {"rope_type": "default", "rope_theta": 1e4}})).eval()
-    with torch.no_grad():  # Gemma's norms add 1 to their weight: random offsets show a dropped or doubled one
-        for name, p in hf.named_parameters():
-            if "norm" in name:
-                p.uniform_(-0.5, 0.5)
-    return hf
 
 
 # ------------------------------------------------------------------------------------- the table

@@ -99,7 +99,7 @@ def test_a_hooked_transformer_on_transformer_lens_4_is_one_line_error(monkeypatc
 @pytest.fixture
 def tiny_lm(monkeypatch, tmp_path, smol_tokenizer):
     """A registered "tiny" LM whose GGUF is a dummy file and whose HF model is a random 2-layer Llama."""
-    from test_lm_cache import register_tiny, tiny_llama
+    from _tiny_lms import register_tiny, tiny_llama
 
     hf = tiny_llama(len(smol_tokenizer))
     return (hf, *register_tiny(monkeypatch, tmp_path, hf, smol_tokenizer))

@@ -8,6 +8,7 @@ import torch
 
 import icr_interp as ii
 from icr_interp.analysis.causal.binding import binding_interchange, swap_pairs
+from icr_interp.analysis.scoring.combined_rows import ov_shares
 from icr_interp.analysis.scoring.composed_pairing import composed_pairing, effective_rows
 from icr_interp.analysis.causal.edge_knockout import GROUPS, edge_knockout, edge_mask, knockout_profile, prediction_margin
 from icr_interp.tl.compat import HookedTransformer, HookedTransformerConfig
@@ -85,7 +86,7 @@ def test_effective_row_of_one_layer_is_half_the_residual_half_the_combined_row()
     rows = effective_rows(model, batch)
     _, cache = model.run_with_cache(batch.tokens)
     pattern = cache["blocks.0.attn.hook_pattern"][torch.arange(8), :, batch.layout.pred_pos]  # [batch head pos]
-    shares = ii.analysis.combined_rows.ov_shares(model)[0]
+    shares = ov_shares(model)[0]
     expected = 0.5 * torch.einsum("bhp,h->bp", pattern, shares)
     expected[torch.arange(8), batch.layout.pred_pos] += 0.5
     torch.testing.assert_close(rows[0], expected, atol=1e-5, rtol=0)

@@ -24,7 +24,7 @@ from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.manager import KernelManager
 from nbclient import NotebookClient
 
-NOTEBOOK = Path(__file__).resolve().parents[1] / "case_studies" / "quickstart.ipynb"
+NOTEBOOK = Path(__file__).resolve().parents[2] / "case_studies" / "quickstart.ipynb"
 KERNEL_NAME = "icr-interp-test"
 CELL_TIMEOUT_S = 300  # per cell; the whole notebook takes ~15 s on one core
 TOTAL_BUDGET_S = 120  # the quick start promises well under a minute; allow a loaded machine

@@ -12,7 +12,7 @@ from icr_interp.experiments import real_lm as E
 from icr_interp.model import pretrained_lm as P
 
 NAME = "smollm2-135m"
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _results(sig, top_rel, recovered, beats) -> dict:

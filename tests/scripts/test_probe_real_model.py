@@ -13,7 +13,7 @@ import pytest
 
 from _scripts import run_main
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).resolve().parents[1] / "data"
 
 
 @pytest.mark.parametrize("args,message", [

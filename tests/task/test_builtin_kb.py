@@ -10,7 +10,7 @@ import torch
 
 from icr_interp import ICRecallTask, KnowledgeBase, build_model
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 RELATIONS = ("capital", "largest_city", "continent", "currency", "official_language", "calling_code")
 
 

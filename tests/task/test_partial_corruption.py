@@ -12,7 +12,7 @@ from icr_interp import ICRecallTask, KnowledgeBase, build_model, save_checkpoint
 from icr_interp.experiments import checkpoint_analysis as probing
 from icr_interp.analysis.causal.circuit import circuit_summary
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 N_PAIRS = 2
 KNOWS = {"r0": range(10), "r1": range(0, 6), "r2": range(4, 10)}  # relation -> the subjects it knows
 

@@ -9,34 +9,7 @@ from icr_interp.model.memory import AssociativeMemory
 from icr_interp.task.prompts import Layout
 from icr_interp.training.trainer import query_logits
 
-GOLDEN_HOOKS = [
-    "hook_embed",
-    "hook_pos_embed",
-    "blocks.0.attn.hook_k",
-    "blocks.0.attn.hook_q",
-    "blocks.0.attn.hook_v",
-    "blocks.0.attn.hook_z",
-    "blocks.0.attn.hook_attn_scores",
-    "blocks.0.attn.hook_pattern",
-    "blocks.0.attn.hook_result",
-    "blocks.0.mlp.hook_rel_pre",
-    "blocks.0.mlp.hook_rel_post",
-    "blocks.0.mlp.hook_relation",
-    "blocks.0.mlp.hook_pre",
-    "blocks.0.mlp.hook_post",
-    "blocks.0.hook_attn_in",
-    "blocks.0.hook_q_input",
-    "blocks.0.hook_k_input",
-    "blocks.0.hook_v_input",
-    "blocks.0.hook_mlp_in",
-    "blocks.0.hook_attn_out",
-    "blocks.0.hook_mlp_out",
-    "blocks.0.hook_resid_pre",
-    "blocks.0.hook_resid_mid",
-    "blocks.0.hook_resid_post",
-    "unembed.hook_in",
-    "unembed.hook_out",
-]
+from _golden_hooks import GOLDEN_HOOKS
 
 
 def test_shape_checker_is_active(shared_task):

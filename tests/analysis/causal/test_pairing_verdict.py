@@ -11,7 +11,7 @@ from icr_interp.analysis.scoring.pairing_test import PAIRING_MIN_MASS
 from icr_interp.analysis.causal.pairing_verdict import VERDICTS, pairing_verdict
 from icr_interp.tl.compat import HookedTransformer, HookedTransformerConfig
 
-STEPS, N_SAMPLES = 80, 512  # the 2-layer fine-tune of tests/test_layers_heads.py: seconds
+STEPS, N_SAMPLES = 80, 512  # the 2-layer fine-tune of tests/model/test_layers_heads.py: seconds
 
 
 @pytest.fixture(scope="module")

@@ -32,8 +32,8 @@ from icr_interp.storage.checkpoint import files as checkpoint_files
 from icr_interp.storage.checkpoint.migrations import FORMAT, MIGRATIONS
 from icr_interp.task.knowledge import KnowledgeBase
 
-REPO = Path(__file__).resolve().parents[1]
-DATA = Path(__file__).resolve().parent / "data"
+REPO = Path(__file__).resolve().parents[2]
+DATA = Path(__file__).resolve().parents[1] / "data"
 SETTINGS = dict(max_examples=10, deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 

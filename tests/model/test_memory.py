@@ -213,7 +213,7 @@ def test_patching_the_relation_hook_changes_the_answer(shared_task):
 def test_pick_construction(shared_kb, disjoint_kb):
     assert pick_construction(disjoint_kb) == "answer"
     assert pick_construction(shared_kb) == "pair"
-    # Some answers private, some shared: the mixed construction (tests/test_mixed_memory.py).
+    # Some answers private, some shared: the mixed construction (tests/model/test_memory_reads.py).
     assert pick_construction(KnowledgeBase.random(16, 4, 16, answer_overlap=0.25, seed=0)) == "mixed"
     one_shared = KnowledgeBase.from_triplets([("x", "p", "1"), ("y", "q", "1")])
     assert pick_construction(one_shared) == "pair"
