@@ -37,6 +37,7 @@ from jaxtyping import Bool, Int
 from torch import Tensor
 
 from icr_interp.task.knowledge import KnowledgeBase
+from icr_interp.task import sampling as S
 from icr_interp.task.vocab import Vocabulary
 
 CORRUPTIONS = ("relation", "query")
@@ -178,7 +179,7 @@ class ICRecallTask:
         self.kb, self.n_pairs, self.bos = kb, n_pairs, bos
         self.vocab = Vocabulary.from_kb(kb)
         known = kb.table >= 0  # [relation subject]
-        self._usable = torch.nonzero(known.sum(1) >= n_pairs + 1).flatten()
+        self._usable = S.usable_relations(kb.table, n_pairs + 1)
         if len(self._usable) == 0:
             raise ValueError(f"no relation has the {n_pairs + 1} subjects a prompt with k={n_pairs} needs")
         n_facts = known.sum(1)
@@ -194,9 +195,7 @@ class ICRecallTask:
 
         ``[relation]`` probabilities (0 for a relation too sparse for k pairs).
         """
-        weights = torch.zeros(self.kb.n_relations)
-        weights[self._usable] = 1.0 / len(self._usable)
-        return weights
+        return S.relation_weights(self.kb.n_relations, self._usable)
 
     # ------------------------------------------------------------ geometry
     @property
@@ -228,16 +227,12 @@ class ICRecallTask:
     def sample(self, batch_size: int, seed: int | None = None, *, generator: torch.Generator | None = None,
                device: str | torch.device = "cpu") -> Batch:
         """Sample prompts: a usable relation, k + 1 distinct subjects with facts under it (0: an empty batch)."""
-        _check_count(batch_size)
-        gen = _generator(seed, generator)
+        S.check_count(batch_size)
+        gen = S.generator(seed, generator)
         relations = self._usable[torch.randint(len(self._usable), (batch_size,), generator=gen)]
-        subjects = torch.stack([self._distinct_subjects(int(r), gen) for r in relations]) if batch_size else \
-            torch.zeros(0, self.n_pairs + 1, dtype=torch.long)
+        draws = [S.distinct_subjects(self.kb.table, int(r), self.n_pairs + 1, gen) for r in relations]
+        subjects = torch.stack(draws) if batch_size else torch.zeros(0, self.n_pairs + 1, dtype=torch.long)
         return self._build(relations, subjects[:, :-1], subjects[:, -1]).to(device)
-
-    def _distinct_subjects(self, relation: int, gen: torch.Generator) -> Tensor:
-        pool = torch.nonzero(self.kb.table[relation] >= 0).flatten()
-        return pool[torch.randperm(len(pool), generator=gen)[: self.n_pairs + 1]]
 
     def _build(self, relations: Tensor, subjects: Tensor, query: Tensor) -> Batch:
         """Assemble tokens, targets and layout from relation and subject ids."""
@@ -255,7 +250,7 @@ class ICRecallTask:
     # ------------------------------------------------------------ corrupt
     def corruptible(self, batch: Batch, kind: str) -> Bool[Tensor, " batch"]:
         """Which prompts of ``batch`` have a corruption of ``kind`` (see :meth:`corrupt`)."""
-        return self._alternatives(batch.to("cpu"), _check_kind(kind)).any(1).to(batch.tokens.device)
+        return corruption_options(self.kb.table, batch.to("cpu"), _check_kind(kind)).any(1).to(batch.tokens.device)
 
     def corrupt(self, batch: Batch, kind: str, seed: int | None = None, *,
                 generator: torch.Generator | None = None) -> Batch:
@@ -271,18 +266,18 @@ class ICRecallTask:
         :meth:`corrupt_pairs` drops those prompts instead.
         """
         _check_kind(kind)
-        gen = _generator(seed, generator)
+        gen = S.generator(seed, generator)
         device = batch.tokens.device
         b = batch.to("cpu")
         if len(b) == 0:
             return batch
-        options = self._alternatives(b, kind)  # [batch relation] or [batch subject]
+        options = corruption_options(self.kb.table, b, kind)  # [batch relation] or [batch subject]
         if not options.any(1).all():
             need = ("a second relation that knows the prompt's subjects and changes its answers" if kind == "relation"
                     else "a spare subject with another answer under the prompt's relation")
             raise ValueError(f"{kind} corruption needs {need}; {int((~options.any(1)).sum())} of {len(b)} prompts "
                              f"have none (task.corrupt_pairs drops them)")
-        new = torch.stack([_draw(options[i], gen) for i in range(len(b))])
+        new = torch.stack([S.draw(options[i], gen) for i in range(len(b))])
         out = self._build(new, b.subjects, b.query) if kind == "relation" else \
             self._build(b.relations, b.subjects, new)
         return replace(out, layout=b.layout).to(device)
@@ -297,7 +292,7 @@ class ICRecallTask:
         number; if no prompt has one, a one-line ValueError.  On a batch where
         every prompt has one, ``corrupted`` equals ``corrupt(batch, kind, seed)``.
         """
-        gen = _generator(seed, generator)
+        gen = S.generator(seed, generator)
         keep = self.corruptible(batch, kind)
         n_dropped = int((~keep).sum())
         if len(batch) and n_dropped == len(batch):
@@ -311,24 +306,6 @@ class ICRecallTask:
             batch = batch[keep]
         return CorruptedPairs(batch, self.corrupt(batch, kind, generator=gen), n_dropped)
 
-    def _alternatives(self, b: Batch, kind: str) -> Bool[Tensor, "batch option"]:
-        """Per prompt, the relations (relation swap) or query subjects (query swap) it may be corrupted to."""
-        table = self.kb.table
-        rows = torch.arange(len(b))
-        used = torch.cat([b.subjects, b.query[:, None]], dim=1)  # [batch pair+1]
-        if kind == "relation":
-            ok = (table[:, used] >= 0).all(-1).T.clone()  # [batch relation]: knows every subject of the prompt
-            # A swap must change the prompt (some context answer) and the target: capital <-> largest city
-            # over cities that are both would patch a prompt onto itself.
-            shown = table[b.relations[:, None], b.subjects]  # [batch pair]
-            ok &= (table[:, b.subjects] != shown[None]).any(-1).T
-            ok &= table[:, b.query].T != table[b.relations, b.query][:, None]
-        else:
-            ok = (table[b.relations] >= 0).clone()  # [batch subject]: known under the prompt's relation
-            ok[rows[:, None], used] = False
-            ok &= table[b.relations] != table[b.relations, b.query][:, None]  # another target (not Germany for France)
-        return ok
-
     # ------------------------------------------------------ factual recall
     def sample_facts(self, batch_size: int, seed: int | None = None, *,
                      generator: torch.Generator | None = None) -> tuple[Tensor, Tensor, Tensor]:
@@ -337,8 +314,8 @@ class ICRecallTask:
         As prompts these read ``[BOS, s, <r>] -> a*(s, r)``; the pretrained
         memory is fitted on them (see :mod:`icr_interp.model.memory.pretrained`).
         """
-        _check_count(batch_size)
-        gen = _generator(seed, generator)
+        S.check_count(batch_size)
+        gen = S.generator(seed, generator)
         facts = self.kb.triplets()
         rows = facts[torch.randint(len(facts), (batch_size,), generator=gen)]
         return rows[:, 0], rows[:, 1], self.vocab.answer_token(rows[:, 2])
@@ -360,15 +337,6 @@ def _index(value, idx):
     return None if value is None else value[idx]
 
 
-def _generator(seed: int | None, generator: torch.Generator | None) -> torch.Generator:
-    """An explicit generator: the one given, or a fresh one seeded with ``seed``."""
-    if generator is not None:
-        return generator
-    if seed is None:
-        raise ValueError("pass a seed or a torch.Generator: sampling is always explicit")
-    return torch.Generator().manual_seed(seed)
-
-
 class CorruptedPairs(NamedTuple):
     """Matched clean and corrupted batches (:meth:`ICRecallTask.corrupt_pairs`)."""
 
@@ -382,18 +350,28 @@ class CorruptedPairs(NamedTuple):
         return len(self.clean) + self.n_dropped
 
 
+def corruption_options(table: Int[Tensor, "relation subject"], b: Batch, kind: str) -> Bool[Tensor, "batch option"]:
+    """Per prompt of ``b``, the relations (relation swap) or query subjects (query swap) it may be corrupted to.
+
+    ``table``: the knowledge base's ``[relation subject]`` answer ids (-1: unknown) the prompts were drawn from.
+    """
+    rows = torch.arange(len(b))
+    used = torch.cat([b.subjects, b.query[:, None]], dim=1)  # [batch pair+1]
+    if kind == "relation":
+        ok = (table[:, used] >= 0).all(-1).T.clone()  # [batch relation]: knows every subject of the prompt
+        # A swap must change the prompt (some context answer) and the target: capital <-> largest city
+        # over cities that are both would patch a prompt onto itself.
+        shown = table[b.relations[:, None], b.subjects]  # [batch pair]
+        ok &= (table[:, b.subjects] != shown[None]).any(-1).T
+        ok &= table[:, b.query].T != table[b.relations, b.query][:, None]
+    else:
+        ok = (table[b.relations] >= 0).clone()  # [batch subject]: known under the prompt's relation
+        ok[rows[:, None], used] = False
+        ok &= table[b.relations] != table[b.relations, b.query][:, None]  # another target (not Germany for France)
+    return ok
+
+
 def _check_kind(kind: str) -> str:
     if kind not in CORRUPTIONS:
         raise ValueError(f"corruption kind must be one of {CORRUPTIONS}, got {kind!r}")
     return kind
-
-
-def _draw(options: Tensor, gen: torch.Generator) -> Tensor:
-    """One index where ``options`` is True, uniformly."""
-    choices = torch.nonzero(options).flatten()
-    return choices[torch.randint(len(choices), (), generator=gen)]
-
-
-def _check_count(batch_size) -> None:
-    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 0:
-        raise ValueError(f"batch_size must be an integer >= 0, got {batch_size!r}")

@@ -43,7 +43,8 @@ from icr_interp.task import text_batches as B
 from icr_interp.task import text_corruptions as C
 from icr_interp.task import text_spans as T
 from icr_interp.task.knowledge import KnowledgeBase
-from icr_interp.task.prompts import Batch, CorruptedPairs, ICRecallTask, Layout, _check_count, _generator
+from icr_interp.task import sampling as S
+from icr_interp.task.prompts import Batch, CorruptedPairs, ICRecallTask, Layout
 from icr_interp.task.text_fit import check_ids, check_length, check_sample_bytes, resolve_model, targets_in_chunks
 
 TEXT_CORRUPTIONS = C.TEXT_CORRUPTIONS
@@ -125,7 +126,7 @@ class TextICRecallTask(ICRecallTask):
 
     def _set_usable(self, warn: bool) -> None:
         known = (self.kb.table >= 0).sum(1)
-        self._usable = torch.nonzero(known >= self.n_pairs + 1).flatten()
+        self._usable = S.usable_relations(self.kb.table, self.n_pairs + 1)
         n_out = sum(map(len, self.excluded.values()))
         shown = "; ".join(f"{r}: {', '.join(a[:4])}{' ...' if len(a) > 4 else ''}" for r, a in self.excluded.items())
         if len(self._usable) == 0:
@@ -174,9 +175,9 @@ class TextICRecallTask(ICRecallTask):
     def sample(self, batch_size: int, seed: int | None = None, *, generator: torch.Generator | None = None,
                device: str | torch.device = "cpu") -> Batch:
         """Prompts from the stream (prefix-stable, relations balanced): k + 1 distinct subjects per prompt."""
-        _check_count(batch_size)
+        S.check_count(batch_size)
         check_sample_bytes(self, batch_size)
-        gens = B.prompt_generators(_generator(seed, generator), batch_size)
+        gens = B.prompt_generators(S.generator(seed, generator), batch_size)
         relations = B.deal(self._usable, gens, self.balance)
         subjects = torch.stack([self._distinct(int(r), g) for r, g in zip(relations, gens)]) if batch_size else \
             torch.zeros(0, self.n_pairs + 1, dtype=torch.long)
@@ -192,8 +193,7 @@ class TextICRecallTask(ICRecallTask):
         return self._build(relations, subjects[:, :-1], subjects[:, -1], encoded=encoded).to(device)
 
     def _distinct(self, relation: int, gen: torch.Generator) -> Tensor:
-        pool = torch.nonzero(self.kb.table[relation] >= 0).flatten()
-        return pool[torch.randperm(len(pool), generator=gen)[: self.n_pairs + 1]]
+        return S.distinct_subjects(self.kb.table, relation, self.n_pairs + 1, gen)
 
     def _redraw(self, relation: int, gen: torch.Generator, first: T.Encoded) -> tuple[Tensor, T.Encoded]:
         """Subjects for one prompt of ``relation`` whose roles own their tokens (one-line error if none shows up)."""
@@ -239,12 +239,12 @@ class TextICRecallTask(ICRecallTask):
     def corrupt(self, batch: Batch, kind: str, seed: int | None = None, *,
                 generator: torch.Generator | None = None) -> Batch:
         """The corrupted counterpart of ``batch``, with the same layout (``"relation"``, ``"query"``, ``"shuffle"``)."""
-        return C.corrupt(self, batch, kind, _generator(seed, generator))
+        return C.corrupt(self, batch, kind, S.generator(seed, generator))
 
     def corrupt_pairs(self, batch: Batch, kind: str, seed: int | None = None, *,
                       generator: torch.Generator | None = None) -> CorruptedPairs:
         """Clean and corrupted batches of the prompts with a layout-keeping corruption (one line on the rest)."""
-        return C.corrupt_pairs(self, batch, kind, _generator(seed, generator))
+        return C.corrupt_pairs(self, batch, kind, S.generator(seed, generator))
 
     def sample_pairs(self, n: int, kind: str, seed: int | None = None, *, generator: torch.Generator | None = None,
                      device: str | torch.device = "cpu", max_draws: int = 64) -> CorruptedPairs:
@@ -253,8 +253,8 @@ class TextICRecallTask(ICRecallTask):
         Prompts are drawn from the stream until ``n`` have one, up to ``max_draws * n`` in all; ``n_dropped``
         counts the drawn prompts without one (a warning names their relations and query subjects).
         """
-        _check_count(n)
-        return C.sample_pairs(self, n, kind, _generator(seed, generator), device, max_draws)
+        S.check_count(n)
+        return C.sample_pairs(self, n, kind, S.generator(seed, generator), device, max_draws)
 
     def sample_corruptible(self, n: int, kinds: tuple[str, ...] = ("relation", "query"), seed: int | None = None, *,
                            generator: torch.Generator | None = None, device: str | torch.device = "cpu",
@@ -262,8 +262,8 @@ class TextICRecallTask(ICRecallTask):
         """``(batch, n_drawn)``: ``n`` prompts of the stream with a layout-keeping corruption of every kind in
         ``kinds``, so that ``corrupt_pairs`` keeps all of them for each; ``n_drawn`` says how many were drawn
         (a report should print it: the prompts are a selection of the stream)."""
-        _check_count(n)
-        return C.sample_corruptible(self, n, tuple(kinds), _generator(seed, generator), device, max_draws)
+        S.check_count(n)
+        return C.sample_corruptible(self, n, tuple(kinds), S.generator(seed, generator), device, max_draws)
 
     # ----------------------------------------------------------- baselines
     def named_relation_batch(self, batch_size: int, seed: int | None = None, *,
@@ -275,14 +275,14 @@ class TextICRecallTask(ICRecallTask):
         query span is the subject in the phrase and its target the answer's first token after the phrase and
         one space (facts whose first token is shared within the relation are left out).
         """
-        _check_count(batch_size)
-        gens = B.prompt_generators(_generator(seed, generator), batch_size)
+        S.check_count(batch_size)
+        gens = B.prompt_generators(S.generator(seed, generator), batch_size)
         targets = self._named_targets()
         rels = torch.tensor([r for r in range(self.kb.n_relations) if (targets[r] >= 0).any()], dtype=torch.long)
         if len(rels) == 0:
             raise ValueError("no relation has a phrase naming it (pass relation_phrases={relation: '... {s} ...'})")
         relations = B.deal(rels, gens, self.balance)
-        query = torch.stack([_pick(targets[r] >= 0, g) for r, g in zip(relations.tolist(), gens)]) if batch_size \
+        query = torch.stack([S.draw(targets[r] >= 0, g) for r, g in zip(relations.tolist(), gens)]) if batch_size \
             else torch.zeros(0, dtype=torch.long)
         prompts = [T.render_prompt([], self.kb.subjects[s], "", self.relation_phrases[self.kb.relations[r]],
                                    self.prefix) for r, s in zip(relations.tolist(), query.tolist())]
@@ -322,8 +322,3 @@ class TextICRecallTask(ICRecallTask):
     def sample_facts(self, *args, **kwargs):
         raise ValueError("text tasks have no relation tokens; use named_relation_batch for factual recall")
 
-
-def _pick(options: Tensor, gen: torch.Generator) -> Tensor:
-    """One index where ``options`` is True, uniformly."""
-    choices = torch.nonzero(options).flatten()
-    return choices[torch.randint(len(choices), (), generator=gen)]

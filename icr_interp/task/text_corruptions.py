@@ -34,7 +34,8 @@ from torch import Tensor
 
 from icr_interp.task import text_batches as B
 from icr_interp.task import text_spans as T
-from icr_interp.task.prompts import Batch, CorruptedPairs, ICRecallTask, _draw
+from icr_interp.task.prompts import Batch, CorruptedPairs, corruption_options
+from icr_interp.task.sampling import draw
 
 TEXT_CORRUPTIONS = ("relation", "query", "shuffle")
 RELATION_TRIES = 4  # draws of the pairs per candidate relation (the first keeps the clean subjects where it can)
@@ -109,7 +110,7 @@ def _fill_pairs(task, lengths: dict, r2: int, q: int, clean: Tensor, s_len: Tens
         ok[list(used)] = False
         if not ok.any():
             return None
-        s = int(clean[j]) if keep_clean and ok[clean[j]] else int(_draw(ok, gen))
+        s = int(clean[j]) if keep_clean and ok[clean[j]] else int(draw(ok, gen))
         used.add(s)
         picked.append(s)
     return torch.tensor(picked, dtype=torch.long)
@@ -117,7 +118,7 @@ def _fill_pairs(task, lengths: dict, r2: int, q: int, clean: Tensor, s_len: Tens
 
 def query_options(task, b: Batch) -> Bool[Tensor, "batch subject"]:
     """Per prompt, the query subjects of its relation that change the target and keep the whole layout."""
-    ok = ICRecallTask._alternatives(task, b, "query")
+    ok = corruption_options(task.kb.table, b, "query")
     ok &= task.target_table[b.relations] != b.answers[:, None]
     q_len = span_lengths(task)["query"]
     ok &= q_len[None, :] == (b.layout.query_pos - b.layout.query_start + 1)[:, None]
@@ -163,7 +164,7 @@ def corruptions(task, b: Batch, kind: str, gen: torch.Generator) -> tuple[Batch 
         ok = options.any(1)
         if not ok.any():
             return None, ok
-        new = torch.stack([_draw(options[i], gen) for i in torch.nonzero(ok).flatten().tolist()])
+        new = torch.stack([draw(options[i], gen) for i in torch.nonzero(ok).flatten().tolist()])
         return task._build(b.relations[ok], b.subjects[ok], new), ok
     if kind == "relation":
         fixed = torch.Generator().manual_seed(0)  # a fallback that ``corruptible`` reproduces exactly
