@@ -130,7 +130,7 @@ def pairing_verdict(model: TLModel, task, n_prompts: int = 128, seeds=(0, 1, 2),
     first = batches[0]
     whole = knockout_profile(model, first, window=n_layers)
     profile = knockout_profile(model, first, window=knockout_window, stride=knockout_stride)
-    k = first.layout.answer_pos.shape[1]
+    k = first.layout.answer_end.shape[1]
     curve = binding_interchange(model, first).to_dict() if binding and k >= 2 else None
     floor = ev.min_mass
     robust = dict(  # does the call survive its uncertainty? (reported; the word follows the rule)

@@ -6,8 +6,9 @@ hidden relation r (``a_i = a*(s_i, r)``), then a query subject; the target is
 *layout* -- the token span of each s_i, a_i, the query, BOS, and the prediction
 position, for every example -- so analyses never guess positions.  Here every
 span is one token and the prediction position is the query's; text prompts for
-pretrained LMs (:mod:`icr_interp.task.text`) use the same :class:`Layout` with
-multi-token spans and the prediction position after the query.
+pretrained LMs (:mod:`icr_interp.task.text`) use the same
+:class:`~icr_interp.task.layout.Layout` with multi-token spans and the prediction
+position after the query.
 
 A prompt's relation is drawn uniformly over the relations that know at least
 k + 1 subjects (:attr:`ICRecallTask.relation_weights`), then k + 1 distinct
@@ -36,101 +37,12 @@ import torch
 from jaxtyping import Bool, Int
 from torch import Tensor
 
-from icr_interp.task.knowledge import KnowledgeBase
 from icr_interp.task import sampling as S
+from icr_interp.task.knowledge import KnowledgeBase
+from icr_interp.task.layout import ROLE_NAMES, Layout, SpanMasks  # noqa: F401 (re-exported: their first home)
 from icr_interp.task.vocab import Vocabulary
 
 CORRUPTIONS = ("relation", "query")
-
-
-@dataclass(frozen=True)
-class Layout:
-    """Per-example token spans of each role in a prompt, and where the answer is predicted.
-
-    A role occupies a *span* of tokens (a multi-token name in a text prompt); the ``*_pos`` fields hold each
-    span's **last** token (what the first release called the role's position, so code reading one position
-    per role keeps working) and the ``*_start`` fields its first.  Attention to a role is the mass summed
-    over its span (:meth:`span_masks`).  ``pred_pos`` is the position whose logits predict the answer: the
-    query itself in the toy prompts, the last token (the separator after the query subject) in text prompts.
-    Text batches are right-padded: positions after ``pred_pos`` are padding, which a causal model never
-    reads at or before ``pred_pos``.
-
-    The optional fields default to one-token spans (start = end) and ``pred_pos = query_pos``, so
-    ``Layout(subject_pos, answer_pos, query_pos, bos_pos)`` is the first release's toy layout.  -1: absent.
-    """
-
-    subject_pos: Int[Tensor, "batch pair"]  # last token of s_i
-    answer_pos: Int[Tensor, "batch pair"]  # last token of a_i
-    query_pos: Int[Tensor, " batch"]  # last token of s_q
-    bos_pos: Int[Tensor, " batch"]  # position of BOS, -1 without one
-    subject_start: Int[Tensor, "batch pair"] | None = None  # first token of s_i (None: subject_pos)
-    answer_start: Int[Tensor, "batch pair"] | None = None  # first token of a_i (None: answer_pos)
-    query_start: Int[Tensor, " batch"] | None = None  # first token of s_q (None: query_pos)
-    pred_pos: Int[Tensor, " batch"] | None = None  # whose logits predict the answer (None: query_pos)
-
-    def __post_init__(self) -> None:
-        for name, end in (("subject_start", "subject_pos"), ("answer_start", "answer_pos"),
-                          ("query_start", "query_pos"), ("pred_pos", "query_pos")):
-            if getattr(self, name) is None:
-                object.__setattr__(self, name, getattr(self, end).clone())
-
-    def to(self, device) -> "Layout":
-        return Layout(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
-
-    def __getitem__(self, idx) -> "Layout":
-        """The layout of a sub-batch (index tensor, slice or mask over examples)."""
-        return Layout(**{f.name: getattr(self, f.name)[idx] for f in fields(self)})
-
-    @property
-    def n_examples(self) -> int:
-        return self.query_pos.shape[0]
-
-    @property
-    def one_token_spans(self) -> bool:
-        """Whether every role is one token (the toy prompts)."""
-        return bool((self.subject_start == self.subject_pos).all() and (self.answer_start == self.answer_pos).all()
-                    and (self.query_start == self.query_pos).all())
-
-    def span_masks(self, n_pos: int) -> "SpanMasks":
-        """Boolean ``[batch, pair, pos]`` masks of each subject and answer span, ``[batch, pos]`` of the others."""
-        pos = torch.arange(n_pos, device=self.query_pos.device)
-        def within(start: Tensor, end: Tensor) -> Tensor:  # [..., pos]: start <= pos <= end, end >= 0 (present)
-            return (pos >= start[..., None]) & (pos <= end[..., None]) & (end[..., None] >= 0)
-
-        bos = (pos == self.bos_pos[:, None]) & (self.bos_pos[:, None] >= 0)
-        return SpanMasks(subject=within(self.subject_start, self.subject_pos),
-                         answer=within(self.answer_start, self.answer_pos),
-                         query=within(self.query_start, self.query_pos), bos=bos,
-                         prediction=pos == self.pred_pos[:, None], padding=pos > self.pred_pos[:, None])
-
-    def role_of_positions(self, n_pos: int) -> Int[Tensor, "batch pos"]:
-        """Role id at every position: 0 other (separators, padding), 1 subject, 2 answer, 3 query, 4 BOS."""
-        m = self.span_masks(n_pos)
-        roles = torch.zeros(self.n_examples, n_pos, dtype=torch.long, device=self.query_pos.device)
-        roles[m.subject.any(1)] = 1
-        roles[m.answer.any(1)] = 2
-        roles[m.query] = 3
-        roles[m.bos] = 4
-        return roles
-
-
-class SpanMasks(NamedTuple):
-    """Boolean masks of a layout's spans (:meth:`Layout.span_masks`)."""
-
-    subject: Bool[Tensor, "batch pair pos"]  # span of s_i
-    answer: Bool[Tensor, "batch pair pos"]  # span of a_i
-    query: Bool[Tensor, "batch pos"]  # span of s_q
-    bos: Bool[Tensor, "batch pos"]  # BOS (all False without one)
-    prediction: Bool[Tensor, "batch pos"]  # the prediction position
-    padding: Bool[Tensor, "batch pos"]  # right padding after the prediction position
-
-    @property
-    def separators(self) -> Bool[Tensor, "batch pos"]:
-        """Every real position outside the roles (template text such as ``": "`` and newlines)."""
-        return ~(self.subject.any(1) | self.answer.any(1) | self.query | self.bos | self.padding)
-
-
-ROLE_NAMES = ("other", "subject", "answer", "query", "bos")
 
 
 @dataclass(frozen=True)
@@ -217,9 +129,9 @@ class ICRecallTask:
         pairs = torch.arange(self.n_pairs)
         rep = lambda t: t.expand(batch_size, *t.shape).clone()  # noqa: E731
         return Layout(
-            subject_pos=rep(off + 2 * pairs),
-            answer_pos=rep(off + 2 * pairs + 1),
-            query_pos=torch.full((batch_size,), self.n_ctx - 1),
+            subject_end=rep(off + 2 * pairs),
+            answer_end=rep(off + 2 * pairs + 1),
+            query_end=torch.full((batch_size,), self.n_ctx - 1),
             bos_pos=torch.full((batch_size,), 0 if self.bos else -1),
         )
 

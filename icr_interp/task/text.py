@@ -6,7 +6,7 @@ takes its batches unchanged.  What text changes:
 
 * **Spans.** Prompts are rendered from templates and tokenized whole by the model's tokenizer
   (:mod:`icr_interp.task.text_spans`); each role is a token span in the batch's
-  :class:`~icr_interp.task.prompts.Layout`, and the prediction position ``pred_pos`` is the last token
+  :class:`~icr_interp.task.layout.Layout`, and the prediction position ``pred_pos`` is the last token
   (the separator after the query subject).  Batches are right-padded (``pad_id``): a causal model never
   reads padding at or before ``pred_pos``, so no attention mask is needed and positions are the model's own.
   A prompt in which one token covers two roles (a merge across a template boundary) is redrawn, and counted
@@ -44,7 +44,8 @@ from icr_interp.task import text_corruptions as C
 from icr_interp.task import text_spans as T
 from icr_interp.task.knowledge import KnowledgeBase
 from icr_interp.task import sampling as S
-from icr_interp.task.prompts import Batch, CorruptedPairs, ICRecallTask, Layout
+from icr_interp.task.layout import Layout
+from icr_interp.task.prompts import Batch, CorruptedPairs, ICRecallTask
 from icr_interp.task.text_fit import check_ids, check_length, check_sample_bytes, resolve_model, targets_in_chunks
 
 TEXT_CORRUPTIONS = C.TEXT_CORRUPTIONS
@@ -229,7 +230,8 @@ class TextICRecallTask(ICRecallTask):
         check_length(self, None, tokens.shape[1])
         check_ids(self, [int(tokens.max())] if tokens.numel() else [], "a prompt")
         return Batch(tokens=tokens, answers=target, relations=relations.clone(), subjects=subjects.clone(),
-                     query=query.clone(), layout=B.layout(encoded, subjects.shape[1]), context_answers=shown.clone())
+                     query=query.clone(), layout=Layout.from_encoded(encoded, subjects.shape[1]),
+                     context_answers=shown.clone())
 
     # ------------------------------------------------------------ corrupt
     def corruptible(self, batch: Batch, kind: str) -> Bool[Tensor, " batch"]:
@@ -291,7 +293,7 @@ class TextICRecallTask(ICRecallTask):
         tokens = B.pad([e.ids for e in encoded], self.pad_id)
         check_length(self, None, tokens.shape[1])
         return Batch(tokens=tokens, answers=targets[relations, query], relations=relations, subjects=empty,
-                     query=query, layout=B.layout(encoded, 0), context_answers=empty.clone()).to(device)
+                     query=query, layout=Layout.from_encoded(encoded, 0), context_answers=empty.clone()).to(device)
 
     def _named_targets(self) -> Int[Tensor, "relation subject"]:
         if getattr(self, "_named", None) is None:

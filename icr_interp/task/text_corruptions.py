@@ -34,6 +34,7 @@ from torch import Tensor
 
 from icr_interp.task import text_batches as B
 from icr_interp.task import text_spans as T
+from icr_interp.task.layout import Layout
 from icr_interp.task.prompts import Batch, CorruptedPairs, corruption_options
 from icr_interp.task.sampling import draw
 
@@ -78,9 +79,9 @@ def relation_swap(task, b: Batch, i: int, gen: torch.Generator) -> tuple[int, Te
     tt, lengths, k = task.target_table, span_lengths(task), task.n_pairs
     r, q, target = int(b.relations[i]), int(b.query[i]), int(b.answers[i])
     lay = b.layout[i:i + 1]
-    s_len = (lay.subject_pos - lay.subject_start + 1)[0]
-    a_len = (lay.answer_pos - lay.answer_start + 1)[0]
-    key = B.keys(lay)[0]
+    s_len = (lay.subject_end - lay.subject_start + 1)[0]
+    a_len = (lay.answer_end - lay.answer_start + 1)[0]
+    key = lay.keys()[0]
     options = torch.nonzero((tt[:, q] >= 0) & (tt[:, q] != target)).flatten()
     options = options[options != r]
     for r2 in options[torch.randperm(len(options), generator=gen)].tolist():
@@ -93,8 +94,8 @@ def relation_swap(task, b: Batch, i: int, gen: torch.Generator) -> tuple[int, Te
                 continue  # the same prompt (capital and largest city of the same cities): it would measure nothing
             if k == 0:
                 break
-            enc = task._encode(torch.tensor([r2]), picked[None], b.query[i:i + 1])[0]
-            if enc.layout_key() == key:
+            enc = task._encode(torch.tensor([r2]), picked[None], b.query[i:i + 1])
+            if Layout.from_encoded(enc, k).keys()[0] == key:
                 return r2, picked
     return None
 
@@ -121,19 +122,20 @@ def query_options(task, b: Batch) -> Bool[Tensor, "batch subject"]:
     ok = corruption_options(task.kb.table, b, "query")
     ok &= task.target_table[b.relations] != b.answers[:, None]
     q_len = span_lengths(task)["query"]
-    ok &= q_len[None, :] == (b.layout.query_pos - b.layout.query_start + 1)[:, None]
+    ok &= q_len[None, :] == (b.layout.query_end - b.layout.query_start + 1)[:, None]
     rows, options = torch.nonzero(ok, as_tuple=True)
     if len(rows):
         encoded = task._encode(b.relations[rows], b.subjects[rows], options, b.context_answers[rows])
-        keys = B.keys(b.layout)
-        same = torch.tensor([e.layout_key() == keys[r] for e, r in zip(encoded, rows.tolist())])
+        keys = b.layout.keys()
+        same = torch.tensor([key == keys[r] for key, r in zip(Layout.from_encoded(encoded, task.n_pairs).keys(),
+                                                                rows.tolist())])
         ok[rows[~same], options[~same]] = False
     return ok
 
 
 def shuffle_groups(b: Batch) -> tuple[list[list[Tensor]], Bool[Tensor, " batch"]]:
     """Per prompt, the pairs grouped by answer token length, and whether a group holds two different answers."""
-    lengths = b.layout.answer_pos - b.layout.answer_start
+    lengths = b.layout.answer_end - b.layout.answer_start
     groups, ok = [], torch.zeros(len(b), dtype=torch.bool)
     for i in range(len(b)):
         mine = [torch.nonzero(lengths[i] == n).flatten() for n in lengths[i].unique()]
@@ -143,14 +145,14 @@ def shuffle_groups(b: Batch) -> tuple[list[list[Tensor]], Bool[Tensor, " batch"]
 
 
 def _shuffle_one(task, b: Batch, i: int, groups: list[Tensor], gen: torch.Generator) -> Tensor | None:
-    key = B.keys(b.layout[i:i + 1])[0]
+    key = b.layout[i:i + 1].keys()[0]
     for _ in range(SHUFFLE_TRIES):
         new = b.context_answers[i].clone()
         for g in groups:
             new[g] = new[g[torch.randperm(len(g), generator=gen)]]
         if (new != b.context_answers[i]).any():
-            enc = task._encode(b.relations[i:i + 1], b.subjects[i:i + 1], b.query[i:i + 1], new[None])[0]
-            if enc.layout_key() == key:
+            enc = task._encode(b.relations[i:i + 1], b.subjects[i:i + 1], b.query[i:i + 1], new[None])
+            if Layout.from_encoded(enc, task.n_pairs).keys()[0] == key:
                 return new
     return None
 

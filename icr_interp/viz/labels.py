@@ -32,7 +32,7 @@ def slot_roles(batch: Batch | Layout) -> list[str]:
     ``bos`` (when every prompt has one), ``subject_1``, ``answer_1``, ..., ``query``.
     """
     layout = _layout(batch)
-    k = layout.subject_pos.shape[1]
+    k = layout.subject_end.shape[1]
     bos = ["bos"] if bool((layout.bos_pos >= 0).all()) else []
     return bos + [f"{r}_{j + 1}" for j in range(k) for r in ("subject", "answer")] + ["query"]
 

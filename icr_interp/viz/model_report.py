@@ -151,7 +151,7 @@ def batch_info(model: TLModel, batch: Batch, vocab, example: int) -> dict:
     """Plain facts about the model and the prompts, for :func:`~icr_interp.viz.report.summary_section`."""
     cfg = model.cfg
     info = {"layers": cfg.n_layers, "heads": cfg.n_heads, "d_model": cfg.d_model, "prompts": len(batch),
-            "context pairs": batch.layout.subject_pos.shape[1]}
+            "context pairs": batch.layout.subject_end.shape[1]}
     icr = getattr(model, "icr_config", None)
     if icr is not None:
         info["memory"] = icr.construction or icr.memory
