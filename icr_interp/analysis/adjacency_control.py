@@ -29,7 +29,7 @@ from torch import Tensor
 from icr_interp.analysis.bootstrap import bootstrap_mean_ci
 from icr_interp.analysis.pairing_null import NULL_DRAWS, NULL_SEED
 from icr_interp.analysis.pairing_test import check_masses, renormalise
-from icr_interp.task.prompts import Layout
+from icr_interp.task.layout import Layout
 
 _CHUNK = 1 << 22
 _TIE_TOL = 1e-9

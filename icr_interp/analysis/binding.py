@@ -31,7 +31,7 @@ from icr_interp.analysis.bootstrap import mean_ci
 from icr_interp.analysis.edge_knockout import prediction_margin
 from icr_interp.analysis.inputs import check_batch
 from icr_interp.model import hooks as H
-from icr_interp.task.prompts import Batch
+from icr_interp.task.batch import Batch
 from icr_interp.tl.compat import TLModel
 
 MIN_SWAP_EFFECT = 0.5  # a prompt is informative when the token swap moves its logit difference by more than this

@@ -50,7 +50,7 @@ from icr_interp.analysis import reliability
 from icr_interp.analysis.pairwise_form import fit_pairwise
 from icr_interp.model import hooks as H
 from icr_interp.model.forward import unembed
-from icr_interp.task.prompts import Batch
+from icr_interp.task.batch import Batch
 from icr_interp.task.tokens import check_model_tokens
 from icr_interp.tl.compat import TLModel
 

@@ -82,7 +82,8 @@ from icr_interp.analysis.combined_rows import combine_rows, normalise_shares, ov
 from icr_interp.tl.compat import TLModel
 from icr_interp.analysis.pairing_null import (NULL_ALPHA, NULL_DRAWS, NULL_MAX_PERMUTATIONS, NULL_MIN_EFFECT,  # noqa: F401
                                      NULL_SEED, pairing_test, pairings)
-from icr_interp.task.prompts import Batch, Layout
+from icr_interp.task.batch import Batch
+from icr_interp.task.layout import Layout
 from icr_interp.analysis.inputs import check_batch
 from icr_interp.analysis.pairing_evidence import pairing_evidence, rule_text
 from icr_interp.analysis.pairing_test import PAIRING_MIN_MASS

@@ -46,7 +46,8 @@ from torch import Tensor
 from icr_interp.analysis.pairing_null import pairings
 from icr_interp.analysis.pairing_test import pairing_test_rows
 from icr_interp.analysis.pairwise_form import pairing_scores
-from icr_interp.task.prompts import Batch, ICRecallTask
+from icr_interp.task.batch import Batch
+from icr_interp.task.prompts import ICRecallTask
 from icr_interp.tl.compat import TLModel
 
 QK_PROMPTS = 512  # prompts the QK probe predicts rows for

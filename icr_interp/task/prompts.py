@@ -30,48 +30,20 @@ prompts ``[BOS, s, <r>]`` (target ``a*(s, r)``) come from the same knowledge bas
 """
 
 import warnings
-from dataclasses import dataclass, fields, replace
-from typing import NamedTuple
+from dataclasses import replace
 
 import torch
 from jaxtyping import Bool, Int
 from torch import Tensor
 
 from icr_interp.task import sampling as S
+from icr_interp.task.batch import Batch, CorruptedPairs
 from icr_interp.task.knowledge import KnowledgeBase
 from icr_interp.task.layout import ROLE_NAMES, Layout, SpanMasks  # noqa: F401 (re-exported: their first home)
+from icr_interp.task.protocol import describe
 from icr_interp.task.vocab import Vocabulary
 
 CORRUPTIONS = ("relation", "query")
-
-
-@dataclass(frozen=True)
-class Batch:
-    """A batch of IC-recall prompts with targets and layout."""
-
-    tokens: Int[Tensor, "batch pos"]  # prompt token ids
-    answers: Int[Tensor, " batch"]  # target token id a*(s_q, r)
-    relations: Int[Tensor, " batch"]  # hidden relation id
-    subjects: Int[Tensor, "batch pair"]  # context subject ids s_i (knowledge-base ids)
-    query: Int[Tensor, " batch"]  # query subject id s_q
-    layout: Layout  # where each role sits
-    # answer ids the context shows (knowledge-base ids); None: a*(s_i, r), as every toy prompt (a shuffled
-    # text prompt, the function-vector null, shows other answers)
-    context_answers: Int[Tensor, "batch pair"] | None = None
-
-    def __len__(self) -> int:
-        return self.tokens.shape[0]
-
-    def to(self, device) -> "Batch":
-        moved = {f.name: _move(getattr(self, f.name), device) for f in fields(self) if f.name != "layout"}
-        return Batch(**moved, layout=self.layout.to(device))
-
-    def __getitem__(self, idx) -> "Batch":
-        """Sub-batch by index, slice or mask (an integer index keeps a batch of one)."""
-        if isinstance(idx, int):
-            idx = slice(idx, idx + 1 if idx != -1 else None)
-        sub = {f.name: _index(getattr(self, f.name), idx) for f in fields(self) if f.name != "layout"}
-        return Batch(**sub, layout=self.layout[idx])
 
 
 class ICRecallTask:
@@ -119,9 +91,7 @@ class ICRecallTask:
         return dict(n_pairs=self.n_pairs, bos=self.bos)
 
     def __repr__(self) -> str:  # one line: the settings (config(), dicts by size), then the knowledge base
-        shown = {k: f"<{len(v)} entries>" if isinstance(v, dict) else repr(v) for k, v in self.config().items()}
-        settings = ", ".join(f"{k}={v}" for k, v in shown.items() if v != repr(""))
-        return f"{type(self).__name__}({settings}, kb={self.kb!r})"
+        return describe(self)
 
     def layout(self, batch_size: int) -> Layout:
         """Layout of the fixed prompt format, repeated for every example."""
@@ -239,27 +209,6 @@ class ICRecallTask:
 
     def to_str(self, tokens: Tensor) -> list | str:
         return self.vocab.to_str(tokens)
-
-
-def _move(value, device):
-    return None if value is None else value.to(device)
-
-
-def _index(value, idx):
-    return None if value is None else value[idx]
-
-
-class CorruptedPairs(NamedTuple):
-    """Matched clean and corrupted batches (:meth:`ICRecallTask.corrupt_pairs`)."""
-
-    clean: Batch  # the clean prompts that have a corruption
-    corrupted: Batch  # their corrupted counterparts, same order and layout
-    n_dropped: int  # clean prompts left out for want of a corruption
-
-    @property
-    def n_requested(self) -> int:
-        """Prompts asked for (or drawn): kept plus dropped, so a report can say "30 of 32 kept"."""
-        return len(self.clean) + self.n_dropped
 
 
 def corruption_options(table: Int[Tensor, "relation subject"], b: Batch, kind: str) -> Bool[Tensor, "batch option"]:

@@ -1,8 +1,10 @@
 """IC-recall prompts in text, for real language models: ``"France: Paris\\nJapan: Tokyo\\nItaly:"`` -> ``" Rome"``.
 
-:class:`TextICRecallTask` is :class:`~icr_interp.task.prompts.ICRecallTask` with text in place of the toy
-vocabulary: the same knowledge bases, the same :class:`~icr_interp.task.prompts.Batch` -- so every analysis
-takes its batches unchanged.  What text changes:
+:class:`TextICRecallTask` makes what :class:`~icr_interp.task.prompts.ICRecallTask` makes, with text in place
+of the toy vocabulary: the same knowledge bases, the same :class:`~icr_interp.task.batch.Batch` -- so every
+analysis takes its batches unchanged.  Both implement :class:`~icr_interp.task.protocol.PromptTask`; neither
+derives from the other (a text prompt has no fixed length ``n_ctx`` nor one ``layout(n)`` for a batch, and no
+relation tokens for ``sample_facts``).  What text changes:
 
 * **Spans.** Prompts are rendered from templates and tokenized whole by the model's tokenizer
   (:mod:`icr_interp.task.text_spans`); each role is a token span in the batch's
@@ -39,13 +41,14 @@ from jaxtyping import Bool, Int
 from torch import Tensor
 
 from icr_interp.plumbing import check_int
+from icr_interp.task import sampling as S
 from icr_interp.task import text_batches as B
 from icr_interp.task import text_corruptions as C
 from icr_interp.task import text_spans as T
+from icr_interp.task.batch import Batch, CorruptedPairs
 from icr_interp.task.knowledge import KnowledgeBase
-from icr_interp.task import sampling as S
 from icr_interp.task.layout import Layout
-from icr_interp.task.prompts import Batch, CorruptedPairs, ICRecallTask
+from icr_interp.task.protocol import describe
 from icr_interp.task.text_fit import check_ids, check_length, check_sample_bytes, resolve_model, targets_in_chunks
 
 TEXT_CORRUPTIONS = C.TEXT_CORRUPTIONS
@@ -63,7 +66,7 @@ def _plain(name: str) -> str:
     return "_".join(name.lower().replace("-", " ").split())
 
 
-class TextICRecallTask(ICRecallTask):
+class TextICRecallTask:
     """IC-recall prompts as text, tokenized by a model's own tokenizer (see the module docstring).
 
     Args:
@@ -149,18 +152,19 @@ class TextICRecallTask(ICRecallTask):
         out[rel, subj] = torch.tensor(targets_in_chunks(self.tokenizer, prompts, follows), dtype=torch.long)
         return out
 
-    # ------------------------------------------------------------ geometry
+    # ------------------------------------------------------------ settings
     @property
-    def n_ctx(self) -> int:
-        raise ValueError("text prompts have no fixed length; read it from a batch (batch.tokens.shape[1])")
-
-    def layout(self, batch_size: int) -> Layout:
-        raise ValueError("text prompts have a layout per example; read it from a batch (batch.layout)")
+    def relation_weights(self) -> Tensor:
+        """How prompts draw their relation: uniformly over the usable ones (the balanced deal's long-run share)."""
+        return S.relation_weights(self.kb.n_relations, self._usable)
 
     def config(self) -> dict:
         return dict(n_pairs=self.n_pairs, pair_template=self.pair_template, query_template=self.query_template,
                     prefix=self.prefix, relation_phrases=self.relation_phrases, prepend_bos=self.bos,
                     balance=self.balance)
+
+    def __repr__(self) -> str:
+        return describe(self)
 
     def with_pairs(self, n_pairs: int) -> "TextICRecallTask":
         """The same task (knowledge base, tokenizer, templates, targets) with ``n_pairs`` context pairs; 0: zero-shot.
@@ -320,7 +324,3 @@ class TextICRecallTask(ICRecallTask):
         """The text of example ``i`` (BOS and padding removed)."""
         start = int(batch.layout.bos_pos[i]) + 1 if int(batch.layout.bos_pos[i]) >= 0 else 0
         return self.tokenizer.decode(batch.tokens[i, start: int(batch.layout.pred_pos[i]) + 1].tolist())
-
-    def sample_facts(self, *args, **kwargs):
-        raise ValueError("text tasks have no relation tokens; use named_relation_batch for factual recall")
-

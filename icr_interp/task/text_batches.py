@@ -19,7 +19,7 @@ from torch import Tensor
 
 from icr_interp.task.knowledge import KnowledgeBase
 from icr_interp.task.layout import Layout
-from icr_interp.task.prompts import Batch
+from icr_interp.task.batch import Batch
 
 SEED_BOUND = 2**62  # per-prompt seeds are drawn in [0, SEED_BOUND)
 

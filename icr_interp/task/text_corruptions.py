@@ -34,8 +34,9 @@ from torch import Tensor
 
 from icr_interp.task import text_batches as B
 from icr_interp.task import text_spans as T
+from icr_interp.task.batch import Batch, CorruptedPairs
 from icr_interp.task.layout import Layout
-from icr_interp.task.prompts import Batch, CorruptedPairs, corruption_options
+from icr_interp.task.prompts import corruption_options
 from icr_interp.task.sampling import draw
 
 TEXT_CORRUPTIONS = ("relation", "query", "shuffle")
