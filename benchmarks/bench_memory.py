@@ -89,7 +89,7 @@ def build(task, impl: str, d_model: int, seed: int):
 
 def query_inputs(model, batch) -> torch.Tensor:
     """The memory's input at each query (``resid_mid`` there) as [batch 1 d_model]."""
-    rows, qpos = torch.arange(len(batch)), batch.layout.query_pos
+    rows, qpos = torch.arange(len(batch)), batch.layout.query_end
     with torch.no_grad():
         resid = model.embed(batch.tokens) + model.pos_embed(batch.tokens)
         attn_out = model.blocks[0].attn(query_input=resid, key_input=resid, value_input=resid)[rows, qpos]

@@ -55,7 +55,7 @@ def main() -> None:
     with torch.no_grad():
         clean_logits, clean_cache = model.run_with_cache(clean.tokens)
         corrupted_logits = model(corrupted.tokens)
-    metric = icr_patching.logit_diff_metric(clean.answers, corrupted.answers, clean.layout.query_pos,
+    metric = icr_patching.logit_diff_metric(clean.answers, corrupted.answers, clean.layout.query_end,
                                             clean_logits=clean_logits, corrupted_logits=corrupted_logits)
     print(f"model: {kb.n_triplets} triplets, d_model {model.cfg.d_model}, vocab {model.cfg.d_vocab}, "
           f"batch {args.batch}, {task.n_ctx} positions, {args.corruption} corruption, {args.threads} threads")

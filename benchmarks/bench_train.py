@@ -85,7 +85,7 @@ def query_inputs(model, batch) -> torch.Tensor:
     with torch.no_grad():
         _, cache = model.run_with_cache(batch.tokens, names_filter="blocks.0.hook_resid_mid")
     rows = torch.arange(len(batch))
-    return cache["blocks.0.hook_resid_mid"][rows, batch.layout.query_pos][:, None, :].clone()
+    return cache["blocks.0.hook_resid_mid"][rows, batch.layout.query_end][:, None, :].clone()
 
 
 def memory_step(memory: torch.nn.Module, x: torch.Tensor, grad_out: torch.Tensor) -> Callable[[], torch.Tensor]:

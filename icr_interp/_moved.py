@@ -96,6 +96,12 @@ MOVED_ATTRS: dict[str, dict[str, str]] = {
     f"{PACKAGE}.experiments.sweep": {"one_line_error": f"{PACKAGE}.experiments.sweep.executors.failure_text"},
 }
 
+# task layout (issue 29 item 2): a span's last token is ``*_end`` (was ``*_pos``); attributes and constructor
+# keywords of :class:`icr_interp.task.layout.Layout` resolve through :func:`moved_attr`.
+MOVED_ATTRS["Layout"] = {"subject_pos": f"{PACKAGE}.task.layout.Layout.subject_end",
+                         "answer_pos": f"{PACKAGE}.task.layout.Layout.answer_end",
+                         "query_pos": f"{PACKAGE}.task.layout.Layout.query_end"}
+
 _warned: set[str] = set()
 
 

@@ -37,7 +37,7 @@ from icr_interp.analysis.causal.patching.by_role import role_patch, setup
 from icr_interp.model import hooks as H
 from icr_interp.plumbing import check_int
 from icr_interp.task import roles as R
-from icr_interp.task.prompts import Batch
+from icr_interp.task.batch import Batch
 from icr_interp.tl.compat import TLModel
 
 

@@ -11,7 +11,7 @@ score from an empty batch or an IndexError deep inside a gather. It checks that
 
 from dataclasses import fields
 
-from icr_interp.task.prompts import Batch
+from icr_interp.task.batch import Batch
 from icr_interp.task.tokens import check_model_tokens, check_token_ids
 from icr_interp.tl.compat import TLModel
 

@@ -31,7 +31,9 @@ import torch.nn.functional as F
 
 from icr_interp.plumbing import check_int
 from icr_interp.seeds import derive_seed
-from icr_interp.task.prompts import Batch, ICRecallTask
+from icr_interp.task.batch import Batch
+from icr_interp.task.prompts import ICRecallTask
+from icr_interp.task.protocol import PromptTask
 from icr_interp.tl.compat import TLModel
 from icr_interp.training.trainer import check_prompts, forward_parts, prediction_logits
 
@@ -103,7 +105,7 @@ def score_batches(model: TLModel, batches: Iterable[Batch], relation_names) -> R
     return RecallScores(sum(correct.values()) / n, sum(loss.values()) / n, n, per)
 
 
-def recall_curve(model: TLModel, task: ICRecallTask, ks: Iterable[int] = range(9), n_prompts: int = 256,
+def recall_curve(model: TLModel, task: PromptTask, ks: Iterable[int] = range(9), n_prompts: int = 256,
                  seed: int = 0, batch_size: int = 64, named: bool = True) -> RecallCurve:
     """Accuracy and loss for every k in ``ks`` (0: zero-shot), per relation, and the named-relation baseline.
 

@@ -213,7 +213,7 @@ def start_slots(task: ICRecallTask, start: str) -> torch.Tensor:
         if not task.bos:
             raise ValueError("start 'sink' tilts attention toward BOS, but the task's prompts have no BOS")
         return layout.bos_pos
-    return (layout.answer_pos if start == "answer" else layout.subject_pos)[0]
+    return (layout.answer_end if start == "answer" else layout.subject_end)[0]
 
 
 def _write_attention(model: HookedTransformer, basis: ResidualBasis, task: ICRecallTask, cfg: ModelConfig) -> None:

@@ -1,9 +1,11 @@
 """The task layer: knowledge bases of (subject, relation, answer) facts, their token vocabulary, IC-recall
-prompts with per-example span layouts and corruptions -- toy token prompts (``prompts``) and text prompts
-for pretrained LMs, tokenized by the model's own tokenizer (``text``, ``text_spans``) -- prompt roles, and
-the Bayes ceiling of a set of prompts.  Nothing here knows about models.
+prompts and their corruptions -- toy token prompts (``prompts``) and text prompts for pretrained LMs, tokenized
+by the model's own tokenizer (``text``, ``text_spans``), both :class:`PromptTask` s (``protocol``) drawing with
+the shared helpers of ``sampling`` -- batches (``batch``) with their per-example span layout (``layout``),
+prompt roles, and the Bayes ceiling of a set of prompts.  Nothing here knows about models.
 """
 
-from icr_interp.task.prompts import (  # noqa: F401
-    CORRUPTIONS, Layout, ROLE_NAMES, Batch, ICRecallTask, CorruptedPairs,
-)
+from icr_interp.task.batch import Batch, CorruptedPairs  # noqa: F401
+from icr_interp.task.layout import ROLE_NAMES, Layout  # noqa: F401
+from icr_interp.task.prompts import CORRUPTIONS, ICRecallTask  # noqa: F401
+from icr_interp.task.protocol import PromptTask  # noqa: F401

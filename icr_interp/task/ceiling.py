@@ -20,16 +20,17 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from icr_interp.task.prompts import Batch, ICRecallTask
+from icr_interp.task.batch import Batch
+from icr_interp.task.protocol import PromptTask
 
 
-def relation_prior(task: ICRecallTask) -> Float[Tensor, " relation"]:
-    """The probability that the task draws each relation for a prompt (:attr:`ICRecallTask.relation_weights`)."""
+def relation_prior(task: PromptTask) -> Float[Tensor, " relation"]:
+    """The probability that the task draws each relation for a prompt (:attr:`PromptTask.relation_weights`)."""
     return task.relation_weights
 
 
 @torch.no_grad()
-def ceiling(task: ICRecallTask, batch: Batch) -> Float[Tensor, " batch"]:
+def ceiling(task: PromptTask, batch: Batch) -> Float[Tensor, " batch"]:
     """Per prompt, the probability that the Bayes-optimal prediction is right (see module docstring)."""
     table = task.kb.table  # [relation subject]
     b = batch.to("cpu")

@@ -6,8 +6,9 @@ hidden relation r (``a_i = a*(s_i, r)``), then a query subject; the target is
 *layout* -- the token span of each s_i, a_i, the query, BOS, and the prediction
 position, for every example -- so analyses never guess positions.  Here every
 span is one token and the prediction position is the query's; text prompts for
-pretrained LMs (:mod:`icr_interp.task.text`) use the same :class:`Layout` with
-multi-token spans and the prediction position after the query.
+pretrained LMs (:mod:`icr_interp.task.text`) use the same
+:class:`~icr_interp.task.layout.Layout` with multi-token spans and the prediction
+position after the query.
 
 A prompt's relation is drawn uniformly over the relations that know at least
 k + 1 subjects (:attr:`ICRecallTask.relation_weights`), then k + 1 distinct
@@ -29,136 +30,20 @@ prompts ``[BOS, s, <r>]`` (target ``a*(s, r)``) come from the same knowledge bas
 """
 
 import warnings
-from dataclasses import dataclass, fields, replace
-from typing import NamedTuple
+from dataclasses import replace
 
 import torch
 from jaxtyping import Bool, Int
 from torch import Tensor
 
+from icr_interp.task import sampling as S
+from icr_interp.task.batch import Batch, CorruptedPairs
 from icr_interp.task.knowledge import KnowledgeBase
+from icr_interp.task.layout import ROLE_NAMES, Layout, SpanMasks  # noqa: F401 (re-exported: their first home)
+from icr_interp.task.protocol import describe
 from icr_interp.task.vocab import Vocabulary
 
 CORRUPTIONS = ("relation", "query")
-
-
-@dataclass(frozen=True)
-class Layout:
-    """Per-example token spans of each role in a prompt, and where the answer is predicted.
-
-    A role occupies a *span* of tokens (a multi-token name in a text prompt); the ``*_pos`` fields hold each
-    span's **last** token (what the first release called the role's position, so code reading one position
-    per role keeps working) and the ``*_start`` fields its first.  Attention to a role is the mass summed
-    over its span (:meth:`span_masks`).  ``pred_pos`` is the position whose logits predict the answer: the
-    query itself in the toy prompts, the last token (the separator after the query subject) in text prompts.
-    Text batches are right-padded: positions after ``pred_pos`` are padding, which a causal model never
-    reads at or before ``pred_pos``.
-
-    The optional fields default to one-token spans (start = end) and ``pred_pos = query_pos``, so
-    ``Layout(subject_pos, answer_pos, query_pos, bos_pos)`` is the first release's toy layout.  -1: absent.
-    """
-
-    subject_pos: Int[Tensor, "batch pair"]  # last token of s_i
-    answer_pos: Int[Tensor, "batch pair"]  # last token of a_i
-    query_pos: Int[Tensor, " batch"]  # last token of s_q
-    bos_pos: Int[Tensor, " batch"]  # position of BOS, -1 without one
-    subject_start: Int[Tensor, "batch pair"] | None = None  # first token of s_i (None: subject_pos)
-    answer_start: Int[Tensor, "batch pair"] | None = None  # first token of a_i (None: answer_pos)
-    query_start: Int[Tensor, " batch"] | None = None  # first token of s_q (None: query_pos)
-    pred_pos: Int[Tensor, " batch"] | None = None  # whose logits predict the answer (None: query_pos)
-
-    def __post_init__(self) -> None:
-        for name, end in (("subject_start", "subject_pos"), ("answer_start", "answer_pos"),
-                          ("query_start", "query_pos"), ("pred_pos", "query_pos")):
-            if getattr(self, name) is None:
-                object.__setattr__(self, name, getattr(self, end).clone())
-
-    def to(self, device) -> "Layout":
-        return Layout(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
-
-    def __getitem__(self, idx) -> "Layout":
-        """The layout of a sub-batch (index tensor, slice or mask over examples)."""
-        return Layout(**{f.name: getattr(self, f.name)[idx] for f in fields(self)})
-
-    @property
-    def n_examples(self) -> int:
-        return self.query_pos.shape[0]
-
-    @property
-    def one_token_spans(self) -> bool:
-        """Whether every role is one token (the toy prompts)."""
-        return bool((self.subject_start == self.subject_pos).all() and (self.answer_start == self.answer_pos).all()
-                    and (self.query_start == self.query_pos).all())
-
-    def span_masks(self, n_pos: int) -> "SpanMasks":
-        """Boolean ``[batch, pair, pos]`` masks of each subject and answer span, ``[batch, pos]`` of the others."""
-        pos = torch.arange(n_pos, device=self.query_pos.device)
-        def within(start: Tensor, end: Tensor) -> Tensor:  # [..., pos]: start <= pos <= end, end >= 0 (present)
-            return (pos >= start[..., None]) & (pos <= end[..., None]) & (end[..., None] >= 0)
-
-        bos = (pos == self.bos_pos[:, None]) & (self.bos_pos[:, None] >= 0)
-        return SpanMasks(subject=within(self.subject_start, self.subject_pos),
-                         answer=within(self.answer_start, self.answer_pos),
-                         query=within(self.query_start, self.query_pos), bos=bos,
-                         prediction=pos == self.pred_pos[:, None], padding=pos > self.pred_pos[:, None])
-
-    def role_of_positions(self, n_pos: int) -> Int[Tensor, "batch pos"]:
-        """Role id at every position: 0 other (separators, padding), 1 subject, 2 answer, 3 query, 4 BOS."""
-        m = self.span_masks(n_pos)
-        roles = torch.zeros(self.n_examples, n_pos, dtype=torch.long, device=self.query_pos.device)
-        roles[m.subject.any(1)] = 1
-        roles[m.answer.any(1)] = 2
-        roles[m.query] = 3
-        roles[m.bos] = 4
-        return roles
-
-
-class SpanMasks(NamedTuple):
-    """Boolean masks of a layout's spans (:meth:`Layout.span_masks`)."""
-
-    subject: Bool[Tensor, "batch pair pos"]  # span of s_i
-    answer: Bool[Tensor, "batch pair pos"]  # span of a_i
-    query: Bool[Tensor, "batch pos"]  # span of s_q
-    bos: Bool[Tensor, "batch pos"]  # BOS (all False without one)
-    prediction: Bool[Tensor, "batch pos"]  # the prediction position
-    padding: Bool[Tensor, "batch pos"]  # right padding after the prediction position
-
-    @property
-    def separators(self) -> Bool[Tensor, "batch pos"]:
-        """Every real position outside the roles (template text such as ``": "`` and newlines)."""
-        return ~(self.subject.any(1) | self.answer.any(1) | self.query | self.bos | self.padding)
-
-
-ROLE_NAMES = ("other", "subject", "answer", "query", "bos")
-
-
-@dataclass(frozen=True)
-class Batch:
-    """A batch of IC-recall prompts with targets and layout."""
-
-    tokens: Int[Tensor, "batch pos"]  # prompt token ids
-    answers: Int[Tensor, " batch"]  # target token id a*(s_q, r)
-    relations: Int[Tensor, " batch"]  # hidden relation id
-    subjects: Int[Tensor, "batch pair"]  # context subject ids s_i (knowledge-base ids)
-    query: Int[Tensor, " batch"]  # query subject id s_q
-    layout: Layout  # where each role sits
-    # answer ids the context shows (knowledge-base ids); None: a*(s_i, r), as every toy prompt (a shuffled
-    # text prompt, the function-vector null, shows other answers)
-    context_answers: Int[Tensor, "batch pair"] | None = None
-
-    def __len__(self) -> int:
-        return self.tokens.shape[0]
-
-    def to(self, device) -> "Batch":
-        moved = {f.name: _move(getattr(self, f.name), device) for f in fields(self) if f.name != "layout"}
-        return Batch(**moved, layout=self.layout.to(device))
-
-    def __getitem__(self, idx) -> "Batch":
-        """Sub-batch by index, slice or mask (an integer index keeps a batch of one)."""
-        if isinstance(idx, int):
-            idx = slice(idx, idx + 1 if idx != -1 else None)
-        sub = {f.name: _index(getattr(self, f.name), idx) for f in fields(self) if f.name != "layout"}
-        return Batch(**sub, layout=self.layout[idx])
 
 
 class ICRecallTask:
@@ -178,7 +63,7 @@ class ICRecallTask:
         self.kb, self.n_pairs, self.bos = kb, n_pairs, bos
         self.vocab = Vocabulary.from_kb(kb)
         known = kb.table >= 0  # [relation subject]
-        self._usable = torch.nonzero(known.sum(1) >= n_pairs + 1).flatten()
+        self._usable = S.usable_relations(kb.table, n_pairs + 1)
         if len(self._usable) == 0:
             raise ValueError(f"no relation has the {n_pairs + 1} subjects a prompt with k={n_pairs} needs")
         n_facts = known.sum(1)
@@ -194,9 +79,7 @@ class ICRecallTask:
 
         ``[relation]`` probabilities (0 for a relation too sparse for k pairs).
         """
-        weights = torch.zeros(self.kb.n_relations)
-        weights[self._usable] = 1.0 / len(self._usable)
-        return weights
+        return S.relation_weights(self.kb.n_relations, self._usable)
 
     # ------------------------------------------------------------ geometry
     @property
@@ -208,9 +91,7 @@ class ICRecallTask:
         return dict(n_pairs=self.n_pairs, bos=self.bos)
 
     def __repr__(self) -> str:  # one line: the settings (config(), dicts by size), then the knowledge base
-        shown = {k: f"<{len(v)} entries>" if isinstance(v, dict) else repr(v) for k, v in self.config().items()}
-        settings = ", ".join(f"{k}={v}" for k, v in shown.items() if v != repr(""))
-        return f"{type(self).__name__}({settings}, kb={self.kb!r})"
+        return describe(self)
 
     def layout(self, batch_size: int) -> Layout:
         """Layout of the fixed prompt format, repeated for every example."""
@@ -218,9 +99,9 @@ class ICRecallTask:
         pairs = torch.arange(self.n_pairs)
         rep = lambda t: t.expand(batch_size, *t.shape).clone()  # noqa: E731
         return Layout(
-            subject_pos=rep(off + 2 * pairs),
-            answer_pos=rep(off + 2 * pairs + 1),
-            query_pos=torch.full((batch_size,), self.n_ctx - 1),
+            subject_end=rep(off + 2 * pairs),
+            answer_end=rep(off + 2 * pairs + 1),
+            query_end=torch.full((batch_size,), self.n_ctx - 1),
             bos_pos=torch.full((batch_size,), 0 if self.bos else -1),
         )
 
@@ -228,16 +109,12 @@ class ICRecallTask:
     def sample(self, batch_size: int, seed: int | None = None, *, generator: torch.Generator | None = None,
                device: str | torch.device = "cpu") -> Batch:
         """Sample prompts: a usable relation, k + 1 distinct subjects with facts under it (0: an empty batch)."""
-        _check_count(batch_size)
-        gen = _generator(seed, generator)
+        S.check_count(batch_size)
+        gen = S.generator(seed, generator)
         relations = self._usable[torch.randint(len(self._usable), (batch_size,), generator=gen)]
-        subjects = torch.stack([self._distinct_subjects(int(r), gen) for r in relations]) if batch_size else \
-            torch.zeros(0, self.n_pairs + 1, dtype=torch.long)
+        draws = [S.distinct_subjects(self.kb.table, int(r), self.n_pairs + 1, gen) for r in relations]
+        subjects = torch.stack(draws) if batch_size else torch.zeros(0, self.n_pairs + 1, dtype=torch.long)
         return self._build(relations, subjects[:, :-1], subjects[:, -1]).to(device)
-
-    def _distinct_subjects(self, relation: int, gen: torch.Generator) -> Tensor:
-        pool = torch.nonzero(self.kb.table[relation] >= 0).flatten()
-        return pool[torch.randperm(len(pool), generator=gen)[: self.n_pairs + 1]]
 
     def _build(self, relations: Tensor, subjects: Tensor, query: Tensor) -> Batch:
         """Assemble tokens, targets and layout from relation and subject ids."""
@@ -255,7 +132,7 @@ class ICRecallTask:
     # ------------------------------------------------------------ corrupt
     def corruptible(self, batch: Batch, kind: str) -> Bool[Tensor, " batch"]:
         """Which prompts of ``batch`` have a corruption of ``kind`` (see :meth:`corrupt`)."""
-        return self._alternatives(batch.to("cpu"), _check_kind(kind)).any(1).to(batch.tokens.device)
+        return corruption_options(self.kb.table, batch.to("cpu"), _check_kind(kind)).any(1).to(batch.tokens.device)
 
     def corrupt(self, batch: Batch, kind: str, seed: int | None = None, *,
                 generator: torch.Generator | None = None) -> Batch:
@@ -271,18 +148,18 @@ class ICRecallTask:
         :meth:`corrupt_pairs` drops those prompts instead.
         """
         _check_kind(kind)
-        gen = _generator(seed, generator)
+        gen = S.generator(seed, generator)
         device = batch.tokens.device
         b = batch.to("cpu")
         if len(b) == 0:
             return batch
-        options = self._alternatives(b, kind)  # [batch relation] or [batch subject]
+        options = corruption_options(self.kb.table, b, kind)  # [batch relation] or [batch subject]
         if not options.any(1).all():
             need = ("a second relation that knows the prompt's subjects and changes its answers" if kind == "relation"
                     else "a spare subject with another answer under the prompt's relation")
             raise ValueError(f"{kind} corruption needs {need}; {int((~options.any(1)).sum())} of {len(b)} prompts "
                              f"have none (task.corrupt_pairs drops them)")
-        new = torch.stack([_draw(options[i], gen) for i in range(len(b))])
+        new = torch.stack([S.draw(options[i], gen) for i in range(len(b))])
         out = self._build(new, b.subjects, b.query) if kind == "relation" else \
             self._build(b.relations, b.subjects, new)
         return replace(out, layout=b.layout).to(device)
@@ -297,7 +174,7 @@ class ICRecallTask:
         number; if no prompt has one, a one-line ValueError.  On a batch where
         every prompt has one, ``corrupted`` equals ``corrupt(batch, kind, seed)``.
         """
-        gen = _generator(seed, generator)
+        gen = S.generator(seed, generator)
         keep = self.corruptible(batch, kind)
         n_dropped = int((~keep).sum())
         if len(batch) and n_dropped == len(batch):
@@ -311,24 +188,6 @@ class ICRecallTask:
             batch = batch[keep]
         return CorruptedPairs(batch, self.corrupt(batch, kind, generator=gen), n_dropped)
 
-    def _alternatives(self, b: Batch, kind: str) -> Bool[Tensor, "batch option"]:
-        """Per prompt, the relations (relation swap) or query subjects (query swap) it may be corrupted to."""
-        table = self.kb.table
-        rows = torch.arange(len(b))
-        used = torch.cat([b.subjects, b.query[:, None]], dim=1)  # [batch pair+1]
-        if kind == "relation":
-            ok = (table[:, used] >= 0).all(-1).T.clone()  # [batch relation]: knows every subject of the prompt
-            # A swap must change the prompt (some context answer) and the target: capital <-> largest city
-            # over cities that are both would patch a prompt onto itself.
-            shown = table[b.relations[:, None], b.subjects]  # [batch pair]
-            ok &= (table[:, b.subjects] != shown[None]).any(-1).T
-            ok &= table[:, b.query].T != table[b.relations, b.query][:, None]
-        else:
-            ok = (table[b.relations] >= 0).clone()  # [batch subject]: known under the prompt's relation
-            ok[rows[:, None], used] = False
-            ok &= table[b.relations] != table[b.relations, b.query][:, None]  # another target (not Germany for France)
-        return ok
-
     # ------------------------------------------------------ factual recall
     def sample_facts(self, batch_size: int, seed: int | None = None, *,
                      generator: torch.Generator | None = None) -> tuple[Tensor, Tensor, Tensor]:
@@ -337,8 +196,8 @@ class ICRecallTask:
         As prompts these read ``[BOS, s, <r>] -> a*(s, r)``; the pretrained
         memory is fitted on them (see :mod:`icr_interp.model.memory.pretrained`).
         """
-        _check_count(batch_size)
-        gen = _generator(seed, generator)
+        S.check_count(batch_size)
+        gen = S.generator(seed, generator)
         facts = self.kb.triplets()
         rows = facts[torch.randint(len(facts), (batch_size,), generator=gen)]
         return rows[:, 0], rows[:, 1], self.vocab.answer_token(rows[:, 2])
@@ -352,48 +211,28 @@ class ICRecallTask:
         return self.vocab.to_str(tokens)
 
 
-def _move(value, device):
-    return None if value is None else value.to(device)
+def corruption_options(table: Int[Tensor, "relation subject"], b: Batch, kind: str) -> Bool[Tensor, "batch option"]:
+    """Per prompt of ``b``, the relations (relation swap) or query subjects (query swap) it may be corrupted to.
 
-
-def _index(value, idx):
-    return None if value is None else value[idx]
-
-
-def _generator(seed: int | None, generator: torch.Generator | None) -> torch.Generator:
-    """An explicit generator: the one given, or a fresh one seeded with ``seed``."""
-    if generator is not None:
-        return generator
-    if seed is None:
-        raise ValueError("pass a seed or a torch.Generator: sampling is always explicit")
-    return torch.Generator().manual_seed(seed)
-
-
-class CorruptedPairs(NamedTuple):
-    """Matched clean and corrupted batches (:meth:`ICRecallTask.corrupt_pairs`)."""
-
-    clean: Batch  # the clean prompts that have a corruption
-    corrupted: Batch  # their corrupted counterparts, same order and layout
-    n_dropped: int  # clean prompts left out for want of a corruption
-
-    @property
-    def n_requested(self) -> int:
-        """Prompts asked for (or drawn): kept plus dropped, so a report can say "30 of 32 kept"."""
-        return len(self.clean) + self.n_dropped
+    ``table``: the knowledge base's ``[relation subject]`` answer ids (-1: unknown) the prompts were drawn from.
+    """
+    rows = torch.arange(len(b))
+    used = torch.cat([b.subjects, b.query[:, None]], dim=1)  # [batch pair+1]
+    if kind == "relation":
+        ok = (table[:, used] >= 0).all(-1).T.clone()  # [batch relation]: knows every subject of the prompt
+        # A swap must change the prompt (some context answer) and the target: capital <-> largest city
+        # over cities that are both would patch a prompt onto itself.
+        shown = table[b.relations[:, None], b.subjects]  # [batch pair]
+        ok &= (table[:, b.subjects] != shown[None]).any(-1).T
+        ok &= table[:, b.query].T != table[b.relations, b.query][:, None]
+    else:
+        ok = (table[b.relations] >= 0).clone()  # [batch subject]: known under the prompt's relation
+        ok[rows[:, None], used] = False
+        ok &= table[b.relations] != table[b.relations, b.query][:, None]  # another target (not Germany for France)
+    return ok
 
 
 def _check_kind(kind: str) -> str:
     if kind not in CORRUPTIONS:
         raise ValueError(f"corruption kind must be one of {CORRUPTIONS}, got {kind!r}")
     return kind
-
-
-def _draw(options: Tensor, gen: torch.Generator) -> Tensor:
-    """One index where ``options`` is True, uniformly."""
-    choices = torch.nonzero(options).flatten()
-    return choices[torch.randint(len(choices), (), generator=gen)]
-
-
-def _check_count(batch_size) -> None:
-    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 0:
-        raise ValueError(f"batch_size must be an integer >= 0, got {batch_size!r}")

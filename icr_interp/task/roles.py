@@ -55,9 +55,9 @@ def canonical(name: str) -> str:
 def default_roles(layout) -> list[str]:
     """subjects, answers, context, every pair, query, BOS when the prompts have one, and -- where the
     prediction position is not the query's (text prompts) -- the prediction position and the separators."""
-    k = layout.subject_pos.shape[1]
+    k = layout.subject_end.shape[1]
     has_bos = bool((layout.bos_pos >= 0).any())
-    text = bool((layout.pred_pos != layout.query_pos).any())
+    text = bool((layout.pred_pos != layout.query_end).any())
     return ["subjects", "answers", "context", *(f"pair_{i + 1}" for i in range(k)), "query",
             *(["bos"] if has_bos else []), *(["prediction", "separators"] if text else [])]
 
@@ -67,7 +67,7 @@ def _pair_index(layout, name: str) -> tuple[str, int | None]:
     base, _, index = name.partition("_")
     if not index:
         return base, None
-    k = layout.subject_pos.shape[1]
+    k = layout.subject_end.shape[1]
     if int(index) > k:
         raise ValueError(f"role {name!r} is out of range for k={k} pairs")
     return base, int(index) - 1
@@ -82,12 +82,12 @@ def positions(layout, name: str) -> list[Tensor]:
     base, i = _pair_index(layout, name)
     if i is not None:
         pick = slice(i, i + 1)
-        return {"subject": [layout.subject_pos[:, pick]], "answer": [layout.answer_pos[:, pick]],
-                "pair": [layout.subject_pos[:, pick], layout.answer_pos[:, pick]]}[base]
+        return {"subject": [layout.subject_end[:, pick]], "answer": [layout.answer_end[:, pick]],
+                "pair": [layout.subject_end[:, pick], layout.answer_end[:, pick]]}[base]
     if name == "separators":
         raise ValueError("role 'separators' has no position per span; use mask()")
-    return {"subjects": [layout.subject_pos], "answers": [layout.answer_pos],
-            "context": [layout.subject_pos, layout.answer_pos], "query": [layout.query_pos[:, None]],
+    return {"subjects": [layout.subject_end], "answers": [layout.answer_end],
+            "context": [layout.subject_end, layout.answer_end], "query": [layout.query_end[:, None]],
             "bos": [layout.bos_pos[:, None]], "prediction": [layout.pred_pos[:, None]], "all": []}[name]
 
 
@@ -95,7 +95,7 @@ def mask(layout, name: str, n_pos: int) -> Bool[Tensor, "batch pos"]:
     """Per-example boolean mask of every token of role ``name``'s spans in prompts of ``n_pos`` tokens."""
     name = canonical(name)
     if name == "all":
-        return torch.ones(layout.query_pos.shape[0], n_pos, dtype=torch.bool, device=layout.query_pos.device)
+        return torch.ones(layout.query_end.shape[0], n_pos, dtype=torch.bool, device=layout.query_end.device)
     m = layout.span_masks(n_pos)
     base, i = _pair_index(layout, name)
     if i is not None:

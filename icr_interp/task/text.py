@@ -1,12 +1,14 @@
 """IC-recall prompts in text, for real language models: ``"France: Paris\\nJapan: Tokyo\\nItaly:"`` -> ``" Rome"``.
 
-:class:`TextICRecallTask` is :class:`~icr_interp.task.prompts.ICRecallTask` with text in place of the toy
-vocabulary: the same knowledge bases, the same :class:`~icr_interp.task.prompts.Batch` -- so every analysis
-takes its batches unchanged.  What text changes:
+:class:`TextICRecallTask` makes what :class:`~icr_interp.task.prompts.ICRecallTask` makes, with text in place
+of the toy vocabulary: the same knowledge bases, the same :class:`~icr_interp.task.batch.Batch` -- so every
+analysis takes its batches unchanged.  Both implement :class:`~icr_interp.task.protocol.PromptTask`; neither
+derives from the other (a text prompt has no fixed length ``n_ctx`` nor one ``layout(n)`` for a batch, and no
+relation tokens for ``sample_facts``).  What text changes:
 
 * **Spans.** Prompts are rendered from templates and tokenized whole by the model's tokenizer
   (:mod:`icr_interp.task.text_spans`); each role is a token span in the batch's
-  :class:`~icr_interp.task.prompts.Layout`, and the prediction position ``pred_pos`` is the last token
+  :class:`~icr_interp.task.layout.Layout`, and the prediction position ``pred_pos`` is the last token
   (the separator after the query subject).  Batches are right-padded (``pad_id``): a causal model never
   reads padding at or before ``pred_pos``, so no attention mask is needed and positions are the model's own.
   A prompt in which one token covers two roles (a merge across a template boundary) is redrawn, and counted
@@ -39,11 +41,14 @@ from jaxtyping import Bool, Int
 from torch import Tensor
 
 from icr_interp.plumbing import check_int
+from icr_interp.task import sampling as S
 from icr_interp.task import text_batches as B
 from icr_interp.task import text_corruptions as C
 from icr_interp.task import text_spans as T
+from icr_interp.task.batch import Batch, CorruptedPairs
 from icr_interp.task.knowledge import KnowledgeBase
-from icr_interp.task.prompts import Batch, CorruptedPairs, ICRecallTask, Layout, _check_count, _generator
+from icr_interp.task.layout import Layout
+from icr_interp.task.protocol import describe
 from icr_interp.task.text_fit import check_ids, check_length, check_sample_bytes, resolve_model, targets_in_chunks
 
 TEXT_CORRUPTIONS = C.TEXT_CORRUPTIONS
@@ -61,7 +66,7 @@ def _plain(name: str) -> str:
     return "_".join(name.lower().replace("-", " ").split())
 
 
-class TextICRecallTask(ICRecallTask):
+class TextICRecallTask:
     """IC-recall prompts as text, tokenized by a model's own tokenizer (see the module docstring).
 
     Args:
@@ -125,7 +130,7 @@ class TextICRecallTask(ICRecallTask):
 
     def _set_usable(self, warn: bool) -> None:
         known = (self.kb.table >= 0).sum(1)
-        self._usable = torch.nonzero(known >= self.n_pairs + 1).flatten()
+        self._usable = S.usable_relations(self.kb.table, self.n_pairs + 1)
         n_out = sum(map(len, self.excluded.values()))
         shown = "; ".join(f"{r}: {', '.join(a[:4])}{' ...' if len(a) > 4 else ''}" for r, a in self.excluded.items())
         if len(self._usable) == 0:
@@ -147,18 +152,19 @@ class TextICRecallTask(ICRecallTask):
         out[rel, subj] = torch.tensor(targets_in_chunks(self.tokenizer, prompts, follows), dtype=torch.long)
         return out
 
-    # ------------------------------------------------------------ geometry
+    # ------------------------------------------------------------ settings
     @property
-    def n_ctx(self) -> int:
-        raise ValueError("text prompts have no fixed length; read it from a batch (batch.tokens.shape[1])")
-
-    def layout(self, batch_size: int) -> Layout:
-        raise ValueError("text prompts have a layout per example; read it from a batch (batch.layout)")
+    def relation_weights(self) -> Tensor:
+        """How prompts draw their relation: uniformly over the usable ones (the balanced deal's long-run share)."""
+        return S.relation_weights(self.kb.n_relations, self._usable)
 
     def config(self) -> dict:
         return dict(n_pairs=self.n_pairs, pair_template=self.pair_template, query_template=self.query_template,
                     prefix=self.prefix, relation_phrases=self.relation_phrases, prepend_bos=self.bos,
                     balance=self.balance)
+
+    def __repr__(self) -> str:
+        return describe(self)
 
     def with_pairs(self, n_pairs: int) -> "TextICRecallTask":
         """The same task (knowledge base, tokenizer, templates, targets) with ``n_pairs`` context pairs; 0: zero-shot.
@@ -174,9 +180,9 @@ class TextICRecallTask(ICRecallTask):
     def sample(self, batch_size: int, seed: int | None = None, *, generator: torch.Generator | None = None,
                device: str | torch.device = "cpu") -> Batch:
         """Prompts from the stream (prefix-stable, relations balanced): k + 1 distinct subjects per prompt."""
-        _check_count(batch_size)
+        S.check_count(batch_size)
         check_sample_bytes(self, batch_size)
-        gens = B.prompt_generators(_generator(seed, generator), batch_size)
+        gens = B.prompt_generators(S.generator(seed, generator), batch_size)
         relations = B.deal(self._usable, gens, self.balance)
         subjects = torch.stack([self._distinct(int(r), g) for r, g in zip(relations, gens)]) if batch_size else \
             torch.zeros(0, self.n_pairs + 1, dtype=torch.long)
@@ -192,8 +198,7 @@ class TextICRecallTask(ICRecallTask):
         return self._build(relations, subjects[:, :-1], subjects[:, -1], encoded=encoded).to(device)
 
     def _distinct(self, relation: int, gen: torch.Generator) -> Tensor:
-        pool = torch.nonzero(self.kb.table[relation] >= 0).flatten()
-        return pool[torch.randperm(len(pool), generator=gen)[: self.n_pairs + 1]]
+        return S.distinct_subjects(self.kb.table, relation, self.n_pairs + 1, gen)
 
     def _redraw(self, relation: int, gen: torch.Generator, first: T.Encoded) -> tuple[Tensor, T.Encoded]:
         """Subjects for one prompt of ``relation`` whose roles own their tokens (one-line error if none shows up)."""
@@ -229,7 +234,8 @@ class TextICRecallTask(ICRecallTask):
         check_length(self, None, tokens.shape[1])
         check_ids(self, [int(tokens.max())] if tokens.numel() else [], "a prompt")
         return Batch(tokens=tokens, answers=target, relations=relations.clone(), subjects=subjects.clone(),
-                     query=query.clone(), layout=B.layout(encoded, subjects.shape[1]), context_answers=shown.clone())
+                     query=query.clone(), layout=Layout.from_encoded(encoded, subjects.shape[1]),
+                     context_answers=shown.clone())
 
     # ------------------------------------------------------------ corrupt
     def corruptible(self, batch: Batch, kind: str) -> Bool[Tensor, " batch"]:
@@ -239,12 +245,12 @@ class TextICRecallTask(ICRecallTask):
     def corrupt(self, batch: Batch, kind: str, seed: int | None = None, *,
                 generator: torch.Generator | None = None) -> Batch:
         """The corrupted counterpart of ``batch``, with the same layout (``"relation"``, ``"query"``, ``"shuffle"``)."""
-        return C.corrupt(self, batch, kind, _generator(seed, generator))
+        return C.corrupt(self, batch, kind, S.generator(seed, generator))
 
     def corrupt_pairs(self, batch: Batch, kind: str, seed: int | None = None, *,
                       generator: torch.Generator | None = None) -> CorruptedPairs:
         """Clean and corrupted batches of the prompts with a layout-keeping corruption (one line on the rest)."""
-        return C.corrupt_pairs(self, batch, kind, _generator(seed, generator))
+        return C.corrupt_pairs(self, batch, kind, S.generator(seed, generator))
 
     def sample_pairs(self, n: int, kind: str, seed: int | None = None, *, generator: torch.Generator | None = None,
                      device: str | torch.device = "cpu", max_draws: int = 64) -> CorruptedPairs:
@@ -253,8 +259,8 @@ class TextICRecallTask(ICRecallTask):
         Prompts are drawn from the stream until ``n`` have one, up to ``max_draws * n`` in all; ``n_dropped``
         counts the drawn prompts without one (a warning names their relations and query subjects).
         """
-        _check_count(n)
-        return C.sample_pairs(self, n, kind, _generator(seed, generator), device, max_draws)
+        S.check_count(n)
+        return C.sample_pairs(self, n, kind, S.generator(seed, generator), device, max_draws)
 
     def sample_corruptible(self, n: int, kinds: tuple[str, ...] = ("relation", "query"), seed: int | None = None, *,
                            generator: torch.Generator | None = None, device: str | torch.device = "cpu",
@@ -262,8 +268,8 @@ class TextICRecallTask(ICRecallTask):
         """``(batch, n_drawn)``: ``n`` prompts of the stream with a layout-keeping corruption of every kind in
         ``kinds``, so that ``corrupt_pairs`` keeps all of them for each; ``n_drawn`` says how many were drawn
         (a report should print it: the prompts are a selection of the stream)."""
-        _check_count(n)
-        return C.sample_corruptible(self, n, tuple(kinds), _generator(seed, generator), device, max_draws)
+        S.check_count(n)
+        return C.sample_corruptible(self, n, tuple(kinds), S.generator(seed, generator), device, max_draws)
 
     # ----------------------------------------------------------- baselines
     def named_relation_batch(self, batch_size: int, seed: int | None = None, *,
@@ -275,14 +281,14 @@ class TextICRecallTask(ICRecallTask):
         query span is the subject in the phrase and its target the answer's first token after the phrase and
         one space (facts whose first token is shared within the relation are left out).
         """
-        _check_count(batch_size)
-        gens = B.prompt_generators(_generator(seed, generator), batch_size)
+        S.check_count(batch_size)
+        gens = B.prompt_generators(S.generator(seed, generator), batch_size)
         targets = self._named_targets()
         rels = torch.tensor([r for r in range(self.kb.n_relations) if (targets[r] >= 0).any()], dtype=torch.long)
         if len(rels) == 0:
             raise ValueError("no relation has a phrase naming it (pass relation_phrases={relation: '... {s} ...'})")
         relations = B.deal(rels, gens, self.balance)
-        query = torch.stack([_pick(targets[r] >= 0, g) for r, g in zip(relations.tolist(), gens)]) if batch_size \
+        query = torch.stack([S.draw(targets[r] >= 0, g) for r, g in zip(relations.tolist(), gens)]) if batch_size \
             else torch.zeros(0, dtype=torch.long)
         prompts = [T.render_prompt([], self.kb.subjects[s], "", self.relation_phrases[self.kb.relations[r]],
                                    self.prefix) for r, s in zip(relations.tolist(), query.tolist())]
@@ -291,7 +297,7 @@ class TextICRecallTask(ICRecallTask):
         tokens = B.pad([e.ids for e in encoded], self.pad_id)
         check_length(self, None, tokens.shape[1])
         return Batch(tokens=tokens, answers=targets[relations, query], relations=relations, subjects=empty,
-                     query=query, layout=B.layout(encoded, 0), context_answers=empty.clone()).to(device)
+                     query=query, layout=Layout.from_encoded(encoded, 0), context_answers=empty.clone()).to(device)
 
     def _named_targets(self) -> Int[Tensor, "relation subject"]:
         if getattr(self, "_named", None) is None:
@@ -318,12 +324,3 @@ class TextICRecallTask(ICRecallTask):
         """The text of example ``i`` (BOS and padding removed)."""
         start = int(batch.layout.bos_pos[i]) + 1 if int(batch.layout.bos_pos[i]) >= 0 else 0
         return self.tokenizer.decode(batch.tokens[i, start: int(batch.layout.pred_pos[i]) + 1].tolist())
-
-    def sample_facts(self, *args, **kwargs):
-        raise ValueError("text tasks have no relation tokens; use named_relation_batch for factual recall")
-
-
-def _pick(options: Tensor, gen: torch.Generator) -> Tensor:
-    """One index where ``options`` is True, uniformly."""
-    choices = torch.nonzero(options).flatten()
-    return choices[torch.randint(len(choices), (), generator=gen)]

@@ -10,20 +10,18 @@ relations, drawn from the seed of the block's first prompt (``balance=False``: u
 90 prompts over 6 relations then holds 15 of each, and 96 hold 16 of each.
 
 The helpers below turn tokenized prompts into the right-padded ``[batch pos]`` tokens and the span
-:class:`~icr_interp.task.prompts.Layout` (``pred_pos``: each prompt's last token) every analysis reads.
+:class:`~icr_interp.task.layout.Layout` (:meth:`~icr_interp.task.layout.Layout.from_encoded`) every analysis reads.
 """
 
 import torch
 from jaxtyping import Int
 from torch import Tensor
 
-from icr_interp.task import text_spans as T
 from icr_interp.task.knowledge import KnowledgeBase
-from icr_interp.task.prompts import Batch, Layout
+from icr_interp.task.layout import Layout
+from icr_interp.task.batch import Batch
 
 SEED_BOUND = 2**62  # per-prompt seeds are drawn in [0, SEED_BOUND)
-LAYOUT_FIELDS = ("subject_pos", "answer_pos", "query_pos", "bos_pos", "subject_start", "answer_start",
-                 "query_start", "pred_pos")
 
 
 def prompt_generators(gen: torch.Generator, n: int) -> list[torch.Generator]:
@@ -70,11 +68,10 @@ def concat(batches: list[Batch], pad_id: int) -> Batch:
     width = max(b.tokens.shape[1] for b in batches)
     tokens = torch.cat([torch.nn.functional.pad(b.tokens, (0, width - b.tokens.shape[1]), value=pad_id)
                         for b in batches])
-    cat = lambda obj, name: torch.cat([getattr(getattr(b, obj) if obj else b, name) for b in batches])  # noqa: E731
-    layout = Layout(**{f: cat("layout", f) for f in LAYOUT_FIELDS})
-    return Batch(tokens=tokens, answers=cat(None, "answers"), relations=cat(None, "relations"),
-                 subjects=cat(None, "subjects"), query=cat(None, "query"), layout=layout,
-                 context_answers=cat(None, "context_answers"))
+    cat = lambda name: torch.cat([getattr(b, name) for b in batches])  # noqa: E731
+    return Batch(tokens=tokens, answers=cat("answers"), relations=cat("relations"), subjects=cat("subjects"),
+                 query=cat("query"), layout=Layout.cat([b.layout for b in batches]),
+                 context_answers=cat("context_answers"))
 
 
 def pad(ids: list[list[int]], pad_id: int) -> Int[Tensor, "batch pos"]:
@@ -82,22 +79,3 @@ def pad(ids: list[list[int]], pad_id: int) -> Int[Tensor, "batch pos"]:
     width = max((len(x) for x in ids), default=0)
     return torch.tensor([x + [pad_id] * (width - len(x)) for x in ids], dtype=torch.long).reshape(len(ids), width)
 
-
-def layout(encoded: list[T.Encoded], k: int) -> Layout:
-    """The span layout of tokenized prompts (``pred_pos``: each prompt's last token)."""
-    n = len(encoded)
-    spans = lambda key, j: torch.tensor([[s[j] for s in getattr(e, key)] for e in encoded],  # noqa: E731
-                                        dtype=torch.long).reshape(n, k)
-    one = lambda f: torch.tensor([f(e) for e in encoded], dtype=torch.long).reshape(n)  # noqa: E731
-    return Layout(subject_pos=spans("subjects", 1), answer_pos=spans("answers", 1), query_pos=one(lambda e: e.query[1]),
-                  bos_pos=one(lambda e: e.bos), subject_start=spans("subjects", 0), answer_start=spans("answers", 0),
-                  query_start=one(lambda e: e.query[0]), pred_pos=one(lambda e: len(e.ids) - 1))
-
-
-def keys(lay: Layout) -> list[tuple]:
-    """:meth:`~icr_interp.task.text_spans.Encoded.layout_key` of every example of a layout."""
-    lay = lay.to("cpu")
-    pair = lambda start, end: tuple(zip(start.tolist(), end.tolist()))  # noqa: E731
-    return [(int(lay.pred_pos[i]) + 1, pair(lay.subject_start[i], lay.subject_pos[i]),
-             pair(lay.answer_start[i], lay.answer_pos[i]), (int(lay.query_start[i]), int(lay.query_pos[i])),
-             int(lay.bos_pos[i])) for i in range(lay.n_examples)]

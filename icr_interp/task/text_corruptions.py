@@ -34,7 +34,10 @@ from torch import Tensor
 
 from icr_interp.task import text_batches as B
 from icr_interp.task import text_spans as T
-from icr_interp.task.prompts import Batch, CorruptedPairs, ICRecallTask, _draw
+from icr_interp.task.batch import Batch, CorruptedPairs
+from icr_interp.task.layout import Layout
+from icr_interp.task.prompts import corruption_options
+from icr_interp.task.sampling import draw
 
 TEXT_CORRUPTIONS = ("relation", "query", "shuffle")
 RELATION_TRIES = 4  # draws of the pairs per candidate relation (the first keeps the clean subjects where it can)
@@ -77,9 +80,9 @@ def relation_swap(task, b: Batch, i: int, gen: torch.Generator) -> tuple[int, Te
     tt, lengths, k = task.target_table, span_lengths(task), task.n_pairs
     r, q, target = int(b.relations[i]), int(b.query[i]), int(b.answers[i])
     lay = b.layout[i:i + 1]
-    s_len = (lay.subject_pos - lay.subject_start + 1)[0]
-    a_len = (lay.answer_pos - lay.answer_start + 1)[0]
-    key = B.keys(lay)[0]
+    s_len = (lay.subject_end - lay.subject_start + 1)[0]
+    a_len = (lay.answer_end - lay.answer_start + 1)[0]
+    key = lay.keys()[0]
     options = torch.nonzero((tt[:, q] >= 0) & (tt[:, q] != target)).flatten()
     options = options[options != r]
     for r2 in options[torch.randperm(len(options), generator=gen)].tolist():
@@ -92,8 +95,8 @@ def relation_swap(task, b: Batch, i: int, gen: torch.Generator) -> tuple[int, Te
                 continue  # the same prompt (capital and largest city of the same cities): it would measure nothing
             if k == 0:
                 break
-            enc = task._encode(torch.tensor([r2]), picked[None], b.query[i:i + 1])[0]
-            if enc.layout_key() == key:
+            enc = task._encode(torch.tensor([r2]), picked[None], b.query[i:i + 1])
+            if Layout.from_encoded(enc, k).keys()[0] == key:
                 return r2, picked
     return None
 
@@ -109,7 +112,7 @@ def _fill_pairs(task, lengths: dict, r2: int, q: int, clean: Tensor, s_len: Tens
         ok[list(used)] = False
         if not ok.any():
             return None
-        s = int(clean[j]) if keep_clean and ok[clean[j]] else int(_draw(ok, gen))
+        s = int(clean[j]) if keep_clean and ok[clean[j]] else int(draw(ok, gen))
         used.add(s)
         picked.append(s)
     return torch.tensor(picked, dtype=torch.long)
@@ -117,22 +120,23 @@ def _fill_pairs(task, lengths: dict, r2: int, q: int, clean: Tensor, s_len: Tens
 
 def query_options(task, b: Batch) -> Bool[Tensor, "batch subject"]:
     """Per prompt, the query subjects of its relation that change the target and keep the whole layout."""
-    ok = ICRecallTask._alternatives(task, b, "query")
+    ok = corruption_options(task.kb.table, b, "query")
     ok &= task.target_table[b.relations] != b.answers[:, None]
     q_len = span_lengths(task)["query"]
-    ok &= q_len[None, :] == (b.layout.query_pos - b.layout.query_start + 1)[:, None]
+    ok &= q_len[None, :] == (b.layout.query_end - b.layout.query_start + 1)[:, None]
     rows, options = torch.nonzero(ok, as_tuple=True)
     if len(rows):
         encoded = task._encode(b.relations[rows], b.subjects[rows], options, b.context_answers[rows])
-        keys = B.keys(b.layout)
-        same = torch.tensor([e.layout_key() == keys[r] for e, r in zip(encoded, rows.tolist())])
+        keys = b.layout.keys()
+        same = torch.tensor([key == keys[r] for key, r in zip(Layout.from_encoded(encoded, task.n_pairs).keys(),
+                                                                rows.tolist())])
         ok[rows[~same], options[~same]] = False
     return ok
 
 
 def shuffle_groups(b: Batch) -> tuple[list[list[Tensor]], Bool[Tensor, " batch"]]:
     """Per prompt, the pairs grouped by answer token length, and whether a group holds two different answers."""
-    lengths = b.layout.answer_pos - b.layout.answer_start
+    lengths = b.layout.answer_end - b.layout.answer_start
     groups, ok = [], torch.zeros(len(b), dtype=torch.bool)
     for i in range(len(b)):
         mine = [torch.nonzero(lengths[i] == n).flatten() for n in lengths[i].unique()]
@@ -142,14 +146,14 @@ def shuffle_groups(b: Batch) -> tuple[list[list[Tensor]], Bool[Tensor, " batch"]
 
 
 def _shuffle_one(task, b: Batch, i: int, groups: list[Tensor], gen: torch.Generator) -> Tensor | None:
-    key = B.keys(b.layout[i:i + 1])[0]
+    key = b.layout[i:i + 1].keys()[0]
     for _ in range(SHUFFLE_TRIES):
         new = b.context_answers[i].clone()
         for g in groups:
             new[g] = new[g[torch.randperm(len(g), generator=gen)]]
         if (new != b.context_answers[i]).any():
-            enc = task._encode(b.relations[i:i + 1], b.subjects[i:i + 1], b.query[i:i + 1], new[None])[0]
-            if enc.layout_key() == key:
+            enc = task._encode(b.relations[i:i + 1], b.subjects[i:i + 1], b.query[i:i + 1], new[None])
+            if Layout.from_encoded(enc, task.n_pairs).keys()[0] == key:
                 return new
     return None
 
@@ -163,7 +167,7 @@ def corruptions(task, b: Batch, kind: str, gen: torch.Generator) -> tuple[Batch 
         ok = options.any(1)
         if not ok.any():
             return None, ok
-        new = torch.stack([_draw(options[i], gen) for i in torch.nonzero(ok).flatten().tolist()])
+        new = torch.stack([draw(options[i], gen) for i in torch.nonzero(ok).flatten().tolist()])
         return task._build(b.relations[ok], b.subjects[ok], new), ok
     if kind == "relation":
         fixed = torch.Generator().manual_seed(0)  # a fallback that ``corruptible`` reproduces exactly

@@ -34,10 +34,6 @@ class Encoded(NamedTuple):
     query: Span  # the query subject's first and last token
     bos: int  # position of the BOS the task prepended (0), -1 without one
 
-    def layout_key(self) -> tuple:
-        """What must match for two prompts to align position by position (a corruption keeps it)."""
-        return len(self.ids), tuple(self.subjects), tuple(self.answers), self.query, self.bos
-
 
 def check_template(template: str, fields: Sequence[str], what: str) -> str:
     """``template`` if it names exactly ``fields`` once each as plain ``{s}`` / ``{a}``; else a one-line ValueError."""

@@ -34,7 +34,8 @@ from icr_interp.model import hooks as H
 from icr_interp.model.forward import last_layer_path_applies, query_logits, query_path_applies, unembed
 from icr_interp.model.builder import TRAINABLE
 from icr_interp.seeds import SALTS, derive_seed
-from icr_interp.task.prompts import Batch, ICRecallTask
+from icr_interp.task.batch import Batch
+from icr_interp.task.protocol import PromptTask
 
 DEFAULT_TRAINABLE = TRAINABLE  # attention query/key (model.py): what the paper fine-tunes, also for foreign models
 SCHEDULES = ("constant", "cosine")
@@ -117,7 +118,7 @@ def batch_logits(model: TLModel, batch: Batch, fast: bool = True) -> Float[Tenso
     return model(batch.tokens)[torch.arange(len(batch), device=qpos.device), qpos]
 
 
-def finetune(model: TLModel, task: ICRecallTask, n_samples: int | None = None, steps: int | None = None,
+def finetune(model: TLModel, task: PromptTask, n_samples: int | None = None, steps: int | None = None,
              seed: int | None = None, *, config: TrainConfig | None = None, callback: Callable | None = None,
              progress: bool = True, trainable: Sequence[str] | None = None, **overrides) -> History:
     """Fine-tune attention on a fixed training set of ``n_samples`` prompts.
@@ -187,7 +188,7 @@ def finetune(model: TLModel, task: ICRecallTask, n_samples: int | None = None, s
 
 
 @torch.no_grad()
-def evaluate(model: TLModel, task: ICRecallTask, n_prompts: int = 1024, seed: int = 0,
+def evaluate(model: TLModel, task: PromptTask, n_prompts: int = 1024, seed: int = 0,
              batch_size: int = 256) -> dict:
     """Held-out accuracy, loss and mean query attention row on fresh prompts.
 

@@ -9,7 +9,9 @@ import torch
 from torch import Tensor
 
 from icr_interp.task import roles
-from icr_interp.task.prompts import Batch, ICRecallTask, Layout
+from icr_interp.task.batch import Batch
+from icr_interp.task.layout import Layout
+from icr_interp.task.protocol import PromptTask
 from icr_interp.task.vocab import Vocabulary
 
 _SHORT = {"subject": "s", "answer": "a", "bos": "<bos>", "query": "query"}  # display name of a role
@@ -19,9 +21,9 @@ def _layout(batch_or_layout: Batch | Layout) -> Layout:
     return batch_or_layout.layout if isinstance(batch_or_layout, Batch) else batch_or_layout
 
 
-def vocab_of(task_or_vocab: ICRecallTask | Vocabulary | None) -> ICRecallTask | Vocabulary | None:
+def vocab_of(task_or_vocab: PromptTask | Vocabulary | None) -> PromptTask | Vocabulary | None:
     """The vocabulary of a task (or the vocabulary itself, or None); a text task is its own (it has ``to_str``)."""
-    if isinstance(task_or_vocab, ICRecallTask):
+    if isinstance(task_or_vocab, PromptTask):
         return getattr(task_or_vocab, "vocab", task_or_vocab)
     return task_or_vocab
 
@@ -32,7 +34,7 @@ def slot_roles(batch: Batch | Layout) -> list[str]:
     ``bos`` (when every prompt has one), ``subject_1``, ``answer_1``, ..., ``query``.
     """
     layout = _layout(batch)
-    k = layout.subject_pos.shape[1]
+    k = layout.subject_end.shape[1]
     bos = ["bos"] if bool((layout.bos_pos >= 0).all()) else []
     return bos + [f"{r}_{j + 1}" for j in range(k) for r in ("subject", "answer")] + ["query"]
 
@@ -63,7 +65,7 @@ def position_labels(layout: Layout, n_pos: int, i: int = 0, other: str = "other"
     return labels
 
 
-def role_labels(task_or_vocab: ICRecallTask | Vocabulary | None, batch: Batch, i: int) -> list[str]:
+def role_labels(task_or_vocab: PromptTask | Vocabulary | None, batch: Batch, i: int) -> list[str]:
     """Token strings of example ``i``, prefixed by their role from the batch's layout.
 
     Args:

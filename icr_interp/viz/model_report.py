@@ -17,7 +17,9 @@ from pathlib import Path
 
 from icr_interp.analysis.scoring.attention import query_row, resolve_layer
 from icr_interp.tl.compat import TLModel
-from icr_interp.task.prompts import Batch, ICRecallTask
+from icr_interp.task.batch import Batch
+from icr_interp.task.prompts import ICRecallTask
+from icr_interp.task.protocol import PromptTask
 from icr_interp.viz import report
 from icr_interp.viz.escape import text
 from icr_interp.viz.labels import role_labels, slot_labels, slot_positions, vocab_of
@@ -26,7 +28,7 @@ from icr_interp.task.vocab import Vocabulary
 
 
 def save_report(path: str | os.PathLike, model: TLModel, batch: Batch, *, scores=None, patching=None,
-                vocab: ICRecallTask | Vocabulary | None = None, example: int = 0, layers: list[int] | None = None,
+                vocab: PromptTask | Vocabulary | None = None, example: int = 0, layers: list[int] | None = None,
                 max_examples: int = 32, title: str = "IC-recall attention report") -> Path:
     """Write one self-contained HTML report (no network needed to view it).
 
@@ -151,7 +153,7 @@ def batch_info(model: TLModel, batch: Batch, vocab, example: int) -> dict:
     """Plain facts about the model and the prompts, for :func:`~icr_interp.viz.report.summary_section`."""
     cfg = model.cfg
     info = {"layers": cfg.n_layers, "heads": cfg.n_heads, "d_model": cfg.d_model, "prompts": len(batch),
-            "context pairs": batch.layout.subject_pos.shape[1]}
+            "context pairs": batch.layout.subject_end.shape[1]}
     icr = getattr(model, "icr_config", None)
     if icr is not None:
         info["memory"] = icr.construction or icr.memory

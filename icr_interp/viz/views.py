@@ -29,7 +29,8 @@ from jaxtyping import Float
 from torch import Tensor
 
 from icr_interp.analysis.scoring.attention import pattern_name, query_row, query_rows, resolve_layer
-from icr_interp.task.prompts import Batch, ICRecallTask
+from icr_interp.task.batch import Batch
+from icr_interp.task.protocol import PromptTask
 from icr_interp.task.tokens import check_model_tokens
 from icr_interp.task.vocab import Vocabulary
 from icr_interp.tl.compat import TLModel
@@ -103,7 +104,7 @@ class AttentionView(RenderedHTML):
 
 
 def attention_view(model: TLModel, batch: Batch, example: int = 0, layer: int | None = None, kind: str = "heads", *,
-                   vocab: ICRecallTask | Vocabulary | None = None, scale: str = "query",
+                   vocab: PromptTask | Vocabulary | None = None, scale: str = "query",
                    rows: str = "all") -> AttentionView:
     """circuitsvis attention view of one example and layer, tokens labelled by role.
 

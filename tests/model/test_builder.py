@@ -16,11 +16,11 @@ def test_shape_checker_is_active(shared_task):
     """conftest's import hook checks jaxtyping shapes at runtime: mis-shaped calls raise."""
     model = icr_interp.build_model(shared_task)
     batch = shared_task.sample(4, seed=0)
-    assert query_logits(model, batch.tokens, batch.layout.query_pos).shape == (4, 37)
+    assert query_logits(model, batch.tokens, batch.layout.query_end).shape == (4, 37)
     with pytest.raises(TypeCheckError, match="query_pos"):  # batch 4 vs 3
-        query_logits(model, batch.tokens, batch.layout.query_pos[:3])
+        query_logits(model, batch.tokens, batch.layout.query_end[:3])
     with pytest.raises(TypeCheckError):  # [batch pos] expected, got [batch]
-        query_logits(model, batch.tokens[:, 0], batch.layout.query_pos)
+        query_logits(model, batch.tokens[:, 0], batch.layout.query_end)
     with pytest.raises(TypeCheckError):  # the memory wants [batch pos d_model]
         model.blocks[0].mlp(torch.zeros(4, 128))
     with pytest.raises(TypeCheckError):  # dataclass fields are checked too: batch 4 vs 5
@@ -95,7 +95,7 @@ def test_initial_attention_is_answer_tilted(shared_task):
     model = icr_interp.build_model(shared_task)
     _, cache = model.run_with_cache(batch.tokens, names_filter="blocks.0.attn.hook_pattern")
     row = cache["blocks.0.attn.hook_pattern"][:, 0, -1].mean(0)
-    answers, subjects = row[batch.layout.answer_pos[0]], row[batch.layout.subject_pos[0]]
+    answers, subjects = row[batch.layout.answer_end[0]], row[batch.layout.subject_end[0]]
     assert (answers > 5 * subjects).all()
 
 

@@ -49,7 +49,7 @@ def _start_gradient(model, task) -> float:
     rows = torch.arange(len(batch))
     names = [n for n, _ in model.named_parameters() if n.endswith(("W_Q", "W_K"))]
     params = dict(model.named_parameters())
-    loss = F.cross_entropy(model(batch.tokens)[rows, batch.layout.query_pos], batch.answers)
+    loss = F.cross_entropy(model(batch.tokens)[rows, batch.layout.query_end], batch.answers)
     return float(torch.cat([g.flatten() for g in torch.autograd.grad(loss, [params[n] for n in names])]).norm())
 
 
@@ -95,8 +95,8 @@ def test_combined_row_weights_heads_by_their_ov_share(shared_task):
     lay, k = batch.layout, shared_task.n_pairs
     rows = torch.zeros(1, 2, len(batch), batch.tokens.shape[1])
     ex = torch.arange(len(batch))[:, None]
-    rows[0, 0][ex, lay.subject_pos] = 1 / k
-    rows[0, 1][ex, lay.answer_pos] = 1 / k
+    rows[0, 0][ex, lay.subject_end] = 1 / k
+    rows[0, 1][ex, lay.answer_end] = 1 / k
     s = score_rows(rows, lay, head_shares=ov_shares(model))
     assert s.balance.max() == 0 and float(s.combined.balance[0, 0]) == pytest.approx(1.0)
     torch.testing.assert_close(combine_rows(rows, torch.tensor([[0.5, 0.5]])), rows.mean(1))

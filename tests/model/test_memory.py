@@ -158,7 +158,7 @@ def test_uniform_context_attention_gives_the_ideal_input(shared_task):
     batch = shared_task.sample(16, seed=0)
     n_ctx, q = shared_task.n_ctx, shared_task.n_ctx - 1
     uniform = torch.zeros(n_ctx)
-    uniform[batch.layout.subject_pos[0]] = uniform[batch.layout.answer_pos[0]] = 1 / (2 * shared_task.n_pairs)
+    uniform[batch.layout.subject_end[0]] = uniform[batch.layout.answer_end[0]] = 1 / (2 * shared_task.n_pairs)
 
     def set_query_row(pattern, hook):
         pattern[:, :, q] = uniform
@@ -251,7 +251,7 @@ def test_memory_implementations_agree_at_the_query(impl):
                              MemoryScales(**cfg.scales), impl=impl)
     batch = task.sample(64, seed=1)
     _, cache = model.run_with_cache(batch.tokens, names_filter="blocks.0.hook_resid_mid")
-    x = cache["blocks.0.hook_resid_mid"][torch.arange(64), batch.layout.query_pos][:, None]
+    x = cache["blocks.0.hook_resid_mid"][torch.arange(64), batch.layout.query_end][:, None]
     grad_out = torch.randn(x.shape, generator=torch.Generator().manual_seed(1))
     dense = _query_step(model.blocks[0].mlp, x, grad_out)
     mine = _query_step(other, x, grad_out)

@@ -93,10 +93,10 @@ def test_model_logits_loss_and_attention_gradients_match_dense(overlap, d_model)
         for fast in (False, True):
             model.zero_grad(set_to_none=True)
             if fast:
-                logits = query_logits(model, batch.tokens, batch.layout.query_pos)
+                logits = query_logits(model, batch.tokens, batch.layout.query_end)
             else:
                 full = model(batch.tokens)
-                logits = full[torch.arange(len(batch)), batch.layout.query_pos]
+                logits = full[torch.arange(len(batch)), batch.layout.query_end]
             loss = F.cross_entropy(logits, batch.answers)
             loss.backward()
             attn = model.blocks[0].attn

@@ -133,7 +133,7 @@ def test_bos_follows_the_model(tiny_smol_llama):
     a, b = plain.sample(6, seed=0), with_bos.sample(6, seed=0)
     assert not plain.bos and (a.tokens[:, 0] != bos).all() and (a.layout.bos_pos == -1).all()
     assert with_bos.bos and (b.tokens[:, 0] == bos).all() and (b.layout.bos_pos == 0).all()
-    assert torch.equal(b.layout.query_pos, a.layout.query_pos + 1) and torch.equal(b.answers, a.answers)
+    assert torch.equal(b.layout.query_end, a.layout.query_end + 1) and torch.equal(b.answers, a.answers)
     assert plain.prompt_text(a, 0) == with_bos.prompt_text(b, 0)
     model.cfg.default_prepend_bos = True  # a Gemma-like model: its cfg decides
     try:

@@ -35,7 +35,7 @@ def _reference():
 
 
 def _query_logits(model, batch):
-    return model(batch.tokens)[torch.arange(len(batch)), batch.layout.query_pos].double()
+    return model(batch.tokens)[torch.arange(len(batch)), batch.layout.query_end].double()
 
 
 def test_reference_logits_are_unchanged():

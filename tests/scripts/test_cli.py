@@ -241,7 +241,7 @@ def test_reproduce_prints_labelled_attention_and_saves(tmp_path, capsys, monkeyp
     assert [p[0] for p in pairs] == ["1", "2", "3", "4", "all"]
     printed = torch.tensor([[float(x) for x in p[1:]] for p in pairs])  # [pair+1 4]
     lay = ck.task.layout(1)
-    s, a = saved[lay.subject_pos[0]], saved[lay.answer_pos[0]]  # [pair 2]
+    s, a = saved[lay.subject_end[0]], saved[lay.answer_end[0]]  # [pair 2]
     balance = balances(saved.T, lay).T  # [pair 2]
     assert torch.allclose(printed[:4, [0, 2]], s + a, atol=5e-4)
     assert torch.allclose(printed[:4, [1, 3]], balance, atol=5e-4)

@@ -87,8 +87,8 @@ def test_round_trip_reproduces_logits_exactly(trained, saved):
     ck = load_checkpoint(saved)
     batch = task.sample(64, seed=123)
     assert torch.equal(ck.model(batch.tokens), model(batch.tokens))
-    assert torch.equal(query_logits(ck.model, batch.tokens, batch.layout.query_pos),
-                       query_logits(model, batch.tokens, batch.layout.query_pos))
+    assert torch.equal(query_logits(ck.model, batch.tokens, batch.layout.query_end),
+                       query_logits(model, batch.tokens, batch.layout.query_end))
     assert torch.equal(ck.task.kb.table, task.kb.table)
     assert ck.task.config() == task.config() and ck.kb.subjects == task.kb.subjects
     assert ck.model.icr_config == model.icr_config

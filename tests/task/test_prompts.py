@@ -18,9 +18,9 @@ def assert_consistent(task: ICRecallTask, batch) -> None:
     lay = batch.layout
     ctx_answers = table[batch.relations[:, None], batch.subjects]  # a_i = a*(s_i, r)
     assert (ctx_answers >= 0).all()
-    assert torch.equal(batch.tokens[rows[:, None], lay.subject_pos], batch.subjects + v.subject_offset)
-    assert torch.equal(batch.tokens[rows[:, None], lay.answer_pos], ctx_answers + v.answer_offset)
-    assert torch.equal(batch.tokens[rows, lay.query_pos], batch.query + v.subject_offset)
+    assert torch.equal(batch.tokens[rows[:, None], lay.subject_end], batch.subjects + v.subject_offset)
+    assert torch.equal(batch.tokens[rows[:, None], lay.answer_end], ctx_answers + v.answer_offset)
+    assert torch.equal(batch.tokens[rows, lay.query_end], batch.query + v.subject_offset)
     assert torch.equal(batch.answers, table[batch.relations, batch.query] + v.answer_offset)
     if task.bos:
         assert (batch.tokens[rows, lay.bos_pos] == v.bos).all()
@@ -73,9 +73,9 @@ def test_layout_for_other_geometries(shared_kb, n_pairs, bos):
     batch = task.sample(32, seed=2)
     assert task.n_ctx == 2 * n_pairs + 1 + int(bos) == batch.tokens.shape[1]
     off = int(bos)
-    assert batch.layout.subject_pos[0].tolist() == [off + 2 * i for i in range(n_pairs)]
-    assert batch.layout.answer_pos[0].tolist() == [off + 2 * i + 1 for i in range(n_pairs)]
-    assert (batch.layout.query_pos == task.n_ctx - 1).all()
+    assert batch.layout.subject_end[0].tolist() == [off + 2 * i for i in range(n_pairs)]
+    assert batch.layout.answer_end[0].tolist() == [off + 2 * i + 1 for i in range(n_pairs)]
+    assert (batch.layout.query_end == task.n_ctx - 1).all()
     assert_consistent(task, batch)
     roles = batch.layout.role_of_positions(task.n_ctx)
     expected = ([ROLE_NAMES.index("bos")] if bos else []) + [1, 2] * n_pairs + [3]
@@ -100,13 +100,13 @@ def test_batch_indexing_and_device(shared_task):
     batch = shared_task.sample(10, seed=3)
     sub = batch[torch.tensor([1, 4, 7])]
     assert len(sub) == 3 and torch.equal(sub.tokens, batch.tokens[[1, 4, 7]])
-    assert torch.equal(sub.layout.query_pos, batch.layout.query_pos[[1, 4, 7]])
+    assert torch.equal(sub.layout.query_end, batch.layout.query_end[[1, 4, 7]])
     one = batch[2]  # an integer index keeps a batch of one
     assert len(one) == 1 and torch.equal(one.tokens[0], batch.tokens[2])
     assert torch.equal(batch[-1].tokens[0], batch.tokens[9])
     assert len(batch[batch.relations == batch.relations[0]]) == int((batch.relations == batch.relations[0]).sum())
     moved = batch.to("cpu")
-    assert torch.equal(moved.tokens, batch.tokens) and moved.layout.query_pos.device.type == "cpu"
+    assert torch.equal(moved.tokens, batch.tokens) and moved.layout.query_end.device.type == "cpu"
 
 
 # ----------------------------------------------------------------- corrupt
@@ -118,15 +118,15 @@ def test_relation_corruption(shared_task):
     assert_consistent(shared_task, bad)
     lay = clean.layout
     rows = torch.arange(B)[:, None]
-    assert torch.equal(bad.tokens[rows, lay.subject_pos], clean.tokens[rows, lay.subject_pos])
+    assert torch.equal(bad.tokens[rows, lay.subject_end], clean.tokens[rows, lay.subject_end])
     assert torch.equal(bad.tokens[:, -1], clean.tokens[:, -1])
     # This KB's relations are bijections that agree on no subject (checked here), so another
     # relation gives every subject another answer.
     table = shared_task.kb.table
     assert not (table[:, None, :] == table[None, :, :]).any(-1).fill_diagonal_(False).any()
-    assert (bad.tokens[rows, lay.answer_pos] != clean.tokens[rows, lay.answer_pos]).all()
+    assert (bad.tokens[rows, lay.answer_end] != clean.tokens[rows, lay.answer_end]).all()
     assert (bad.answers != clean.answers).all()
-    assert torch.equal(bad.layout.answer_pos, clean.layout.answer_pos)
+    assert torch.equal(bad.layout.answer_end, clean.layout.answer_end)
     assert torch.equal(shared_task.corrupt(clean, "relation", seed=0).relations, bad.relations)
 
 
@@ -217,7 +217,7 @@ def test_sample_facts_and_fact_prompts(shared_task):
 def test_sample_zero_is_an_empty_batch(shared_task):
     batch = shared_task.sample(0, seed=0)
     assert batch.tokens.shape == (0, shared_task.n_ctx) and len(batch) == 0
-    assert batch.layout.subject_pos.shape == (0, 2) and batch.answers.shape == (0,)
+    assert batch.layout.subject_end.shape == (0, 2) and batch.answers.shape == (0,)
     assert len(shared_task.corrupt(batch, "relation", seed=0)) == 0
     with pytest.raises(ValueError, match="batch_size must be an integer >= 0, got -1"):
         shared_task.sample(-1, seed=0)

@@ -78,12 +78,12 @@ def _check_spans(task, batch):
         toks = batch.tokens[i]
         for j in range(task.n_pairs):
             s, a = kb.subjects[int(batch.subjects[i, j])], kb.answers[int(batch.context_answers[i, j])]
-            assert _span_text(tok, toks, lay.subject_start[i, j], lay.subject_pos[i, j]).strip() == s
-            assert _span_text(tok, toks, lay.answer_start[i, j], lay.answer_pos[i, j]).strip() == a
-            n_multi += int(lay.subject_pos[i, j] > lay.subject_start[i, j])
-            n_multi += int(lay.answer_pos[i, j] > lay.answer_start[i, j])
+            assert _span_text(tok, toks, lay.subject_start[i, j], lay.subject_end[i, j]).strip() == s
+            assert _span_text(tok, toks, lay.answer_start[i, j], lay.answer_end[i, j]).strip() == a
+            n_multi += int(lay.subject_end[i, j] > lay.subject_start[i, j])
+            n_multi += int(lay.answer_end[i, j] > lay.answer_start[i, j])
         q = kb.subjects[int(batch.query[i])]
-        assert _span_text(tok, toks, lay.query_start[i], lay.query_pos[i]).strip() == q
+        assert _span_text(tok, toks, lay.query_start[i], lay.query_end[i]).strip() == q
         pred = int(lay.pred_pos[i])
         assert (toks[pred + 1:] == task.pad_id).all() and toks[pred] != task.pad_id
         assert task.prompt_text(batch, i).endswith(task.query_template.format(s=q))
@@ -95,7 +95,7 @@ def _check_spans(task, batch):
 def test_spans_targets_and_padding(task):
     batch = task.sample(32, seed=0)
     assert _check_spans(task, batch) > 10  # many names take several tokens here
-    assert (batch.layout.pred_pos > batch.layout.query_pos).all()  # the ":" after the query
+    assert (batch.layout.pred_pos > batch.layout.query_end).all()  # the ":" after the query
     text = task.prompt_text(batch, 0)
     assert text.count("\n") == 3 and text.endswith(":")
 
@@ -136,7 +136,7 @@ def test_corruptions_keep_the_layout(task, kind):
         warnings.simplefilter("ignore", UserWarning)  # prompts without a corruption are dropped, with a warning
         clean, corrupted, n_dropped = task.corrupt_pairs(batch, kind, seed=3)
     assert len(clean) + n_dropped == 48 and len(clean) > 0
-    for f in ("subject_start", "subject_pos", "answer_start", "answer_pos", "query_start", "query_pos", "pred_pos"):
+    for f in ("subject_start", "subject_end", "answer_start", "answer_end", "query_start", "query_end", "pred_pos"):
         assert torch.equal(getattr(clean.layout, f), getattr(corrupted.layout, f))
     assert clean.tokens.shape == corrupted.tokens.shape
     _check_spans(task, corrupted) if kind != "shuffle" else None
@@ -151,7 +151,7 @@ def test_corruptions_keep_the_layout(task, kind):
 
 def test_baselines(task):
     zero = task.with_pairs(0).sample(8, seed=0)
-    assert zero.layout.subject_pos.shape == (8, 0)
+    assert zero.layout.subject_end.shape == (8, 0)
     assert all(task.prompt_text(zero, i) == task.kb.subjects[int(zero.query[i])] + ":" for i in range(8))
     named = task.named_relation_batch(16, seed=0)
     for i in range(16):
@@ -159,20 +159,20 @@ def test_baselines(task):
         relation, subject = task.kb.relations[int(named.relations[i])], task.kb.subjects[int(named.query[i])]
         assert text == task.relation_phrases[relation].format(s=subject)
         lay = named.layout
-        assert _span_text(task.tokenizer, named.tokens[i], lay.query_start[i], lay.query_pos[i]).strip() == subject
+        assert _span_text(task.tokenizer, named.tokens[i], lay.query_start[i], lay.query_end[i]).strip() == subject
     assert set(task.relation_phrases) == {"capital", "continent"}  # DEFAULT_PHRASES for the relations it knows
 
 
 def test_toy_layouts_unchanged(shared_task):
     batch = shared_task.sample(8, seed=0)
     lay = batch.layout
-    assert torch.equal(lay.pred_pos, lay.query_pos) and lay.one_token_spans
-    assert torch.equal(lay.subject_start, lay.subject_pos) and torch.equal(lay.answer_start, lay.answer_pos)
+    assert torch.equal(lay.pred_pos, lay.query_end) and lay.one_token_spans
+    assert torch.equal(lay.subject_start, lay.subject_end) and torch.equal(lay.answer_start, lay.answer_end)
     n_pos = batch.tokens.shape[1]
     old = torch.zeros(8, n_pos, dtype=torch.long)  # the first release's role ids, by scatter
-    old.scatter_(1, lay.subject_pos, 1)
-    old.scatter_(1, lay.answer_pos, 2)
-    old.scatter_(1, lay.query_pos[:, None], 3)
+    old.scatter_(1, lay.subject_end, 1)
+    old.scatter_(1, lay.answer_end, 2)
+    old.scatter_(1, lay.query_end[:, None], 3)
     old[:, 0] = 4
     assert torch.equal(lay.role_of_positions(n_pos), old)
     for name in ("subjects", "answers", "context", "query", "bos", "pair_1", "answer_2"):
@@ -182,8 +182,8 @@ def test_toy_layouts_unchanged(shared_task):
         assert torch.equal(roles.mask(lay, name, n_pos), expected)
     assert torch.equal(roles.mask(lay, "prediction", n_pos), roles.mask(lay, "query", n_pos))
     assert roles.default_roles(lay) == ["subjects", "answers", "context", "pair_1", "pair_2", "query", "bos"]
-    four = Layout(lay.subject_pos, lay.answer_pos, lay.query_pos, lay.bos_pos)  # the first release's constructor
-    assert torch.equal(four.pred_pos, lay.query_pos) and torch.equal(batch[2:5].layout.pred_pos, lay.pred_pos[2:5])
+    four = Layout(lay.subject_end, lay.answer_end, lay.query_end, lay.bos_pos)  # the first release's constructor
+    assert torch.equal(four.pred_pos, lay.query_end) and torch.equal(batch[2:5].layout.pred_pos, lay.pred_pos[2:5])
 
 
 def test_smollm2_tokenizer_spans(kb):
@@ -226,7 +226,7 @@ def test_scores_sum_masses_over_spans(stock, task):
     mass = RoleMass.of(rows, batch.layout)
     lay = batch.layout
     for j in range(task.n_pairs):
-        span = slice(int(lay.answer_start[5, j]), int(lay.answer_pos[5, j]) + 1)
+        span = slice(int(lay.answer_start[5, j]), int(lay.answer_end[5, j]) + 1)
         assert torch.allclose(mass.answer[0, 2, 5, j], rows[0, 2, 5, span].sum())
     scores = score_templates(stock, batch)
     assert scores.pairwise.shape == (2, 3) and torch.isfinite(scores.p_value).all()

@@ -57,7 +57,7 @@ def test_kept_fraction_on_a_uniform_batch(smol, source, relation_floor):
     assert torch.equal(clean.query, bad.query) and (clean.relations != bad.relations).all()
     assert (clean.answers != bad.answers).all() and torch.equal(task.kb.table[bad.relations[:, None], bad.subjects],
                                                                 bad.context_answers)  # real facts of the new relation
-    for f in ("subject_start", "subject_pos", "answer_start", "answer_pos", "query_start", "query_pos", "pred_pos"):
+    for f in ("subject_start", "subject_end", "answer_start", "answer_end", "query_start", "query_end", "pred_pos"):
         assert torch.equal(getattr(clean.layout, f), getattr(bad.layout, f))
 
 

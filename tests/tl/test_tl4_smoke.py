@@ -77,7 +77,7 @@ def test_drop_ins_equal_transformer_lens_and_are_faster(trained):
     task, model, _, _ = trained
     clean = task.sample(32, seed=10)
     corrupted = task.corrupt(clean, "relation", seed=11)
-    metric = P.logit_diff_metric(clean.answers, corrupted.answers, clean.layout.query_pos)
+    metric = P.logit_diff_metric(clean.answers, corrupted.answers, clean.layout.query_end)
     _, cache = model.run_with_cache(clean.tokens)
     ours_s = theirs_s = 0.0
     for name in DROP_INS:

@@ -15,7 +15,7 @@ def _task(S=32, R=4, k=3, seed=2):
 
 
 def _loss(model, batch):
-    logits = model(batch.tokens)[torch.arange(len(batch)), batch.layout.query_pos]
+    logits = model(batch.tokens)[torch.arange(len(batch)), batch.layout.query_end]
     return F.cross_entropy(logits, batch.answers)
 
 

@@ -33,8 +33,8 @@ def test_fast_path_equals_full_forward(task_name, request):
     batch = task.sample(32, seed=0)
     for model in (icr_interp.build_model(task), scrambled_model(task)):
         with torch.no_grad():
-            fast = query_logits(model, batch.tokens, batch.layout.query_pos)
-            full = full_query_logits(model, batch.tokens, batch.layout.query_pos)
+            fast = query_logits(model, batch.tokens, batch.layout.query_end)
+            full = full_query_logits(model, batch.tokens, batch.layout.query_end)
         torch.testing.assert_close(fast, full, atol=2e-5, rtol=1e-5)
         assert float(full.abs().max()) > 1.0  # the memory fires: not a comparison of zeros
 
@@ -54,8 +54,8 @@ def test_fast_path_falls_back_for_two_layers(shared_task):
     model = scrambled_model(shared_task, n_layers=2)
     batch = shared_task.sample(8, seed=2)
     with torch.no_grad():
-        torch.testing.assert_close(query_logits(model, batch.tokens, batch.layout.query_pos),
-                                   full_query_logits(model, batch.tokens, batch.layout.query_pos))
+        torch.testing.assert_close(query_logits(model, batch.tokens, batch.layout.query_end),
+                                   full_query_logits(model, batch.tokens, batch.layout.query_end))
 
 
 def test_fast_and_full_gradients_agree(shared_task):
@@ -64,7 +64,7 @@ def test_fast_and_full_gradients_agree(shared_task):
     params = [dict(model.named_parameters())[n] for n in TRAINABLE]
     grads = {}
     for name, fn in (("fast", query_logits), ("full", full_query_logits)):
-        loss = F.cross_entropy(fn(model, batch.tokens, batch.layout.query_pos), batch.answers)
+        loss = F.cross_entropy(fn(model, batch.tokens, batch.layout.query_end), batch.answers)
         grads[name] = (loss.detach(), torch.autograd.grad(loss, params))
     torch.testing.assert_close(grads["fast"][0], grads["full"][0], atol=1e-6, rtol=1e-5)
     for n, g_fast, g_full in zip(TRAINABLE, grads["fast"][1], grads["full"][1]):
@@ -196,6 +196,6 @@ def test_evaluate_is_deterministic_and_counts(shared_task):
     from icr_interp.model.forward import query_logits
 
     with torch.no_grad():  # the query-only forward, as evaluate runs it (near-ties make argmax rounding-sensitive)
-        correct = sum(int((query_logits(model, bt.tokens, bt.layout.query_pos).argmax(-1) == bt.answers).sum())
+        correct = sum(int((query_logits(model, bt.tokens, bt.layout.query_end).argmax(-1) == bt.answers).sum())
                       for bt in batches)
     assert a["accuracy"] == correct / 300

@@ -47,12 +47,12 @@ def patterns(model, batch):
 def reordered(batch, i: int):
     """``batch`` with example ``i``'s two context pairs physically swapped, layout following them."""
     tokens, lay = batch.tokens.clone(), batch.layout
-    s, a = lay.subject_pos.clone(), lay.answer_pos.clone()
+    s, a = lay.subject_end.clone(), lay.answer_end.clone()
     p0, p1 = [s[i, 0].item(), a[i, 0].item()], [s[i, 1].item(), a[i, 1].item()]
     tokens[i, p0 + p1] = batch.tokens[i, p1 + p0]
     s[i] = s[i].flip(0)
     a[i] = a[i].flip(0)
-    return replace(batch, tokens=tokens, layout=Layout(s, a, lay.query_pos.clone(), lay.bos_pos.clone()))
+    return replace(batch, tokens=tokens, layout=Layout(s, a, lay.query_end.clone(), lay.bos_pos.clone()))
 
 
 def checked(fn):
@@ -96,9 +96,9 @@ def test_query_attention_gathers_each_examples_own_positions(model, batch, patte
     pat = cache["blocks.0.attn.hook_pattern"]
     lay = swapped.layout
     for b in range(len(swapped)):
-        pos = [0, lay.subject_pos[b, 0], lay.answer_pos[b, 0], lay.subject_pos[b, 1], lay.answer_pos[b, 1],
-               lay.query_pos[b]]
-        expected = pat[b, :, lay.query_pos[b], torch.tensor(pos)]
+        pos = [0, lay.subject_end[b, 0], lay.answer_end[b, 0], lay.subject_end[b, 1], lay.answer_end[b, 1],
+               lay.query_end[b]]
+        expected = pat[b, :, lay.query_end[b], torch.tensor(pos)]
         torch.testing.assert_close(rows[b], expected)
     assert labels == viz.slot_labels(batch)
     torch.testing.assert_close(rows.sum(-1), torch.ones(len(batch), model.cfg.n_heads))  # no other positions
@@ -386,7 +386,7 @@ def test_figures_do_not_touch_pyplot():
 # ------------------------------------------------- colour scale, default layer, package layout
 def test_heads_view_is_scaled_to_the_query_row(task, model, batch, patterns):
     """BOS's self-attention (1.0) no longer sets the scale: colours reach full strength at the query row's max."""
-    q = int(batch.layout.query_pos[2])
+    q = int(batch.layout.query_end[2])
     props = view_props(viz.offline.fragment(viz.attention_view(model, batch, example=2, vocab=task)), "AttentionHeads")
     top = float(patterns[2, :, q].max())
     assert props["maxValue"] == pytest.approx(top) and top < 0.9  # the BOS row's 1.0 would wash the row out
@@ -409,7 +409,7 @@ def test_the_default_layer_is_the_last(task, batch):
     first, _ = viz.query_attention(deep, batch, layer=0)
     torch.testing.assert_close(rows, last)
     assert not torch.allclose(rows, first)
-    q = batch.layout.query_pos
+    q = batch.layout.query_end
     torch.testing.assert_close(rows[:, :, -1], cache["blocks.1.attn.hook_pattern"][torch.arange(len(batch)), :, q, q])
     props = view_props(viz.offline.fragment(viz.attention_view(deep, batch)), "AttentionHeads")
     assert props["attentionHeadNames"] == ["L1H0", "L1H1"]

@@ -33,7 +33,7 @@ from icr_interp.model import hooks as H
 from icr_interp.task import roles
 from icr_interp.analysis.scoring.attention import pattern_name, query_row, resolve_layer
 from icr_interp.tl.compat import TLModel
-from icr_interp.task.prompts import Batch
+from icr_interp.task.batch import Batch
 
 METHODS = ("zero", "mean", "resample")
 

@@ -31,7 +31,7 @@ from icr_interp.analysis.bootstrap import mean_ci
 from icr_interp.analysis.causal.edge_knockout import prediction_margin
 from icr_interp.analysis.inputs import check_batch
 from icr_interp.model import hooks as H
-from icr_interp.task.prompts import Batch
+from icr_interp.task.batch import Batch
 from icr_interp.tl.compat import TLModel
 
 MIN_SWAP_EFFECT = 0.5  # a prompt is informative when the token swap moves its logit difference by more than this
@@ -58,7 +58,7 @@ class BindingCurve:
 
 def swap_pairs(batch: Batch, seed: int = 0) -> Int[Tensor, "batch 2"]:
     """The two pair indices ``(i, j)``, ``i != j``, swapped in each prompt (seeded)."""
-    k = batch.layout.answer_pos.shape[1]
+    k = batch.layout.answer_end.shape[1]
     if k < 2:
         raise ValueError("binding interchange needs k >= 2 pairs")
     gen = torch.Generator().manual_seed(seed)
@@ -69,7 +69,7 @@ def _swap_hook(batch: Batch, pairs: Tensor, device):
     lay = batch.layout.to(device)
     rows = torch.arange(len(batch), device=device)
     i, j = pairs[:, 0].to(device), pairs[:, 1].to(device)
-    end_i, end_j = lay.answer_pos[rows, i], lay.answer_pos[rows, j]
+    end_i, end_j = lay.answer_end[rows, i], lay.answer_end[rows, j]
     length = torch.minimum(end_i - lay.answer_start[rows, i], end_j - lay.answer_start[rows, j]) + 1
 
     def swap(act, hook):  # [batch pos d_model]

@@ -50,7 +50,7 @@ from icr_interp.analysis.causal import reliability
 from icr_interp.analysis.scoring.pairwise_form import fit_pairwise
 from icr_interp.model import hooks as H
 from icr_interp.model.forward import unembed
-from icr_interp.task.prompts import Batch
+from icr_interp.task.batch import Batch
 from icr_interp.task.tokens import check_model_tokens
 from icr_interp.tl.compat import TLModel
 
@@ -149,7 +149,7 @@ def causal_template_test(model: TLModel, batch: Batch, heads: Sequence[tuple[int
     check_model_tokens(model, batch.tokens, "batch.tokens")
     if corrupted is not None and len(corrupted) != len(batch):
         raise ValueError(f"corrupted has {len(corrupted)} prompts, batch {len(batch)}")
-    k = batch.layout.subject_pos.shape[1]
+    k = batch.layout.subject_end.shape[1]
     if k < 1:
         raise ValueError("the causal template test needs prompts with context pairs (k >= 1)")
     device = model.cfg.device
@@ -229,7 +229,7 @@ def _span_weights(b: Batch, n_pos: int, within_span: str) -> tuple[Tensor, Tenso
     if within_span == "uniform":
         return tuple(x.float() / x.sum(-1, keepdim=True).clamp_min(1) for x in (m.subject, m.answer))
     pos = torch.arange(n_pos, device=b.tokens.device)
-    return tuple((pos == end[..., None]).float() for end in (b.layout.subject_pos, b.layout.answer_pos))
+    return tuple((pos == end[..., None]).float() for end in (b.layout.subject_end, b.layout.answer_end))
 
 
 def _template(weights: tuple[Tensor, Tensor], on_subjects: Tensor, on_answers: Tensor) -> Tensor:

@@ -83,7 +83,8 @@ from icr_interp.analysis.scoring.attention import resolve_layer
 from icr_interp.tl.compat import TLModel
 from icr_interp.analysis.causal.patching import LogitDiff, patch_activations
 from icr_interp.analysis.causal.patching.by_role import role_patch, setup
-from icr_interp.task.prompts import Batch, ICRecallTask
+from icr_interp.task.batch import Batch
+from icr_interp.task.protocol import PromptTask
 
 JOBS = ("relation", "lookup")  # summary columns: relation inference, answer lookup
 CORRUPTION_OF = {"relation": "relation", "lookup": "query"}  # job -> corruption kind that moves it
@@ -237,7 +238,7 @@ class CircuitSummary:
 
 
 # ------------------------------------------------------------------ compute
-def circuit_summary(model: TLModel, task: ICRecallTask, batch: Batch, seed: int = 0, *,
+def circuit_summary(model: TLModel, task: PromptTask, batch: Batch, seed: int = 0, *,
                     ablation_method: str = "mean", jobs: tuple[str, ...] = JOBS,
                     components: str | list[Component] = "memory", **extra) -> CircuitSummary:
     """Patch and ablate every component for each job (see the module docstring).

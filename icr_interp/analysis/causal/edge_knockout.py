@@ -37,7 +37,8 @@ from icr_interp.analysis.bootstrap import mean_ci
 from icr_interp.analysis.inputs import check_batch
 from icr_interp.model import hooks as H
 from icr_interp.model.forward import unembed
-from icr_interp.task.prompts import Batch, Layout
+from icr_interp.task.batch import Batch
+from icr_interp.task.layout import Layout
 from icr_interp.tl.compat import TLModel
 
 GROUPS = (("prediction", "answers"), ("prediction", "subjects"), ("prediction", "query"),

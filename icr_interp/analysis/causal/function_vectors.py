@@ -34,7 +34,7 @@ from torch import Tensor
 from icr_interp.analysis.causal.patching.core import Patch
 from icr_interp.analysis.causal.patching.engine import base_run, patch_activations
 from icr_interp.model import hooks as H
-from icr_interp.task.prompts import Batch
+from icr_interp.task.batch import Batch
 from icr_interp.task.tokens import check_model_tokens
 from icr_interp.tl.compat import TLModel
 

@@ -28,7 +28,8 @@ from torch import Tensor
 from icr_interp.model import hooks as H
 from icr_interp.tl.compat import TLModel
 from icr_interp.analysis.causal.patching import patch_by_role
-from icr_interp.task.prompts import Batch, ICRecallTask
+from icr_interp.task.batch import Batch
+from icr_interp.task.protocol import PromptTask
 from icr_interp.analysis.scoring.templates import RoleMass, query_rows, score_templates
 
 BALANCED = 0.8  # a row with within-pair balance >= this is "balanced"
@@ -86,7 +87,7 @@ def job_hooks(model: TLModel) -> tuple[list[str], list[str]]:
     return H.job_hooks(model)
 
 
-def job_locations(model: TLModel, task: ICRecallTask, batch: Batch, seed: int = 0) -> dict:
+def job_locations(model: TLModel, task: PromptTask, batch: Batch, seed: int = 0) -> dict:
     """Normalised denoising recovery of each component for each job (``relation``, ``lookup``).
 
     Returns:

@@ -41,6 +41,7 @@ from icr_interp.analysis.causal.edge_knockout import GROUPS, knockout_profile
 from icr_interp.analysis.scoring.pairing_evidence import pairing_evidence, rule_text
 from icr_interp.analysis.scoring.pairing_test import pairing_test_rows
 from icr_interp.analysis.scoring.templates import RoleMass, best_template, template_tv
+from icr_interp.task.protocol import PromptTask
 from icr_interp.tl.compat import TLModel
 
 VERDICTS = ("pairwise in a head", "pairwise by composition", "neither")
@@ -97,13 +98,13 @@ def _pooled_masses(model: TLModel, task, n_prompts: int, seeds) -> tuple[RoleMas
     return cat(heads, 2), cat(composed, 1), batches
 
 
-def pairing_verdict(model: TLModel, task, n_prompts: int = 128, seeds=(0, 1, 2), *, knockout_window: int = 1,
+def pairing_verdict(model: TLModel, task: PromptTask, n_prompts: int = 128, seeds=(0, 1, 2), *, knockout_window: int = 1,
                     knockout_stride: int = 1, binding: bool = True) -> PairingVerdict:
     """Decide where ``model`` pairs on ``task``'s prompts (see module docstring).
 
     Args:
         model: any HookedTransformer with the task's vocabulary.
-        task: an ``ICRecallTask`` or ``TextICRecallTask`` (anything with ``sample(n, seed=)``).
+        task: an ``ICRecallTask`` or ``TextICRecallTask`` (a :class:`~icr_interp.task.protocol.PromptTask`).
         n_prompts: prompts per seed (>= 2).
         seeds: prompt seeds; the tests pool ``n_prompts * len(seeds)`` prompts.
         knockout_window, knockout_stride: layers per window of the knockout profile and the step between
@@ -130,7 +131,7 @@ def pairing_verdict(model: TLModel, task, n_prompts: int = 128, seeds=(0, 1, 2),
     first = batches[0]
     whole = knockout_profile(model, first, window=n_layers)
     profile = knockout_profile(model, first, window=knockout_window, stride=knockout_stride)
-    k = first.layout.answer_pos.shape[1]
+    k = first.layout.answer_end.shape[1]
     curve = binding_interchange(model, first).to_dict() if binding and k >= 2 else None
     floor = ev.min_mass
     robust = dict(  # does the call survive its uncertainty? (reported; the word follows the rule)

@@ -29,7 +29,7 @@ from torch import Tensor
 from icr_interp.analysis.bootstrap import bootstrap_mean_ci
 from icr_interp.analysis.scoring.pairing_null import NULL_DRAWS, NULL_SEED
 from icr_interp.analysis.scoring.pairing_test import check_masses, renormalise
-from icr_interp.task.prompts import Layout
+from icr_interp.task.layout import Layout
 
 _CHUNK = 1 << 22
 _TIE_TOL = 1e-9
@@ -92,6 +92,6 @@ def pseudo_pair_distances(layout: Layout) -> dict:
     The control is matched when the two are close (one token each in the toy prompts; in text prompts
     ``s: a`` and ``a`` + newline + ``s`` may differ by a token or two).
     """
-    true = (layout.answer_pos - layout.subject_pos).double()
-    pseudo = (layout.subject_pos[:, 1:] - layout.answer_pos[:, :-1]).double()
+    true = (layout.answer_end - layout.subject_end).double()
+    pseudo = (layout.subject_end[:, 1:] - layout.answer_end[:, :-1]).double()
     return dict(true_pairs=float(true.mean()), pseudo_pairs=float(pseudo.mean()) if pseudo.numel() else float("nan"))

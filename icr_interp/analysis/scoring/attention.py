@@ -17,7 +17,7 @@ from torch import Tensor
 
 from icr_interp.model import hooks as H
 from icr_interp.tl.compat import TLModel
-from icr_interp.task.prompts import Batch
+from icr_interp.task.batch import Batch
 
 
 def resolve_layer(n_layers: int, layer: int | None = None) -> int:

@@ -28,7 +28,7 @@ from icr_interp.analysis.inputs import check_batch
 from icr_interp.analysis.scoring.pairing_evidence import PairingEvidence, pairing_evidence
 from icr_interp.analysis.scoring.templates import RoleMass
 from icr_interp.model import hooks as H
-from icr_interp.task.prompts import Batch
+from icr_interp.task.batch import Batch
 from icr_interp.tl.compat import TLModel
 
 

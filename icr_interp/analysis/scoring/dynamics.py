@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import torch
 from icr_interp.tl.compat import TLModel
 
-from icr_interp.task.prompts import Batch
+from icr_interp.task.batch import Batch
 from icr_interp.analysis.scoring.templates import query_rows_from_cache, score_rows
 
 

@@ -82,7 +82,8 @@ from icr_interp.analysis.scoring.combined_rows import combine_rows, normalise_sh
 from icr_interp.tl.compat import TLModel
 from icr_interp.analysis.scoring.pairing_null import (NULL_ALPHA, NULL_DRAWS, NULL_MAX_PERMUTATIONS, NULL_MIN_EFFECT,  # noqa: F401
                                      NULL_SEED, pairing_test, pairings)
-from icr_interp.task.prompts import Batch, Layout
+from icr_interp.task.batch import Batch
+from icr_interp.task.layout import Layout
 from icr_interp.analysis.inputs import check_batch
 from icr_interp.analysis.scoring.pairing_evidence import pairing_evidence, rule_text
 from icr_interp.analysis.scoring.pairing_test import PAIRING_MIN_MASS
@@ -112,7 +113,7 @@ class RoleMass:
             take = lambda pos: rows.gather(-1, pos.expand(*lead, pos.shape[-1]))  # noqa: E731
             has_bos = lay.bos_pos >= 0
             bos = take(lay.bos_pos.clamp_min(0)[:, None])[..., 0] * has_bos
-            return cls(take(lay.subject_pos), take(lay.answer_pos), bos, take(lay.query_pos[:, None])[..., 0])
+            return cls(take(lay.subject_end), take(lay.answer_end), bos, take(lay.query_end[:, None])[..., 0])
         m = lay.span_masks(rows.shape[-1])
         spans = lambda mask: torch.einsum("...bp,bkp->...bk", rows, mask.to(rows.dtype))  # noqa: E731
         one = lambda mask: (rows * mask.to(rows.dtype)).sum(-1)  # noqa: E731
@@ -301,8 +302,8 @@ def score_rows(rows: Float[Tensor, "*lead batch pos"], layout: Layout, *, layer:
         (``pairwise_null``) and the test's ``p_value``.
     """
     rows = _as_layer_head(rows).float()
-    if rows.shape[2] != layout.query_pos.shape[0]:
-        raise ValueError(f"rows hold {rows.shape[2]} examples, the layout {layout.query_pos.shape[0]}")
+    if rows.shape[2] != layout.query_end.shape[0]:
+        raise ValueError(f"rows hold {rows.shape[2]} examples, the layout {layout.query_end.shape[0]}")
     if ((rows.sum(-1) - 1).abs() > _ROW_SUM_TOL).any():
         raise ValueError("attention rows must be distributions summing to 1 (pass hook_pattern rows, not scores)")
     shares = normalise_shares(torch.ones(rows.shape[:2]) if head_shares is None else head_shares.detach().cpu())

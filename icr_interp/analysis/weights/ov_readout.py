@@ -28,7 +28,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from icr_interp.model import hooks as H
-from icr_interp.task.prompts import Batch
+from icr_interp.task.batch import Batch
 from icr_interp.tl.compat import TLModel
 
 
@@ -120,7 +120,7 @@ def ov_readout(model: TLModel, batch: Batch, chunk: int = 16) -> OVReadout:
             resid = cache[H.hook(layer, "resid_pre")]
             normed = block.ln1(resid) if hasattr(block, "ln1") else resid
 
-            q = head_ov(block.attn, normed[rows, b.layout.query_pos])
+            q = head_ov(block.attn, normed[rows, b.layout.query_end])
             out["rank"][:, layer] = _ranks(q, model.W_U, b.answers)
             out["null_rank"][:, layer] = _ranks(q, model.W_U, null)
             k = ctx_pos.shape[1]

@@ -46,7 +46,8 @@ from torch import Tensor
 from icr_interp.analysis.scoring.pairing_null import pairings
 from icr_interp.analysis.scoring.pairing_test import pairing_test_rows
 from icr_interp.analysis.scoring.pairwise_form import pairing_scores
-from icr_interp.task.prompts import Batch, ICRecallTask
+from icr_interp.task.batch import Batch
+from icr_interp.task.prompts import ICRecallTask
 from icr_interp.tl.compat import TLModel
 
 QK_PROMPTS = 512  # prompts the QK probe predicts rows for
@@ -204,8 +205,8 @@ def pairwise_effect(rows: Float[Tensor, "head batch pos"], batch: Batch) -> dict
     scores ``pairwise`` / ``pairwise_null`` (per head: the pairwise score and its mean over re-pairings).
     """
     lay = batch.layout
-    sub = rows.gather(2, lay.subject_pos[None].expand(rows.shape[0], -1, -1).to(rows.device))  # [head batch pair]
-    ans = rows.gather(2, lay.answer_pos[None].expand(rows.shape[0], -1, -1).to(rows.device))
+    sub = rows.gather(2, lay.subject_end[None].expand(rows.shape[0], -1, -1).to(rows.device))  # [head batch pair]
+    ans = rows.gather(2, lay.answer_end[None].expand(rows.shape[0], -1, -1).to(rows.device))
     test = pairing_test_rows(sub, ans)
     scores = pairing_scores(sub, ans, pairings(sub.shape[-1]))  # [head batch perm]
     return dict(pairwise_effect=float(test.effect_mass.mean()), per_head=test.effect_mass.tolist(),
@@ -230,8 +231,8 @@ def ov_probe(model: TLModel, task: ICRecallTask, layer: int) -> dict:
     lay = task.layout(1)
     relation = torch.linalg.qr(basis.relation.T)[0].T  # orthonormal rows spanning the relation directions
     out = {}
-    for role, tokens, slot in (("subject", vocab.subject_token(torch.arange(task.kb.n_subjects)), lay.subject_pos),
-                               ("answer", vocab.answer_token(torch.arange(task.kb.n_answers)), lay.answer_pos)):
+    for role, tokens, slot in (("subject", vocab.subject_token(torch.arange(task.kb.n_subjects)), lay.subject_end),
+                               ("answer", vocab.answer_token(torch.arange(task.kb.n_answers)), lay.answer_end)):
         tokens = tokens.to(model.W_E.device)
         x = model.W_E[tokens] + model.W_pos[int(slot[0, 0])]
         v = torch.einsum("td,hde,hef->htf", x, attn.W_V, attn.W_O)  # [head token d_model]

@@ -115,10 +115,10 @@ def _relation_loss(memory, task, basis, opts, gen) -> torch.Tensor:
     batch = task.sample(opts["batch_size"], generator=gen)
     weights = 0.25 + 1.5 * torch.rand(batch.tokens.shape, generator=gen)
     batch, weights = batch.to(basis.token.device), weights.to(basis.token.device)
-    ctx = torch.cat([batch.layout.subject_pos, batch.layout.answer_pos], dim=1)
+    ctx = torch.cat([batch.layout.subject_end, batch.layout.answer_end], dim=1)
     toks = batch.tokens.gather(1, ctx)
     x = (weights.gather(1, ctx)[..., None] * basis.context[toks]).sum(1)
-    x = x + basis.token[batch.tokens.gather(1, batch.layout.query_pos[:, None])[:, 0]]
+    x = x + basis.token[batch.tokens.gather(1, batch.layout.query_end[:, None])[:, 0]]
     relation = memory.infer_relation(x[:, None])[:, 0]
     # Regress onto the relation token's direction (not cross-entropy, which grows the
     # vector without bound): stage II was fitted on relation inputs of exactly this size.

@@ -54,15 +54,15 @@ def query_readout(model, batch) -> dict:
     (``batch``: a :class:`~icr_interp.task.prompts.Batch` of the model's task; one-layer models).
     """
     cache, rows = {}, torch.arange(len(batch), device=batch.tokens.device)
-    grab = lambda name: lambda t, hook: cache.__setitem__(name, t[rows, ..., batch.layout.query_pos, :])  # noqa: E731
+    grab = lambda name: lambda t, hook: cache.__setitem__(name, t[rows, ..., batch.layout.query_end, :])  # noqa: E731
     names = ["pattern", "rel_post", "relation", "mlp_post"]
     logits = model.run_with_hooks(batch.tokens, fwd_hooks=[(H.hook(0, n), grab(n)) for n in names])
     pattern, lay = cache["pattern"][:, 0], batch.layout  # [batch pos]: head 0, the query row
     rho = cache["relation"] @ model.basis.relation.T  # [batch relation]
     true = rho[rows, batch.relations]
-    logits = logits[rows, lay.query_pos]
-    return dict(bos=float(pattern[rows, lay.bos_pos].mean()), subjects=float(pattern.gather(1, lay.subject_pos).sum(1).mean()),
-                answers=float(pattern.gather(1, lay.answer_pos).sum(1).mean()), rel_true=float(true.mean()),
+    logits = logits[rows, lay.query_end]
+    return dict(bos=float(pattern[rows, lay.bos_pos].mean()), subjects=float(pattern.gather(1, lay.subject_end).sum(1).mean()),
+                answers=float(pattern.gather(1, lay.answer_end).sum(1).mean()), rel_true=float(true.mean()),
                 rel_wrong=float(rho.scatter(1, batch.relations[:, None], float("-inf")).amax(1).mean()),
                 stage1_firing=float((cache["rel_post"] > 0).sum(-1).float().mean()),
                 stage2_firing=float((cache["mlp_post"] > 0).sum(-1).float().mean()),

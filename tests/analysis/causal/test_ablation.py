@@ -136,7 +136,7 @@ def test_singular_roles_still_work_with_a_deprecation_warning(reference):
             assert A.restrict_pattern(model, small, (singular,)) == A.restrict_pattern(model, small, (plural,))
     n_pos, rows = small.tokens.shape[1], torch.arange(64)
     expected = torch.zeros(64, n_pos, dtype=torch.bool)
-    expected[rows, small.layout.subject_pos[:, 0]] = expected[rows, small.layout.answer_pos[:, 0]] = True
+    expected[rows, small.layout.subject_end[:, 0]] = expected[rows, small.layout.answer_end[:, 0]] = True
     assert torch.equal(A.role_mask(small, "pair_1", n_pos), expected)  # every role of icr_interp.task.roles works
 
 

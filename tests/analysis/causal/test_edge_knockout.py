@@ -69,7 +69,7 @@ def test_binding_swap_at_the_embedding_is_the_token_swap(toy):
     assert (pairs[:, 0] != pairs[:, 1]).all()
     tokens = batch.tokens.clone()
     rows = torch.arange(len(batch))
-    pi, pj = batch.layout.answer_pos[rows, pairs[:, 0]], batch.layout.answer_pos[rows, pairs[:, 1]]
+    pi, pj = batch.layout.answer_end[rows, pairs[:, 0]], batch.layout.answer_end[rows, pairs[:, 1]]
     tokens[rows, pi], tokens[rows, pj] = batch.tokens[rows, pj], batch.tokens[rows, pi]
     swapped = ii.Batch(tokens=tokens, answers=batch.answers, relations=batch.relations, subjects=batch.subjects,
                        query=batch.query, layout=batch.layout)

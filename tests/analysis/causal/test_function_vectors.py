@@ -41,7 +41,7 @@ def toy():
     tokens = clean.tokens.clone()
     rows = torch.arange(len(clean))[:, None]
     perm = torch.stack([torch.roll(torch.arange(3), 1 + int(torch.randint(2, (1,), generator=g))) for _ in clean.answers])
-    tokens[rows, clean.layout.answer_pos] = clean.tokens[rows, clean.layout.answer_pos[rows, perm]]
+    tokens[rows, clean.layout.answer_end] = clean.tokens[rows, clean.layout.answer_end[rows, perm]]
     return task, clean, replace(clean, tokens=tokens)
 
 

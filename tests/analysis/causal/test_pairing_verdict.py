@@ -32,7 +32,7 @@ def composition_toy(task, seed: int = 0) -> HookedTransformer:
     the rollout puts equal mass on s_i and a_i with content-driven weights across pairs."""
     lay = task.layout(1)
     n_vocab, n_ctx = task.vocab.size, task.n_ctx
-    pred, answers = int(lay.pred_pos[0]), lay.answer_pos[0]
+    pred, answers = int(lay.pred_pos[0]), lay.answer_end[0]
     cfg = HookedTransformerConfig(n_layers=2, d_model=n_vocab + n_ctx, n_heads=1, d_head=n_ctx, n_ctx=n_ctx,
                                   d_vocab=n_vocab, attn_only=True, normalization_type=None, act_fn="relu", seed=0)
     model = HookedTransformer(cfg)
@@ -77,7 +77,7 @@ def test_hand_built_two_layer_split_pairs_by_composition(task):
     rows = effective_rows(model, batch)[-1]
     lay = batch.layout
     b = torch.arange(8)[:, None]
-    torch.testing.assert_close(rows[b, lay.subject_pos], rows[b, lay.answer_pos], atol=5e-3, rtol=0)  # s_i = a_i
+    torch.testing.assert_close(rows[b, lay.subject_end], rows[b, lay.answer_end], atol=5e-3, rtol=0)  # s_i = a_i
     v = pairing_verdict(model, task, n_prompts=64, seeds=(0, 1), binding=False)
     assert v.verdict == "pairwise by composition" and v.pairwise_heads == [], str(v)
     comp = v.evidence["composed"]

@@ -66,7 +66,7 @@ def stock():
 
 
 def ic_metrics(clean: Batch, corrupted: Batch):
-    return {"logit_diff": P.logit_diff_metric(clean.answers, corrupted.answers, clean.layout.query_pos),
+    return {"logit_diff": P.logit_diff_metric(clean.answers, corrupted.answers, clean.layout.query_end),
             "all_positions": all_positions_metric}
 
 
@@ -148,7 +148,7 @@ def test_logit_diff_normalised(ic_small):
     model, clean, corruptions = ic_small
     corrupted = corruptions["relation"]
     clean_logits, corr_logits = model(clean.tokens), model(corrupted.tokens)
-    metric = P.logit_diff_metric(clean.answers, corrupted.answers, clean.layout.query_pos,
+    metric = P.logit_diff_metric(clean.answers, corrupted.answers, clean.layout.query_end,
                                  clean_logits=clean_logits, corrupted_logits=corr_logits)
     assert metric(clean_logits).item() == pytest.approx(1.0, abs=1e-5)
     assert metric(corr_logits).item() == pytest.approx(0.0, abs=1e-5)
@@ -157,8 +157,8 @@ def test_logit_diff_normalised(ic_small):
 
 
 def test_role_masks_are_per_example():
-    layout = Layout(subject_pos=torch.tensor([[1, 3], [3, 1]]), answer_pos=torch.tensor([[2, 4], [4, 2]]),
-                    query_pos=torch.tensor([5, 5]), bos_pos=torch.tensor([0, -1]))
+    layout = Layout(subject_end=torch.tensor([[1, 3], [3, 1]]), answer_end=torch.tensor([[2, 4], [4, 2]]),
+                    query_end=torch.tensor([5, 5]), bos_pos=torch.tensor([0, -1]))
     masks = P.role_masks(layout, 6)
     assert list(masks) == ["subjects", "answers", "context", "pair_1", "pair_2", "query", "bos"]
     assert masks["pair_1"].nonzero().tolist() == [[0, 1], [0, 2], [1, 3], [1, 4]]
@@ -176,7 +176,7 @@ def relabel_pairs(batch: Batch) -> Batch:
     lay = batch.layout
     flip = torch.arange(len(batch)) % 2 == 1
     order = torch.where(flip[:, None], torch.tensor([1, 0]), torch.tensor([0, 1]))
-    new = Layout(lay.subject_pos.gather(1, order), lay.answer_pos.gather(1, order), lay.query_pos, lay.bos_pos)
+    new = Layout(lay.subject_end.gather(1, order), lay.answer_end.gather(1, order), lay.query_end, lay.bos_pos)
     return Batch(batch.tokens, batch.answers, batch.relations, batch.subjects.gather(1, order), batch.query, new)
 
 
@@ -187,9 +187,9 @@ def test_patch_by_role_uses_each_examples_positions(ic_crosstalk):
     hook = "blocks.0.hook_resid_pre"
     got = P.patch_by_role(model, clean, corrupted, hooks=[hook], roles=["pair_1", "answer_1"])
     _, cache = model.run_with_cache(clean.tokens)
-    metric = P.LogitDiff(clean.answers, corrupted.answers, clean.layout.query_pos)
-    for role, positions in (("pair_1", [clean.layout.subject_pos, clean.layout.answer_pos]),
-                            ("answer_1", [clean.layout.answer_pos])):
+    metric = P.LogitDiff(clean.answers, corrupted.answers, clean.layout.query_end)
+    for role, positions in (("pair_1", [clean.layout.subject_end, clean.layout.answer_end]),
+                            ("answer_1", [clean.layout.answer_end])):
         def patch(act, hook):
             act = act.clone()
             for b in range(len(clean)):
@@ -418,7 +418,7 @@ def test_bad_token_ids_give_one_line(ic_small, bad):
     vocab = model.cfg.d_vocab
     broken = with_token(corrupted, 5, 3, bad)
     _, cache = model.run_with_cache(clean.tokens)
-    metric = P.logit_diff_metric(clean.answers, corrupted.answers, clean.layout.query_pos)
+    metric = P.logit_diff_metric(clean.answers, corrupted.answers, clean.layout.query_end)
     calls = [lambda: P.patch_by_role(model, clean, broken), lambda: P.patch_by_role(model, broken, corrupted),
              lambda: P.patch_pattern_by_role(model, clean, broken), lambda: P.attribution_patch(model, broken, clean),
              lambda: P.base_run(model, broken.tokens),

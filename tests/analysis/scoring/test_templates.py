@@ -30,9 +30,9 @@ def make_row(subject=None, answer=None, bos=0.0, query=0.0, k: int = K, has_bos:
     """A [pos] attention row in the standard layout from role masses."""
     lay = standard_layout(1, k, has_bos)
     row = torch.zeros(2 * k + 1 + int(has_bos))
-    row[lay.subject_pos[0]] = torch.as_tensor(subject if subject is not None else [0.0] * k, dtype=row.dtype)
-    row[lay.answer_pos[0]] = torch.as_tensor(answer if answer is not None else [0.0] * k, dtype=row.dtype)
-    row[lay.query_pos[0]] += query
+    row[lay.subject_end[0]] = torch.as_tensor(subject if subject is not None else [0.0] * k, dtype=row.dtype)
+    row[lay.answer_end[0]] = torch.as_tensor(answer if answer is not None else [0.0] * k, dtype=row.dtype)
+    row[lay.query_end[0]] += query
     if has_bos:
         row[0] += bos
     return row
@@ -192,9 +192,8 @@ def test_each_example_uses_its_own_layout():
     perm = torch.randperm(len(row), generator=gen)  # new position of each old position
     moved = torch.empty_like(row)
     moved[perm] = row
-    lay2 = Layout(perm[lay.subject_pos], perm[lay.answer_pos], perm[lay.query_pos], perm[lay.bos_pos])
-    both = Layout(*(torch.cat([getattr(lay, f), getattr(lay2, f)]) for f in
-                    ("subject_pos", "answer_pos", "query_pos", "bos_pos")))
+    lay2 = Layout(perm[lay.subject_end], perm[lay.answer_end], perm[lay.query_end], perm[lay.bos_pos])
+    both = Layout.cat([lay, lay2])
     alone, together = score_rows(row[None], lay), score_rows(torch.stack([row, moved]), both)
     for a, b in ((alone.per_example, together.per_example), (alone.mean_row, together.mean_row)):
         assert torch.allclose(a.tv, b.tv, atol=1e-6) and torch.allclose(a.balance, b.balance, atol=1e-6)
@@ -231,7 +230,7 @@ def test_query_rows_are_per_example_rows_of_hook_pattern(stock):
     rows = jaxtyped(typechecker=beartype)(query_rows)(model, batch)
     assert rows.shape == (2, 2, 6, 12)
     _, cache = model.run_with_cache(batch.tokens)
-    for b, q in enumerate(batch.layout.query_pos.tolist()):
+    for b, q in enumerate(batch.layout.query_end.tolist()):
         for layer in range(2):
             assert torch.allclose(rows[layer, :, b], cache[f"blocks.{layer}.attn.hook_pattern"][b, :, q])
 
@@ -244,9 +243,9 @@ def test_stock_model_scores_equal_a_naive_loop(stock):
     for layer, head in itertools.product(range(2), range(2)):
         tvs, bals, nulls = [], [], []
         for b in range(len(batch)):
-            p = cache[f"blocks.{layer}.attn.hook_pattern"][b, head, int(lay.query_pos[b])].tolist()
-            ps, pa = [p[i] for i in lay.subject_pos[b]], [p[i] for i in lay.answer_pos[b]]
-            sink = p[int(lay.query_pos[b])] + (p[int(lay.bos_pos[b])] if lay.bos_pos[b] >= 0 else 0.0)
+            p = cache[f"blocks.{layer}.attn.hook_pattern"][b, head, int(lay.query_end[b])].tolist()
+            ps, pa = [p[i] for i in lay.subject_end[b]], [p[i] for i in lay.answer_end[b]]
+            sink = p[int(lay.query_end[b])] + (p[int(lay.bos_pos[b])] if lay.bos_pos[b] >= 0 else 0.0)
             uniform = 0.5 * (sum(abs(x - 1 / 6) for x in ps + pa) + 1 - sum(ps) - sum(pa))
             tvs.append([brute_force_pairwise_tv(ps, pa), 1 - sum(pa), 1 - sum(ps), uniform, 1 - sink])
             bals.append(2 * sum(min(x, y) for x, y in zip(ps, pa)) / (sum(ps) + sum(pa)))

@@ -79,7 +79,7 @@ def test_ov_probe_reads_the_copy_and_sees_it_broken(task):
     _, cache = model.run_with_cache(batch.tokens)
     x = model.W_E[batch.tokens] + model.W_pos[: batch.tokens.shape[1]]
     v = torch.einsum("bpd,hde,hef->bhpf", x, model.blocks[0].attn.W_V, model.blocks[0].attn.W_O)
-    q = batch.layout.query_pos
+    q = batch.layout.query_end
     written = torch.einsum("bhp,bhpf->bf", cache["blocks.0.attn.hook_pattern"][torch.arange(8), :, q], v)
     assert torch.allclose(written, cache["blocks.0.hook_attn_out"][torch.arange(8), q], atol=1e-4)
     with torch.no_grad():
@@ -154,7 +154,7 @@ def test_head_ov_is_what_the_head_writes_when_it_attends_to_the_source(tiny_smol
     model = tiny_smol_llama
     task = TextICRecallTask(KnowledgeBase.builtin("countries"), model.tokenizer, n_pairs=2)
     b = task.sample(4, seed=0)
-    rows, src = torch.arange(4), b.layout.query_pos
+    rows, src = torch.arange(4), b.layout.query_end
 
     def one_hot(pattern, hook):  # every head's prediction row on the query subject's last token only
         pattern[rows, :, b.layout.pred_pos] = 0.0

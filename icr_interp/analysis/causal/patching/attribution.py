@@ -18,7 +18,7 @@ from icr_interp.tl.compat import TLModel
 from icr_interp.analysis.causal.patching.by_role import RolePatchResult, components, default_role_hooks, grid_masks, result, setup
 from icr_interp.analysis.causal.patching.core import INDEX_DIMS, kind
 from icr_interp.analysis.causal.patching.metrics import Metric
-from icr_interp.task.prompts import Batch
+from icr_interp.task.batch import Batch
 
 
 def attribution_patch(model: TLModel, clean: Batch, corrupted: Batch, metric: Metric | None = None,

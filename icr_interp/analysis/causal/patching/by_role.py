@@ -30,7 +30,8 @@ from icr_interp.analysis.causal.patching.core import Patch, kind
 from icr_interp.analysis.causal.patching.engine import BRIDGE_FALLBACK, BaseRun, base_run, patch_activations, strategy_for
 from icr_interp.analysis.causal.patching.engine import allowed_strategies
 from icr_interp.analysis.causal.patching.metrics import LogitDiff, Metric
-from icr_interp.task.prompts import Batch, Layout
+from icr_interp.task.batch import Batch
+from icr_interp.task.layout import Layout
 
 
 def role_masks(layout: Layout, n_pos: int, roles: Sequence[str] | None = None) -> dict[str, Bool[Tensor, "batch pos"]]:

@@ -24,7 +24,7 @@ from icr_interp.analysis.causal.patching.by_role import RolePatchResult, patch_b
 from icr_interp.analysis.causal.patching.metrics import Metric
 from icr_interp.model import hooks as H
 from icr_interp.task import roles as R
-from icr_interp.task.prompts import Batch
+from icr_interp.task.batch import Batch
 from icr_interp.tl.compat import TLModel
 
 

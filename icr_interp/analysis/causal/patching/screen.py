@@ -38,7 +38,7 @@ from icr_interp.analysis.causal.patching.core import where_hook
 from icr_interp.analysis.causal.patching.engine import patch_activations
 from icr_interp.analysis.causal.patching.metrics import Metric
 from icr_interp.model import hooks as H
-from icr_interp.task.prompts import Batch
+from icr_interp.task.batch import Batch
 from icr_interp.tl.compat import TLModel
 
 QK_SITES = H.QK_SITES  # hooks whose patches the QK fix recomputes through the softmax (the site table's qk column)
