@@ -23,7 +23,7 @@ NULL_DRAWS = 2000  # randomisation draws of the test over examples (p-value reso
 NULL_ALPHA = 0.01  # "pairwise" needs the true pairing to beat the null at this level ...
 NULL_MIN_EFFECT = 0.05  # ... and by at least this much score: pairwise - pairwise_null
 NULL_SEED = 0  # seeds the permutation sample (k > 6) and the randomisation draws: same rows, same p-value
-_TIE_TOL = 1e-6  # draws within this of the observed statistic count as ties (float sums of one set of numbers)
+TIE_TOL = 1e-6  # draws within this of the observed statistic count as ties (float sums of one set of numbers)
 _CHUNK = 1 << 22  # elements per chunk of the draw tensors (bounds memory, not a per-example loop)
 
 
@@ -40,6 +40,25 @@ def pairings(k: int, generator: torch.Generator | None = None) -> Int[Tensor, "p
     return torch.rand(NULL_MAX_PERMUTATIONS, k, generator=gen).argsort(-1)
 
 
+def draw_means(table: Float[Tensor, "*lead batch column"],
+               picks: Int[Tensor, "draw batch"]) -> Float[Tensor, "*lead draw"]:
+    """A randomisation distribution read off a per-example table: ``mean_b table[..., b, picks[d, b]]`` per draw d.
+
+    ``picks`` says which column each example takes in each draw: independent uniform columns give every example
+    its own random pairing (the pairing null and test); a permutation of the examples re-pairs them across
+    prompts (the position control).  The gathered ``[*lead draw batch]`` tensor is built in chunks of at most
+    :data:`_CHUNK` elements, so memory stays bounded for any number of draws.
+    """
+    examples = torch.arange(picks.shape[-1], device=table.device)
+    step = max(1, _CHUNK // max(1, table[..., 0].numel()))
+    return torch.cat([table[..., examples, chunk].mean(-1) for chunk in picks.to(table.device).split(step)], dim=-1)
+
+
+def uniform_picks(n_columns: int, draws: int, n_batch: int, generator: torch.Generator) -> Int[Tensor, "draw batch"]:
+    """One uniform column per example and draw, independently."""
+    return torch.randint(n_columns, (draws, n_batch), generator=generator)
+
+
 def pairing_test(true: Float[Tensor, "*lead batch"], permuted: Float[Tensor, "*lead batch perm"],
                  generator: torch.Generator | None = None) -> Float[Tensor, "*lead"]:
     """One-sided randomisation p-value that the true pairing scores above the null, over examples.
@@ -53,13 +72,7 @@ def pairing_test(true: Float[Tensor, "*lead batch"], permuted: Float[Tensor, "*l
     gen = generator if generator is not None else torch.Generator().manual_seed(NULL_SEED)
     null = permuted.mean(-1)
     observed = (true - null).mean(-1)
-    n_batch, n_perm = permuted.shape[-2:]
-    picks = torch.randint(n_perm, (NULL_DRAWS, n_batch), generator=gen).to(permuted.device)
-    examples = torch.arange(n_batch, device=permuted.device)
-    step = max(1, _CHUNK // max(1, permuted[..., 0].numel()))
-    beats = torch.zeros_like(observed)
-    for chunk in picks.split(step):
-        drawn = permuted[..., examples, chunk]  # [*lead draw batch]: example b re-paired by its own draw
-        stat = (drawn - null[..., None, :]).mean(-1)
-        beats += (stat >= observed[..., None] - _TIE_TOL).sum(-1)
+    picks = uniform_picks(permuted.shape[-1], NULL_DRAWS, permuted.shape[-2], gen)
+    stat = draw_means(permuted, picks) - null.mean(-1)[..., None]  # [*lead draw]
+    beats = (stat >= observed[..., None] - TIE_TOL).sum(-1).to(observed.dtype)
     return (1 + beats) / (1 + NULL_DRAWS)

@@ -40,7 +40,8 @@ from jaxtyping import Float
 from torch import Tensor
 
 from icr_interp.analysis.bootstrap import bootstrap_mean_ci
-from icr_interp.analysis.scoring.pairing_null import NULL_ALPHA, NULL_DRAWS, NULL_SEED, pairings
+from icr_interp.analysis.scoring.pairing_null import (NULL_ALPHA, NULL_DRAWS, NULL_SEED, TIE_TOL, draw_means, pairings,
+                                                      uniform_picks)
 from icr_interp.analysis.scoring.pairwise_form import pairwise_tv
 
 # A head is "pairwise" only if its pairing moves at least this much of its attention (effect in attention mass,
@@ -48,8 +49,6 @@ from icr_interp.analysis.scoring.pairwise_form import pairwise_tv
 # above what position alone gives: random-weight models reach 0.03 (docs/results.md, "Template scores against a
 # null"); a pairing below 5% of a head's row changes less than 5% of what it writes.
 PAIRING_MIN_MASS = 0.05
-_TIE_TOL = 1e-6  # draws within this of the observed mean L1 count as ties
-_CHUNK = 1 << 22  # elements per chunk of the draw tensors (bounds memory)
 
 
 @dataclass(frozen=True)
@@ -146,12 +145,6 @@ def _randomisation_p(s: Tensor, a: Tensor, observed_l1: Tensor, draws: int, seed
     perms = pairings(k, gen).to(s.device)  # all k! (k <= 6) or a uniform sample: each a uniform labeling
     table = (s[..., None, :] - a[..., perms]).abs().sum(-1)  # [*lead batch perm]: D_b(pi) for each pi
     observed = observed_l1.mean(-1)
-    n_batch, n_perm = table.shape[-2:]
-    picks = torch.randint(n_perm, (draws, n_batch), generator=gen).to(s.device)
-    examples = torch.arange(n_batch, device=s.device)
-    step = max(1, _CHUNK // max(1, table[..., 0].numel()))
-    hits = torch.zeros_like(observed)
-    for chunk in picks.split(step):
-        drawn = table[..., examples, chunk].mean(-1)  # [*lead draw]
-        hits += (drawn <= observed[..., None] + _TIE_TOL).sum(-1)
+    picks = uniform_picks(table.shape[-1], draws, table.shape[-2], gen)
+    hits = (draw_means(table, picks) <= observed[..., None] + TIE_TOL).sum(-1).to(observed.dtype)
     return (1 + hits) / (1 + draws)

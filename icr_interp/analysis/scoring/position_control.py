@@ -26,11 +26,9 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from icr_interp.analysis.scoring.pairing_null import NULL_DRAWS, NULL_SEED
+from icr_interp.analysis.scoring.pairing_null import NULL_DRAWS, NULL_SEED, TIE_TOL, draw_means
 from icr_interp.analysis.scoring.pairing_test import check_masses
 
-_TIE_TOL = 1e-6
-_CHUNK = 1 << 22
 
 
 @dataclass(frozen=True)
@@ -65,12 +63,8 @@ def position_control(subject: Float[Tensor, "*lead batch pair"], answer: Float[T
     gen = torch.Generator().manual_seed(seed)
     perms = torch.rand(draws, n, generator=gen).argsort(-1).to(s.device)
     observed = own.mean(-1)
-    examples = torch.arange(n, device=s.device)
-    hits = torch.zeros_like(observed)
-    step = max(1, _CHUNK // max(1, table[..., 0].numel()))
-    for chunk in perms.split(step):
-        drawn = table[..., examples, chunk].mean(-1)  # [*lead draw]: prompt b's subjects with prompt pi(b)'s answers
-        hits += (drawn <= observed[..., None] + _TIE_TOL).sum(-1)
+    drawn = draw_means(table, perms)  # [*lead draw]: prompt b's subjects with prompt pi(b)'s answers
+    hits = (drawn <= observed[..., None] + TIE_TOL).sum(-1).to(observed.dtype)
     p = (1 + hits) / (1 + draws)
     return PositionControl(rows.mean(-1).float(), (rows * mass).mean(-1).float(), p.float(), (rows * mass).float())
 
