@@ -32,8 +32,8 @@ _moved.install()
 
 # public name -> the module that defines it
 _EXPORTS = {
-    "KnowledgeBase": "task.knowledge", "ICRecallTask": "task.prompts", "Batch": "task.prompts",
-    "Layout": "task.prompts",
+    "KnowledgeBase": "task.knowledge", "ICRecallTask": "task.prompts", "Batch": "task.batch",
+    "Layout": "task.layout",
     "ModelConfig": "model.builder", "ICRModel": "model.builder", "build_model": "model.builder",
     "pretrain_memory": "model.memory.pretrained",
     "TrainConfig": "training.trainer", "finetune": "training.trainer", "evaluate": "training.trainer",

@@ -1,7 +1,7 @@
 """The task layer: knowledge bases of (subject, relation, answer) facts, their token vocabulary, IC-recall
 prompts and their corruptions -- toy token prompts (``prompts``) and text prompts for pretrained LMs, tokenized
-by the model's own tokenizer (``text``, ``text_spans``), both :class:`PromptTask` s (``protocol``) drawing with
-the shared helpers of ``sampling`` -- batches (``batch``) with their per-example span layout (``layout``),
+by the model's own tokenizer (``text``, ``text_spans``), both implementing :class:`PromptTask` (``protocol``)
+and drawing with the helpers of ``sampling`` -- batches (``batch``) with their per-example span layout (``layout``),
 prompt roles, and the Bayes ceiling of a set of prompts.  Nothing here knows about models.
 """
 

@@ -17,7 +17,7 @@ An IC-recall prompt ``[BOS, s_1, a_1, ..., s_k, a_k, s_q]`` has these roles
 ``all``        every position
 =============  ===============================================
 
-Positions always come from each example's own :class:`~icr_interp.task.prompts.Layout`,
+Positions always come from each example's own :class:`~icr_interp.task.layout.Layout`,
 never from one position shared by the whole batch.  A role is a set of token
 *spans* (a multi-token name in a text prompt): :func:`mask` covers every token
 of them, so attention to a role is the mass summed over its spans, and

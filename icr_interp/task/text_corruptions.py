@@ -19,7 +19,7 @@ swap that keeps the subjects needs another relation whose k + 1 answers all toke
   function-vector null), query and target unchanged.
 
 A prompt without any layout-keeping corruption is dropped by ``corrupt_pairs`` / ``sample_pairs`` with one
-line naming the relations and query subjects that prevent it, and :class:`~icr_interp.task.prompts.CorruptedPairs`
+line naming the relations and query subjects that prevent it, and :class:`~icr_interp.task.batch.CorruptedPairs`
 carries the count (``n_dropped``, ``n_requested``).
 """
 

@@ -1,6 +1,6 @@
 """circuitsvis attention views of IC-recall prompts, tokens labelled by role, rendering offline.
 
-A view is built from one example of a :class:`~icr_interp.task.prompts.Batch`: its
+A view is built from one example of a :class:`~icr_interp.task.batch.Batch`: its
 attention pattern at one layer (by default the last, :func:`icr_interp.analysis.scoring.attention.resolve_layer`)
 and its token strings prefixed by their role (:func:`role_labels`): ``s2:s13``
 is the second context subject, token ``s13``; ``a2:a40`` its answer;

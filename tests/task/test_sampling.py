@@ -18,7 +18,8 @@ TASK_DIR = Path(icr_interp.task.__file__).parent
 def test_generator_is_explicit():
     gen = torch.Generator().manual_seed(5)
     assert S.generator(None, gen) is gen and S.generator(3, gen) is gen  # the generator wins
-    assert torch.equal(torch.rand(4, generator=S.generator(7)), torch.rand(4, generator=torch.Generator().manual_seed(7)))
+    seeded = torch.Generator().manual_seed(7)
+    assert torch.equal(torch.rand(4, generator=S.generator(7)), torch.rand(4, generator=seeded))
     with pytest.raises(ValueError, match="pass a seed or a torch.Generator"):
         S.generator(None)
 

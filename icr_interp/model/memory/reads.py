@@ -51,7 +51,7 @@ def query_readout(model, batch) -> dict:
 
     Returns mean attention mass on BOS / subjects / answers, the true and the largest wrong relation
     coefficient of the relation vector, how many stage-I and stage-II neurons fire, loss and accuracy
-    (``batch``: a :class:`~icr_interp.task.prompts.Batch` of the model's task; one-layer models).
+    (``batch``: a :class:`~icr_interp.task.batch.Batch` of the model's task; one-layer models).
     """
     cache, rows = {}, torch.arange(len(batch), device=batch.tokens.device)
     grab = lambda name: lambda t, hook: cache.__setitem__(name, t[rows, ..., batch.layout.query_end, :])  # noqa: E731
