@@ -55,7 +55,7 @@ def sizes_for_triplets(n_triplets: Iterable[int], n_relations: int = 8) -> tuple
     return tuple((s, n_relations, s) for s in (max(2, round(n / n_relations)) for n in n_triplets))
 
 
-def expand_grid(base: RunConfig | str | None = None, *, kb_sizes: Sequence | None = None,
+def expand_grid(base: RunConfig | str | Sequence | None = None, *, kb_sizes: Sequence | None = None,
                 n_triplets: Sequence[int] | None = None, n_relations: int = 8, overrides: dict | None = None,
                 **axes) -> list[RunConfig]:
     """The RunConfigs of a grid, without duplicates, in grid order.
