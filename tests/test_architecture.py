@@ -202,7 +202,8 @@ def test_the_table_classifies_every_site():
     assert H.kv_heads("blocks.4.attn.hook_k") and not H.kv_heads("blocks.4.attn.hook_q")
     assert not H.windowed("blocks.0.attn.hook_rot_k") and H.windowed("blocks.0.attn.hook_k")
     memory = MemoryModule("pair")
-    assert H.MEMORY_HOOK_POINTS == tuple(n for n, _ in memory.named_modules() if n.startswith("hook_"))
+    memory_leaves = tuple(s.path.rpartition(".")[2] for s in H.TABLE.values() if s.memory)  # on the memory module
+    assert memory_leaves == tuple(n for n, _ in memory.named_modules() if n.startswith("hook_"))
     assert {H.TABLE[s].job for s in H.TABLE if H.TABLE[s].job} == {"relation_inference", "answer_lookup"}
 
 
