@@ -27,10 +27,10 @@ def out_dir(parser: argparse.ArgumentParser, path: str) -> Path:
     out = Path(path)
     if out.exists() and not out.is_dir():
         parser.error(f"--out {out} exists and is not a directory")
-    from icr_interp.storage import fsio
+    from icr_interp.storage import atomic
 
     try:
-        fsio.check_creatable(out / "probe")
+        atomic.check_creatable(out / "probe")
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         parser.error(f"--out {out}: {e}")
@@ -38,16 +38,16 @@ def out_dir(parser: argparse.ArgumentParser, path: str) -> Path:
 
 
 def write_json(path: Path, data) -> None:
-    from icr_interp.storage import fsio
+    from icr_interp.storage import atomic, jsonio
 
-    fsio.write_json(path, fsio.json_safe(data), indent=2)
+    atomic.write_json(path, jsonio.json_safe(data), indent=2)
 
 
 def save_figure(fig, path: Path) -> None:
-    from icr_interp.storage import fsio
+    from icr_interp.storage import atomic
 
-    fsio.write_with(path, lambda tmp: fig.savefig(tmp, format=Path(path).suffix.lstrip("."), dpi=110,
-                                                  bbox_inches="tight"))
+    atomic.write_with(path, lambda tmp: fig.savefig(tmp, format=Path(path).suffix.lstrip("."), dpi=110,
+                                                    bbox_inches="tight"))
 
 
 def setup_threads(threads: int | None) -> None:

@@ -21,7 +21,7 @@ from _common import Parser, out_dir, positive, save_figure, seed, setup_threads,
 
 from icr_interp import finetune, viz  # noqa: E402
 
-from icr_interp.storage import fsio
+from icr_interp.storage import atomic
 from icr_interp.pipeline.config import RunConfig  # noqa: E402
 from icr_interp.analysis.scoring.dynamics import TemplateTracker  # noqa: E402
 from icr_interp.pipeline.runner import build, measure  # noqa: E402
@@ -59,7 +59,7 @@ def main(argv=None) -> int:
     writer = csv.writer(table, lineterminator="\n")
     writer.writerow(list(s))
     writer.writerows(zip(*s.values()))
-    fsio.write_text(out / "emergence.csv", table.getvalue())
+    atomic.write_text(out / "emergence.csv", table.getvalue())
     save_figure(viz.plot_training_curves(s, ["pairwise", "mean_row_pairwise", "balance", "accuracy"]),
                 out / "emergence.png")
     for name, rows in (("start", start_rows), ("end", end_rows)):

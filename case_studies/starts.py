@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import Parser, out_dir, positive, seed  # noqa: E402
 
 import icr_interp as ii  # noqa: E402
-from icr_interp.storage import fsio  # noqa: E402
+from icr_interp.storage import atomic  # noqa: E402
 
 
 def shape(text: str) -> tuple[int, int, int]:
@@ -75,7 +75,7 @@ def main(argv=None) -> int:
                 after = f" -> {row['accuracy']:.3f}" if "accuracy" in row else ""
                 print(f"{row['shape']:>9} seed {sd} {start:<7} start {row['start_accuracy']:.3f}{after} "
                       f"(ceiling {row['ceiling']:.3f})", flush=True)
-    fsio.write_json(out / "starts.json", dict(args=vars(args), rows=rows))
+    atomic.write_json(out / "starts.json", dict(args=vars(args), rows=rows))
     print(f"wrote {out / 'starts.json'}")
     return 0
 

@@ -7,8 +7,9 @@ a higher one (a string import would hide an upward import from the contract; tes
 :class:`MovedFinder`, a PEP 451 finder on ``sys.meta_path``: importing ``icr_interp.templates`` returns the module
 object of ``icr_interp.analysis.templates`` (one module, two names, so monkeypatching either patches both) and
 warns once per old name with a :class:`DeprecationWarning` that names the new path. Submodules of moved packages
-(``icr_interp.patching.core``) follow their package. The library itself imports none of the old names; the test
-suite proves it by turning these warnings into errors outside the alias tests.
+(``icr_interp.patching.core``) follow their package. The first release's spellings of arguments and values
+(the role ``"subject"``, ``construct_memory(factored=)``...) are :data:`MOVED_ARGS`. The library itself
+uses none of the old names; the test suite proves it by turning these warnings into errors outside the alias tests.
 """
 
 import importlib
@@ -36,7 +37,7 @@ MOVED: dict[str, str] = {
     "layer_roles": "analysis.causal.job_split", "dynamics": "analysis.scoring.dynamics",
     "patching": "analysis.causal.patching",
     "config": "pipeline.config", "presets": "pipeline.presets",
-    "fsio": "storage.fsio", "checkpoint": "storage.checkpoint",
+    "fsio": "storage.atomic", "checkpoint": "storage.checkpoint",
     "sweep": "experiments.sweep", "sample_search": "experiments.n_star", "scaling": "experiments.fits",
     "probing": "experiments.checkpoint_analysis",
 }
@@ -44,6 +45,7 @@ MOVED: dict[str, str] = {
 # Modules renamed inside a subpackage: old path (relative to the package) -> new one.
 RENAMED: dict[str, str] = {
     "viz.legacy": "viz.model_report",
+    "storage.fsio": "storage.atomic",  # was a re-export of atomic, locks and jsonio
     "analysis.suffix_patching": "analysis.causal.patching.suffix",  # now one engine strategy
     # analysis/ grouped by meaning (issue 29 item 4): attention scoring, causal analyses, weight-only probes;
     # a renamed package carries its submodules (analysis.patching.engine -> analysis.causal.patching.engine)
@@ -79,12 +81,28 @@ KEPT = {"patching": "analysis.causal.patching", "ablation": "analysis.causal.abl
         "circuit": "analysis.causal.circuit",
         "viz": "viz"}
 
+# The first release's spellings of arguments and values that still work: owner (a function, class or module's
+# dotted name) -> {old spelling: what to write now}. The owner warns through :func:`moved_arg` on every use.
+MOVED_ARGS: dict[str, dict[str, str]] = {
+    f"{PACKAGE}.task.roles": {"subject": "subjects", "answer": "answers"},  # role names (read by roles.canonical)
+    f"{PACKAGE}.model.memory.construct_memory": {"factored=...": 'impl="factored"'},
+    f"{PACKAGE}.experiments.sweep.expand_grid": {"expand_grid(sizes, ...)": "expand_grid(kb_sizes=sizes, ...)"},
+    f"{PACKAGE}.experiments.sweep.RunSpec": {"RunSpec(...)": "RunConfig(...)"},  # RunSpec.to_config() converts
+}
+
 # Renamed attributes: owner (a module's dotted name, or a class name) -> {old name: new dotted name}. A module
 # owner resolves them in its ``__getattr__`` through :func:`module_attr`; a class through :func:`moved_attr`.
 MOVED_ATTRS: dict[str, dict[str, str]] = {
     "ICRModel": {"icr_basis": "basis"},
+    f"{PACKAGE}.analysis.causal.ablation": {"role_mask": f"{PACKAGE}.task.roles.mask"},  # takes a Batch or its Layout
+    f"{PACKAGE}.storage.atomic": {  # what the storage.fsio facade (now an alias of atomic) also re-exported
+        "FileLock": f"{PACKAGE}.storage.locks.FileLock", "LockBusy": f"{PACKAGE}.storage.locks.LockBusy",
+        "lock_dir": f"{PACKAGE}.storage.locks.lock_dir", "json_safe": f"{PACKAGE}.storage.jsonio.json_safe",
+        "dumps_strict": f"{PACKAGE}.storage.jsonio.dumps_strict"},
     f"{PACKAGE}.analysis.causal.patching": {"fast_path_applies": f"{PACKAGE}.model.forward.query_path_applies",
-                                     "pearson": f"{PACKAGE}.analysis.stats.pearson"},
+                                            "pearson": f"{PACKAGE}.analysis.stats.pearson",
+                                            "role_masks": f"{PACKAGE}.task.roles.masks",  # were one-line wrappers
+                                            "default_role_hooks": f"{PACKAGE}.model.hooks.component_hooks"},
     f"{PACKAGE}.analysis.causal.patching.suffix": {  # the first release's suffix_patching names (one engine now)
         "patch_heads": f"{PACKAGE}.analysis.causal.patching.heads.patch_heads_v1",
         "get_act_patch_attn_head_out_by_pos":
@@ -132,6 +150,14 @@ def warn_moved(old: str, new: str, stacklevel: int = 3) -> None:
     _warned.add(old)
     warnings.warn(f"{old} moved to {new} in icr_interp 0.2; import it from there (the old name is removed in "
                   f"{REMOVED_IN})", DeprecationWarning, stacklevel=stacklevel)
+
+
+def moved_arg(owner: str, old: str, stacklevel: int = 3) -> str:
+    """What to write now for ``owner``'s old spelling ``old`` (:data:`MOVED_ARGS`), warning on every use."""
+    new = MOVED_ARGS[owner][old]
+    warnings.warn(f"{owner}: '{old}' is deprecated since icr_interp 0.2; write '{new}' (the old spelling is removed "
+                  f"in {REMOVED_IN})", DeprecationWarning, stacklevel=stacklevel)
+    return new
 
 
 def resolve(old_attr: str):

@@ -94,22 +94,22 @@ def check_common(args, prefix: str, single: str | None = None) -> None:
     refuses (no permission, a name too long, a NUL byte) is a bad argument too: one line, exit 2.
     """
     on_model = check_model_arguments(args)  # before the heavy imports: a bad argument answers at once
-    from icr_interp.experiments import checkpoint_analysis as probing
+    from icr_interp.experiments import checkpoint_analysis
 
     try:
         if on_model:
             args.kind = "model"
             check_device(args.device)
-            args.out = probing.output_dir(args.out, args.force, prefix, Path(args.model))
+            args.out = checkpoint_analysis.output_dir(args.out, args.force, prefix, Path(args.model))
             args.existing = {p.name for p in args.out.iterdir()} if args.out.is_dir() else set()
             return
-        args.kind = probing.checkpoint_kind(args.checkpoint)
+        args.kind = checkpoint_analysis.checkpoint_kind(args.checkpoint)
         if single and args.kind != "checkpoint":
             raise UsageError(f"{args.checkpoint} is a directory of checkpoints; {single} takes one checkpoint")
         check_device(args.device)
-        args.out = probing.output_dir(args.out, args.force, prefix, args.checkpoint)
+        args.out = checkpoint_analysis.output_dir(args.out, args.force, prefix, args.checkpoint)
         args.existing = {p.name for p in args.out.iterdir()} if args.out.is_dir() else set()
-    except probing.ProbeInputError as e:
+    except checkpoint_analysis.ProbeInputError as e:
         raise UsageError(str(e)) from None
     except (OSError, ValueError) as e:  # UsageError included: it is a ValueError
         raise UsageError(one_line(e)) from None

@@ -32,11 +32,11 @@ def check(args) -> None:
 def run(args) -> int:
     from icr_interp import load_checkpoint
     from icr_interp.analysis.causal import ablation
-    from icr_interp.experiments import checkpoint_analysis as probing
-    from icr_interp.storage.fsio import write_json
+    from icr_interp.experiments import checkpoint_analysis
+    from icr_interp.storage.atomic import write_json
 
     ck = load_checkpoint(args.checkpoint, device=args.device)
-    batch, _ = probing.probe_prompts(ck.task, args.n_prompts, args.seed, args.device)
+    batch, _ = checkpoint_analysis.probe_prompts(ck.task, args.n_prompts, args.seed, args.device)
     results = ablation.standard_ablations(ck.model, batch, args.method)
     print(f"{args.method}-ablation on {args.n_prompts} prompts "
           f"(base accuracy {results[0].base_accuracy:.3f}, loss {results[0].base_loss:.3f})")
@@ -44,7 +44,7 @@ def run(args) -> int:
     data = dict(checkpoint=str(args.checkpoint), method=args.method, n_prompts=args.n_prompts, seed=args.seed,
                 base_accuracy=results[0].base_accuracy, base_loss=results[0].base_loss,
                 results=[r.to_dict() for r in results])
-    C.report_files([write_json(args.out / "ablation.json", probing.json_safe(data))], args)
+    C.report_files([write_json(args.out / "ablation.json", checkpoint_analysis.json_safe(data))], args)
     return 0
 
 

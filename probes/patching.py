@@ -34,7 +34,6 @@ DIR/patching_series.csv and DIR/patching_series.png (effect of each component
 against the step).
 """
 
-
 import _common as C
 
 PROG = "patching.py"
@@ -70,15 +69,16 @@ def run(args) -> int:
 
 
 def run_model(args) -> int:
-    from icr_interp.experiments import checkpoint_analysis as probing, model_probe, text_probe
+    from icr_interp.experiments import checkpoint_analysis, model_probe, text_probe
 
     kb = text_probe.load_knowledge(args.csv, args.builtin)
     subject = text_probe.load_subject(args.model, kb, args.k, args.pair_template, args.query_template, args.device)
     batch, corruption_seed = text_probe.text_prompts(subject, args.n_prompts, args.seed, args.device)
+    kinds = checkpoint_analysis.KINDS[args.corruption]
     info = dict(model=args.model, knowledge=str(args.csv or args.builtin), k=args.k, pair_template=args.pair_template,
                 query_template=args.query_template, n_prompts=args.n_prompts, seed=args.seed,
-                corruption_seed=corruption_seed, method=args.method, corruptions=list(probing.KINDS[args.corruption]))
-    done = model_probe.run_model_probe(subject, batch, probing.KINDS[args.corruption], corruption_seed, args.out,
+                corruption_seed=corruption_seed, method=args.method, corruptions=list(kinds))
+    done = model_probe.run_model_probe(subject, batch, kinds, corruption_seed, args.out,
                                        info, grid=args.grid, method=args.method, eval_prompts=args.eval_prompts,
                                        seed=args.seed, circuit=args.grid == "full")
     C.report_files(done["written"], args)
@@ -87,30 +87,30 @@ def run_model(args) -> int:
 
 def run_one(args) -> int:
     from icr_interp import load_checkpoint
-    from icr_interp.experiments import checkpoint_analysis as probing
+    from icr_interp.experiments.checkpoint_analysis import (KINDS as CORRUPTIONS, json_safe, probe_prompts, run_seed,
+                                                            role_patching, role_patching_dict, role_patching_png)
     from icr_interp.analysis.causal.circuit import JOB_OF, circuit_summary
-    from icr_interp.storage.fsio import write_bytes, write_json, write_text
+    from icr_interp.storage.atomic import write_bytes, write_json, write_text
     from icr_interp.viz.model_report import checkpoint_report
 
     ck = load_checkpoint(args.checkpoint, device=args.device)
-    batch, corruption_seed = probing.probe_prompts(ck.task, args.n_prompts, args.seed, args.device)
-    kinds = probing.KINDS[args.corruption]
-    results = probing.role_patching(ck.model, ck.task, batch, kinds, corruption_seed, args.method)
+    batch, corruption_seed = probe_prompts(ck.task, args.n_prompts, args.seed, args.device)
+    kinds = CORRUPTIONS[args.corruption]
+    results = role_patching(ck.model, ck.task, batch, kinds, corruption_seed, args.method)
     summary = circuit_summary(ck.model, ck.task, batch, seed=corruption_seed, jobs=tuple(JOB_OF[k] for k in kinds),
                               checkpoint=str(args.checkpoint))
     for kind, res in results.items():
         print(f"== {kind} swap ({res['n_prompts']} prompts, {res['n_dropped']} without one dropped) ==\n"
               f"{res['by_role']}\n{res['pattern_by_role']}\n")
     print(summary)
-    page = checkpoint_report(ck, batch, results, summary, eval_prompts=args.eval_prompts, seed=probing.run_seed(ck),
+    page = checkpoint_report(ck, batch, results, summary, eval_prompts=args.eval_prompts, seed=run_seed(ck),
                              title=f"IC-recall patching report: {args.checkpoint.resolve().name}")
     info = dict(checkpoint=str(args.checkpoint), n_prompts=args.n_prompts, seed=args.seed,
                 corruption_seed=corruption_seed, method=args.method, corruptions=list(results))
     written = [
-        write_json(args.out / "patching.json",
-                   probing.json_safe(dict(**info, results=probing.role_patching_dict(results)))),
-        write_bytes(args.out / "patching.png", probing.role_patching_png(results, args.n_prompts)),
-        write_json(args.out / "circuit.json", probing.json_safe(summary.to_dict())),
+        write_json(args.out / "patching.json", json_safe(dict(**info, results=role_patching_dict(results)))),
+        write_bytes(args.out / "patching.png", role_patching_png(results, args.n_prompts)),
+        write_json(args.out / "circuit.json", json_safe(summary.to_dict())),
         write_text(args.out / "report.html", page),
     ]
     C.report_files(written, args)
@@ -118,21 +118,22 @@ def run_one(args) -> int:
 
 
 def run_series(args) -> int:
-    from icr_interp.experiments import checkpoint_analysis as probing
+    from icr_interp.experiments.checkpoint_analysis import KINDS as CORRUPTIONS, circuit_series, find_checkpoints
     from icr_interp.analysis.causal.circuit import JOB_OF
-    from icr_interp.storage.fsio import write_bytes, write_json, write_text
+    from icr_interp.storage.atomic import write_bytes, write_json, write_text
+    from icr_interp.storage.jsonio import json_safe
     from icr_interp.seeds import derive_seed
     from icr_interp.viz import figures
 
-    jobs = tuple(JOB_OF[k] for k in probing.KINDS[args.corruption])
-    series = probing.circuit_series(probing.find_checkpoints(args.checkpoint), args.n_prompts, args.seed,
-                                    args.device, log=print, jobs=jobs)
+    jobs = tuple(JOB_OF[k] for k in CORRUPTIONS[args.corruption])
+    series = circuit_series(find_checkpoints(args.checkpoint), args.n_prompts, args.seed, args.device, log=print,
+                            jobs=jobs)
     columns = (*jobs, "accuracy_drop")
     info = dict(directory=str(args.checkpoint), n_prompts=args.n_prompts, seed=args.seed,
                 corruption_seed=derive_seed(args.seed, "corrupt"), corruption=args.corruption)
     fig = figures.plot_circuit_series(series, columns, n_prompts=args.n_prompts)
     written = [
-        write_json(args.out / "patching_series.json", probing.json_safe(dict(**info, **series.to_dict(columns)))),
+        write_json(args.out / "patching_series.json", json_safe(dict(**info, **series.to_dict(columns)))),
         write_text(args.out / "patching_series.csv", series.to_csv(columns)),
         write_bytes(args.out / "patching_series.png", figures.figure_png(fig)),
     ]

@@ -34,8 +34,8 @@ def check(args) -> None:
 
 def run(args) -> int:
     from icr_interp import load_checkpoint, score_templates, viz
-    from icr_interp.experiments import checkpoint_analysis as probing, text_probe
-    from icr_interp.storage.fsio import write_bytes, write_json
+    from icr_interp.experiments import checkpoint_analysis, text_probe
+    from icr_interp.storage.atomic import write_bytes, write_json
 
     if args.kind == "model":  # a pretrained LM on text prompts (--model, --csv/--builtin, templates)
         kb = text_probe.load_knowledge(args.csv, args.builtin)
@@ -44,14 +44,15 @@ def run(args) -> int:
         name, source = args.model, dict(model=args.model, knowledge=str(args.csv or args.builtin), k=args.k)
     else:
         ck = load_checkpoint(args.checkpoint, device=args.device)
-        batch, _ = probing.probe_prompts(ck.task, args.n_prompts, args.seed, args.device)
+        batch, _ = checkpoint_analysis.probe_prompts(ck.task, args.n_prompts, args.seed, args.device)
         name, source = args.checkpoint.resolve().name, dict(checkpoint=str(args.checkpoint))
     scores = score_templates(ck.model, batch)
     layers, note = text_probe.report_layers(scores) if args.kind == "model" else (None, "")
     print(text_probe.scores_summary(scores) + "\n" + note if args.kind == "model" else scores)
     data = dict(**source, n_prompts=args.n_prompts, seed=args.seed, **scores.to_dict())
-    written = [write_json(args.out / "scores.json", probing.json_safe(data)),
-               write_bytes(args.out / "attention.png", probing.attention_png(ck.model, batch, layers, note))]
+    written = [write_json(args.out / "scores.json", checkpoint_analysis.json_safe(data)),
+               write_bytes(args.out / "attention.png",
+                           checkpoint_analysis.attention_png(ck.model, batch, layers, note))]
     if args.html:
         written.append(viz.save_report(args.out / "report.html", ck.model, batch, scores=scores, vocab=ck.task,
                                        layers=layers, title=f"IC-recall attention: {name}"))

@@ -143,16 +143,18 @@ def test_one_one_line_formatter():
 
 
 def test_the_code_imports_no_old_name():
-    """Library, probes, case studies and benchmarks use the layered paths, never the alias table's old ones."""
-    from icr_interp._moved import MOVED, RENAMED
+    """Library, probes, case studies and benchmarks use the layered paths, never the alias table's old ones (old
+    modules, renamed modules, and renamed attributes imported by name)."""
+    from icr_interp._moved import MOVED, MOVED_ATTRS, RENAMED
 
-    old = {f"icr_interp.{name}" for name in [*MOVED, *RENAMED]}
+    old = {f"icr_interp.{name}" for name in (*MOVED, *RENAMED)}
+    old_attrs = {f"{owner}.{name}" for owner, names in MOVED_ATTRS.items() for name in names}
     offenders = []
     for folder in ("icr_interp", "probes", "case_studies", "benchmarks"):
         for path in (REPO / folder).rglob("*.py"):
             for name in _imports(path):
                 parent = name.rpartition(".")[0]
-                if name in old or parent in old or any(name.startswith(o + ".") for o in old):
+                if name in old or parent in old or any(name.startswith(o + ".") for o in old) or name in old_attrs:
                     offenders.append(f"{path.relative_to(REPO)}: {name}")
     assert offenders == []
 
@@ -216,7 +218,8 @@ def test_the_table_classifies_every_site():
     assert H.kv_heads("blocks.4.attn.hook_k") and not H.kv_heads("blocks.4.attn.hook_q")
     assert not H.windowed("blocks.0.attn.hook_rot_k") and H.windowed("blocks.0.attn.hook_k")
     memory = MemoryModule("pair")
-    assert H.MEMORY_HOOK_POINTS == tuple(n for n, _ in memory.named_modules() if n.startswith("hook_"))
+    memory_leaves = tuple(s.path.rpartition(".")[2] for s in H.TABLE.values() if s.memory)  # on the memory module
+    assert memory_leaves == tuple(n for n, _ in memory.named_modules() if n.startswith("hook_"))
     assert {H.TABLE[s].job for s in H.TABLE if H.TABLE[s].job} == {"relation_inference", "answer_lookup"}
 
 
@@ -281,6 +284,59 @@ def test_no_alias_points_from_a_lower_layer_to_a_higher_one():
                 upward.append(f"{owner}.{old} -> {new}")
     assert upward == []
     assert _layer_rank("icr_interp.experiments.shapes") < _layer_rank("icr_interp.analysis.causal.job_split")  # can fail
+
+
+_DOTTED = re.compile(r"icr_interp(?:\.\w+)+")  # a module path: "icr_interp.experiments.shapes[:fn]"
+
+
+def _string_modules(source: str) -> list[str]:
+    """The icr_interp modules a source names in strings, i.e. imports the contract cannot see: a string that is a
+    dotted path (``importlib.import_module("icr_interp.experiments.shapes")``, ``__import__(...)``, a
+    ``"module:function"`` entry) or an f-string that starts with one (``f"icr_interp.viz.{name}"``)."""
+    tree, found = ast.parse(source), []
+    inside_fstrings = {id(v) for node in ast.walk(tree) if isinstance(node, ast.JoinedStr) for v in node.values}
+    for node in ast.walk(tree):
+        if id(node) in inside_fstrings:
+            continue
+        if isinstance(node, ast.JoinedStr) and node.values and isinstance(node.values[0], ast.Constant):
+            text, whole = str(node.values[0].value), False  # f"icr_interp.experiments.{x}": its constant head
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+            text, whole = node.value, True
+        else:
+            continue
+        match = _DOTTED.match(text)
+        if match and (not whole or re.fullmatch(r"[\w.]+(:\w+)?", text)):  # not prose that mentions a module
+            found.append(match.group(0))
+    return found
+
+
+def _upward_string_imports(module: str, source: str) -> list[str]:
+    """``module``'s string imports of a higher layer of the import contract."""
+    low = _layer_rank(module)
+    return [f"{module} -> {name}" for name in _string_modules(source)
+            if low is not None and (high := _layer_rank(name)) is not None and high < low]
+
+
+def test_no_string_import_of_a_higher_layer():
+    """A lower layer resolving a higher one by string (e.g. the removed analysis.job_split.fine_tuned ->
+    experiments.shapes) breaks the contract out of import-linter's sight; none is left."""
+    offenders = [hit for p in MODULES for hit in _upward_string_imports(_module_name(p), p.read_text())]
+    assert offenders == []
+
+
+def test_the_string_import_check_can_fail():
+    source = ('import importlib\n'
+              'shapes = importlib.import_module("icr_interp.experiments.shapes")  # upward\n'
+              'fits = __import__("icr_interp.experiments.fits", fromlist=["fit"])  # upward\n'
+              'VIEW = f"icr_interp.viz.{1}"  # upward, built at run time\n'
+              'ENTRY = "icr_interp.pipeline.runner:run"  # upward, a module:function entry\n'
+              'SAME = importlib.import_module("icr_interp.analysis.stats")  # same layer: allowed\n'
+              'DOWN = "icr_interp.task.roles"  # lower layer: allowed\n'
+              '"""Prose that names icr_interp.experiments.shapes is no import."""\n')
+    assert sorted(_upward_string_imports("icr_interp.analysis.job_split", source)) == [
+        f"icr_interp.analysis.job_split -> icr_interp.{name}"
+        for name in ("experiments.fits", "experiments.shapes", "pipeline.runner", "viz")]
+    assert _upward_string_imports("icr_interp.experiments.shapes", source) == []  # the top layer may name any
 
 
 def test_kept_names_and_root_exports_do_not_warn():

@@ -37,7 +37,6 @@ from icr_interp.task import limits
 
 RUNS = Path("runs")  # default parent of output directories
 KINDS = {"relation": ("relation",), "query": ("query",), "both": ("relation", "query")}  # --corruption choices
-EVAL_PROMPTS = 1024  # held-out prompts for the report's accuracy (evaluate's default)
 
 
 class ProbeInputError(ValueError):

@@ -71,7 +71,7 @@ def run_model_probe(subject, batch, kinds: tuple[str, ...], corruption_seed: int
     from icr_interp.analysis.causal.patching import attribution_patch
     from icr_interp.analysis.scoring.templates import score_templates
     from icr_interp.experiments import text_probe
-    from icr_interp.storage.fsio import write_bytes, write_json, write_text
+    from icr_interp.storage.atomic import write_bytes, write_json, write_text
     from icr_interp.viz import figures, grids
     from icr_interp.viz.model_report import checkpoint_report
 

@@ -14,7 +14,7 @@ import torch
 from icr_interp.seeds import derive_seed
 from icr_interp.analysis.scoring import attention, templates
 from icr_interp.analysis.causal import circuit
-from icr_interp.experiments import checkpoint_analysis as probing
+from icr_interp.experiments import checkpoint_analysis
 from icr_interp.pipeline import RunConfig
 from icr_interp.pipeline import runner as pipeline
 from icr_interp.task import ceiling
@@ -56,7 +56,7 @@ def by_group(model, task, batch, groups: dict) -> dict:
 
 def patching(model, task, n_prompts: int, seed_: int) -> dict:
     """Relation and query swaps on the fine-tuned model: prompts kept / dropped, the verdict."""
-    batch, corrupt_seed = probing.probe_prompts(task, n_prompts, seed_)
+    batch, corrupt_seed = checkpoint_analysis.probe_prompts(task, n_prompts, seed_)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         summary = circuit.circuit_summary(model, task, batch, seed=corrupt_seed)

@@ -35,14 +35,6 @@ class ModelSubject:
     metrics: dict = field(default_factory=dict)  # none recorded: a pretrained model was not trained here
 
 
-def check_templates(pair_template: str, query_template: str) -> None:
-    """The two templates name their fields (``{s}`` and ``{a}``; ``{s}``) once each: a one-line ValueError else."""
-    from icr_interp.task.text_spans import check_template
-
-    check_template(pair_template, ("s", "a"), "--pair-template")
-    check_template(query_template, ("s",), "--query-template")
-
-
 def load_knowledge(csv: Path | None, builtin: str | None):
     """The knowledge base a probe asks for: a CSV of (subject, relation, answer) rows or a built-in base."""
     from icr_interp.task.knowledge import KnowledgeBase

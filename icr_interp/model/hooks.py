@@ -64,7 +64,6 @@ TABLE: dict[str, Site] = {
     "mlp_post": Site("mlp.hook_post", "position", "mlp", memory=True),
 }
 SITES: dict[str, str] = {site: s.path for site, s in TABLE.items()}  # site -> hook path
-MEMORY_HOOK_POINTS = tuple(s.path.rpartition(".")[2] for s in TABLE.values() if s.memory)  # on the memory module
 MEMORY_SITES = ("relation",)  # memory hooks patched by role by default (stage I's output; stage II is mlp_out)
 # Leaf names by where they live: the attention module's own hook points, and the block's.
 ATTN_LEAVES = tuple(s.path.partition(".")[2] for s in TABLE.values() if s.path.startswith("attn."))

@@ -391,3 +391,9 @@ def backups(path: str | Path) -> list[Path]:
     path = Path(path)
     found = [d / f"{path.name}.old" for d in staging_dirs(path.parent)]
     return [p for p in found if p.is_file()]
+
+
+def __getattr__(name: str):  # the old storage.fsio facade is an alias of this module (icr_interp._moved)
+    from icr_interp._moved import module_attr
+
+    return module_attr(__name__, name)

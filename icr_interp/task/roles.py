@@ -23,19 +23,20 @@ never from one position shared by the whole batch.  A role is a set of token
 of them, so attention to a role is the mass summed over its spans, and
 :func:`positions` gives each span's last token.  The singular ``subject``
 and ``answer`` of the first release are still read, as ``subjects`` and
-``answers``, with a deprecation warning.
+``answers``, with a deprecation warning (the alias table, :data:`icr_interp._moved.MOVED_ARGS`).
 """
 
-import warnings
 from collections.abc import Sequence
 
 import torch
 from jaxtyping import Bool
 from torch import Tensor
 
+from icr_interp._moved import MOVED_ARGS, moved_arg
+
 GROUPS = ("subjects", "answers", "context", "query", "bos", "prediction", "separators", "all")  # no index
 INDEXED = ("pair", "subject", "answer")  # roles written ``<name>_<i>``, i = 1..k
-_ALIASES = {"subject": "subjects", "answer": "answers"}  # first-release spellings
+_ALIASES = MOVED_ARGS[__name__]  # first-release spellings (subject, answer) -> the plural
 
 
 def canonical(name: str) -> str:
@@ -43,8 +44,7 @@ def canonical(name: str) -> str:
     if not isinstance(name, str):
         raise ValueError(f"a role name must be a string, got {name!r}")
     if name in _ALIASES:
-        warnings.warn(f"role {name!r} is spelled {_ALIASES[name]!r}", DeprecationWarning, stacklevel=3)
-        return _ALIASES[name]
+        return moved_arg(__name__, name, stacklevel=4)
     base, sep, index = name.partition("_")
     if name in GROUPS or (sep and base in INDEXED and index.isdigit() and int(index) >= 1):
         return name
@@ -92,8 +92,11 @@ def positions(layout, name: str) -> list[Tensor]:
 
 
 def mask(layout, name: str, n_pos: int) -> Bool[Tensor, "batch pos"]:
-    """Per-example boolean mask of every token of role ``name``'s spans in prompts of ``n_pos`` tokens."""
-    name = canonical(name)
+    """Per-example boolean mask of every token of role ``name``'s spans in prompts of ``n_pos`` tokens.
+
+    ``layout`` is a :class:`~icr_interp.task.prompts.Layout` or anything carrying one (a Batch).
+    """
+    layout, name = getattr(layout, "layout", layout), canonical(name)
     if name == "all":
         return torch.ones(layout.query_end.shape[0], n_pos, dtype=torch.bool, device=layout.query_end.device)
     m = layout.span_masks(n_pos)

@@ -7,7 +7,7 @@ summary, attention patterns) and passes them to the section builders below,
 each of which returns an HTML fragment; :func:`render_report` joins them into
 one document with circuitsvis's bundled script inlined once and every figure
 as a base64 PNG, and :func:`write_report` writes it atomically
-(:mod:`icr_interp.storage.fsio`).  Every caption says how many prompts it shows.
+(:mod:`icr_interp.storage.atomic`).  Every caption says how many prompts it shows.
 
 ``icr_interp.viz.model_report.checkpoint_report`` is the one caller that computes
 everything a checkpoint's report needs.
@@ -20,7 +20,7 @@ from jaxtyping import Float
 from matplotlib.figure import Figure
 from torch import Tensor
 
-from icr_interp.storage.fsio import write_text
+from icr_interp.storage.atomic import write_text
 from icr_interp.viz import figures, tables
 from icr_interp.viz.escape import attr, text
 from icr_interp.viz.offline import document, fragment

@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-from icr_interp.storage.fsio import plain
+from icr_interp.storage.jsonio import plain
 from icr_interp.viz.escape import text
 
 NOT_MEASURED = "not measured"

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from icr_interp.storage import fsio
+from icr_interp.storage import locks
 from icr_interp.pipeline.config import RunConfig
 from icr_interp.experiments.sweep import (TIMING_FIELDS, ResultsError, RunSpec, SweepError, axes_of, expand_grid, flat,
                               load_results, run_one, run_sweep, to_csv)
@@ -76,14 +76,19 @@ def test_expand_grid_size_order_and_keys():
 
 
 def test_first_release_runspec_still_builds_a_runconfig():
-    spec = RunSpec(16, 4, 16, answer_overlap=1, n_pairs=2, seed=3, n_samples=64, steps=20)
+    with pytest.deprecated_call(match=r"RunSpec\(\.\.\.\)' is deprecated .* write 'RunConfig\(\.\.\.\)' .* removed in 0\.4"):
+        spec = RunSpec(16, 4, 16, answer_overlap=1, n_pairs=2, seed=3, n_samples=64, steps=20)
+    with pytest.deprecated_call():  # every construction warns (the alias table, icr_interp._moved.MOVED_ARGS)
+        assert spec == RunSpec(16, 4, 16, answer_overlap=1.0, n_pairs=2, seed=3, n_samples=64, steps=20)
+        assert RunSpec.from_dict(json.loads(json.dumps(spec.to_dict()))).key == spec.key
     assert spec.key == "S16-R4-A16-ov1-k2-constructed-n64-seed3-08980e55cb"  # pinned, as in the first release
-    assert spec == RunSpec(16, 4, 16, answer_overlap=1.0, n_pairs=2, seed=3, n_samples=64, steps=20)
-    assert RunSpec.from_dict(json.loads(json.dumps(spec.to_dict()))).key == spec.key
     config = spec.to_config()
     assert (config.seed, config.task.n_pairs, config.train.n_samples, config.train.steps, config.eval.n_template) == \
         (3, 2, 64, 20, 256)
     assert config == expand_grid(kb_sizes=[(16, 4, 16)], n_pairs=2, seeds=3, n_samples=64, steps=20, n_template=256)[0]
+    with pytest.deprecated_call(match=r"write 'expand_grid\(kb_sizes=sizes, \.\.\.\)' .* removed in 0\.4"):
+        old = expand_grid([(16, 4, 16), (32, 4, 32)], seeds=[0, 1])  # the first release's positional sizes
+    assert old == expand_grid(kb_sizes=[(16, 4, 16), (32, 4, 32)], seeds=[0, 1]) and len(old) == 4
 
 
 # -------------------------------------------------------- real local sweep
@@ -236,8 +241,8 @@ def test_two_sweeps_on_one_file_record_each_run_once(tmp_path, monkeypatch):
     keys = [r["key"] for r in load_results(out)]
     assert sorted(keys) == sorted(s.key for s in specs) and len(_calls(tmp_path)) == 3  # each run once
     assert len(waited) == 1 and "another process holds its lock" in waited[0]
-    with fsio.FileLock(out):  # a writer that must not wait exits with one line
-        with pytest.raises(fsio.LockBusy, match="is locked by another process"):
+    with locks.FileLock(out):  # a writer that must not wait exits with one line
+        with pytest.raises(locks.LockBusy, match="is locked by another process"):
             run_sweep(specs, out, workers=0, progress=False, run_fn=fake_run, wait=False)
 
 

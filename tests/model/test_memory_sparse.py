@@ -201,7 +201,10 @@ def test_choose_impl_and_construct_memory_spellings():
     task, model = make(1.0, None)
     cfg = model.icr_config
     args = (cfg.construction, task.kb, task.vocab, model.basis, task.n_pairs)
-    assert type(construct_memory(*args, factored=True)).__name__ == "FactoredMemory"  # the old keyword
+    with pytest.deprecated_call(match="""construct_memory: 'factored=...' is deprecated .* write 'impl="factored"'"""):
+        assert type(construct_memory(*args, factored=True)).__name__ == "FactoredMemory"  # the old keyword
+    with pytest.deprecated_call():  # any use of the old keyword warns, False included
+        assert type(construct_memory(*args, factored=False)).__name__ == "AssociativeMemory"
     assert isinstance(construct_memory(*args, impl="sparse"), SparseMemory)
     with pytest.raises(ValueError, match="impl must be one of"):
         construct_memory(*args, impl="fast")

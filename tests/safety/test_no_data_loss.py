@@ -20,7 +20,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from icr_interp.storage import fsio
+from icr_interp.storage import atomic
 from icr_interp.storage.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from icr_interp.task.knowledge import KnowledgeBase
 from icr_interp.pipeline.presets import build_from_preset
@@ -163,7 +163,7 @@ def _dead_staging_dir(parent: Path) -> Path:
     pid = os.fork()
     if pid == 0:
         try:
-            fsio.staging_dir(parent)
+            atomic.staging_dir(parent)
         finally:
             os._exit(0)
     os.waitpid(pid, 0)
@@ -237,11 +237,11 @@ def test_cuda_without_cuda_raises_checkpoint_error(pristine):
 def test_weights_mode_equals_config_mode(pristine, tmp_path, models):
     task, a, b = models
     assert os.stat(pristine / "model.safetensors").st_mode == os.stat(pristine / "config.json").st_mode
-    assert os.stat(pristine / "config.json").st_mode & 0o777 == fsio.file_mode()
+    assert os.stat(pristine / "config.json").st_mode & 0o777 == atomic.file_mode()
     save_checkpoint(pristine.parent / "other", b, task)  # the in-place path too
     ck = Path(shutil.copytree(pristine, tmp_path / "ck"))
     save_checkpoint(ck, b, task)
-    assert {os.stat(ck / n).st_mode & 0o777 for n in ("model.safetensors", "config.json")} == {fsio.file_mode()}
+    assert {os.stat(ck / n).st_mode & 0o777 for n in ("model.safetensors", "config.json")} == {atomic.file_mode()}
 
 
 # ------------------------------------------------------------------ random damage (hypothesis)

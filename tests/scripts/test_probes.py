@@ -181,12 +181,13 @@ def test_patching_report_renders_offline_in_headless_chromium(browser, patched, 
     assert [c.text for c in table.find_elements(By.CSS_SELECTOR, "th.role")] == (
         ["<bos>"] + [f"{r}{i}" for i in range(1, 5) for r in "sa"] + ["query"])
     # the attended tokens are drawn in strong colour (dark blue pixels)
+    import numpy as np
     from PIL import Image
 
     browser.set_window_size(1100, browser.execute_script("return document.documentElement.scrollHeight") + 50)
     shot = tmp_path / "view.png"
     views[0].screenshot(str(shot))
-    pixels = Image.open(shot).convert("RGB").getdata()
+    pixels = np.asarray(Image.open(shot).convert("RGB")).reshape(-1, 3).tolist()  # (getdata: deprecated in Pillow)
     assert sum(1 for r, g, b in pixels if b > 200 and r < 120 and g < 120) > 100
 
 

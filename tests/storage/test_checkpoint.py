@@ -11,7 +11,7 @@ import safetensors.torch
 import torch
 
 import icr_interp
-from icr_interp.storage import atomic, fsio
+from icr_interp.storage import atomic
 from icr_interp.storage.checkpoint import FORMAT, CheckpointError, check_writable, load_checkpoint, save_checkpoint
 from icr_interp.task.knowledge import KnowledgeBase
 from icr_interp.pipeline.presets import build_from_preset, get_preset
@@ -326,7 +326,7 @@ def test_crash_between_the_two_replacements_loads_the_old_checkpoint(trained, sa
     monkeypatch.undo()
     assert [c[1] for c in calls] == ["model.safetensors", "config.json"]
     assert (path / "model.safetensors").read_bytes() != old_weights  # the window: new weights, old config
-    backups = fsio.backups(path / "model.safetensors")
+    backups = atomic.backups(path / "model.safetensors")
     assert len(backups) == 1 and backups[0].read_bytes() == old_weights
     ck = load_checkpoint(path)  # finds the previous checkpoint by itself
     assert ck.metrics == {"accuracy": 0.75, "note": "unit test"}

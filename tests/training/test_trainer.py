@@ -189,7 +189,7 @@ def test_evaluate_is_deterministic_and_counts(shared_task):
     b = evaluate(model, shared_task, n_prompts=300, batch_size=128)
     assert a == b and a["n_prompts"] == 300
     # Same prompts as one sampling call with the same generator: accuracy by hand.
-    from icr_interp.training.trainer import EVAL_SALT
+    from icr_interp.seeds import EVAL_SALT
 
     gen = torch.Generator().manual_seed(0 ^ EVAL_SALT)
     batches = [shared_task.sample(n, generator=gen) for n in (128, 128, 44)]

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from jaxtyping import Bool, Float
+from jaxtyping import Float
 from torch import Tensor
 
 from icr_interp.analysis.inputs import check_batch
@@ -88,11 +88,6 @@ def run_ablation(model: TLModel, batch: Batch, name: str, method: str, hooks: li
     return AblationResult(name, method, acc, loss, base_acc, base_loss)
 
 
-def role_mask(batch: Batch, role: str, n_pos: int) -> Bool[Tensor, "batch pos"]:
-    """Boolean [batch pos] mask of the positions holding ``role`` in each example (:func:`icr_interp.task.roles.mask`)."""
-    return roles.mask(batch.layout, role, n_pos)
-
-
 def _label(role: str) -> str:
     """How a role reads in an ablation's name ("values at subject positions", as in the first release)."""
     return {"subjects": "subject", "answers": "answer"}.get(role, role)
@@ -102,7 +97,7 @@ def ablate_role_values(model: TLModel, batch: Batch, role: str, method: str = "m
                        layer: int | None = None) -> AblationResult:
     """Ablate the attention values (``hook_v``) of every position holding ``role`` (default layer: the last)."""
     role, layer = roles.canonical(role), resolve_layer(model.cfg.n_layers, layer)
-    mask = role_mask(batch, role, batch.tokens.shape[1])[:, :, None, None]  # [batch pos head d_head]
+    mask = roles.mask(batch.layout, role, batch.tokens.shape[1])[:, :, None, None]  # [batch pos head d_head]
 
     def hook(v: Float[Tensor, "batch pos head d_head"], hook) -> Tensor:
         return torch.where(mask.to(v.device), replacement(v, method), v)
@@ -153,7 +148,7 @@ def restrict_pattern(model: TLModel, batch: Batch, keep: tuple[str, ...],
     n_pos = batch.tokens.shape[1]
     allowed = torch.zeros(len(batch), n_pos, dtype=torch.bool, device=batch.tokens.device)
     for role in keep:
-        allowed |= role_mask(batch, role, n_pos)
+        allowed |= roles.mask(batch.layout, role, n_pos)
     rows = torch.arange(len(batch), device=batch.tokens.device)
 
     def hook(pattern: Float[Tensor, "batch head dest src"], hook) -> Tensor:
@@ -195,3 +190,9 @@ def _describe(index) -> str:
         return f"{index.start}:{index.stop}"
     return f"{len(index)} neurons"
 
+
+
+def __getattr__(name: str):
+    from icr_interp._moved import module_attr
+
+    return module_attr(__name__, name)  # role_mask: icr_interp.task.roles.mask (icr_interp._moved)

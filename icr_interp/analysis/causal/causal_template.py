@@ -54,7 +54,6 @@ from icr_interp.task.batch import Batch
 from icr_interp.task.tokens import check_model_tokens
 from icr_interp.tl.compat import TLModel
 
-TEMPLATE_NAMES = ("own", "pairwise", "answers", "subjects", "uniform")
 BETAS = ("fit", "mean_row", "uniform", "random")
 WITHIN_SPANS = ("last", "uniform")
 METRICS = ("logit_diff", "logprob", "target_vs_mean")

@@ -31,7 +31,6 @@ from collections.abc import Callable, Sequence
 
 from tqdm.auto import tqdm
 
-from icr_interp.experiments.sweep.grid import RunSpec
 from icr_interp.experiments.worker import die_with_parent, init_worker  # noqa: F401 -- die_with_parent re-exported
 from icr_interp.experiments.sweep.store import ResultsStore, check_summary
 from icr_interp.pipeline.config import RunConfig
@@ -74,7 +73,7 @@ def run_sweep(configs: Sequence[RunConfig], out_path: str | Path, executor: str 
 
     Args:
         configs: the runs (e.g. from :func:`~icr_interp.experiments.sweep.grid.expand_grid`); duplicate keys run once.
-            First-release :class:`RunSpec` objects are converted.
+            First-release ``RunSpec`` objects (deprecated) are converted.
         out_path: JSONL results file; created if missing, resumed if present.
         executor: ``"local"`` or ``"ray"``.
         workers: local: processes (default ``min(2, cpu count)``; 0 runs here, serially).
@@ -101,7 +100,7 @@ def run_sweep(configs: Sequence[RunConfig], out_path: str | Path, executor: str 
         check_int(workers, "workers", 0)
     if summary is not None:
         check_summary(summary)  # a user's own X.csv is refused before any run, not after
-    unique = list({c.key: c for c in (c.to_config() if isinstance(c, RunSpec) else c for c in configs)}.values())
+    unique = list({c.key: c for c in (c if isinstance(c, RunConfig) else c.to_config() for c in configs)}.values())
     failures: dict[str, str] = {}
     Path(out_path).parent.mkdir(parents=True, exist_ok=True)
     with ResultsStore(out_path, wait=wait, log=log or (lambda line: print(line, file=sys.stderr))) as store:

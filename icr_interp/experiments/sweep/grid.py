@@ -11,7 +11,7 @@ deduplicated by :attr:`RunConfig.key`, which is also a sweep's run identifier.
 
 :func:`axes_of` reads the axis values back from a config or a result record
 (for tables and fits).  :class:`RunSpec`, the first release's flat run
-description, still builds and converts to a RunConfig (deprecated).
+description, still builds and converts to a RunConfig (deprecated: :data:`icr_interp._moved.MOVED_ARGS`).
 """
 
 import hashlib
@@ -20,6 +20,7 @@ import json
 from dataclasses import asdict, dataclass, fields
 from collections.abc import Iterable, Sequence
 
+from icr_interp._moved import moved_arg
 from icr_interp.pipeline.config import RunConfig
 from icr_interp.pipeline.presets import get_preset
 
@@ -54,14 +55,14 @@ def sizes_for_triplets(n_triplets: Iterable[int], n_relations: int = 8) -> tuple
     return tuple((s, n_relations, s) for s in (max(2, round(n / n_relations)) for n in n_triplets))
 
 
-def expand_grid(base: RunConfig | str | None = None, *, kb_sizes: Sequence | None = None,
+def expand_grid(base: RunConfig | str | Sequence | None = None, *, kb_sizes: Sequence | None = None,
                 n_triplets: Sequence[int] | None = None, n_relations: int = 8, overrides: dict | None = None,
                 **axes) -> list[RunConfig]:
     """The RunConfigs of a grid, without duplicates, in grid order.
 
     Args:
         base: the config every run starts from: a RunConfig or a preset name (default: ``RunConfig()``).
-            For the first release's calls, a list of sizes here means ``kb_sizes``.
+            For the first release's calls, a list of sizes here means ``kb_sizes`` (deprecated).
         kb_sizes: ``(n_subjects, n_relations, n_answers)`` per knowledge-base size.
         n_triplets: alternatively, numbers of facts (see :func:`sizes_for_triplets`).
         n_relations: relations used with ``n_triplets``.
@@ -73,6 +74,7 @@ def expand_grid(base: RunConfig | str | None = None, *, kb_sizes: Sequence | Non
     """
     if base is not None and not isinstance(base, (str, RunConfig)):
         base, kb_sizes = None, base  # expand_grid([(S, R, A)], ...) as in the first release
+        moved_arg(f"{__package__}.expand_grid", "expand_grid(sizes, ...)")
     if kb_sizes is not None and n_triplets is not None:
         raise ValueError("give kb_sizes or n_triplets, not both")
     config = get_preset(base) if base is not None else RunConfig()
@@ -159,6 +161,7 @@ class RunSpec:
     n_template: int = 256  # prompts for template scores (0 = skip)
 
     def __post_init__(self) -> None:
+        moved_arg(f"{__package__}.RunSpec", "RunSpec(...)", stacklevel=4)
         for f in fields(self):  # normalise types so equal specs have equal keys (1 vs 1.0, numpy ints)
             object.__setattr__(self, f.name, f.type(getattr(self, f.name)))
         self.to_config()  # validates

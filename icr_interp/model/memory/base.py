@@ -3,7 +3,7 @@
 A memory is a two-stage MLP (:mod:`icr_interp.model.memory`) attached as ``blocks[-1].mlp``; its
 ``forward`` maps ``[batch pos d_model] -> [batch pos d_model]`` like TransformerLens's MLPs. Its own hook
 points are declared here, once, so every implementation exposes the same names
-(:data:`icr_interp.model.hooks.MEMORY_HOOK_POINTS`):
+(the ``memory`` sites of :data:`icr_interp.model.hooks.TABLE`):
 
 * ``hook_rel_pre`` / ``hook_rel_post`` -- stage I's neurons (relation inference), ``[batch pos n_rel_neurons]``;
 * ``hook_relation`` -- stage I's output, the inferred relation vector, ``[batch pos d_model]``;

@@ -13,6 +13,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from icr_interp._moved import moved_arg
 from icr_interp.model.basis import ResidualBasis
 from icr_interp.model.memory.reads import crosstalk_free
 from icr_interp.model.memory.table import MemoryScales, MemoryTable, memory_table
@@ -69,7 +70,7 @@ def choose_impl(requested: str, n_facts: int, d_model: int) -> str:
     return "dense" if n_facts * d_model <= DENSE_MAX_WEIGHTS else "sparse"
 
 def construct_memory(construction: str, kb: KnowledgeBase, vocab: Vocabulary, basis: ResidualBasis,
-                     n_pairs: int, scales: MemoryScales = MemoryScales(), factored: bool = False,
+                     n_pairs: int, scales: MemoryScales = MemoryScales(), factored: bool | None = None,
                      impl: str | None = None) -> nn.Module:
     """Write a memory in closed form.
 
@@ -80,12 +81,15 @@ def construct_memory(construction: str, kb: KnowledgeBase, vocab: Vocabulary, ba
         basis: residual-stream directions the weights are written in.
         n_pairs: context pairs per prompt (sets the stage-I gain).
         scales: thresholds and gains.
-        factored: old spelling of ``impl="factored"`` (ignored when ``impl`` is given).
+        factored: the first release's spelling of ``impl="factored"`` (deprecated, :mod:`icr_interp._moved`;
+            ignored when ``impl`` is given).
         impl: ``"dense"`` (:class:`AssociativeMemory`, weights O(n_facts * d_model)),
             ``"factored"`` (:class:`FactoredMemory`, O(vocab * d_model + n_facts)) or
             ``"sparse"`` (:class:`~icr_interp.model.memory.sparse.SparseMemory`: the factored
             weights, evaluated only at neurons that can fire); all compute the same function.
     """
+    if factored is not None:
+        moved_arg("icr_interp.model.memory.construct_memory", "factored=...")
     impl = check_impl(impl or ("factored" if factored else "dense"))
     table = memory_table(construction, kb, vocab, n_pairs, scales)
     subjects = vocab.subject_token(torch.arange(kb.n_subjects))

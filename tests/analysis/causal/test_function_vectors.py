@@ -1,12 +1,13 @@
 """Function-vector heads and per-head patching on the engine's suffix strategy: equal to hooked forwards."""
 
 import importlib
+import sys
 from dataclasses import replace
 
 import pytest
 import torch
 
-from icr_interp import build_model
+from icr_interp import _moved, build_model
 from icr_interp.analysis.causal import patching as P
 from icr_interp.analysis.causal.function_vectors import FunctionVectorResult, function_vector_heads, mean_head_outputs
 from icr_interp.analysis.causal.patching.metrics import LogitDiff
@@ -162,5 +163,10 @@ def test_patch_heads_is_the_hooked_forward(toy, kind):
             assert float(raw) == pytest.approx(float(want), abs=1e-5)
     assert result.heads().shape == (3, 4) and result.top_heads(1)[0] in [(a, b) for a in range(3) for b in range(4)]
     assert isinstance(result.reliable, bool) and _no_hooks_left(model)
-    old = importlib.import_module("icr_interp.analysis.suffix_patching").patch_heads(model, clean, corrupted)
+    _moved._warned -= {"icr_interp.analysis.suffix_patching", "icr_interp.analysis.causal.patching.suffix.patch_heads"}
+    sys.modules.pop("icr_interp.analysis.suffix_patching", None)  # imported again through the alias table
+    with pytest.deprecated_call(match="suffix_patching moved to icr_interp.analysis.causal.patching.suffix .*removed in 0.4"):
+        old_module = importlib.import_module("icr_interp.analysis.suffix_patching")
+    with pytest.deprecated_call(match="suffix.patch_heads moved to icr_interp.analysis.causal.patching.heads.patch_heads_v1"):
+        old = old_module.patch_heads(model, clean, corrupted)
     assert old.to_dict()["values"] == result.heads().tolist()  # the first release's path and dict (real_lm reads it)

@@ -10,12 +10,15 @@ from icr_interp.tl.compat import HookedTransformer, HookedTransformerConfig
 os.environ.setdefault("TQDM_DISABLE", "1")  # transformer_lens.patching's per-cell progress bars
 import transformer_lens.patching as tl_patching  # noqa: E402
 
-from icr_interp import Batch, ICRecallTask, KnowledgeBase, Layout, build_model, forward  # noqa: E402
+from icr_interp import Batch, ICRecallTask, KnowledgeBase, Layout, build_model  # noqa: E402
 
 from icr_interp.analysis.causal import ablation
 from icr_interp.analysis.causal import patching as P  # noqa: E402
 from icr_interp.analysis import stats  # noqa: E402
 from icr_interp.analysis.causal import reliability
+from icr_interp.model import forward
+from icr_interp.model import hooks as H
+from icr_interp.task import roles as R
 from icr_interp.training.trainer import finetune  # noqa: E402
 
 # Untrained fixtures are at chance: their role patching warns that it is unreliable (asserted where it matters).
@@ -88,7 +91,7 @@ def assert_drop_ins_match(model, clean_tokens, corrupted_tokens, metric, fast_op
 def test_drop_ins_equal_transformer_lens_on_ic_model(ic_small, metric_name, kind):
     model, clean, corruptions = ic_small
     corrupted = corruptions[kind]
-    assert P.fast_path_applies(model)
+    assert forward.query_path_applies(model)
     assert_drop_ins_match(model, clean.tokens, corrupted.tokens, ic_metrics(clean, corrupted)[metric_name])
 
 
@@ -114,7 +117,7 @@ def test_all_positions_metric_sees_context_patches(ic_crosstalk):
 ])
 def test_drop_ins_equal_transformer_lens_on_stock_model(stock, metric):
     model, clean, corrupted = stock
-    assert not P.fast_path_applies(model)
+    assert not forward.query_path_applies(model)
     assert_drop_ins_match(model, clean, corrupted, metric, fast_options=(None,))
 
 
@@ -159,16 +162,16 @@ def test_logit_diff_normalised(ic_small):
 def test_role_masks_are_per_example():
     layout = Layout(subject_end=torch.tensor([[1, 3], [3, 1]]), answer_end=torch.tensor([[2, 4], [4, 2]]),
                     query_end=torch.tensor([5, 5]), bos_pos=torch.tensor([0, -1]))
-    masks = P.role_masks(layout, 6)
+    masks = R.masks(layout, 6)
     assert list(masks) == ["subjects", "answers", "context", "pair_1", "pair_2", "query", "bos"]
     assert masks["pair_1"].nonzero().tolist() == [[0, 1], [0, 2], [1, 3], [1, 4]]
     assert masks["bos"].tolist() == [[True] + [False] * 5, [False] * 6]
     assert masks["context"].sum().item() == 8 and masks["query"][:, 5].all()
-    assert P.role_masks(layout, 6, ["answer_2", "subject_1"])["answer_2"].nonzero().tolist() == [[0, 4], [1, 2]]
+    assert R.masks(layout, 6, ["answer_2", "subject_1"])["answer_2"].nonzero().tolist() == [[0, 4], [1, 2]]
     with pytest.raises(ValueError):
-        P.role_masks(layout, 6, ["pair_3"])
+        R.masks(layout, 6, ["pair_3"])
     with pytest.raises(ValueError):
-        P.role_masks(layout, 6, ["verb"])
+        R.masks(layout, 6, ["verb"])
 
 
 def relabel_pairs(batch: Batch) -> Batch:
@@ -203,7 +206,7 @@ def test_patch_by_role_uses_each_examples_positions(ic_crosstalk):
 
 def test_role_patching_fast_equals_general(ic_crosstalk):
     model, clean, corrupted = ic_crosstalk
-    hooks = P.default_role_hooks(model) + ["blocks.0.attn.hook_pattern"]
+    hooks = H.component_hooks(model) + ["blocks.0.attn.hook_pattern"]
     assert "blocks.0.mlp.hook_relation" in hooks and "blocks.0.hook_mlp_out" in hooks
     assert not {"blocks.0.mlp.hook_post", "blocks.0.mlp.hook_rel_post"} & set(hooks)  # N-wide: only when asked
     fast = P.patch_by_role(model, clean, corrupted, hooks=hooks)
@@ -261,8 +264,8 @@ def reference():
     clean = task.sample(64, seed=1)
     runs = {kind: (clean, task.corrupt(clean, kind, seed=2)) for kind in ("relation", "query")}
     # the N-wide neuron hooks are not default hooks (patching.core.MEMORY_HOOKS); asked for here
-    hooks = P.default_role_hooks(model) + ["blocks.0.mlp.hook_rel_post", "blocks.0.mlp.hook_post",
-                                           "blocks.0.attn.hook_pattern"]
+    hooks = H.component_hooks(model) + ["blocks.0.mlp.hook_rel_post", "blocks.0.mlp.hook_post",
+                                        "blocks.0.attn.hook_pattern"]
     exact = {kind: P.patch_by_role(model, c, x, hooks=hooks) for kind, (c, x) in runs.items()}
     return model, runs, hooks, exact
 
@@ -345,36 +348,44 @@ def test_attribution_tracks_exact_patching(reference):
     for kind, (clean, corrupted) in runs.items():
         attr = P.attribution_patch(model, clean, corrupted, hooks=hooks)
         assert attr.method == "attribution" and attr.components == exact[kind].components
-        assert P.pearson(attr.values, exact[kind].values) > 0.9
+        assert stats.pearson(attr.values, exact[kind].values) > 0.9
         assert attr["blocks.0.hook_mlp_out", "query"] == pytest.approx(exact[kind]["blocks.0.hook_mlp_out", "query"],
                                                                        abs=1e-3)
         n_pos = clean.tokens.shape[1]
         positions = {f"pos_{j}": torch.arange(n_pos)[None].expand(len(clean), -1) == j for j in range(n_pos)}
         by_pos = P.patch_by_role(model, clean, corrupted, hooks=hooks[:4], roles=positions)
         attr_pos = P.attribution_patch(model, clean, corrupted, hooks=hooks[:4], roles=positions)
-        assert P.pearson(attr_pos.values, by_pos.values) > 0.9
+        assert stats.pearson(attr_pos.values, by_pos.values) > 0.9
     assert all(p.grad is None for p in model.parameters())  # gradients taken without touching .grad
     assert no_hooks_left(model)
 
 
 # ------------------------------------------------------------ the package layout and the shared helpers
-MOVED = ("fast_path_applies", "pearson")  # first-release names, resolved by icr_interp._moved with a warning
-PUBLIC = ("role_masks", "LogitDiff", "logit_diff_metric", "Patch", "BaseRun",
+MOVED = {"fast_path_applies": "query_path_applies", "pearson": "pearson", "role_masks": "masks",  # first-release
+         "default_role_hooks": "component_hooks"}  # names, resolved by icr_interp._moved with a warning
+PUBLIC = ("LogitDiff", "logit_diff_metric", "Patch", "BaseRun",
           "base_run", "patch_activations", *DROP_INS, "RolePatchResult", "patch_by_role", "patch_pattern_by_role",
-          "default_role_hooks", "attribution_patch", "Metric", "Source", "HEAD_HOOKS", "PATTERN_HOOKS",
+          "attribution_patch", "Metric", "Source", "HEAD_HOOKS", "PATTERN_HOOKS",
           "MEMORY_HOOKS", "DEFAULT_MAX_ROWS", "DEFAULT_MAX_LOGITS_BYTES")
 
 
 def test_every_first_release_name_is_still_exported():
     import importlib
 
+    from icr_interp import _moved
+
     module = importlib.import_module("icr_interp.analysis.causal.patching")
     assert set(PUBLIC) <= set(module.__all__)
-    for name in PUBLIC + MOVED:
+    for name in PUBLIC:
         exec(f"from icr_interp.analysis.causal.patching import {name}", {})
-    assert P.fast_path_applies is forward.query_path_applies  # one check of when the one-layer path applies
-    assert P.pearson is stats.pearson
-    assert P.pearson(torch.tensor([1.0, 2.0, 3.0, float("nan")]), torch.tensor([2.0, 4.0, 7.0, 1.0])) == \
+    new = {"fast_path_applies": forward, "pearson": stats, "role_masks": R, "default_role_hooks": H}
+    for name, new_name in MOVED.items():
+        _moved._warned.discard(f"icr_interp.analysis.causal.patching.{name}")  # each old name warns once per process
+        with pytest.deprecated_call(match=f"patching.{name} moved to {new[name].__name__}.{new_name} .*removed in"):
+            found = {}
+            exec(f"from icr_interp.analysis.causal.patching import {name} as found", {}, found)
+        assert found["found"] is getattr(new[name], new_name)  # e.g. one check of when the one-layer path applies
+    assert stats.pearson(torch.tensor([1.0, 2.0, 3.0, float("nan")]), torch.tensor([2.0, 4.0, 7.0, 1.0])) == \
         pytest.approx(0.9933, abs=1e-4)
 
 
@@ -384,15 +395,15 @@ def test_roles_have_one_spelling_in_patching_and_ablation(ic_small):
     corrupted = corruptions["relation"]
     n_pos = clean.tokens.shape[1]
     names = ["subjects", "answers", "context", "pair_1", "subject_2", "answer_1", "query", "bos", "all"]
-    masks = P.role_masks(clean.layout, n_pos, names)
+    masks = R.masks(clean.layout, n_pos, names)
     hook = "blocks.0.attn.hook_v"
     by_role = P.patch_by_role(model, clean, corrupted, hooks=[hook], roles=names)
     assert by_role.roles == names
     for name in names:
-        assert torch.equal(ablation.role_mask(clean, name, n_pos), masks[name])
+        assert torch.equal(R.mask(clean, name, n_pos), masks[name])  # a Batch stands for its layout
         ablation.ablate_role_values(model, clean, name, "zero")  # every role is accepted by the ablations too
     for singular, plural in (("subject", "subjects"), ("answer", "answers")):
-        with pytest.warns(DeprecationWarning, match=f"spelled '{plural}'"):
+        with pytest.deprecated_call(match=f"'{singular}' is deprecated since icr_interp 0.2; write '{plural}'"):
             old = P.patch_by_role(model, clean, corrupted, hooks=[hook], roles=[singular])
         assert old.roles == [plural] and torch.equal(old.raw[0], by_role.raw[0, [names.index(plural)]])
         with pytest.warns(DeprecationWarning):

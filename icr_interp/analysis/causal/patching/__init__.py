@@ -77,8 +77,7 @@ Example::
 """
 
 from icr_interp.analysis.causal.patching.attribution import attribution_patch
-from icr_interp.analysis.causal.patching.by_role import (RolePatchResult, default_role_hooks, patch_by_role, patch_pattern_by_role,
-                                         role_masks)
+from icr_interp.analysis.causal.patching.by_role import RolePatchResult, patch_by_role, patch_pattern_by_role
 from icr_interp.analysis.causal.patching.core import (DEFAULT_MAX_LOGITS_BYTES, DEFAULT_MAX_ROWS, HEAD_HOOKS, MEMORY_HOOKS,
                                       PATTERN_HOOKS, Patch, Source)
 from icr_interp.analysis.causal.patching.dropins import (get_act_patch_attn_head_out_by_pos,
@@ -95,7 +94,7 @@ __all__ = [
     "LogitDiff", "Metric", "logit_diff_metric", "Patch", "Source", "BaseRun", "base_run", "patch_activations",
     "get_act_patch_resid_pre", "get_act_patch_attn_out", "get_act_patch_mlp_out",
     "get_act_patch_attn_head_out_by_pos", "get_act_patch_attn_head_pattern_dest_src_pos", "RolePatchResult",
-    "patch_by_role", "patch_pattern_by_role", "default_role_hooks", "role_masks", "attribution_patch",
+    "patch_by_role", "patch_pattern_by_role", "attribution_patch",
     "HEAD_HOOKS", "PATTERN_HOOKS", "MEMORY_HOOKS", "DEFAULT_MAX_ROWS", "DEFAULT_MAX_LOGITS_BYTES",
     "STRATEGIES", "strategy_for", "patch_heads", "Floor", "recompute_floor", "seconds_per_token_block",
     "ScreenResult", "screen_and_confirm",

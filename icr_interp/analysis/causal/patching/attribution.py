@@ -15,9 +15,10 @@ from jaxtyping import Float
 from torch import Tensor
 
 from icr_interp.tl.compat import TLModel
-from icr_interp.analysis.causal.patching.by_role import RolePatchResult, components, default_role_hooks, grid_masks, result, setup
+from icr_interp.analysis.causal.patching.by_role import RolePatchResult, components, grid_masks, result, setup
 from icr_interp.analysis.causal.patching.core import INDEX_DIMS, kind
 from icr_interp.analysis.causal.patching.metrics import Metric
+from icr_interp.model import hooks as H
 from icr_interp.task.batch import Batch
 
 
@@ -33,7 +34,7 @@ def attribution_patch(model: TLModel, clean: Batch, corrupted: Batch, metric: Me
         A :class:`RolePatchResult` with ``method="attribution"``; ``raw`` is the
         base metric plus the estimated change.
     """
-    hooks = list(hooks or default_role_hooks(model))
+    hooks = list(hooks or H.component_hooks(model))
     rows_of = components(model, hooks)
     s = setup(model, clean, corrupted, metric, hooks, noising, n_answers)
     masks, query = grid_masks(s, roles)

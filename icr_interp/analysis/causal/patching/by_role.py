@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 import einops
 import torch
-from jaxtyping import Bool, Float
+from jaxtyping import Float
 from torch import Tensor
 
 from icr_interp.analysis.inputs import check_batch
@@ -31,17 +31,6 @@ from icr_interp.analysis.causal.patching.engine import BRIDGE_FALLBACK, BaseRun,
 from icr_interp.analysis.causal.patching.engine import allowed_strategies
 from icr_interp.analysis.causal.patching.metrics import LogitDiff, Metric
 from icr_interp.task.batch import Batch
-from icr_interp.task.layout import Layout
-
-
-def role_masks(layout: Layout, n_pos: int, roles: Sequence[str] | None = None) -> dict[str, Bool[Tensor, "batch pos"]]:
-    """Per-example position masks of prompt roles: :func:`icr_interp.task.roles.masks` (kept under its first name)."""
-    return R.masks(layout, n_pos, roles)
-
-
-def default_role_hooks(model: TLModel) -> list[str]:
-    """resid_pre, per-head z, attn_out and mlp_out of every layer, plus the memory's stage hooks if present."""
-    return H.component_hooks(model)
 
 
 def components(model: TLModel, hooks: Sequence[str]) -> list[tuple[str, str, int | None]]:
@@ -200,7 +189,7 @@ def grid_masks(s: _Setup, roles: Sequence[str] | dict | None) -> tuple[dict, Ten
     """The role masks (a dict passes through) and the prediction-position mask of the patched batch (the
     destination row of pattern patches: the query in toy prompts)."""
     n_pos = s.base.tokens.shape[1]
-    masks = roles if isinstance(roles, dict) else role_masks(s.base.layout, n_pos, roles)
+    masks = roles if isinstance(roles, dict) else R.masks(s.base.layout, n_pos, roles)
     return masks, R.mask(s.base.layout, "prediction", n_pos)
 
 
@@ -213,7 +202,7 @@ def patch_by_role(model: TLModel, clean: Batch, corrupted: Batch, metric: Metric
         model: the model.
         clean, corrupted: matched batches (e.g. ``task.corrupt_pairs(batch, kind, seed)``).
         metric: callable on logits (default: logit difference clean vs corrupted answer at the query).
-        hooks: hook names (default :func:`default_role_hooks`); per-head hooks give one row per head;
+        hooks: hook names (default :func:`~icr_interp.model.hooks.component_hooks`); per-head hooks give one row per head;
             ``hook_pattern`` rows patch the query row's entries from the role's positions.
         roles: role names (:mod:`icr_interp.task.roles`) or a dict name -> ``[batch pos]`` mask.
         noising: patch corrupted activations into the clean run instead of clean into corrupted.
@@ -223,7 +212,7 @@ def patch_by_role(model: TLModel, clean: Batch, corrupted: Batch, metric: Metric
     Returns:
         A :class:`RolePatchResult` (normalised: 0 = corrupted, 1 = clean), with ``reliable`` and ``reason``.
     """
-    hooks = list(hooks or default_role_hooks(model))
+    hooks = list(hooks or H.component_hooks(model))
     rows = components(model, hooks)
     s = setup(model, clean, corrupted, metric, hooks, noising, n_answers)
     masks, query = grid_masks(s, roles)

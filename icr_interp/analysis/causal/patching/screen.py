@@ -32,7 +32,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from icr_interp.analysis.causal.patching.attribution import _gradients, _reduce_to_index, _sum_entries
-from icr_interp.analysis.causal.patching.by_role import (RolePatchResult, components, default_role_hooks, grid_masks,
+from icr_interp.analysis.causal.patching.by_role import (RolePatchResult, components, grid_masks,
                                                   result, role_patch, setup)
 from icr_interp.analysis.causal.patching.core import where_hook
 from icr_interp.analysis.causal.patching.engine import patch_activations
@@ -131,7 +131,7 @@ def screen_and_confirm(model: TLModel, clean: Batch, corrupted: Batch, metric: M
         seed: for the audit sample.
         **options: passed to :func:`patch_activations`.
     """
-    hooks = list(hooks or default_role_hooks(model))
+    hooks = list(hooks or H.component_hooks(model))
     rows = components(model, hooks)
     qk_layers = sorted({H.split(h)[0] for h in hooks if H.split(h) and H.split(h)[1] in QK_SITES})
     extra = [H.hook(layer, site) for layer in qk_layers for site in ("pattern", "resid_pre")]
