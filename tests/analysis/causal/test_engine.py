@@ -19,6 +19,11 @@ def _model(kind: str, n_layers: int = 2):
     if kind == "llama":  # rotary, grouped-query attention, RMSNorm, gated MLP: SmolLM2's architecture in small
         kw.update(normalization_type="RMS", positional_embedding_type="rotary", rotary_dim=8, n_key_value_heads=2,
                   gated_mlp=True, act_fn="silu", final_rms=True)
+    elif kind == "gemma3":  # QK norm (hook_k is recorded before it), one KV head, local and global layers
+        kw.update(normalization_type="RMS", positional_embedding_type="rotary", rotary_dim=8, n_key_value_heads=1,
+                  gated_mlp=True, act_fn="gelu_pytorch_tanh", final_rms=True, use_qk_norm=True,
+                  use_normalization_before_and_after=True, use_local_attn=True, window_size=4,
+                  attn_types=["local", "global"])
     elif kind == "toy":  # one layer, no normalisation: the one-layer shortcut applies
         kw.update(n_layers=1, normalization_type=None)
     model = HookedTransformer(HookedTransformerConfig(**kw))
@@ -55,7 +60,7 @@ def _all_positions(logits):  # a metric that reads every position (declares none
     return logits[..., :7].mean()
 
 
-@pytest.mark.parametrize("kind", ["gpt", "llama", "toy"])
+@pytest.mark.parametrize("kind", ["gpt", "llama", "gemma3", "toy"])
 @pytest.mark.parametrize("metric_name", ["read_positions", "all_positions"])
 def test_every_strategy_equals_the_general_forward(kind, metric_name):
     model = _model(kind)

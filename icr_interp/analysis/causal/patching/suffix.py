@@ -38,7 +38,9 @@ def supports(model: TLModel) -> bool:
     positional scheme that needs only the residual stream and the past keys and values."""
     c = model.cfg
     return c.positional_embedding_type != "shortformer" and c.attention_dir == "causal" \
-        and all(hasattr(b, "attn") for b in model.blocks) and _takes_past_kv(model.blocks[0])
+        and all(hasattr(b, "attn") for b in model.blocks) and _takes_past_kv(model.blocks[0]) \
+        and getattr(c, "clip_qkv", None) is None and not str(c.original_architecture).startswith("Olmo")
+    # (OLMo's key norm and clip_qkv also act between hook_k and the cache; not handed over: general strategy)
 
 
 def _takes_past_kv(block) -> bool:
@@ -71,6 +73,12 @@ class Group:
     entry: Tensor  # [sample *index_dims] entries written
     example: Int[Tensor, " sample"]  # example each sample patches
     first: Int[Tensor, " sample"]  # first position whose value changes
+
+
+def _cached_keys(attn, keys: Tensor) -> Tensor:
+    """The keys as TransformerLens's key-value cache holds them: ``hook_k`` is recorded before the QK norm
+    (Gemma 3), the cache after it (handing ``hook_k`` over unnormalised moved every patch on Gemma-3-270M)."""
+    return attn._apply_qk_norm(keys, attn.k_norm) if attn.cfg.use_qk_norm else keys
 
 
 def _kv_entry(past_keys: Tensor, past_values: Tensor):
@@ -146,9 +154,9 @@ def _run_suffix(run: Run, groups: Sequence[Group], ids: Tensor, group_of: Tensor
             rows = (group_of[ids[:n]] == g).nonzero().flatten()
             sl = slice(int(rows[0]), int(rows[-1]) + 1)
             fwd.append((groups[g].hook, _writer(run, groups[g], local[ids[sl]], sl, start, T)))
-        past_k = base[H.hook(block_layer, "k")][ex[:n], :start]
-        past_v = base[H.hook(block_layer, "v")][ex[:n], :start]
         block = model.blocks[block_layer]
+        past_k = _cached_keys(block.attn, base[H.hook(block_layer, "k")][ex[:n], :start])
+        past_v = base[H.hook(block_layer, "v")][ex[:n], :start]
         if fwd:  # model.hooks resets every hook point on exit: only where a patch is written
             with model.hooks(fwd_hooks=fwd):
                 x[:n] = block(x[:n], past_kv_cache_entry=_kv_entry(past_k, past_v))
