@@ -170,7 +170,7 @@ def test_resume_after_sigkill_mid_sweep(tmp_path, monkeypatch):
     monkeypatch.setenv(MARKER_ENV, str(tmp_path))
     specs, out = _fake_specs(6), tmp_path / "r.jsonl"
     env = dict(os.environ, ICR_SWEEP_TEST_SLEEP="0.3")
-    script = (f"import sys; sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})\n"
+    script = (f"import sys; sys.path.insert(0, {str(Path(__file__).resolve().parent)!r})\n"
               "import test_sweep as t\nfrom icr_interp.experiments.sweep import run_sweep\n"
               f"run_sweep(t._fake_specs(6), {str(out)!r}, workers=0, progress=False, run_fn=t.fake_run)\n")
     proc = subprocess.Popen([sys.executable, "-c", script], env=env, start_new_session=True)
@@ -271,7 +271,7 @@ def _alive(pid: int) -> bool:
 def test_workers_die_with_a_killed_sweep(tmp_path, monkeypatch):
     monkeypatch.setenv(MARKER_ENV, str(tmp_path))
     env = dict(os.environ, ICR_SWEEP_TEST_SLEEP="60")
-    script = (f"import sys; sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})\n"
+    script = (f"import sys; sys.path.insert(0, {str(Path(__file__).resolve().parent)!r})\n"
               "import test_sweep as t\nfrom icr_interp.experiments.sweep import run_sweep\n"
               f"run_sweep(t._fake_specs(2), {str(tmp_path / 'r.jsonl')!r}, workers=2, progress=False, "
               "run_fn=t.fake_run)\n")
