@@ -1,4 +1,4 @@
-"""Case study: does a real language model (SmolLM2-135M) do IC-recall through pairwise attention rows?
+"""Case study: does a real language model (SmolLM2-135M, Gemma-3-270M) do IC-recall through pairwise attention rows?
 
 Runs :func:`icr_interp.experiments.real_lm.run_real_lm` (recall against k with its baselines, template scores
 with the pairing null, patching by head, function-vector heads and their overlap, the causal template test,
@@ -6,7 +6,8 @@ a verdict) and writes ``results.json``, ``heads.png``, ``methods.png`` and ``rec
 It prints an estimated time (calibrated on one forward) first, a line per phase, and rewrites results.json
 after each phase (a killed run keeps what finished); at the end the numbers with their 95% intervals.
 
-    python case_studies/real_lm.py --out case_studies/results/real_lm
+    python case_studies/real_lm.py --out case_studies/results/real_lm        # SmolLM2: ~30 min on 2 cores
+    python case_studies/real_lm.py --model gemma-3-270m --out case_studies/results/real_lm_gemma  # ~1.5-2 h
     python case_studies/real_lm.py --csv my_facts.csv --pair-template $'Q: {s}\\nA: {a}\\n' \\
         --query-template $'Q: {s}\\nA:' --out /tmp/real_lm_csv
 """

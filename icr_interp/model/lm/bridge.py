@@ -31,6 +31,11 @@ def hf_payload(spec: PretrainedLMSpec, hf_model) -> tuple[dict, object]:
                                 f"{spec.architecture}")
 
     def write(tmp: Path) -> str:
+        # the GGUF read dequantised every weight (no packed Gguf* module: no kernels, or the legacy loader), but
+        # its quantizer stays attached and save_pretrained refuses the model as "quantized with gguf"
+        if not any(type(m).__name__.startswith("Gguf") for m in hf_model.modules()):
+            hf_model.hf_quantizer = None
+            hf_model.config.__dict__.pop("quantization_config", None)
         hf_model.save_pretrained(tmp / C.HF)
         if not (tmp / HF_WEIGHTS).is_file():
             raise PretrainedLMError(f"{spec.name}: save_pretrained wrote no single {HF_WEIGHTS}")
