@@ -8,6 +8,8 @@ after each phase (a killed run keeps what finished); at the end the numbers with
 
     python case_studies/real_lm.py --out case_studies/results/real_lm        # SmolLM2: ~30 min on 2 cores
     python case_studies/real_lm.py --model gemma-3-270m --out case_studies/results/real_lm_gemma  # ~1.5-2 h
+    python case_studies/real_lm.py --model gemma-3-270m --n-prompts 64 --phases causal \\
+        --out case_studies/results/real_lm_gemma    # one phase into an existing run (a stopped run, a fix)
     python case_studies/real_lm.py --csv my_facts.csv --pair-template $'Q: {s}\\nA: {a}\\n' \\
         --query-template $'Q: {s}\\nA:' --out /tmp/real_lm_csv
 """
@@ -34,7 +36,11 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", required=True, help="folder for results.json and the figures")
+    p.add_argument("--phases", default=None, help="run only these phases (comma-separated: recall, templates, "
+                   "patching, function_vectors, causal) into --out's results.json, keeping the others")
     args = p.parse_args(argv)
+    if args.phases is not None:
+        args.phases = [name.strip() for name in args.phases.split(",") if name.strip()]
     if args.builtin is None and args.csv is None:
         args.builtin = "countries"
     return args
@@ -45,9 +51,11 @@ def main(argv=None) -> dict:
     import torch
 
     torch.set_num_threads(args.threads)
-    from icr_interp.experiments.real_lm import RealLMConfig, run_real_lm, summary
+    from icr_interp.experiments.real_lm import RealLMConfig, check_phases, run_real_lm, summary
     from icr_interp.model.pretrained_lm import load_pretrained_lm
 
+    if args.phases is not None:
+        check_phases(args.phases)  # before the model loads
     start = time.perf_counter()
     model = load_pretrained_lm(args.model)
     print(f"[load] {args.model} in {time.perf_counter() - start:.1f} s", flush=True)
@@ -55,11 +63,13 @@ def main(argv=None) -> dict:
                        max_k=args.max_k, pair_template=args.pair_template, query_template=args.query_template,
                        seed=args.seed, top_n=args.top_n, top_causal=args.top_causal,
                        n_null=args.n_null)
-    results = run_real_lm(model, cfg, args.out, progress=lambda m: print(m, flush=True))
-    print(summary(results))
+    results = run_real_lm(model, cfg, args.out, progress=lambda m: print(m, flush=True), only=args.phases)
+    print(summary(results) if "verdict" in results else f"phases {', '.join(args.phases)} written")
     print(f"[total] {time.perf_counter() - start:.1f} s with loading; wrote {args.out}/results.json")
     return results
 
 
 if __name__ == "__main__":
-    sys.exit(0 if main() else 1)
+    from icr_interp.plumbing import exit_process, run_main
+
+    exit_process(run_main("real_lm.py", lambda: 0 if main() else 1))

@@ -20,7 +20,7 @@ f. **verdict** on the claim (:func:`verdict`): agrees, partly or disagrees, with
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -176,24 +176,45 @@ def plan(model, cfg: RealLMConfig, n_pos: int) -> dict:
                 function_vectors=2 * forward + per_head, causal=2 * (5 + cfg.n_null) * forward)
 
 
-def run_real_lm(model, cfg: RealLMConfig, out: str | Path, progress: Callable[[str], None] = print) -> dict:
+PHASES = ("recall", "templates", "patching", "function_vectors", "causal")
+NEEDS = dict(causal=("patching", "templates"))  # a phase that reads another phase's results
+
+
+def run_real_lm(model, cfg: RealLMConfig, out: str | Path, progress: Callable[[str], None] = print,
+                only: Sequence[str] | None = None) -> dict:
     """All phases on ``model``, after printing an estimate calibrated on one forward; writes ``results.json``
-    (rewritten after each phase, so a killed run keeps what finished) and the figures into ``out``."""
+    (rewritten after each phase, so a killed run keeps what finished) and the figures into ``out``.
+
+    ``only``: run just these phases into the ``results.json`` in ``out`` (a new one if there is none) and keep the
+    others -- a phase a stopped run did not reach, or one rerun after a fix, possibly on another number of
+    prompts. The stored config must match ``cfg`` but for ``n_prompts``; each phase run this way is recorded under ``"rerun"`` with
+    its prompt count, and the overlap and verdict are recomputed from what is there.
+    """
     from icr_interp.experiments.progress import Phases, calibrate
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     task = TextICRecallTask(cfg.knowledge_base(), model, cfg.k, cfg.pair_template, cfg.query_template)
+    todo = PHASES if only is None else check_phases(only)
     results: dict = dict(config=asdict(cfg), excluded=task.excluded, example_prompt=task.prompt_text(
         task.sample(1, seed=cfg.seed), 0), timings={})
+    if only is not None and (out / "results.json").exists():
+        results = _stored(out, cfg)
+    for need in (n for name in todo for n in NEEDS.get(name, ()) if n not in results and n not in todo):
+        raise ValueError(f"the {', '.join(todo)} phase(s) need the {need} phase's results in {out / 'results.json'}")
     sample = task.sample(min(cfg.n_prompts, 32), seed=cfg.seed)
     cal = calibrate(model, sample.tokens)
-    phases = Phases({k: cal.seconds(v) for k, v in plan(model, cfg, sample.tokens.shape[1]).items()}, log=progress)
+    plan_s = plan(model, cfg, sample.tokens.shape[1])
+    phases = Phases({k: cal.seconds(plan_s[k]) for k in todo}, log=progress)
     phases.announce(cal)
 
     def phase(name: str, fn):
+        if name not in todo:
+            return
         results[name] = phases.run(name, fn)
         results["timings"][name] = phases.timings[name]
+        if only is not None:
+            results.setdefault("rerun", {})[name] = dict(n_prompts=cfg.n_prompts, seconds=phases.timings[name])
         (out / "results.json").write_text(json.dumps(results, indent=1, default=str))  # partial results kept
 
     phase("recall", lambda: recall_intervals(recall_curve(model, task, range(cfg.max_k + 1), n_prompts=cfg.n_prompts,
@@ -201,23 +222,61 @@ def run_real_lm(model, cfg: RealLMConfig, out: str | Path, progress: Callable[[s
     phase("templates", lambda: phase_templates(model, task, cfg))
     phase("patching", lambda: phase_patching(model, task, cfg, phases.log))
     phase("function_vectors", lambda: phase_function_vectors(model, task, cfg))
-    n_total = model.cfg.n_layers * model.cfg.n_heads
-    tops = dict(function_vectors=[tuple(h) for h in results["function_vectors"]["top"][:cfg.top_n]],
-                relation=[tuple(h) for h in results["patching"]["relation"]["top"][:cfg.top_n]],
-                query=[tuple(h) for h in results["patching"]["query"]["top"][:cfg.top_n]],
-                pairwise=[(r["layer"], r["head"]) for r in results["templates"]["top"]])
-    results["overlap"] = {f"{a}_vs_{b}": overlap(tops[a], tops[b], n_total)
-                          for a, b in (("function_vectors", "relation"), ("function_vectors", "pairwise"),
-                                       ("relation", "pairwise"), ("relation", "query"))}
+    tops = _tops(results, cfg.top_n)
+    if all(key in results for key in ("function_vectors", "patching", "templates")):
+        n_total = model.cfg.n_layers * model.cfg.n_heads
+        results["overlap"] = {f"{a}_vs_{b}": overlap(tops[a], tops[b], n_total)
+                              for a, b in (("function_vectors", "relation"), ("function_vectors", "pairwise"),
+                                           ("relation", "pairwise"), ("relation", "query"))}
     phase("causal", lambda: phase_causal(model, task, cfg, dict(relation_heads=tops["relation"][:cfg.top_causal],
                                                                pairwise_heads=tops["pairwise"][:cfg.top_causal]),
                                         phases.log))
-    results["verdict"] = verdict(results)
+    if all(key in results for key in PHASES):
+        results["verdict"] = verdict(results)
     results["timings"]["total"], results["timings"]["estimate"] = round(phases.elapsed, 1), round(phases.estimate, 1)
     (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
-    write_figures(results, out)
+    if all(key in results for key in PHASES):
+        write_figures(results, out)
     phases.finish()
     return results
+
+
+def check_phases(only: Sequence[str]) -> tuple[str, ...]:
+    """The phases named in ``only``, in the study's order; a one-line ValueError for an unknown or empty list."""
+    unknown = [name for name in only if name not in PHASES]
+    if unknown or not only:
+        raise ValueError(f"phases must be some of {', '.join(PHASES)}; got {', '.join(only) or 'none'}")
+    return tuple(name for name in PHASES if name in only)
+
+
+def _stored(out: Path, cfg: RealLMConfig) -> dict:
+    """The results.json a run of some phases adds to, checked against ``cfg`` (one-line errors)."""
+    path = out / "results.json"
+    try:
+        results = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise ValueError(f"running only some phases adds to {path}, which cannot be read: {e}") from None
+    stored = {k: v for k, v in results.get("config", {}).items() if k != "n_prompts"}
+    wanted = {k: v for k, v in json.loads(json.dumps(asdict(cfg), default=str)).items() if k != "n_prompts"}
+    if stored != wanted:
+        differ = sorted(k for k in set(stored) | set(wanted) if stored.get(k) != wanted.get(k))
+        raise ValueError(f"{path} was written with another configuration ({', '.join(differ)} differ); "
+                         "only n_prompts may change when running some phases")
+    results.setdefault("timings", {})
+    return results
+
+
+def _tops(results: dict, top_n: int) -> dict:
+    """Each method's top heads, from the phases present."""
+    tops: dict = {}
+    if "function_vectors" in results:
+        tops["function_vectors"] = [tuple(h) for h in results["function_vectors"]["top"][:top_n]]
+    if "patching" in results:
+        for kind in ("relation", "query"):
+            tops[kind] = [tuple(h) for h in results["patching"][kind]["top"][:top_n]]
+    if "templates" in results:
+        tops["pairwise"] = [(r["layer"], r["head"]) for r in results["templates"]["top"]]
+    return tops
 
 
 def summary(results: dict) -> str:

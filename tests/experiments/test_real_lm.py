@@ -98,3 +98,28 @@ def test_case_study_on_smollm2(tmp_path):
     by_k = r["recall"]["by_k"]
     assert by_k["3"]["accuracy"] > by_k["0"]["accuracy"] + 0.2  # in-context recall works on the real model
     assert (tmp_path / "results.json").exists() and r["verdict"]["verdict"] in ("agrees", "partly", "disagrees")
+
+
+def test_some_phases_into_an_existing_run(tiny_lm, tmp_path):
+    """``only=``: a phase rerun on another number of prompts replaces its own results and keeps the rest; the
+    verdict is recomputed; a missing results.json, another configuration or a missing input phase is one line."""
+    cfg = E.RealLMConfig(k=2, n_prompts=4, max_k=1, top_n=3, top_causal=2, n_null=2)
+    with pytest.raises(ValueError, match="need the patching phase's results"):
+        E.run_real_lm(tiny_lm, cfg, tmp_path, progress=lambda m: None, only=["causal"])
+    first = E.run_real_lm(tiny_lm, cfg, tmp_path, progress=lambda m: None, only=["recall", "templates", "patching"])
+    assert "verdict" not in first and "causal" not in first and first["rerun"]["patching"]["n_prompts"] == 4
+    more = E.RealLMConfig(k=2, n_prompts=6, max_k=1, top_n=3, top_causal=2, n_null=2)
+    lines = []
+    r = E.run_real_lm(tiny_lm, more, tmp_path, progress=lines.append, only=["causal"])
+    assert r["recall"] == json.loads(json.dumps(first["recall"])) and r["patching"]["relation"]["top"] == \
+        json.loads(json.dumps(first["patching"]["relation"]["top"]))  # kept as they were
+    assert r["rerun"]["causal"]["n_prompts"] == 6 and r["causal"]["relation_heads"]["n_examples"] == 6
+    assert "[1/1] causal done in" in "\n".join(lines) and "function_vectors" not in r and "verdict" not in r
+    with pytest.raises(ValueError, match="k differ"):
+        E.run_real_lm(tiny_lm, E.RealLMConfig(k=3, n_prompts=4, max_k=1, top_n=3, top_causal=2, n_null=2), tmp_path,
+                      only=["causal"])
+    with pytest.raises(ValueError, match="phases must be some of"):
+        E.run_real_lm(tiny_lm, cfg, tmp_path, only=["nonsense"])
+    (tmp_path / "results.json").write_text("{not json")
+    with pytest.raises(ValueError, match="cannot be read"):
+        E.run_real_lm(tiny_lm, cfg, tmp_path, only=["causal"])
