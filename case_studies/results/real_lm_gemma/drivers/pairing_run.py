@@ -11,7 +11,7 @@ import json, sys, time, warnings
 import torch
 import os; torch.set_num_threads(int(os.environ.get("THREADS", "1")))
 import icr_interp as ii
-from icr_interp.analysis.edge_knockout import prediction_margin
+from icr_interp.analysis.causal.edge_knockout import prediction_margin
 
 name, out = sys.argv[1], sys.argv[2]
 n = int(sys.argv[3]) if len(sys.argv) > 3 else 128

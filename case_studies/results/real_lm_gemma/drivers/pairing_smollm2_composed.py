@@ -1,9 +1,9 @@
 import time, torch, warnings, json
 torch.set_num_threads(1)
 import icr_interp as ii
-from icr_interp.analysis.composed_pairing import composed_masses
-from icr_interp.analysis.pairing_evidence import pairing_evidence
-from icr_interp.analysis.templates import RoleMass
+from icr_interp.analysis.scoring.composed_pairing import composed_masses
+from icr_interp.analysis.scoring.pairing_evidence import pairing_evidence
+from icr_interp.analysis.scoring.templates import RoleMass
 t0 = time.time()
 model = ii.load_pretrained_lm("smollm2-135m")
 with warnings.catch_warnings():

@@ -2,7 +2,7 @@
 import json, time, torch, warnings, sys
 torch.set_num_threads(1)
 import icr_interp as ii
-from icr_interp.analysis.edge_knockout import prediction_margin
+from icr_interp.analysis.causal.edge_knockout import prediction_margin
 out = sys.argv[1]
 t0 = time.time()
 model = ii.load_pretrained_lm("smollm2-135m")
