@@ -45,29 +45,15 @@ class Calibration:
 
 @torch.no_grad()
 def calibrate(model, tokens: Int[Tensor, "batch pos"]) -> Calibration:
-    """Time the blocks of one forward of ``tokens``; a warm-up run first on one prompt, so lazy initialisation
-    is not counted.
-
-    The forward stops after the last block (``stop_at_layer``): the analyses unembed only the positions their
-    metrics read, and a whole-sequence unembedding would dominate the time of a large-vocabulary model
-    (Gemma-3-270M: 262,144 tokens x 640 dimensions per position, 1.7 times its 18 blocks; an estimate
-    calibrated with it came out up to 2.8 times too long). A model whose forward has no ``stop_at_layer`` (the 4.x
-    bridge) is timed whole.
-    """
+    """Time one forward of ``tokens`` (logits included, as the analyses need them); a warm-up run first on
+    one prompt, so lazy initialisation is not counted."""
     tokens = tokens.to(model.cfg.device)
-    _blocks_forward(model, tokens[:1, :4])
+    model(tokens[:1, :4])
     start = time.perf_counter()
-    _blocks_forward(model, tokens)
+    model(tokens)
     elapsed = time.perf_counter() - start
     n_blocks = tokens.numel() * model.cfg.n_layers
     return Calibration(elapsed / max(1, n_blocks), elapsed, tokens.numel(), model.cfg.n_layers)
-
-
-def _blocks_forward(model, tokens: Int[Tensor, "batch pos"]) -> None:
-    try:
-        model(tokens, stop_at_layer=model.cfg.n_layers)
-    except TypeError:  # no stop_at_layer: the whole forward
-        model(tokens)
 
 
 def forward_blocks(model, n_prompts: int, n_pos: int, n_forwards: float = 1.0) -> float:
