@@ -29,6 +29,7 @@ from icr_interp.analysis.causal.function_vectors import function_vector_heads
 from icr_interp.analysis.recall import recall_curve
 from icr_interp.analysis.causal.patching import patch_heads
 from icr_interp.analysis.scoring.templates import score_templates
+from icr_interp.storage import atomic
 from icr_interp.task.knowledge import KnowledgeBase
 from icr_interp.task.text import DEFAULT_PAIR_TEMPLATE, DEFAULT_QUERY_TEMPLATE, TextICRecallTask
 
@@ -187,8 +188,8 @@ def run_real_lm(model, cfg: RealLMConfig, out: str | Path, progress: Callable[[s
 
     ``only``: run just these phases into the ``results.json`` in ``out`` (a new one if there is none) and keep the
     others -- a phase a stopped run did not reach, or one rerun after a fix, possibly on another number of
-    prompts. The stored config must match ``cfg`` but for ``n_prompts``; each phase run this way is recorded under ``"rerun"`` with
-    its prompt count, and the overlap and verdict are recomputed from what is there.
+    prompts. The stored config must match ``cfg`` but for ``n_prompts``; each phase run this way is recorded
+    under ``"rerun"`` with its prompt count, and the overlap and verdict are recomputed from what is there.
     """
     from icr_interp.experiments.progress import Phases, calibrate
 
@@ -215,7 +216,7 @@ def run_real_lm(model, cfg: RealLMConfig, out: str | Path, progress: Callable[[s
         results["timings"][name] = phases.timings[name]
         if only is not None:
             results.setdefault("rerun", {})[name] = dict(n_prompts=cfg.n_prompts, seconds=phases.timings[name])
-        (out / "results.json").write_text(json.dumps(results, indent=1, default=str))  # partial results kept
+        _save(out, results)  # partial results kept
 
     phase("recall", lambda: recall_intervals(recall_curve(model, task, range(cfg.max_k + 1), n_prompts=cfg.n_prompts,
                                                           seed=cfg.seed, batch_size=32).to_dict(), cfg.seed))
@@ -234,11 +235,17 @@ def run_real_lm(model, cfg: RealLMConfig, out: str | Path, progress: Callable[[s
     if all(key in results for key in PHASES):
         results["verdict"] = verdict(results)
     results["timings"]["total"], results["timings"]["estimate"] = round(phases.elapsed, 1), round(phases.estimate, 1)
-    (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
+    _save(out, results)
     if all(key in results for key in PHASES):
         write_figures(results, out)
     phases.finish()
     return results
+
+
+def _save(out: Path, results: dict) -> None:
+    """results.json, replaced atomically: a run killed while writing keeps the previous file (which a run of
+    some phases may have taken hours to fill)."""
+    atomic.write_text(out / "results.json", json.dumps(results, indent=1, default=str))
 
 
 def check_phases(only: Sequence[str]) -> tuple[str, ...]:
